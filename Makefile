@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.installed
+STUBS := cleanroom/v1/.stamp
+PROTOS := $(wildcard proto/cleanroom/v1/*.proto)
+
+.PHONY: all demo test test-fast bench proto clean
+
+all: $(STUBS)
+
+$(DEPS): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps --no-build-isolation -e .
+	touch $@
+
+$(STUBS): $(PROTOS) $(DEPS) cleanroom/codegen.py
+	$(PY) -m cleanroom.codegen
+	touch $@
+
+proto: $(STUBS)
+
+## demo: start a server on a fresh state directory and run the whole flow on embedded defaults
+demo: $(STUBS)
+	$(PY) -m cleanroom.demo
+
+## test: the whole suite; starts a throw-away PostgreSQL (when installed) for the storage tests
+test: $(STUBS)
+	scripts/with-services $(PY) -m pytest -q $(PYTEST_ARGS)
+
+## bench: performance targets, each measured against its baseline in the same run
+bench: $(STUBS)
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Domain logic: pure Python, free of transport (grpc), storage (sqlalchemy) and torch."""

@@ -1,0 +1,62 @@
+"""The one error root of the service.
+
+Every failure a caller may see is a CleanroomError with a code from ErrorCode. The API layer maps
+the code to a gRPC status and a public message (cleanroom/api/errors.py); `violations` become
+google.rpc BadRequest field violations. Neither the message nor a violation may ever contain a
+data value: name the column, the row number or the rule, never the content.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ErrorCode(enum.Enum):
+    BAD_REQUEST = "BAD_REQUEST"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
+    UPLOAD_TOO_LARGE = "UPLOAD_TOO_LARGE"
+    UPLOAD_INCOMPLETE = "UPLOAD_INCOMPLETE"
+    SENSITIVE_DATA_FOUND = "SENSITIVE_DATA_FOUND"
+    INTEGRITY_ERROR = "INTEGRITY_ERROR"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: `field` is a path such as "columns[age]"; `description` names the rule."""
+
+    field: str
+    description: str
+
+
+class CleanroomError(Exception):
+    """Base of every error the service reports. `message` is shown to the caller as is."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        violations: tuple[FieldViolation, ...] | list[FieldViolation] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.violations = tuple(violations)
+
+
+def bad_request(message: str, *violations: FieldViolation) -> CleanroomError:
+    return CleanroomError(ErrorCode.BAD_REQUEST, message, violations=violations)
+
+
+class IntegrityError(CleanroomError):
+    """Ciphertext failed authentication: tampered, truncated, reordered or under the wrong key."""
+
+    def __init__(self, message: str = "stored data failed its integrity check") -> None:
+        super().__init__(ErrorCode.INTEGRITY_ERROR, message)
