@@ -1,0 +1,1 @@
+"""gRPC transport: thin servicers, auth, the error catalog and proto<->domain conversion."""

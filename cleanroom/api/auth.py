@@ -1,0 +1,50 @@
+"""Who may call what. Every RPC has an explicit rule; a method without one is refused (fail closed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.identity import ALL_ROLES, Principal, Role
+
+# Health checks and reflection carry no data and are open, as load balancers and grpcurl expect.
+PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+_ADMIN = frozenset({Role.ADMIN})
+_OWNER = frozenset({Role.DATA_OWNER})
+
+RULES: dict[str, frozenset[Role]] = {
+    "/cleanroom.v1.AdminService/CreatePrincipal": _ADMIN,
+    "/cleanroom.v1.AdminService/ListPrincipals": _ADMIN,
+    "/cleanroom.v1.AdminService/RotateKeys": _ADMIN,
+    "/cleanroom.v1.IdentityService/WhoAmI": ALL_ROLES,
+    "/cleanroom.v1.DatasetService/UploadDataset": _OWNER,
+    # Manufacturers see the schema of datasets shared with them; the service filters what exists.
+    "/cleanroom.v1.DatasetService/GetDataset": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
+    "/cleanroom.v1.DatasetService/ListDatasets": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
+    "/cleanroom.v1.DatasetService/DeleteDataset": _OWNER,
+}
+
+
+def is_public(method: str) -> bool:
+    return method.startswith(PUBLIC_PREFIXES)
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    for key, value in metadata:
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):].strip()
+    return None
+
+
+def authorize(method: str, principal: Principal | None) -> Principal:
+    if principal is None:
+        raise CleanroomError(ErrorCode.UNAUTHENTICATED, "a valid bearer token is required")
+    allowed = RULES.get(method)
+    if allowed is None or principal.role not in allowed:
+        raise CleanroomError(ErrorCode.PERMISSION_DENIED, "your role may not call this method")
+    return principal

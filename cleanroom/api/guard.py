@@ -1,0 +1,139 @@
+"""One server interceptor that every call passes: decode, authenticate, authorise, map errors.
+
+Servicers never call context.abort: they raise CleanroomError, and the guard turns it into a gRPC
+status with structured details. Any other exception becomes INTERNAL with a reference id, so no
+traceback ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from cleanroom.api import auth
+from cleanroom.api.errors import internal_status, to_status
+from cleanroom.domain.errors import CleanroomError, bad_request
+from cleanroom.domain.identity import Principal
+
+log = logging.getLogger(__name__)
+
+Authenticator = Callable[[str], Principal | None]
+
+
+class _Malformed:
+    """What the guarded deserializer returns for bytes that are not the expected message."""
+
+
+MALFORMED = _Malformed()
+
+
+class CallContext:
+    """The gRPC context plus the authenticated principal. Everything else is delegated."""
+
+    def __init__(self, context: grpc.ServicerContext, principal: Principal | None) -> None:
+        self._context = context
+        self.principal = principal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _has_unknown_fields(message: Message) -> bool:
+    if len(UnknownFieldSet(message)):
+        return True
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue
+        values = value if descriptor.label == descriptor.LABEL_REPEATED else [value]
+        if any(_has_unknown_fields(v) for v in values):
+            return True
+    return False
+
+
+def _checked(request: Any) -> Any:
+    if request is MALFORMED:
+        raise bad_request("the request could not be decoded as the expected message")
+    if _has_unknown_fields(request):
+        raise bad_request("the request has fields this server does not know; check the client version")
+    return request
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def guarded(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError):
+            return MALFORMED
+
+    return guarded
+
+
+def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _checked(request)
+
+
+class GuardInterceptor(grpc.ServerInterceptor):
+    def __init__(self, authenticate: Authenticator) -> None:
+        self._authenticate = authenticate
+
+    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or auth.is_public(details.method):
+            return handler
+        return _wrap(handler, details.method, self._call_context)
+
+    def _call_context(self, method: str, context: grpc.ServicerContext) -> CallContext:
+        token = auth.bearer_token(context.invocation_metadata())
+        principal = self._authenticate(token) if token else None
+        return CallContext(context, auth.authorize(method, principal))
+
+
+def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerContext], CallContext]) -> Any:
+    streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
+    behaviour = {
+        (False, False): handler.unary_unary,
+        (False, True): handler.unary_stream,
+        (True, False): handler.stream_unary,
+        (True, True): handler.stream_stream,
+    }[(streaming_in, streaming_out)]
+
+    def prepare(request: Any, context: grpc.ServicerContext) -> tuple[Any, CallContext]:
+        call_context = make_context(method, context)
+        return (_checked_stream(request) if streaming_in else _checked(request)), call_context
+
+    def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behaviour(*prepare(request, context))
+        except CleanroomError as error:
+            status = to_status(error)
+        except Exception as exc:  # noqa: BLE001 - the one place where anything becomes INTERNAL
+            status = internal_status(exc, method)
+        context.abort_with_status(status)
+
+    def stream_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behaviour(*prepare(request, context))
+            return
+        except CleanroomError as error:
+            status = to_status(error)
+        except Exception as exc:  # noqa: BLE001
+            status = internal_status(exc, method)
+        context.abort_with_status(status)
+
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(streaming_in, streaming_out)]
+    return factory(
+        stream_response if streaming_out else unary_response,
+        request_deserializer=_safe_deserializer(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )

@@ -1,0 +1,104 @@
+"""The gRPC server: guard interceptor, servicers, health checking, reflection, TLS, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cleanroom.api.guard import GuardInterceptor
+from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
+from cleanroom.app import App
+from cleanroom.config import ServerConfig
+from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 << 20  # upload chunks are at most 1 MiB; leave room for framing
+
+SERVICE_NAMES = (
+    identity_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+)
+
+
+class Server:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        config = app.config
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+            interceptors=[GuardInterceptor(app.principals.authenticate)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._health = health.HealthServicer()
+        self._register(app)
+        self.port = self._bind(config)
+
+    def _register(self, app: App) -> None:
+        identity_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(app.principals, app.keys, app.idempotency), self._grpc
+        )
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(), self._grpc)
+        datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetServicer(app.datasets, app.idempotency), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+
+    def _bind(self, config: ServerConfig) -> int:
+        if not config.tls_enabled:
+            return self._grpc.add_insecure_port(config.listen)
+        credentials = grpc.ssl_server_credentials(
+            [(_read(config.tls_key), _read(config.tls_cert))],
+            root_certificates=_read(config.tls_client_ca) if config.tls_client_ca else None,
+            require_client_auth=config.tls_client_ca is not None,
+        )
+        return self._grpc.add_secure_port(config.listen, credentials)
+
+    def start(self) -> None:
+        self._grpc.start()
+        for name in ("", *SERVICE_NAMES):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.app.config.port_file:
+            self.app.config.port_file.write_text(str(self.port))
+        log.info("serving on port %d (%s)", self.port, "TLS" if self.app.config.tls_enabled else "plaintext")
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets in-flight ones finish within the grace period, then closes."""
+        self._health.enter_graceful_shutdown()
+        self._grpc.stop(self.app.config.grace_seconds if grace is None else grace).wait()
+        self.app.close()
+
+    def wait(self) -> None:
+        self._grpc.wait_for_termination()
+
+
+def _read(path: Path | None) -> bytes:
+    assert path is not None
+    return path.read_bytes()
+
+
+def serve_forever(app: App) -> None:
+    server = Server(app)
+    server.start()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping gracefully", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    server.stop()

@@ -1,0 +1,52 @@
+"""The one module that wires the service together from a ServerConfig."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cleanroom.api.idempotency import Idempotency
+from cleanroom.config import ServerConfig
+from cleanroom.crypto import LocalKeyFileProvider
+from cleanroom.datasets.service import DatasetService
+from cleanroom.keys import KeyService
+from cleanroom.principals import PrincipalService
+from cleanroom.storage import repos
+from cleanroom.storage.blobs import BlobStore
+from cleanroom.storage.db import Database, migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    config: ServerConfig
+    db: Database
+    keys: KeyService
+    principals: PrincipalService
+    datasets: DatasetService
+    idempotency: Idempotency
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_app(config: ServerConfig) -> App:
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(config.database_url)
+    migrate(db.engine)
+    keys = KeyService(db, LocalKeyFileProvider(config.state_dir))
+    blobs = BlobStore(config.blob_dir)
+    datasets = DatasetService(
+        db, blobs, keys, max_upload_bytes=config.max_upload_bytes, default_k=config.k_anonymity
+    )
+    return App(config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db))
+
+
+def recover(app: App) -> None:
+    """Start-up clean-up after a crash: half-written uploads and in-flight request claims."""
+    removed = app.datasets.sweep_orphans()
+    with app.db.transaction() as session:
+        released = repos.release_all_in_flight(session)
+    if removed or released:
+        log.info("recovered after an unclean stop: %d partial uploads removed, %d request claims released", removed, released)

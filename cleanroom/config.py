@@ -1,0 +1,113 @@
+"""Server configuration: typed, frozen, built once at start-up from flags and the environment.
+
+Every setting has a flag and an environment variable; a flag wins over the variable, the variable
+over the default. Nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cleanroom.storage.db import default_url
+
+
+@dataclass(frozen=True)
+class Setting:
+    flag: str
+    env: str
+    default: str | None
+    help: str
+
+
+SETTINGS = (
+    Setting("--state-dir", "CLEANROOM_STATE_DIR", ".state", "directory for the database, keys and encrypted blobs"),
+    Setting("--listen", "CLEANROOM_LISTEN", "127.0.0.1:50051", "gRPC listen address (port 0 picks a free port)"),
+    Setting("--database-url", "CLEANROOM_DATABASE_URL", None, "SQLAlchemy URL; default: SQLite file in the state directory"),
+    Setting("--tls-cert", "CLEANROOM_TLS_CERT", None, "PEM server certificate; enables TLS"),
+    Setting("--tls-key", "CLEANROOM_TLS_KEY", None, "PEM private key of the server certificate"),
+    Setting("--tls-client-ca", "CLEANROOM_TLS_CLIENT_CA", None, "PEM CA bundle; enables mutual TLS (client certificates required)"),
+    Setting("--max-upload-bytes", "CLEANROOM_MAX_UPLOAD_BYTES", str(4 << 30), "largest dataset file accepted, in bytes"),
+    Setting("--k-anonymity", "CLEANROOM_K_ANONYMITY", "5", "default k for the k-anonymity check at intake"),
+    Setting("--workers", "CLEANROOM_WORKERS", "16", "gRPC handler threads"),
+    Setting("--grace-seconds", "CLEANROOM_GRACE_SECONDS", "10", "how long SIGTERM waits for in-flight calls"),
+    Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
+    Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"
+    database_url: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    max_upload_bytes: int = 4 << 30
+    k_anonymity: int = 5
+    workers: int = 16
+    grace_seconds: float = 10.0
+    port_file: Path | None = None
+    log_level: str = "INFO"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.state_dir / "blobs"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for setting in SETTINGS:
+        default = f" (default: {setting.default})" if setting.default else ""
+        parser.add_argument(setting.flag, default=None, help=f"{setting.help}; env {setting.env}{default}")
+
+
+def _raw(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for setting in SETTINGS:
+        key = setting.flag.lstrip("-").replace("-", "_")
+        flag_value = getattr(args, key, None)
+        values[key] = flag_value if flag_value is not None else env.get(setting.env, setting.default)
+    return values
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser().resolve() if value else None
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConfig:
+    raw = _raw(args, env)
+    state_dir = Path(raw["state_dir"] or ".state").expanduser().resolve()
+    config = ServerConfig(
+        state_dir=state_dir,
+        listen=raw["listen"] or "127.0.0.1:50051",
+        database_url=raw["database_url"] or default_url(state_dir),
+        tls_cert=_path(raw["tls_cert"]),
+        tls_key=_path(raw["tls_key"]),
+        tls_client_ca=_path(raw["tls_client_ca"]),
+        max_upload_bytes=int(raw["max_upload_bytes"] or 0),
+        k_anonymity=int(raw["k_anonymity"] or 5),
+        workers=int(raw["workers"] or 16),
+        grace_seconds=float(raw["grace_seconds"] or 10),
+        port_file=_path(raw["port_file"]),
+        log_level=(raw["log_level"] or "INFO").upper(),
+    )
+    _check(config)
+    return config
+
+
+def _check(config: ServerConfig) -> None:
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise SystemExit("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if config.max_upload_bytes <= 0 or config.workers <= 0:
+        raise SystemExit("--max-upload-bytes and --workers must be positive")
+    if not 2 <= config.k_anonymity <= 1000:
+        raise SystemExit("--k-anonymity must be between 2 and 1000")

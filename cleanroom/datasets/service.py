@@ -1,0 +1,157 @@
+"""Dataset use cases: upload, read, list and delete, with the role rules of each."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cleanroom import crypto
+from cleanroom.datasets import deidentify as ops
+from cleanroom.datasets.intake import ingest
+from cleanroom.datasets.upload_stream import Trailer, UploadStream, too_large
+from cleanroom.domain import deid
+from cleanroom.domain.datasets import Dataset, can_manage, new_dataset_id, parse_dataset_name, schema_view
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
+from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.pagination import PageRequest
+from cleanroom.keys import KeyService
+from cleanroom.storage import repos
+from cleanroom.storage.blobs import BlobStore
+from cleanroom.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND_MESSAGE = "dataset not found"
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    display_name: str
+    description: str
+    file_format: str
+    columns: tuple[deid.ColumnSpec, ...]
+    k_anonymity: int  # 0: the server default
+    size_bytes: int   # 0: unknown
+
+
+class DatasetService:
+    def __init__(
+        self, db: Database, blobs: BlobStore, keys: KeyService, *, max_upload_bytes: int, default_k: int
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._keys = keys
+        self._max_upload_bytes = max_upload_bytes
+        self._default_k = default_k
+
+    def validate_upload(self, request: UploadRequest) -> deid.DeidPolicy:
+        """Everything checkable before a byte of the file is read."""
+        violations = []
+        if not request.display_name.strip() or len(request.display_name) > 200:
+            violations.append(FieldViolation("metadata.display_name", "1 to 200 characters"))
+        if request.size_bytes < 0:
+            violations.append(FieldViolation("metadata.size_bytes", "must not be negative"))
+        if violations:
+            raise bad_request("the upload metadata is invalid", *violations)
+        if request.size_bytes > self._max_upload_bytes:
+            raise too_large(self._max_upload_bytes)
+        return deid.validate_policy(request.columns, request.k_anonymity or self._default_k)
+
+    def upload(self, owner: Principal, request: UploadRequest, parts: Iterator[bytes | Trailer]) -> Dataset:
+        policy = self.validate_upload(request)
+        dataset_id = new_dataset_id()
+        data_key = crypto.new_data_key()
+        stream = UploadStream(parts, max_bytes=self._max_upload_bytes)
+        pseudonymizer = ops.Pseudonymizer(self._keys.pseudonym_key(owner.id))
+        result = ingest(
+            stream,
+            file_format=request.file_format,
+            policy=policy,
+            pseudonymizer=pseudonymizer,
+            blobs=self._blobs,
+            dataset_id=dataset_id,
+            data_key=data_key,
+        )
+        dataset = Dataset(
+            id=dataset_id,
+            owner_id=owner.id,
+            display_name=request.display_name.strip(),
+            description=request.description,
+            columns=policy.columns,
+            k_anonymity=policy.k,
+            row_count=result.report.rows_stored,
+            patient_count=result.patient_count,
+            report=result.report,
+            ciphertext_sha256=result.ciphertext_sha256,
+            created_at=repos.now(),
+        )
+        self._store(dataset, result.blob, self._keys.wrap_dataset_key(dataset_id, data_key))
+        return dataset
+
+    def _store(self, dataset: Dataset, blob: object, wrapped_key: bytes) -> None:
+        """The blob is renamed into place inside the metadata transaction: both land, or neither."""
+        try:
+            with self._db.transaction() as session:
+                repos.add_dataset(session, dataset, wrapped_key)
+                session.flush()
+                blob.commit()  # type: ignore[attr-defined]
+        except BaseException:
+            blob.abort()  # type: ignore[attr-defined]
+            self._blobs.delete(dataset.id)
+            raise
+
+    def get(self, principal: Principal, name: str) -> Dataset:
+        dataset = self._visible(principal, name)
+        return dataset if can_manage(principal, dataset) else schema_view(dataset)
+
+    def list(self, principal: Principal, page: PageRequest) -> list[Dataset]:
+        if principal.role is not Role.DATA_OWNER:
+            return []  # sharing with manufacturers arrives with the privacy-budget ledger
+        with self._db.transaction() as session:
+            return repos.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
+
+    def delete(self, principal: Principal, name: str) -> str:
+        dataset = self._visible(principal, name)
+        if not can_manage(principal, dataset):
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+        with self._db.transaction() as session:
+            repos.shred_dataset(session, dataset.id)
+        self._blobs.delete(dataset.id)
+        log.info("dataset deleted", extra={"dataset": dataset.id})
+        return dataset.resource_name
+
+    def open_plaintext(self, dataset_id: str) -> crypto.SealedReader:
+        """Service-internal: a decrypting reader over a dataset's Arrow IPC stream."""
+        with self._db.transaction() as session:
+            wrapped = repos.wrapped_dataset_key(session, dataset_id)
+        if wrapped is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+        key = self._keys.unwrap_dataset_key(dataset_id, wrapped)
+        return crypto.SealedReader(self._blobs.open(dataset_id), key, dataset_id)
+
+    def sweep_orphans(self) -> int:
+        """Start-up: removes staging files and blobs whose metadata row never landed."""
+        removed = self._blobs.sweep_temporary()
+        with self._db.transaction() as session:
+            live = repos.dataset_ids(session)
+        for blob_id in self._blobs.list_ids():
+            if blob_id not in live:
+                self._blobs.delete(blob_id)
+                removed += 1
+        return removed
+
+    def _visible(self, principal: Principal, name: str) -> Dataset:
+        dataset_id = parse_dataset_name(name)
+        if dataset_id is None:
+            raise bad_request("name must look like datasets/{id}", FieldViolation("name", "not a dataset name"))
+        with self._db.transaction() as session:
+            dataset = repos.get_dataset(session, dataset_id)
+        # Another tenant's dataset is reported exactly like a missing one.
+        if dataset is None or not _may_see(principal, dataset):
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+        return dataset
+
+
+def _may_see(principal: Principal, dataset: Dataset) -> bool:
+    return can_manage(principal, dataset)  # manufacturers gain schema access through shares (ledger issue)

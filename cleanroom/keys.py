@@ -1,0 +1,85 @@
+"""Key management: dataset keys and service secrets wrapped by the KEK, and KEK rotation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+
+from cleanroom import crypto
+from cleanroom.crypto import KeyProvider, WrappedKey
+from cleanroom.storage import repos
+from cleanroom.storage.db import Database
+
+PSEUDONYM_ROOT = "pseudonym-root"
+TOKEN_ROOT = "token-root"
+
+
+def _dataset_context(dataset_id: str) -> bytes:
+    return b"dataset-key:" + dataset_id.encode("ascii")
+
+
+def _secret_context(name: str) -> bytes:
+    return b"service-secret:" + name.encode("ascii")
+
+
+class KeyService:
+    def __init__(self, db: Database, provider: KeyProvider) -> None:
+        self._db = db
+        self._provider = provider
+        self._lock = threading.Lock()
+        self._secrets: dict[str, bytes] = {}
+
+    def wrap_dataset_key(self, dataset_id: str, data_key: bytes) -> bytes:
+        return self._provider.wrap(data_key, context=_dataset_context(dataset_id)).to_bytes()
+
+    def unwrap_dataset_key(self, dataset_id: str, wrapped: bytes) -> bytes:
+        return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=_dataset_context(dataset_id))
+
+    def secret(self, name: str) -> bytes:
+        """A 256-bit service secret, created on first use and kept wrapped in the database."""
+        with self._lock:
+            if name not in self._secrets:
+                self._secrets[name] = self._load_or_create(name)
+            return self._secrets[name]
+
+    def _load_or_create(self, name: str) -> bytes:
+        with self._db.transaction() as session:
+            wrapped = repos.get_secret(session, name)
+            if wrapped is not None:
+                return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=_secret_context(name))
+            value = crypto.new_data_key()
+            repos.put_secret(session, name, self._provider.wrap(value, context=_secret_context(name)).to_bytes())
+            return value
+
+    def pseudonym_key(self, owner_id: str) -> bytes:
+        """Per-hospital HMAC key: one hospital's pseudonyms cannot be joined with another's."""
+        root = self.secret(PSEUDONYM_ROOT)
+        return hmac.new(root, b"pseudonym:" + owner_id.encode("ascii"), hashlib.sha256).digest()
+
+    def rotate(self) -> tuple[str, int]:
+        """New KEK; every wrapped key re-wrapped in one transaction; then the old KEKs are retired.
+
+        A crash before the retire step leaves the old KEK in the key file, so nothing becomes
+        unreadable; the next rotation retires it.
+        """
+        with self._lock:
+            new_id = self._provider.rotate()
+            with self._db.transaction() as session:
+                count = self._rewrap_all(session)
+            for key_id in self._provider.key_ids():
+                if key_id != new_id:
+                    self._provider.retire(key_id)
+            return new_id, count
+
+    def _rewrap_all(self, session: object) -> int:
+        count = 0
+        for dataset_id, wrapped in repos.live_wrapped_keys(session):  # type: ignore[arg-type]
+            fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=_dataset_context(dataset_id))
+            repos.set_wrapped_dataset_key(session, dataset_id, fresh.to_bytes())  # type: ignore[arg-type]
+            count += 1
+        for name, wrapped in repos.all_secrets(session):  # type: ignore[arg-type]
+            fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=_secret_context(name))
+            repos.put_secret(session, name, fresh.to_bytes())  # type: ignore[arg-type]
+            count += 1
+        return count

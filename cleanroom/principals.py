@@ -1,0 +1,65 @@
+"""Principals and their bearer tokens.
+
+A token is derived, not stored: HMAC(token root, principal id). Only its SHA-256 is kept, for
+lookup. Deriving lets a retried CreatePrincipal (same request_id) answer with the same token
+without the token ever being written down.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
+from cleanroom.domain.identity import TOKEN_PREFIX, Principal, Role, hash_token, new_principal_id
+from cleanroom.domain.pagination import PageRequest
+from cleanroom.keys import TOKEN_ROOT, KeyService
+from cleanroom.storage import repos
+from cleanroom.storage.db import Database
+
+MAX_DISPLAY_NAME = 200
+
+
+class PrincipalService:
+    def __init__(self, db: Database, keys: KeyService) -> None:
+        self._db = db
+        self._keys = keys
+
+    def token_for(self, principal_id: str) -> str:
+        mac = hmac.new(self._keys.secret(TOKEN_ROOT), principal_id.encode("ascii"), hashlib.sha256).digest()
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+    def create(self, display_name: str, role: Role, *, principal_id: str | None = None) -> tuple[Principal, str]:
+        _check_display_name(display_name)
+        principal = Principal(principal_id or new_principal_id(), display_name.strip(), role, repos.now())
+        token = self.token_for(principal.id)
+        with self._db.transaction() as session:
+            repos.add_principal(session, principal, hash_token(token))
+        return principal, token
+
+    def authenticate(self, token: str) -> Principal | None:
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        with self._db.transaction() as session:
+            return repos.principal_by_token_hash(session, hash_token(token))
+
+    def get(self, principal_id: str) -> Principal:
+        with self._db.transaction() as session:
+            principal = repos.get_principal(session, principal_id)
+        if principal is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, "principal not found")
+        return principal
+
+    def list(self, page: PageRequest) -> list[Principal]:
+        with self._db.transaction() as session:
+            return repos.list_principals(session, after_id=page.after_id, limit=page.size)
+
+
+def _check_display_name(display_name: str) -> None:
+    name = display_name.strip()
+    if not name or len(name) > MAX_DISPLAY_NAME or not name.isprintable():
+        raise bad_request(
+            "display_name must be 1 to 200 printable characters",
+            FieldViolation("display_name", "empty, too long or not printable"),
+        )

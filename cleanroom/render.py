@@ -1,0 +1,58 @@
+"""Plain-text rendering for the CLI and the demo: tables and the intake report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cleanroom.v1 import common_pb2, datasets_pb2
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def role_name(role: int) -> str:
+    return common_pb2.Role.Name(role).lower()
+
+
+def _column_rule(column: datasets_pb2.ColumnSpec) -> str:
+    rule = column.generalization
+    kind = rule.WhichOneof("rule")
+    if kind == "age_band":
+        return f"age band {rule.age_band.width}y, {rule.age_band.top_code or 90}+"
+    if kind == "date":
+        return "to " + datasets_pb2.DatePrecision.Name(rule.date).lower()
+    if kind == "prefix":
+        return f"keep {rule.prefix.keep} chars"
+    return "suppressed" if kind == "suppress" else ""
+
+
+def columns_table(dataset: datasets_pb2.Dataset) -> str:
+    rows = [
+        (c.name, datasets_pb2.ColumnType.Name(c.type).lower(), datasets_pb2.ColumnRole.Name(c.role).lower(), _column_rule(c))
+        for c in dataset.columns
+    ]
+    return table(("column", "type", "role", "generalisation"), rows)
+
+
+def intake_report(dataset: datasets_pb2.Dataset) -> str:
+    r = dataset.intake_report
+    kept = f"{r.rows_stored:,} of {r.rows_received:,}"
+    lines = [
+        f"Dataset {dataset.name}  ({dataset.display_name})",
+        f"  received          {r.bytes_received:,} bytes, {r.rows_received:,} rows",
+        f"  stored            {kept} rows, {dataset.patient_count:,} patients",
+        f"  k-anonymity       k={r.k_anonymity}: {r.classes_suppressed:,} of {r.equivalence_classes:,} "
+        f"quasi-identifier classes suppressed ({r.rows_suppressed:,} rows)",
+        f"  no patient key    {r.rows_without_patient_key:,} rows dropped",
+        f"  dropped columns   {', '.join(r.dropped_columns) or '-'}",
+        f"  pseudonymised     {', '.join(r.pseudonymized_columns) or '-'} (keyed HMAC-SHA256)",
+    ]
+    lines += [f"  generalised       {g.name}: {g.rule}" for g in r.generalized_columns]
+    lines += [f"  note              {n}" for n in r.notes]
+    lines.append(f"  ciphertext        sha256 {dataset.ciphertext_sha256}")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The Python SDK: one Client per server, every call a method, errors as CleanroomClientError."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
+from cleanroom.sdk.schema import Schema
+from cleanroom.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
+
+CHUNK_BYTES = 1 << 20
+Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
+T = TypeVar("T")
+
+ROLES = {
+    "data_owner": common_pb2.DATA_OWNER,
+    "manufacturer": common_pb2.MANUFACTURER,
+    "privacy_officer": common_pb2.PRIVACY_OFFICER,
+    "auditor": common_pb2.AUDITOR,
+    "admin": common_pb2.ADMIN,
+}
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _format_of(path: Path) -> int:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return datasets_pb2.CSV
+    if suffix in (".parquet", ".pq"):
+        return datasets_pb2.PARQUET
+    raise CleanroomClientError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot tell the format of {path.name}: use .csv or .parquet")
+
+
+def _credentials(tls_ca: str | None, client_cert: str | None, client_key: str | None) -> grpc.ChannelCredentials:
+    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    return grpc.ssl_channel_credentials(read(tls_ca), read(client_key), read(client_cert))
+
+
+class Client:
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        *,
+        tls_ca: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        options = [("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive_message_length", 4 << 20)]
+        if tls_ca or client_cert:
+            self._channel = grpc.secure_channel(target, _credentials(tls_ca, client_cert, client_key), options)
+        else:
+            self._channel = grpc.insecure_channel(target, options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+        self.admin = identity_pb2_grpc.AdminServiceStub(self._channel)
+        self.identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
+        self.datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=timeout or self._timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    # --- identity and admin -------------------------------------------------------------------
+
+    def whoami(self) -> identity_pb2.Principal:
+        return self._call(self.identity.WhoAmI, identity_pb2.WhoAmIRequest())
+
+    def create_principal(self, display_name: str, role: str, *, request_id: str | None = None) -> identity_pb2.CreatePrincipalResponse:
+        if role not in ROLES:
+            raise CleanroomClientError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be one of {', '.join(ROLES)}")
+        request = identity_pb2.CreatePrincipalRequest(
+            request_id=request_id or _request_id(), display_name=display_name, role=ROLES[role]
+        )
+        return self._call(self.admin.CreatePrincipal, request)
+
+    def list_principals(self, page_size: int = 0) -> Iterator[identity_pb2.Principal]:
+        return self._pages(self.admin.ListPrincipals, identity_pb2.ListPrincipalsRequest(page_size=page_size), "principals")
+
+    def rotate_keys(self) -> identity_pb2.RotateKeysResponse:
+        return self._call(self.admin.RotateKeys, identity_pb2.RotateKeysRequest(request_id=_request_id()))
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        path: str | Path,
+        schema: Schema,
+        *,
+        display_name: str | None = None,
+        description: str = "",
+        request_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> datasets_pb2.Dataset:
+        path = Path(path)
+        metadata = datasets_pb2.UploadMetadata(
+            request_id=request_id or _request_id(),
+            display_name=display_name or path.stem,
+            format=_format_of(path),
+            columns=schema.columns,
+            policy=datasets_pb2.DeidentificationPolicy(k_anonymity=schema.k_anonymity),
+            description=description,
+            size_bytes=path.stat().st_size,
+        )
+        return self._call(self.datasets.UploadDataset, _upload_messages(path, metadata, progress))
+
+    def get_dataset(self, name: str) -> datasets_pb2.Dataset:
+        return self._call(self.datasets.GetDataset, datasets_pb2.GetDatasetRequest(name=name))
+
+    def list_datasets(self, page_size: int = 0) -> Iterator[datasets_pb2.Dataset]:
+        return self._pages(self.datasets.ListDatasets, datasets_pb2.ListDatasetsRequest(page_size=page_size), "datasets")
+
+    def delete_dataset(self, name: str, *, request_id: str | None = None) -> datasets_pb2.DeleteDatasetResponse:
+        request = datasets_pb2.DeleteDatasetRequest(name=name, request_id=request_id or _request_id())
+        return self._call(self.datasets.DeleteDataset, request)
+
+    def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+        while True:
+            response = self._call(method, request)
+            yield from getattr(response, field)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+
+def _upload_messages(path: Path, metadata: datasets_pb2.UploadMetadata, progress: Progress | None) -> Iterator[datasets_pb2.UploadDatasetRequest]:
+    yield datasets_pb2.UploadDatasetRequest(metadata=metadata)
+    digest, sent, total = hashlib.sha256(), 0, metadata.size_bytes
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK_BYTES):
+            digest.update(chunk)
+            sent += len(chunk)
+            yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
+            if progress:
+                progress(sent, total)
+    trailer = datasets_pb2.UploadTrailer(size_bytes=sent, sha256=digest.hexdigest())
+    yield datasets_pb2.UploadDatasetRequest(trailer=trailer)

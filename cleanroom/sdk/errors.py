@@ -1,0 +1,46 @@
+"""Client-side view of a server error: code, readable message, reason and field violations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    description: str
+
+
+class CleanroomClientError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", violations: tuple[Violation, ...] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.violations = violations
+
+    def __str__(self) -> str:
+        lines = [f"{self.code.name}: {self.message}"]
+        lines += [f"  - {v.field}: {v.description}" for v in self.violations]
+        return "\n".join(lines)
+
+
+def from_rpc_error(error: grpc.RpcError) -> CleanroomClientError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = error.details() if hasattr(error, "details") else str(error)
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    reason, violations = "", []
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [Violation(v.field, v.description) for v in bad.field_violations]
+    return CleanroomClientError(code, message or "", reason, tuple(violations))

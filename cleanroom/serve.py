@@ -1,0 +1,37 @@
+"""Server-side entry points used by the CLI: run the server, bootstrap the first admin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping
+
+from cleanroom.app import build_app, recover
+from cleanroom.config import build_config
+from cleanroom.domain.identity import Role
+from cleanroom.storage import repos
+
+
+def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from cleanroom.api.server import serve_forever
+
+    config = build_config(args, env)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(config)
+    recover(app)
+    serve_forever(app)
+    return 0
+
+
+def bootstrap_admin(args: argparse.Namespace, env: Mapping[str, str], display_name: str) -> str:
+    """Creates an admin straight in the database: whoever can read the state directory is trusted."""
+    app = build_app(build_config(args, env))
+    try:
+        with app.db.transaction() as session:
+            existing = repos.count_admins(session)
+        if existing:
+            logging.getLogger(__name__).warning("%d admin(s) already exist; creating another", existing)
+        _principal, token = app.principals.create(display_name, Role.ADMIN)
+        return token
+    finally:
+        app.close()

@@ -1,0 +1,10 @@
+"""Alembic environment: always run programmatically by cleanroom.storage.db.migrate()."""
+
+from alembic import context
+
+from cleanroom.storage.tables import Base
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,263 @@
+"""Repositories: the only place that turns table rows into domain objects and back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timezone
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.orm import Session
+
+from cleanroom.domain import deid
+from cleanroom.domain.datasets import Dataset, IntakeReport
+from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.identity import Principal, Role
+from cleanroom.storage.tables import DatasetRow, IdempotencyRow, PrincipalRow, SecretRow
+
+_RULES = {cls.__name__: cls for cls in (deid.AgeBand, deid.DateTruncation, deid.PrefixTruncation, deid.Suppress)}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- principals -----------------------------------------------------------------------------
+
+
+def add_principal(session: Session, principal: Principal, token_hash: str) -> None:
+    session.add(
+        PrincipalRow(
+            id=principal.id,
+            display_name=principal.display_name,
+            role=principal.role.value,
+            token_hash=token_hash,
+            created_at=principal.created_at,
+        )
+    )
+
+
+def _principal(row: PrincipalRow) -> Principal:
+    return Principal(row.id, row.display_name, Role(row.role), row.created_at)
+
+
+def principal_by_token_hash(session: Session, token_hash: str) -> Principal | None:
+    row = session.scalar(select(PrincipalRow).where(PrincipalRow.token_hash == token_hash))
+    return _principal(row) if row else None
+
+
+def get_principal(session: Session, principal_id: str) -> Principal | None:
+    row = session.get(PrincipalRow, principal_id)
+    return _principal(row) if row else None
+
+
+def list_principals(session: Session, *, after_id: str | None, limit: int) -> list[Principal]:
+    query = select(PrincipalRow).order_by(PrincipalRow.id).limit(limit)
+    if after_id is not None:
+        query = query.where(PrincipalRow.id > after_id)
+    return [_principal(r) for r in session.scalars(query)]
+
+
+def count_admins(session: Session) -> int:
+    return len(session.scalars(select(PrincipalRow.id).where(PrincipalRow.role == Role.ADMIN.value)).all())
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def _column_to_json(column: deid.ColumnSpec) -> dict[str, object]:
+    rule = column.generalization
+    return {
+        "name": column.name,
+        "type": column.type.name,
+        "role": column.role.name,
+        "rule": None if rule is None else {"kind": type(rule).__name__, **dataclasses.asdict(rule)},
+    }
+
+
+def _column_from_json(data: dict[str, object]) -> deid.ColumnSpec:
+    rule_data = data["rule"]
+    rule = None
+    if isinstance(rule_data, dict):
+        fields = dict(rule_data)
+        rule = _RULES[str(fields.pop("kind"))](**fields)
+    return deid.ColumnSpec(
+        name=str(data["name"]),
+        type=deid.ColumnType[str(data["type"])],
+        role=deid.ColumnRole[str(data["role"])],
+        generalization=rule,
+    )
+
+
+def _report_to_json(report: IntakeReport) -> str:
+    return json.dumps(dataclasses.asdict(report), sort_keys=True)
+
+
+def _report_from_json(text: str) -> IntakeReport:
+    data = json.loads(text)
+    for key in ("dropped_columns", "pseudonymized_columns", "notes"):
+        data[key] = tuple(data[key])
+    data["generalized_columns"] = tuple(tuple(pair) for pair in data["generalized_columns"])
+    return IntakeReport(**data)
+
+
+def add_dataset(session: Session, dataset: Dataset, wrapped_key: bytes) -> None:
+    session.add(
+        DatasetRow(
+            id=dataset.id,
+            owner_id=dataset.owner_id,
+            display_name=dataset.display_name,
+            description=dataset.description,
+            columns_json=json.dumps([_column_to_json(c) for c in dataset.columns]),
+            k_anonymity=dataset.k_anonymity,
+            row_count=dataset.row_count,
+            patient_count=dataset.patient_count,
+            report_json=_report_to_json(dataset.report),
+            ciphertext_sha256=dataset.ciphertext_sha256,
+            wrapped_key=wrapped_key,
+            created_at=dataset.created_at,
+        )
+    )
+
+
+def _dataset(row: DatasetRow) -> Dataset:
+    return Dataset(
+        id=row.id,
+        owner_id=row.owner_id,
+        display_name=row.display_name,
+        description=row.description,
+        columns=tuple(_column_from_json(c) for c in json.loads(row.columns_json)),
+        k_anonymity=row.k_anonymity,
+        row_count=row.row_count,
+        patient_count=row.patient_count,
+        report=_report_from_json(row.report_json),
+        ciphertext_sha256=row.ciphertext_sha256,
+        created_at=row.created_at,
+    )
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    row = session.get(DatasetRow, dataset_id)
+    if row is None or row.deleted_at is not None:
+        return None
+    return _dataset(row)
+
+
+def list_datasets(session: Session, *, owner_id: str | None, after_id: str | None, limit: int) -> list[Dataset]:
+    query = select(DatasetRow).where(DatasetRow.deleted_at.is_(None)).order_by(DatasetRow.id).limit(limit)
+    if owner_id is not None:
+        query = query.where(DatasetRow.owner_id == owner_id)
+    if after_id is not None:
+        query = query.where(DatasetRow.id > after_id)
+    return [_dataset(r) for r in session.scalars(query)]
+
+
+def wrapped_dataset_key(session: Session, dataset_id: str) -> bytes | None:
+    row = session.get(DatasetRow, dataset_id)
+    return None if row is None or row.deleted_at is not None else row.wrapped_key
+
+
+def shred_dataset(session: Session, dataset_id: str) -> bool:
+    """Destroys the wrapped key and marks the row deleted; the tombstone keeps later references valid."""
+    result = session.execute(
+        update(DatasetRow)
+        .where(DatasetRow.id == dataset_id, DatasetRow.deleted_at.is_(None))
+        .values(wrapped_key=None, deleted_at=now())
+    )
+    return result.rowcount == 1
+
+
+def live_wrapped_keys(session: Session) -> list[tuple[str, bytes]]:
+    rows = session.execute(
+        select(DatasetRow.id, DatasetRow.wrapped_key).where(DatasetRow.wrapped_key.is_not(None))
+    )
+    return [(r.id, r.wrapped_key) for r in rows]
+
+
+def set_wrapped_dataset_key(session: Session, dataset_id: str, wrapped_key: bytes) -> None:
+    session.execute(update(DatasetRow).where(DatasetRow.id == dataset_id).values(wrapped_key=wrapped_key))
+
+
+def dataset_ids(session: Session) -> set[str]:
+    return set(session.scalars(select(DatasetRow.id).where(DatasetRow.deleted_at.is_(None))))
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def get_secret(session: Session, name: str) -> bytes | None:
+    row = session.get(SecretRow, name)
+    return row.wrapped if row else None
+
+
+def put_secret(session: Session, name: str, wrapped: bytes) -> None:
+    row = session.get(SecretRow, name)
+    if row is None:
+        session.add(SecretRow(name=name, wrapped=wrapped))
+    else:
+        row.wrapped = wrapped
+
+
+def all_secrets(session: Session) -> list[tuple[str, bytes]]:
+    return [(r.name, r.wrapped) for r in session.scalars(select(SecretRow))]
+
+
+# --- idempotency -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestKey:
+    principal_id: str
+    method: str
+    request_id: str
+
+
+def claim_request(session: Session, key: RequestKey, fingerprint: str) -> IdempotencyRow | None:
+    """Inserts an in-flight marker; returns the existing record instead when the id was seen."""
+    existing = session.get(IdempotencyRow, (key.principal_id, key.method, key.request_id))
+    if existing is not None:
+        return existing
+    try:
+        with session.begin_nested():
+            session.add(
+                IdempotencyRow(
+                    principal_id=key.principal_id,
+                    method=key.method,
+                    request_id=key.request_id,
+                    fingerprint=fingerprint,
+                    response=None,
+                    created_at=now(),
+                )
+            )
+    except DbIntegrityError:
+        raise CleanroomError(ErrorCode.REQUEST_IN_PROGRESS, "a request with this request_id is in progress")
+    return None
+
+
+def complete_request(session: Session, key: RequestKey, response: bytes) -> None:
+    session.execute(
+        update(IdempotencyRow)
+        .where(
+            IdempotencyRow.principal_id == key.principal_id,
+            IdempotencyRow.method == key.method,
+            IdempotencyRow.request_id == key.request_id,
+        )
+        .values(response=response)
+    )
+
+
+def release_request(session: Session, key: RequestKey) -> None:
+    session.execute(
+        delete(IdempotencyRow).where(
+            IdempotencyRow.principal_id == key.principal_id,
+            IdempotencyRow.method == key.method,
+            IdempotencyRow.request_id == key.request_id,
+            IdempotencyRow.response.is_(None),
+        )
+    )
+
+
+def release_all_in_flight(session: Session) -> int:
+    """At start-up nothing is in flight: markers left by a crash would block retries forever."""
+    return session.execute(delete(IdempotencyRow).where(IdempotencyRow.response.is_(None))).rowcount

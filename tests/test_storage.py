@@ -1,0 +1,177 @@
+"""Storage contract tests: the same suite against SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from cleanroom.domain import deid
+from cleanroom.domain.datasets import Dataset, IntakeReport
+from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.identity import Principal, Role, hash_token
+from cleanroom.storage import repos
+from cleanroom.storage.db import Database, migrate
+from cleanroom.storage.tables import Base
+
+
+@pytest.fixture
+def db(database_url: str):
+    database = Database(database_url)
+    migrate(database.engine)
+    yield database
+    database.dispose()
+
+
+def _principal(pid: str = "p1", role: Role = Role.DATA_OWNER) -> Principal:
+    return Principal(pid, f"name {pid}", role, repos.now())
+
+
+def _dataset(did: str, owner: str) -> Dataset:
+    columns = (
+        deid.ColumnSpec("pid", deid.ColumnType.STRING, deid.ColumnRole.PATIENT_KEY),
+        deid.ColumnSpec("age", deid.ColumnType.INTEGER, deid.ColumnRole.QUASI_IDENTIFIER, deid.AgeBand(10, 90)),
+        deid.ColumnSpec("zip", deid.ColumnType.STRING, deid.ColumnRole.QUASI_IDENTIFIER, deid.PrefixTruncation(3)),
+        deid.ColumnSpec("seen", deid.ColumnType.DATE, deid.ColumnRole.QUASI_IDENTIFIER, deid.DateTruncation("month")),
+        deid.ColumnSpec("flag", deid.ColumnType.BOOLEAN, deid.ColumnRole.QUASI_IDENTIFIER, deid.Suppress()),
+        deid.ColumnSpec("name", deid.ColumnType.STRING, deid.ColumnRole.DIRECT_IDENTIFIER),
+        deid.ColumnSpec("y", deid.ColumnType.INTEGER, deid.ColumnRole.LABEL),
+    )
+    report = IntakeReport(
+        bytes_received=10, rows_received=9, rows_stored=8, k_anonymity=5,
+        dropped_columns=("name",), pseudonymized_columns=("pid",), generalized_columns=(("age", "age band"),),
+        notes=("a note",),
+    )
+    return Dataset(did, owner, "display", "desc", columns, 5, 8, 3, report, "ab" * 32, repos.now())
+
+
+def test_migrations_match_the_models(db: Database) -> None:
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_migrate_twice_is_a_no_op(db: Database) -> None:
+    migrate(db.engine)
+    with db.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+
+
+def test_principal_round_trip_and_token_lookup(db: Database) -> None:
+    principal = _principal("p1", Role.MANUFACTURER)
+    with db.transaction() as s:
+        repos.add_principal(s, principal, hash_token("crt_secret"))
+    with db.transaction() as s:
+        assert repos.principal_by_token_hash(s, hash_token("crt_secret")) == principal
+        assert repos.principal_by_token_hash(s, hash_token("crt_other")) is None
+        assert repos.get_principal(s, "p1") == principal
+        assert repos.get_principal(s, "missing") is None
+
+
+def test_principals_page_in_id_order(db: Database) -> None:
+    with db.transaction() as s:
+        for i in range(5):
+            repos.add_principal(s, _principal(f"p{i}"), hash_token(f"t{i}"))
+    with db.transaction() as s:
+        first = repos.list_principals(s, after_id=None, limit=2)
+        rest = repos.list_principals(s, after_id=first[-1].id, limit=10)
+    assert [p.id for p in first + rest] == [f"p{i}" for i in range(5)]
+
+
+def test_dataset_round_trip_keeps_every_field(db: Database) -> None:
+    with db.transaction() as s:
+        repos.add_principal(s, _principal("owner"), hash_token("t"))
+        s.flush()
+        repos.add_dataset(s, _dataset("d1", "owner"), b"wrapped")
+    with db.transaction() as s:
+        stored = repos.get_dataset(s, "d1")
+        key = repos.wrapped_dataset_key(s, "d1")
+    expected = _dataset("d1", "owner")
+    assert stored is not None
+    assert stored.columns == expected.columns
+    assert stored.report == expected.report
+    assert (stored.row_count, stored.patient_count, stored.ciphertext_sha256) == (8, 3, "ab" * 32)
+    assert abs(stored.created_at - expected.created_at) < timedelta(seconds=5)
+    assert stored.created_at.tzinfo is not None
+    assert key == b"wrapped"
+
+
+def test_datasets_list_by_owner_and_shred(db: Database) -> None:
+    with db.transaction() as s:
+        repos.add_principal(s, _principal("a"), hash_token("ta"))
+        repos.add_principal(s, _principal("b"), hash_token("tb"))
+        s.flush()
+        repos.add_dataset(s, _dataset("d1", "a"), b"k1")
+        repos.add_dataset(s, _dataset("d2", "b"), b"k2")
+        repos.add_dataset(s, _dataset("d3", "a"), b"k3")
+    with db.transaction() as s:
+        assert [d.id for d in repos.list_datasets(s, owner_id="a", after_id=None, limit=10)] == ["d1", "d3"]
+        assert repos.shred_dataset(s, "d1") is True
+        assert repos.shred_dataset(s, "d1") is False
+    with db.transaction() as s:
+        assert repos.get_dataset(s, "d1") is None
+        assert repos.wrapped_dataset_key(s, "d1") is None
+        assert [d.id for d in repos.list_datasets(s, owner_id="a", after_id=None, limit=10)] == ["d3"]
+        assert sorted(i for i, _ in repos.live_wrapped_keys(s)) == ["d2", "d3"]
+
+
+def test_secrets_upsert(db: Database) -> None:
+    with db.transaction() as s:
+        repos.put_secret(s, "x", b"one")
+    with db.transaction() as s:
+        repos.put_secret(s, "x", b"two")
+    with db.transaction() as s:
+        assert repos.get_secret(s, "x") == b"two"
+        assert repos.all_secrets(s) == [("x", b"two")]
+
+
+def test_request_claims(db: Database) -> None:
+    key = repos.RequestKey("p", "M", "r1")
+    with db.transaction() as s:
+        assert repos.claim_request(s, key, "fp") is None
+    with db.transaction() as s:
+        existing = repos.claim_request(s, key, "fp")
+        assert existing is not None and existing.response is None
+        repos.complete_request(s, key, b"answer")
+    with db.transaction() as s:
+        assert repos.claim_request(s, key, "fp").response == b"answer"
+        repos.release_request(s, key)  # a completed answer is never released
+    with db.transaction() as s:
+        assert repos.claim_request(s, key, "fp").response == b"answer"
+
+
+def test_concurrent_claims_admit_exactly_one(db: Database) -> None:
+    key = repos.RequestKey("p", "M", "race")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            with db.transaction() as s:
+                outcomes.append("claimed" if repos.claim_request(s, key, "fp") is None else "seen")
+        except CleanroomError as error:
+            assert error.code is ErrorCode.REQUEST_IN_PROGRESS
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("claimed") == 1
+    assert len(outcomes) == 8
+
+
+def test_start_up_releases_in_flight_claims(db: Database) -> None:
+    with db.transaction() as s:
+        repos.claim_request(s, repos.RequestKey("p", "M", "a"), "fp")
+        repos.claim_request(s, repos.RequestKey("p", "M", "b"), "fp")
+        repos.complete_request(s, repos.RequestKey("p", "M", "b"), b"done")
+    with db.transaction() as s:
+        assert repos.release_all_in_flight(s) == 1
+    with db.transaction() as s:
+        assert repos.claim_request(s, repos.RequestKey("p", "M", "a"), "fp2") is None
