@@ -1,0 +1,610 @@
+"""Envelope encryption at rest: per-blob data keys, KEK wrapping and a chunked AES-GCM stream.
+
+Each blob gets its own 256-bit data key. The data key is wrapped (AES-256-GCM) under a KEK held by
+a KeyProvider, with the owner's id bound as associated data. Blob contents are sealed in chunks so
+that readers can decrypt only what they need (Parquet wants random access) and writers hold at
+most one chunk of plaintext. Every GCM nonce is an explicit 12 bytes: pycryptodome defaults to 16,
+which GCM then hashes into a counter block, losing the standard's nonce guarantees.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import io
+import json
+import os
+import secrets
+import stat
+import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from Crypto.Cipher import AES
+from Crypto.Random import get_random_bytes
+
+from cleanroom.domain.errors import CleanroomError, ErrorCode, IntegrityError
+
+DATA_KEY_BYTES = 32
+CHUNK_SIZE = 1 << 20
+MAX_CHUNK_SIZE = 1 << 26  # bounds what a (possibly hostile) header can make a reader allocate
+NONCE_BYTES = 12
+TAG_BYTES = 16
+
+_WRAP_VERSION = 1
+_WRAP_AAD_MAGIC = b"CRWRAP1\n"
+_MAGIC = b"CRSEAL1\n"
+_HEADER = struct.Struct(">8sI")  # magic, chunk_size
+_LEN = struct.Struct(">I")  # ciphertext length of one chunk
+_CHUNK_OVERHEAD = _LEN.size + NONCE_BYTES + TAG_BYTES
+
+
+def new_data_key() -> bytes:
+    return get_random_bytes(DATA_KEY_BYTES)
+
+
+def _gcm(key: bytes, nonce: bytes):
+    return AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_BYTES)
+
+
+def _prefixed(value: bytes) -> bytes:
+    """Length-prefix a variable field so that two fields can never run into each other."""
+    return struct.pack(">H", len(value)) + value
+
+
+# --------------------------------------------------------------------------- wrapped data keys
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key sealed under the KEK `key_id`; `blob` is nonce(12) + ciphertext + tag(16)."""
+
+    key_id: str
+    blob: bytes
+
+    def to_bytes(self) -> bytes:
+        kid = self.key_id.encode("ascii")
+        if not 0 < len(kid) < 256:
+            raise ValueError("key id must be 1..255 ASCII characters")
+        return bytes([_WRAP_VERSION, len(kid)]) + kid + self.blob
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WrappedKey:
+        # A malformed envelope is stored data gone bad, hence IntegrityError.
+        if len(data) < 2 or data[0] != _WRAP_VERSION:
+            raise IntegrityError()
+        end = 2 + data[1]
+        blob = bytes(data[end:])
+        if data[1] == 0 or len(blob) != NONCE_BYTES + DATA_KEY_BYTES + TAG_BYTES:
+            raise IntegrityError()
+        try:
+            key_id = bytes(data[2:end]).decode("ascii")
+        except UnicodeDecodeError:
+            raise IntegrityError() from None
+        return cls(key_id, blob)
+
+
+def _wrap_aad(key_id: str, context: bytes) -> bytes:
+    return _WRAP_AAD_MAGIC + _prefixed(key_id.encode("ascii")) + context
+
+
+def wrap_with_kek(kek: bytes, key_id: str, data_key: bytes, context: bytes) -> WrappedKey:
+    """Seal `data_key` under `kek`; the same `context` (e.g. dataset id) is needed to unwrap."""
+    if len(data_key) != DATA_KEY_BYTES:
+        raise ValueError("data key must be 32 bytes")
+    nonce = get_random_bytes(NONCE_BYTES)
+    cipher = _gcm(kek, nonce)
+    cipher.update(_wrap_aad(key_id, context))
+    ciphertext, tag = cipher.encrypt_and_digest(data_key)
+    return WrappedKey(key_id, nonce + ciphertext + tag)
+
+
+def unwrap_with_kek(kek: bytes, wrapped: WrappedKey, context: bytes) -> bytes:
+    blob = wrapped.blob
+    if len(blob) != NONCE_BYTES + DATA_KEY_BYTES + TAG_BYTES:
+        raise IntegrityError()
+    cipher = _gcm(kek, blob[:NONCE_BYTES])
+    cipher.update(_wrap_aad(wrapped.key_id, context))
+    try:
+        return cipher.decrypt_and_verify(blob[NONCE_BYTES:-TAG_BYTES], blob[-TAG_BYTES:])
+    except ValueError:
+        raise IntegrityError() from None
+
+
+class KeyProvider(Protocol):
+    """Holds KEKs. Old KEKs keep unwrapping after rotate() until they are retired."""
+
+    def current_key_id(self) -> str: ...
+
+    def wrap(self, data_key: bytes, *, context: bytes) -> WrappedKey: ...
+
+    def unwrap(self, wrapped: WrappedKey, *, context: bytes) -> bytes: ...
+
+    def rotate(self) -> str: ...
+
+    def retire(self, key_id: str) -> None: ...
+
+    def key_ids(self) -> list[str]: ...
+
+
+def rewrap(provider: KeyProvider, wrapped: WrappedKey, *, context: bytes) -> WrappedKey:
+    """Move a data key to the provider's current KEK (the data itself is not re-encrypted)."""
+    data_key = provider.unwrap(wrapped, context=context)
+    return provider.wrap(data_key, context=context)
+
+
+class KeyFileError(CleanroomError):
+    """The KEK file is unsafe or unreadable; the service must not start on it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, message)
+
+
+class LocalKeyFileProvider(KeyProvider):
+    """KEKs in `<state_dir>/keys/kek.json` (0600, directory 0700), created on first use.
+
+    Reads take no lock (the file is only ever replaced atomically); rotate/retire take an
+    flock so two processes cannot lose each other's keys.
+    """
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self._dir = Path(state_dir) / "keys"
+        self._path = self._dir / "kek.json"
+        self._thread_lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def current_key_id(self) -> str:
+        return self._state()["current"]
+
+    def wrap(self, data_key: bytes, *, context: bytes) -> WrappedKey:
+        state = self._state()
+        kid = state["current"]
+        return wrap_with_kek(_decode_kek(state, kid), kid, data_key, context)
+
+    def unwrap(self, wrapped: WrappedKey, *, context: bytes) -> bytes:
+        state = self._state()
+        if wrapped.key_id not in state["keys"]:
+            raise IntegrityError()  # retired or foreign KEK: the data key is unrecoverable
+        return unwrap_with_kek(_decode_kek(state, wrapped.key_id), wrapped, context)
+
+    def rotate(self) -> str:
+        with self._mutating() as state:
+            kid = _add_kek(state)
+            state["current"] = kid
+        return kid
+
+    def key_ids(self) -> list[str]:
+        return sorted(self._state()["keys"])
+
+    def retire(self, key_id: str) -> None:
+        with self._mutating() as state:
+            if key_id == state["current"]:
+                raise ValueError("cannot retire the current KEK; rotate first")
+            state["keys"].pop(key_id, None)
+
+    # -- file handling
+
+    def _state(self) -> dict:
+        if not self._path.exists():
+            with self._mutating():
+                pass  # creates the file under the lock
+        return self._load()
+
+    @contextmanager
+    def _mutating(self) -> Iterator[dict]:
+        """Read-modify-write under a thread lock and an flock; creates the file if missing."""
+        self._ensure_dir()
+        with self._thread_lock, open(self._lock_fd(), "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._load() if self._path.exists() else _new_state()
+            yield state
+            self._store(state)
+
+    def _ensure_dir(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self._dir, 0o700)
+
+    def _lock_fd(self) -> int:
+        return os.open(self._dir / "kek.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _load(self) -> dict:
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise KeyFileError(f"cannot open key file {self._path}: {exc.strerror}") from None
+        with open(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+                raise KeyFileError(
+                    f"key file {self._path} is accessible to group or others; chmod 600 it"
+                )
+            raw = fh.read()
+        try:
+            state = json.loads(raw)
+            valid = state["current"] in state["keys"]
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            raise KeyFileError(f"key file {self._path} is malformed")
+        return state
+
+    def _store(self, state: dict) -> None:
+        tmp = self._dir / f".kek.{secrets.token_hex(8)}.tmp"
+        # Mode 0600 from creation, so the key never sits in a wider-open file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            with open(fd, "wb") as fh:
+                fh.write(json.dumps(state, indent=1).encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self._dir)
+
+
+def _new_state() -> dict:
+    state: dict = {"format": 1, "keys": {}}
+    state["current"] = _add_kek(state)
+    return state
+
+
+def _add_kek(state: dict) -> str:
+    kid = f"kek-{secrets.token_hex(4)}"
+    while kid in state["keys"]:
+        kid = f"kek-{secrets.token_hex(4)}"
+    state["keys"][kid] = base64.b64encode(get_random_bytes(32)).decode("ascii")
+    return kid
+
+
+def _decode_kek(state: dict, key_id: str) -> bytes:
+    kek = base64.b64decode(state["keys"][key_id])
+    if len(kek) != 32:
+        raise KeyFileError("key file holds a KEK of the wrong length")
+    return kek
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- sealed streams
+
+
+def _chunk_aad(header: bytes, blob_prefix: bytes, index: int, last: bool) -> bytes:
+    # The whole header (magic + chunk size) is bound, so it cannot be edited either.
+    return header + blob_prefix + struct.pack(">QB", index, last)
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}")
+
+
+def _check_key(data_key: bytes) -> None:
+    if len(data_key) != DATA_KEY_BYTES:
+        raise ValueError("data key must be 32 bytes")
+
+
+class _PipelinedSha256:
+    """SHA-256 that hashes a large chunk on a helper thread while the next one is encrypted.
+
+    Hashing costs about as much as AES-GCM; hashlib and pycryptodome both release the GIL, so
+    overlapping them nearly doubles sealing throughput. The caller must leave the buffers
+    passed to update() untouched until its next update() (the writer alternates two buffers).
+    """
+
+    _INLINE_BELOW = 1 << 16  # not worth a thread hop
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def update(self, *parts) -> None:
+        self.wait()  # keeps updates in order
+        if sum(len(p) for p in parts) < self._INLINE_BELOW:
+            self._feed(parts)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="seal-sha256")
+        self._pending = self._pool.submit(self._feed, parts)
+
+    def _feed(self, parts) -> None:
+        for part in parts:
+            self._sha.update(part)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def hexdigest(self) -> str:
+        self.wait()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
+class SealedWriter(io.RawIOBase):
+    """Encrypts what is written to it into `fileobj` in the sealed chunk format.
+
+    close() writes the final chunk flagged LAST; until then the stream is incomplete and will
+    not open. Leaving a `with` block on an exception, or abort(), stops without that chunk, so
+    a half-written blob can never pass as complete. `fileobj` is not closed, and its write()
+    must consume the bytes before returning (files and BytesIO do): buffers are reused.
+    """
+
+    _sha: _PipelinedSha256 | None = None  # still None if __init__ failed early
+
+    def __init__(self, fileobj, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE):
+        super().__init__()
+        _check_key(data_key)
+        _check_chunk_size(chunk_size)
+        self._out = fileobj
+        self._key = bytes(data_key)
+        self._blob_prefix = _prefixed(blob_id.encode("utf-8"))
+        self._chunk_size = chunk_size
+        self._buf = bytearray(chunk_size)
+        self._fill = 0
+        self._cts = (bytearray(chunk_size), bytearray(chunk_size))  # see _PipelinedSha256
+        self._index = 0
+        self._sha = _PipelinedSha256()
+        self.plaintext_bytes = 0
+        self._header = _HEADER.pack(_MAGIC, chunk_size)
+        self._out.write(self._header)
+        self._sha.update(self._header)
+
+    @property
+    def ciphertext_sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.plaintext_bytes
+
+    def write(self, b) -> int:
+        if self.closed:
+            raise ValueError("write to closed SealedWriter")
+        data = memoryview(b).cast("B")
+        try:
+            self._consume(data)
+        except BaseException:
+            self.abort()  # the sink may hold part of a chunk; never write after that
+            raise
+        self.plaintext_bytes += len(data)
+        return len(data)
+
+    def _consume(self, data: memoryview) -> None:
+        size, pos, cs = len(data), 0, self._chunk_size
+        while pos < size:
+            if self._fill == cs:  # more data follows, so the buffered chunk is not the last
+                self._emit_chunk(memoryview(self._buf), last=False)
+                self._fill = 0
+            if self._fill == 0 and size - pos > cs:
+                # Whole chunks straight from the caller's buffer, with no copy.
+                self._emit_chunk(data[pos : pos + cs], last=False)
+                pos += cs
+                continue
+            take = min(cs - self._fill, size - pos)
+            self._buf[self._fill : self._fill + take] = data[pos : pos + take]
+            self._fill += take
+            pos += take
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._emit_chunk(memoryview(self._buf)[: self._fill], last=True)
+            finally:
+                self._drop()
+
+    def abort(self) -> None:
+        """Stop without the LAST chunk: what was written stays unreadable."""
+        if not self.closed:
+            self._drop()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.abort() if exc_type is not None else self.close()
+
+    def __del__(self) -> None:
+        # Never seal on garbage collection: an abandoned writer must not look complete.
+        self.abort()
+
+    def _drop(self) -> None:
+        try:
+            if self._sha is not None:
+                self._sha.close()
+        finally:
+            self._buf, self._cts = bytearray(), ()
+            super().close()
+
+    def _emit_chunk(self, plain: memoryview, *, last: bool) -> None:
+        n = len(plain)
+        nonce = get_random_bytes(NONCE_BYTES)
+        cipher = _gcm(self._key, nonce)
+        cipher.update(_chunk_aad(self._header, self._blob_prefix, self._index, last))
+        ct = memoryview(self._cts[self._index % 2])[:n]
+        _, tag = cipher.encrypt_and_digest(plain, output=ct)
+        prefix = _LEN.pack(n) + nonce
+        self._out.write(prefix)
+        self._out.write(ct)
+        self._out.write(tag)
+        self._sha.update(prefix, ct, tag)
+        self._index += 1
+
+
+class SealedReader(io.RawIOBase):
+    """Readable, seekable plaintext view of a sealed stream; decrypts one chunk at a time.
+
+    Opening scans the chunk length prefixes (no decryption) and authenticates the final chunk,
+    so truncation or trailing data fails at once. Not thread-safe; `fileobj` is not closed.
+    """
+
+    def __init__(self, fileobj, data_key: bytes, blob_id: str) -> None:
+        super().__init__()
+        _check_key(data_key)
+        self._src = fileobj
+        self._key = bytes(data_key)
+        self._blob_prefix = _prefixed(blob_id.encode("utf-8"))
+        self._header = self._read_header()
+        self._offsets, self._last_len = self._scan()
+        self._plain = bytearray(self._chunk_size)
+        self._cached, self._cached_len = -1, 0
+        self._pos = 0
+        self._load_chunk(len(self._offsets) - 1)
+
+    def _read_header(self) -> bytes:
+        self._src.seek(0)
+        header = self._src.read(_HEADER.size)
+        if len(header) != _HEADER.size:
+            raise IntegrityError()
+        magic, chunk_size = _HEADER.unpack(header)
+        if magic != _MAGIC or not 0 < chunk_size <= MAX_CHUNK_SIZE:
+            raise IntegrityError()
+        self._chunk_size = chunk_size
+        return header
+
+    def _scan(self) -> tuple[list[int], int]:
+        """Chunk offsets from the length prefixes; every chunk but the last must be full."""
+        end = self._src.seek(0, io.SEEK_END)
+        offsets, pos, length = [], _HEADER.size, 0
+        while pos < end:
+            if offsets and length != self._chunk_size:
+                raise IntegrityError()  # a short chunk that is not the last one
+            self._src.seek(pos)
+            prefix = self._src.read(_LEN.size)
+            if len(prefix) != _LEN.size:
+                raise IntegrityError()
+            (length,) = _LEN.unpack(prefix)
+            if length > self._chunk_size or pos + _CHUNK_OVERHEAD + length > end:
+                raise IntegrityError()
+            offsets.append(pos)
+            pos += _CHUNK_OVERHEAD + length
+        if not offsets:
+            raise IntegrityError()  # not even the LAST chunk of an empty blob
+        return offsets, length
+
+    def size(self) -> int:
+        return (len(self._offsets) - 1) * self._chunk_size + self._last_len
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size()}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence}")
+        base = bases[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        done = 0
+        for piece in self._pieces(len(out)):
+            out[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = max(self.size() - self._pos, 0) if not self.closed else 0
+        want = remaining if size is None or size < 0 else min(size, remaining)
+        if want <= self._chunk_size:
+            return b"".join(bytes(p) for p in self._pieces(want))
+        out = bytearray(want)  # one allocation for large reads
+        self.readinto(out)
+        return bytes(out)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        self._plain = bytearray()
+        self._cached = -1
+        super().close()
+
+    def _pieces(self, n: int) -> Iterator[memoryview]:
+        """Yield verified plaintext slices covering up to n bytes from the current position."""
+        self._check_open()
+        cs = self._chunk_size
+        while n > 0 and self._pos < self.size():
+            index, start = divmod(self._pos, cs)
+            self._load_chunk(index)
+            piece = memoryview(self._plain)[start : min(self._cached_len, start + n)]
+            self._pos += len(piece)
+            n -= len(piece)
+            yield piece
+
+    def _load_chunk(self, index: int) -> None:
+        if index == self._cached:
+            return
+        last = index == len(self._offsets) - 1
+        length = self._last_len if last else self._chunk_size
+        self._src.seek(self._offsets[index] + _LEN.size)
+        raw = self._src.read(NONCE_BYTES + length + TAG_BYTES)
+        if len(raw) != NONCE_BYTES + length + TAG_BYTES:
+            raise IntegrityError()  # the file shrank under us
+        raw = memoryview(raw)
+        cipher = _gcm(self._key, raw[:NONCE_BYTES])
+        cipher.update(_chunk_aad(self._header, self._blob_prefix, index, last))
+        self._cached = -1  # the buffer holds unverified bytes until verify succeeds
+        target = memoryview(self._plain)[:length]
+        try:
+            cipher.decrypt_and_verify(raw[NONCE_BYTES:-TAG_BYTES], raw[-TAG_BYTES:], output=target)
+        except ValueError:
+            raise IntegrityError() from None
+        self._cached, self._cached_len = index, length
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed SealedReader")
+
+
+def as_arrow_file(reader: SealedReader):
+    """Wrap a SealedReader as a pyarrow NativeFile (random access for Parquet, streams for IPC)."""
+    import pyarrow as pa
+
+    return pa.PythonFile(reader, mode="r")
+
+
+def seal_bytes(data: bytes, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE) -> bytes:
+    out = io.BytesIO()
+    with SealedWriter(out, data_key, blob_id, chunk_size) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
+def open_bytes(sealed: bytes, data_key: bytes, blob_id: str) -> bytes:
+    with SealedReader(io.BytesIO(sealed), data_key, blob_id) as reader:
+        return reader.read()
