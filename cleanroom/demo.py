@@ -1,0 +1,131 @@
+"""`make demo`: the clean-room on embedded defaults, from an empty state directory.
+
+Starts a real server process, creates the first admin with the local bootstrap command, creates a
+hospital, a manufacturer and a privacy officer, uploads the breast-cancer data with its synthetic
+identifiers, prints the intake report, and shows what each role can and cannot see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cleanroom import render, samples
+from cleanroom.sdk import Client, CleanroomClientError
+from cleanroom.sdk.schema import Schema
+from cleanroom.v1 import datasets_pb2
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cleanroom.cli", *args]
+
+
+def start_server(state_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = state_dir / "port"
+    server = subprocess.Popen(
+        _cli("serve", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING")
+    )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the server did not start; see its output above")
+        time.sleep(0.1)
+    return server, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def upload(client: Client, path: Path, schema: Schema, name: str) -> object:
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="upload", file=sys.stdout) as bar:
+        return client.upload_dataset(path, schema, display_name=name, progress=lambda sent, _t: bar.update(sent - bar.n))
+
+
+def run(workdir: Path) -> None:
+    state_dir = workdir / "state"
+    step("Bootstrap: the first admin is created locally, with access to the state directory")
+    admin_token = subprocess.run(
+        _cli("admin", "bootstrap", "--state-dir", str(state_dir), "--name", "operator"), check=True, capture_output=True, text=True
+    ).stdout.strip()
+    print("admin token created (shown once, stored only as a hash)")
+    server, address = start_server(state_dir)
+    try:
+        story(address, admin_token, workdir)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        print(f"\nserver stopped gracefully (exit {server.returncode})")
+
+
+def story(address: str, admin_token: str, workdir: Path) -> None:
+    with Client(address, admin_token) as admin:
+        step("Admin creates the principals")
+        hospital = admin.create_principal("Seoul National University Hospital - data team", "data_owner")
+        maker = admin.create_principal("Acme Medical Devices - ML team", "manufacturer")
+        admin.create_principal("SNUH privacy office", "privacy_officer")
+        print(render.table(("name", "display name", "role"), [(p.name, p.display_name, render.role_name(p.role)) for p in admin.list_principals()]))
+
+    csv_path = samples.write_breast_cancer_csv(workdir / "breast_cancer.csv")
+    schema = Schema(samples.breast_cancer_schema(), k_anonymity=5)
+    with Client(address, hospital.token) as owner:
+        step("Hospital uploads the Wisconsin breast-cancer data (569 patients, synthetic identifiers added)")
+        dataset = upload(owner, csv_path, schema, "breast-cancer-wisconsin")
+        print(render.intake_report(dataset))
+        step("Stored schema: direct identifiers dropped, quasi-identifiers generalised")
+        print(render.columns_table(dataset))
+
+        step("Bad input: the same file with resident registration numbers declared as a feature")
+        wrong = Schema([_as_feature(c) for c in schema.columns], 5)
+        try:
+            owner.upload_dataset(csv_path, wrong, display_name="mistake")
+        except CleanroomClientError as error:
+            print(error)
+        print(f"datasets stored: {len(list(owner.list_datasets()))} (the refused upload left nothing)")
+
+    with Client(address, maker.token) as manufacturer:
+        step("Manufacturer: no access until a privacy officer shares the dataset")
+        try:
+            manufacturer.get_dataset(dataset.name)
+        except CleanroomClientError as error:
+            print(error)
+        try:
+            manufacturer.delete_dataset(dataset.name)
+        except CleanroomClientError as error:
+            print(error)
+
+
+def _as_feature(column: datasets_pb2.ColumnSpec) -> datasets_pb2.ColumnSpec:
+    copy = datasets_pb2.ColumnSpec()
+    copy.CopyFrom(column)
+    if copy.name == "rrn":
+        copy.role = datasets_pb2.FEATURE
+    return copy
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="keep the state directory afterwards and print its path")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
+    try:
+        run(workdir)
+    finally:
+        if args.keep:
+            print(f"state kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
