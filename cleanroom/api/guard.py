@@ -49,7 +49,7 @@ def _has_unknown_fields(message: Message) -> bool:
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
             continue
-        values = value if descriptor.label == descriptor.LABEL_REPEATED else [value]
+        values = value if descriptor.is_repeated else [value]
         if any(_has_unknown_fields(v) for v in values):
             return True
     return False

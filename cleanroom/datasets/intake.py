@@ -65,7 +65,10 @@ def ingest(
         batches = _parse(stream, file_format, policy, blobs, dataset_id, temporaries)
         staged = temporaries.enter_context(blobs.create(f"{dataset_id}-stage"))
         stage_key = crypto.new_data_key()
-        _first_pass(batches, policy, pseudonymizer, counter, counts, staged, stage_key)
+        try:
+            _first_pass(batches, policy, pseudonymizer, counter, counts, staged, stage_key)
+        except CleanroomError as error:
+            raise stream.explain(error) from None
         stream.verify_trailer()
         small = counter.small_classes(policy.k)
         final = blobs.create(dataset_id)

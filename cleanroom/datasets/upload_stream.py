@@ -67,6 +67,15 @@ class UploadStream(io.RawIOBase):
             self._buffer = memoryview(b"")
             self._next_part()
 
+    def explain(self, error: CleanroomError) -> CleanroomError:
+        """A parse error in a file that arrived incomplete is reported as the incomplete upload it is."""
+        if self._trailer is not None:
+            try:
+                self.verify_trailer()
+            except CleanroomError as incomplete:
+                return incomplete
+        return error
+
     def verify_trailer(self) -> None:
         self.drain()
         assert self._trailer is not None

@@ -25,8 +25,10 @@ def parse_page(page_size: int, page_token: str) -> PageRequest:
     if not page_token:
         return PageRequest(size, None)
     try:
-        after = base64.urlsafe_b64decode(page_token.encode("ascii")).decode("utf-8")
+        after = base64.b64decode(page_token.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
+        after = ""
+    if not after:
         raise bad_request("page_token is not one this server issued", FieldViolation("page_token", "malformed"))
     return PageRequest(size, after)
 

@@ -1,0 +1,1 @@
+"""Dataset intake: reading uploaded files and de-identifying them with Arrow."""

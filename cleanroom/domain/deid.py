@@ -1,0 +1,252 @@
+"""The de-identification policy a data owner declares for a dataset, and its validation.
+
+Pure Python: what a column is (type, role), how each quasi-identifier is coarsened, and the
+schema that remains after de-identification. cleanroom/datasets/deidentify.py executes it.
+Error messages name columns and rules only; a policy holds no data value.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Literal, Union
+
+from cleanroom.domain.errors import FieldViolation, bad_request
+
+MIN_K = 2
+MAX_K = 1000
+DEFAULT_K = 5
+
+
+class ColumnType(enum.Enum):
+    """Declared value type; the numbers match cleanroom.v1.ColumnType (0 is "unspecified")."""
+
+    INTEGER = 1
+    FLOAT = 2
+    STRING = 3
+    DATE = 4
+    BOOLEAN = 5
+
+
+class ColumnRole(enum.Enum):
+    """What a column means for privacy; the numbers match cleanroom.v1.ColumnRole."""
+
+    DIRECT_IDENTIFIER = 1  # dropped at intake
+    PATIENT_KEY = 2  # replaced by a keyed pseudonym; the privacy unit
+    QUASI_IDENTIFIER = 3  # generalised, then checked for k-anonymity
+    FEATURE = 4
+    LABEL = 5
+
+
+NUMERIC_TYPES = frozenset({ColumnType.INTEGER, ColumnType.FLOAT})
+
+
+@dataclass(frozen=True)
+class AgeBand:
+    """Ages become bands of `width` years ("40-49"); ages at or above `top_code` become "90+"."""
+
+    width: int
+    top_code: int = 90
+
+    def describe(self) -> str:
+        return f"age band of {self.width} years, {self.top_code}+"
+
+
+@dataclass(frozen=True)
+class DateTruncation:
+    """Dates keep only their month ("2024-03") or year ("2024")."""
+
+    precision: Literal["month", "year"]
+
+    def describe(self) -> str:
+        return f"date truncated to the {self.precision}"
+
+
+@dataclass(frozen=True)
+class PrefixTruncation:
+    """Keeps the first `keep` characters and masks the rest with "*" ("06236" -> "062**")."""
+
+    keep: int
+
+    def describe(self) -> str:
+        return f"first {self.keep} characters kept, the rest masked"
+
+
+@dataclass(frozen=True)
+class Suppress:
+    """Every value, missing ones included, becomes "*"."""
+
+    def describe(self) -> str:
+        return "suppressed: every value replaced by *"
+
+
+Generalization = Union[AgeBand, DateTruncation, PrefixTruncation, Suppress]
+
+# Which declared types each rule can coarsen.
+_RULE_TYPES: dict[type, frozenset[ColumnType]] = {
+    AgeBand: NUMERIC_TYPES,
+    DateTruncation: frozenset({ColumnType.DATE, ColumnType.STRING}),
+    PrefixTruncation: frozenset({ColumnType.STRING, ColumnType.INTEGER}),
+    Suppress: frozenset(ColumnType),
+}
+_PATIENT_KEY_TYPES = frozenset({ColumnType.INTEGER, ColumnType.STRING})
+_MAX_NAME_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: ColumnType
+    role: ColumnRole
+    generalization: Generalization | None = None
+
+
+@dataclass(frozen=True)
+class DeidPolicy:
+    """A validated policy: build it with validate_policy, never directly from user input."""
+
+    columns: tuple[ColumnSpec, ...]
+    k: int
+
+    def column(self, name: str) -> ColumnSpec:
+        return next(c for c in self.columns if c.name == name)
+
+    def with_role(self, role: ColumnRole) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if c.role is role)
+
+    @property
+    def patient_key(self) -> ColumnSpec:
+        return self.with_role(ColumnRole.PATIENT_KEY)[0]
+
+    @property
+    def quasi_identifiers(self) -> tuple[ColumnSpec, ...]:
+        return self.with_role(ColumnRole.QUASI_IDENTIFIER)
+
+
+def validate_policy(columns: tuple[ColumnSpec, ...] | list[ColumnSpec], k: int) -> DeidPolicy:
+    """Checks every rule, collects every violation, and raises them together (or returns)."""
+    columns = tuple(columns)
+    violations = _name_violations(columns)
+    for column in columns:
+        violations += _column_violations(column)
+    violations += _patient_key_violations(columns)
+    violations += _k_violations(k)
+    if violations:
+        raise bad_request("the de-identification policy is invalid", *violations)
+    return DeidPolicy(columns=columns, k=k)
+
+
+def _field(column: ColumnSpec) -> str:
+    return f"columns[{column.name}]"
+
+
+def _name_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolation]:
+    if not columns:
+        return [FieldViolation("columns", "at least one column must be declared")]
+    violations, seen = [], set()
+    for index, column in enumerate(columns):
+        name = column.name
+        if not isinstance(name, str) or not name.strip():
+            violations.append(FieldViolation(f"columns[{index}]", "the column name is empty"))
+        elif len(name) > _MAX_NAME_LENGTH:
+            violations.append(FieldViolation(f"columns[{index}]", "the column name is too long"))
+        elif name in seen:
+            violations.append(FieldViolation(_field(column), "the column is declared twice"))
+        seen.add(name)
+    return violations
+
+
+def _column_violations(column: ColumnSpec) -> list[FieldViolation]:
+    violations = []
+    if not isinstance(column.type, ColumnType):
+        violations.append(FieldViolation(_field(column), "the column type is unspecified"))
+    if not isinstance(column.role, ColumnRole):
+        violations.append(FieldViolation(_field(column), "the column role is unspecified"))
+    return violations + _generalization_violations(column)
+
+
+def _generalization_violations(column: ColumnSpec) -> list[FieldViolation]:
+    rule, field = column.generalization, _field(column)
+    is_qi = column.role is ColumnRole.QUASI_IDENTIFIER
+    if rule is None:
+        return [FieldViolation(field, "a quasi-identifier needs a generalization")] if is_qi else []
+    if not is_qi:
+        return [FieldViolation(field, "only quasi-identifiers may have a generalization")]
+    if type(rule) not in _RULE_TYPES:
+        return [FieldViolation(field, "unknown generalization")]
+    violations = _rule_parameter_violations(rule, field)
+    allowed = _RULE_TYPES[type(rule)]
+    if isinstance(column.type, ColumnType) and column.type not in allowed:
+        kinds = " or ".join(sorted(t.name for t in allowed))
+        message = f"{type(rule).__name__} applies to {kinds} columns, not {column.type.name}"
+        violations.append(FieldViolation(field, message))
+    return violations
+
+
+def _rule_parameter_violations(rule: Generalization, field: str) -> list[FieldViolation]:
+    if isinstance(rule, AgeBand):
+        problems = [(not _is_int(rule.width) or rule.width < 1, "the age band width must be ≥ 1"),
+                    (not _is_int(rule.top_code) or rule.top_code < 1, "the top code must be ≥ 1")]
+    elif isinstance(rule, DateTruncation):
+        problems = [(rule.precision not in ("month", "year"), "precision must be month or year")]
+    elif isinstance(rule, PrefixTruncation):
+        problems = [(not _is_int(rule.keep) or rule.keep < 0, "keep must be ≥ 0")]
+    else:
+        problems = []
+    return [FieldViolation(field, message) for failed, message in problems if failed]
+
+
+def _patient_key_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolation]:
+    keys = [c for c in columns if c.role is ColumnRole.PATIENT_KEY]
+    if len(keys) != 1:
+        message = f"exactly one column must have role PATIENT_KEY; {len(keys)} do"
+        return [FieldViolation("columns", message)]
+    key = keys[0]
+    if isinstance(key.type, ColumnType) and key.type not in _PATIENT_KEY_TYPES:
+        return [FieldViolation(_field(key), "a patient key must be INTEGER or STRING")]
+    return []
+
+
+def _k_violations(k: int) -> list[FieldViolation]:
+    if not _is_int(k) or not MIN_K <= k <= MAX_K:
+        return [FieldViolation("policy.k_anonymity", f"k must be between {MIN_K} and {MAX_K}")]
+    return []
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def stored_columns(policy: DeidPolicy) -> tuple[ColumnSpec, ...]:
+    """The schema after de-identification, in declared order, direct identifiers dropped."""
+    stored = []
+    for column in policy.columns:
+        if column.role is ColumnRole.DIRECT_IDENTIFIER:
+            continue
+        if column.role in (ColumnRole.PATIENT_KEY, ColumnRole.QUASI_IDENTIFIER):
+            column = replace(column, type=ColumnType.STRING)
+        stored.append(column)
+    return tuple(stored)
+
+
+# Patterns (RE2 syntax, for pyarrow.compute) of identifiers that must not hide in ordinary
+# columns. The boundaries refuse a neighbouring digit and a decimal point before the number,
+# so plain decimals, ISO dates and long measurement strings do not match.
+_START = r"(?:^|[^0-9.]|[^0-9]\.)"
+_END = r"(?:$|[^0-9])"
+_SEP = r"[-. ]?"
+_RRN = (r"[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[- ]?[1-8][0-9]{6}")
+_KR_MOBILE = rf"01[016789]{_SEP}[0-9]{{3,4}}{_SEP}[0-9]{{4}}"
+_KR_LANDLINE = r"(?:0(?:2|[3-6][1-5])[-. ]|\(0(?:2|[3-6][1-5])\) ?)[0-9]{3,4}[-. ][0-9]{4}"
+_KR_INTERNATIONAL = rf"\+82{_SEP}(?:\(0\))?0?(?:1[016789]|2|[3-6][1-5]){_SEP}[0-9]{{3,4}}{_SEP}[0-9]{{4}}"
+_INTERNATIONAL = (rf"\+[1-9][0-9]{{0,2}}{_SEP}(?:\(?[0-9]{{1,4}}\)?{_SEP})?"
+                  rf"[0-9]{{2,4}}{_SEP}[0-9]{{3,4}}(?:{_SEP}[0-9]{{2,4}})?")
+_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+
+# (kind shown to the user, pattern)
+IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("Korean resident registration numbers", f"{_START}{_RRN}{_END}"),
+    ("phone numbers",
+     f"{_START}(?:{_KR_MOBILE}|{_KR_LANDLINE}){_END}|(?:{_KR_INTERNATIONAL}|{_INTERNATIONAL}){_END}"),
+    ("e-mail addresses", _EMAIL),
+)
