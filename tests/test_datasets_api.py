@@ -47,7 +47,7 @@ def _rows(n_patients: int = 12, rows_each: int = 3) -> list[list[object]]:
         for r in range(rows_each):
             name = CANARIES["name"] if p == 0 else f"Person {p}"
             note = CANARIES["note"] if (p, r) == (0, 0) else "stable"
-            rows.append([pid, name, 40 + p % 2, "06123", f"2024-0{1 + r}-15", note, 60.5 + p + r, p % 2])
+            rows.append([pid, name, 40 + p % 2, "06123", f"2024-{1 + r % 12:02d}-15", note, 60.5 + p + r, p % 2])
     rows.append(["P9999", "Loner", 81, "99999", "2021-05-05", "ok", 70.0, 1])  # a class of one patient
     return rows
 

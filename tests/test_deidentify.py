@@ -209,7 +209,8 @@ def test_deidentify_batch_schema_order_and_dropped_rows():
     assert result.batch.schema == stored_arrow_schema(policy)
     assert result.batch.schema.names == ["hr", "age", "pid", "y"]
     rows = result.batch.to_pylist()
-    assert [(r["hr"], r["age"], r["y"]) for r in rows] == [(60.5, "40-49", True), (80.0, "60-69", None)]
+    assert [(r["hr"], r["age"], r["y"]) for r in rows] == [
+        (60.5, "40-49", True), (80.0, "60-69", None)]
     assert rows[0]["pid"] == Pseudonymizer(KEY).pseudonymize(pa.array(["7"]))[0].as_py()
 
 

@@ -104,7 +104,7 @@ class Pseudonymizer:
         return pa.array(digests, pa.string()).take(encoded.indices)
 
     def _digests(self, values: list[str]) -> list[str]:
-        if False:
+        if len(self._cache) + len(values) > self._cache_size:
             self._cache.clear()
         digests = []
         for value in values:
@@ -340,7 +340,8 @@ def _check_columns(file_names: list[str], policy: DeidPolicy) -> None:
                   for n in declared if n not in present]
     if present.isdisjoint(declared):
         # Most likely a file without a header: its first row would be data, so do not echo it.
-        violations.append(FieldViolation("file", "names none of the declared columns (no header row?)"))
+        message = "names none of the declared columns (no header row?)"
+        violations.append(FieldViolation("file", message))
     else:
         violations += [FieldViolation(_column_field(n), "in the file but not declared")
                        for n in dict.fromkeys(file_names) if n not in set(declared)]
@@ -375,7 +376,8 @@ def _cast_column(values: pa.Array, name: str, declared: ColumnType, first_row: i
         return _cast_exact(values, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         row = first_row + _first_failing_row(values, target)
-    violation = FieldViolation(_column_field(name), f"row {row}: not a valid {_TYPE_WORDS[declared]}")
+    message = f"row {row}: not a valid {_TYPE_WORDS[declared]}"
+    violation = FieldViolation(_column_field(name), message)
     raise bad_request("a value does not match its declared type", violation)
 
 

@@ -235,10 +235,12 @@ def stored_columns(policy: DeidPolicy) -> tuple[ColumnSpec, ...]:
 _START = r"(?:^|[^0-9.]|[^0-9]\.)"
 _END = r"(?:$|[^0-9])"
 _SEP = r"[-. ]?"
-_RRN = (r"[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[- ]?[1-8][0-9]{6}")
+# YYMMDD, then the sex/century digit: 1-4 for citizens, 5-8 for registered foreigners.
+_RRN = r"[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[- ]?[1-8][0-9]{6}"
 _KR_MOBILE = rf"01[016789]{_SEP}[0-9]{{3,4}}{_SEP}[0-9]{{4}}"
 _KR_LANDLINE = r"(?:0(?:2|[3-6][1-5])[-. ]|\(0(?:2|[3-6][1-5])\) ?)[0-9]{3,4}[-. ][0-9]{4}"
-_KR_INTERNATIONAL = rf"\+82{_SEP}(?:\(0\))?0?(?:1[016789]|2|[3-6][1-5]){_SEP}[0-9]{{3,4}}{_SEP}[0-9]{{4}}"
+_KR_INTERNATIONAL = (rf"\+82{_SEP}(?:\(0\))?0?(?:1[016789]|2|[3-6][1-5])"
+                     rf"{_SEP}[0-9]{{3,4}}{_SEP}[0-9]{{4}}")
 _INTERNATIONAL = (rf"\+[1-9][0-9]{{0,2}}{_SEP}(?:\(?[0-9]{{1,4}}\)?{_SEP})?"
                   rf"[0-9]{{2,4}}{_SEP}[0-9]{{3,4}}(?:{_SEP}[0-9]{{2,4}})?")
 _EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
@@ -246,7 +248,7 @@ _EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 # (kind shown to the user, pattern)
 IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
     ("Korean resident registration numbers", f"{_START}{_RRN}{_END}"),
-    ("phone numbers",
-     f"{_START}(?:{_KR_MOBILE}|{_KR_LANDLINE}){_END}|(?:{_KR_INTERNATIONAL}|{_INTERNATIONAL}){_END}"),
+    ("phone numbers", f"{_START}(?:{_KR_MOBILE}|{_KR_LANDLINE}){_END}"
+                      f"|(?:{_KR_INTERNATIONAL}|{_INTERNATIONAL}){_END}"),
     ("e-mail addresses", _EMAIL),
 )

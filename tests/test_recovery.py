@@ -1,0 +1,82 @@
+"""Crash safety: a server killed mid-upload restarts with nothing partial and nothing lost."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from cleanroom.app import build_app, recover
+from cleanroom.domain.identity import Role
+from cleanroom.sdk import Client
+from cleanroom.storage import repos
+from tests.conftest import make_config
+from tests.test_datasets_api import _rows, _schema, _write_csv
+from tests.test_server_process import _spawn_server, cli
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if p.is_file())
+
+
+def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    admin_token = cli("admin", "bootstrap", "--state-dir", str(state)).stdout.strip()
+    process, address = _spawn_server(state)
+    with Client(address, admin_token) as admin:
+        owner_token = admin.create_principal("Hospital", "data_owner").token
+    small = _write_csv(tmp_path / "small.csv", _rows())
+    big = _write_csv(tmp_path / "big.csv", _rows(3000, 40))
+    with Client(address, owner_token) as owner:
+        kept = owner.upload_dataset(small, _schema())
+    started = threading.Event()
+
+    def upload_big() -> None:
+        with Client(address, owner_token) as owner:
+            try:
+                owner.upload_dataset(big, _schema(), request_id="big-1", progress=lambda sent, _t: started.set())
+            except Exception:  # noqa: BLE001 - the server dies under it
+                pass
+
+    uploader = threading.Thread(target=upload_big)
+    uploader.start()
+    assert started.wait(20)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    uploader.join(timeout=30)
+
+    # The dead server may leave a staging file; the next start sweeps it.
+    process, address = _spawn_server(state)
+    try:
+        with Client(address, owner_token) as owner:
+            assert [d.name for d in owner.list_datasets()] == [kept.name]
+            assert owner.get_dataset(kept.name).row_count == kept.row_count
+            blob_dir = state / "blobs"
+            assert _files(blob_dir) == [kept.name.removeprefix("datasets/") + ".blob"]
+            # The interrupted request id is free again: the retry stores the dataset once.
+            retried = owner.upload_dataset(big, _schema(), request_id="big-1")
+            assert retried.row_count > 0
+            assert len(list(owner.list_datasets())) == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_recover_removes_orphans_and_releases_claims(tmp_path: Path) -> None:
+    app = build_app(make_config(tmp_path / "state"))
+    blobs = app.datasets._blobs
+    pending = blobs.create("dorphan")
+    pending.write(b"sealed bytes whose metadata row never landed")
+    pending.commit()
+    blobs.create("dstage").write(b"a staging file left by a crash")
+    with app.db.transaction() as session:
+        repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp")
+    recover(app)
+    assert _files(app.config.blob_dir) == []
+    with app.db.transaction() as session:
+        assert repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp") is None
+    app.close()
