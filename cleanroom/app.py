@@ -11,6 +11,10 @@ from cleanroom.crypto import LocalKeyFileProvider
 from cleanroom.datasets.service import DatasetService
 from cleanroom.keys import KeyService
 from cleanroom.principals import PrincipalService
+from cleanroom.privacy.approvals import ApprovalService
+from cleanroom.privacy.audit import AuditService
+from cleanroom.privacy.budgets import BudgetService
+from cleanroom.privacy.ledger import Ledger
 from cleanroom.storage import repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
@@ -26,6 +30,10 @@ class App:
     principals: PrincipalService
     datasets: DatasetService
     idempotency: Idempotency
+    ledger: Ledger
+    budgets: BudgetService
+    approvals: ApprovalService
+    audit: AuditService
 
     def close(self) -> None:
         self.db.dispose()
@@ -40,11 +48,16 @@ def build_app(config: ServerConfig) -> App:
     datasets = DatasetService(
         db, blobs, keys, max_upload_bytes=config.max_upload_bytes, default_k=config.k_anonymity
     )
-    return App(config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db))
+    ledger = Ledger(db)
+    return App(
+        config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
+        ledger, BudgetService(db), ApprovalService(db, ledger), AuditService(db),
+    )
 
 
 def recover(app: App) -> None:
-    """Start-up clean-up after a crash: half-written uploads and in-flight request claims."""
+    """Start-up clean-up after a crash: open reservations, half-written uploads, request claims."""
+    app.ledger.recover()
     removed = app.datasets.sweep_orphans()
     with app.db.transaction() as session:
         released = repos.release_all_in_flight(session)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from google.protobuf import json_format
 
-from cleanroom import render
+from cleanroom import cli_privacy, render
 from cleanroom.sdk import Client, CleanroomClientError, load_schema
 from cleanroom.sdk.client import ROLES
 from cleanroom.sdk.schema import SchemaError
@@ -165,6 +165,8 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     delete = _add(dataset, "delete", cmd_dataset_delete, "crypto-shred and remove a dataset")
     delete.add_argument("dataset", help="datasets/{id}")
     delete.add_argument("--yes", action="store_true", help="confirm: the data cannot be recovered")
+
+    cli_privacy.register(sub, _client)
     return parser
 
 

@@ -345,6 +345,19 @@ class _PipelinedSha256:
                 self._pool.shutdown(wait=True)
 
 
+class _NoDigest:
+    """Stands in for _PipelinedSha256 where nobody reads the digest (intake's staging blobs)."""
+
+    def update(self, *parts) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        raise ValueError("this SealedWriter was created with digest=False")
+
+    def close(self) -> None:
+        pass
+
+
 class SealedWriter(io.RawIOBase):
     """Encrypts what is written to it into `fileobj` in the sealed chunk format.
 
@@ -352,11 +365,14 @@ class SealedWriter(io.RawIOBase):
     not open. Leaving a `with` block on an exception, or abort(), stops without that chunk, so
     a half-written blob can never pass as complete. `fileobj` is not closed, and its write()
     must consume the bytes before returning (files and BytesIO do): buffers are reused.
+    `digest=False` skips the ciphertext SHA-256 (as costly as the encryption) when unused.
     """
 
-    _sha: _PipelinedSha256 | None = None  # still None if __init__ failed early
+    _sha: _PipelinedSha256 | _NoDigest | None = None  # still None if __init__ failed early
 
-    def __init__(self, fileobj, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE):
+    def __init__(
+        self, fileobj, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE, *, digest: bool = True
+    ):
         super().__init__()
         _check_key(data_key)
         _check_chunk_size(chunk_size)
@@ -368,7 +384,7 @@ class SealedWriter(io.RawIOBase):
         self._fill = 0
         self._cts = (bytearray(chunk_size), bytearray(chunk_size))  # see _PipelinedSha256
         self._index = 0
-        self._sha = _PipelinedSha256()
+        self._sha = _PipelinedSha256() if digest else _NoDigest()
         self.plaintext_bytes = 0
         self._header = _HEADER.pack(_MAGIC, chunk_size)
         self._out.write(self._header)

@@ -8,7 +8,7 @@ import threading
 
 from cleanroom import crypto
 from cleanroom.crypto import KeyProvider, WrappedKey
-from cleanroom.storage import repos
+from cleanroom.storage import audit_repo, repos
 from cleanroom.storage.db import Database
 
 PSEUDONYM_ROOT = "pseudonym-root"
@@ -57,7 +57,7 @@ class KeyService:
         root = self.secret(PSEUDONYM_ROOT)
         return hmac.new(root, b"pseudonym:" + owner_id.encode("ascii"), hashlib.sha256).digest()
 
-    def rotate(self) -> tuple[str, int]:
+    def rotate(self, *, actor: str) -> tuple[str, int]:
         """New KEK; every wrapped key re-wrapped in one transaction; then the old KEKs are retired.
 
         A crash before the retire step leaves the old KEK in the key file, so nothing becomes
@@ -67,6 +67,8 @@ class KeyService:
             new_id = self._provider.rotate()
             with self._db.transaction() as session:
                 count = self._rewrap_all(session)
+                audit_repo.append(session, actor=actor, action="keys.rotate", target="keys/kek",
+                                  details={"key_id": new_id, "rewrapped": count})
             for key_id in self._provider.key_ids():
                 if key_id != new_id:
                     self._provider.retire(key_id)

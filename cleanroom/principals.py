@@ -15,7 +15,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import TOKEN_PREFIX, Principal, Role, hash_token, new_principal_id
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.keys import TOKEN_ROOT, KeyService
-from cleanroom.storage import repos
+from cleanroom.storage import audit_repo, repos
 from cleanroom.storage.db import Database
 
 MAX_DISPLAY_NAME = 200
@@ -30,12 +30,15 @@ class PrincipalService:
         mac = hmac.new(self._keys.secret(TOKEN_ROOT), principal_id.encode("ascii"), hashlib.sha256).digest()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
-    def create(self, display_name: str, role: Role, *, principal_id: str | None = None) -> tuple[Principal, str]:
+    def create(self, display_name: str, role: Role, *, actor: str) -> tuple[Principal, str]:
+        """`actor` is the creating admin's resource name, or \"local-bootstrap\" for the first admin."""
         _check_display_name(display_name)
-        principal = Principal(principal_id or new_principal_id(), display_name.strip(), role, repos.now())
+        principal = Principal(new_principal_id(), display_name.strip(), role, repos.now())
         token = self.token_for(principal.id)
         with self._db.transaction() as session:
             repos.add_principal(session, principal, hash_token(token))
+            audit_repo.append(session, actor=actor, action="principal.create", target=principal.resource_name,
+                              details={"role": role.value})
         return principal, token
 
     def authenticate(self, token: str) -> Principal | None:

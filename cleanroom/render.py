@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cleanroom.v1 import common_pb2, datasets_pb2
+from cleanroom.v1 import common_pb2, datasets_pb2, privacy_pb2
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -56,3 +56,31 @@ def intake_report(dataset: datasets_pb2.Dataset) -> str:
     lines += [f"  note              {n}" for n in r.notes]
     lines.append(f"  ciphertext        sha256 {dataset.ciphertext_sha256}")
     return "\n".join(lines)
+
+
+def bar(used: float, total: float, width: int = 20) -> str:
+    """Remaining budget as a bar: filled for what is left, shaded for what is used or reserved."""
+    if total <= 0:
+        return "░" * width
+    left = max(0.0, min(1.0, (total - used) / total))
+    filled = round(left * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def budget_table(report: privacy_pb2.BudgetReport) -> str:
+    rows = []
+    for b in report.budgets:
+        who = b.manufacturer_display_name or "(whole dataset)"
+        used = b.reserved.epsilon + b.spent.epsilon
+        rdp = f"{b.rdp_composition_epsilon:.3g}" if b.rdp_composition_epsilon else "-"
+        rows.append((
+            who, bar(used, b.cap.epsilon), f"{b.remaining.epsilon:g} of {b.cap.epsilon:g}",
+            f"{b.spent.epsilon:g}", f"{b.reserved.epsilon:g}", f"{b.remaining.delta:.2g}", f"{b.basic_composition_epsilon:g} / {rdp}",
+        ))
+    policy = report.policy
+    header = (
+        f"{report.dataset}  ({report.dataset_display_name})\n"
+        f"policy: at most ε {policy.max_epsilon_per_request:g} and δ {policy.effective_max_delta:.2g} per request; "
+        f"auto-approve up to ε {policy.auto_approve_epsilon:g}\n"
+    )
+    return header + table(("budget", "ε left", "ε left / cap", "spent", "reserved", "δ left", "ε basic / RDP"), rows)

@@ -31,7 +31,7 @@ def bootstrap_admin(args: argparse.Namespace, env: Mapping[str, str], display_na
             existing = repos.count_admins(session)
         if existing:
             logging.getLogger(__name__).warning("%d admin(s) already exist; creating another", existing)
-        _principal, token = app.principals.create(display_name, Role.ADMIN)
+        _principal, token = app.principals.create(display_name, Role.ADMIN, actor="local-bootstrap")
         return token
     finally:
         app.close()

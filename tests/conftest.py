@@ -76,7 +76,7 @@ class Running:
 
     def principal(self, role: Role, name: str | None = None) -> tuple[str, str]:
         """Creates a principal directly; returns (id, token)."""
-        principal, token = self.app.principals.create(name or f"{role.value} {uuid.uuid4().hex[:6]}", role)
+        principal, token = self.app.principals.create(name or f"{role.value} {uuid.uuid4().hex[:6]}", role, actor="test")
         return principal.id, token
 
 
@@ -84,7 +84,7 @@ def start_server(config: ServerConfig) -> Running:
     app = build_app(config)
     server = Server(app)
     server.start()
-    _, admin_token = app.principals.create("first admin", Role.ADMIN)
+    _, admin_token = app.principals.create("first admin", Role.ADMIN, actor="test")
     return Running(app, server, f"127.0.0.1:{server.port}", admin_token)
 
 

@@ -12,12 +12,14 @@ from grpc_status import rpc_status
 from cleanroom.api import auth
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
-from cleanroom.v1 import datasets_pb2, identity_pb2
+from cleanroom.v1 import datasets_pb2, identity_pb2, privacy_pb2
 
 SERVICES = [
     identity_pb2.DESCRIPTOR.services_by_name["AdminService"],
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"],
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"],
+    privacy_pb2.DESCRIPTOR.services_by_name["AuditService"],
 ]
 ALL_METHODS = [(s, m) for s in SERVICES for m in s.methods]
 
@@ -39,6 +41,8 @@ def _call(channel: grpc.Channel, service, method, token: str | None) -> grpc.Sta
     try:
         if method.client_streaming:
             channel.stream_unary(path, identity, identity)(iter([b""]), metadata=metadata, timeout=10)
+        elif method.server_streaming:
+            list(channel.unary_stream(path, identity, identity)(b"", metadata=metadata, timeout=10))
         else:
             channel.unary_unary(path, identity, identity)(b"", metadata=metadata, timeout=10)
     except grpc.RpcError as error:

@@ -57,7 +57,18 @@ def test_migrations_match_the_models(db: Database) -> None:
 def test_migrate_twice_is_a_no_op(db: Database) -> None:
     migrate(db.engine)
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == _head_revision()
+
+
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from cleanroom.storage.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def test_principal_round_trip_and_token_lookup(db: Database) -> None:

@@ -16,6 +16,8 @@ PUBLIC_PREFIXES = (
 
 _ADMIN = frozenset({Role.ADMIN})
 _OWNER = frozenset({Role.DATA_OWNER})
+_OFFICER = frozenset({Role.PRIVACY_OFFICER})
+_OVERSIGHT = frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR})
 
 RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.AdminService/CreatePrincipal": _ADMIN,
@@ -27,6 +29,19 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.DatasetService/GetDataset": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
     "/cleanroom.v1.DatasetService/ListDatasets": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
     "/cleanroom.v1.DatasetService/DeleteDataset": _OWNER,
+    "/cleanroom.v1.PrivacyService/ShareDataset": _OFFICER,
+    "/cleanroom.v1.PrivacyService/SetBudget": _OFFICER,
+    # Manufacturers see their own share's budget; the service filters the rest out.
+    "/cleanroom.v1.PrivacyService/GetBudgets": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.MANUFACTURER}),
+    "/cleanroom.v1.PrivacyService/SetApprovalPolicy": _OFFICER,
+    "/cleanroom.v1.PrivacyService/EstimateCost": frozenset({Role.PRIVACY_OFFICER, Role.MANUFACTURER}),
+    "/cleanroom.v1.PrivacyService/ListLedger": _OVERSIGHT,
+    "/cleanroom.v1.PrivacyService/ListPendingRequests": _OFFICER,
+    "/cleanroom.v1.PrivacyService/ApproveRequest": _OFFICER,
+    "/cleanroom.v1.PrivacyService/RejectRequest": _OFFICER,
+    "/cleanroom.v1.AuditService/VerifyAuditLog": _OVERSIGHT,
+    # Hospitals read the entries about their own datasets; the service filters the rest out.
+    "/cleanroom.v1.AuditService/ExportAuditLog": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),
 }
 
 

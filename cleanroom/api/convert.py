@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -11,7 +12,11 @@ from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
-from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2
+from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest
+from cleanroom.domain.audit import ChainVerdict
+from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, MAX_EPSILON, LedgerEvent, Privacy
+from cleanroom.privacy.budgets import BudgetLine
+from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, privacy_pb2
 
 _ROLE_TO_PROTO = {
     Role.DATA_OWNER: common_pb2.DATA_OWNER,
@@ -145,3 +150,106 @@ def dataset_to_proto(dataset: Dataset) -> datasets_pb2.Dataset:
         message.intake_report.CopyFrom(report_to_proto(dataset.report))
         message.ciphertext_sha256 = dataset.ciphertext_sha256
     return message
+
+
+# --- privacy budgets, ledger, requests, audit -----------------------------------------------------
+
+
+def amount_to_proto(amount: Privacy) -> privacy_pb2.PrivacyAmount:
+    return privacy_pb2.PrivacyAmount(
+        epsilon=amount.epsilon_value,
+        delta=amount.delta_value,
+        epsilon_exact=str(Decimal(amount.epsilon) / EPSILON_SCALE),
+        delta_exact=str(Decimal(amount.delta) / DELTA_SCALE),
+    )
+
+
+def cost_from_proto(amount: privacy_pb2.PrivacyAmount, field: str) -> Privacy:
+    return Privacy.cost(amount.epsilon, amount.delta, field_prefix=f"{field}.")
+
+
+def cap_from_proto(amount: privacy_pb2.PrivacyAmount, field: str) -> Privacy:
+    return Privacy.cap(amount.epsilon, amount.delta, field_prefix=f"{field}.")
+
+
+def principal_id_from_name(name: str, field: str) -> str:
+    if not name.startswith("principals/") or len(name) <= len("principals/"):
+        raise bad_request("expected a principal name like principals/{id}", FieldViolation(field, "not a principal name"))
+    return name.removeprefix("principals/")
+
+
+def dataset_id_from_name(name: str, field: str = "dataset") -> str:
+    if not name.startswith("datasets/") or len(name) <= len("datasets/"):
+        raise bad_request("expected a dataset name like datasets/{id}", FieldViolation(field, "not a dataset name"))
+    return name.removeprefix("datasets/")
+
+
+def budget_to_proto(line: BudgetLine, composition: tuple[float, float | None] | None = None) -> privacy_pb2.Budget:
+    balance = line.balance
+    message = privacy_pb2.Budget(
+        name=line.budget_id,
+        cap=amount_to_proto(balance.cap),
+        reserved=amount_to_proto(balance.reserved),
+        spent=amount_to_proto(balance.spent),
+        remaining=amount_to_proto(balance.remaining),
+    )
+    if line.manufacturer is not None:
+        message.manufacturer = line.manufacturer.resource_name
+        message.manufacturer_display_name = line.manufacturer.display_name
+    if composition is not None:
+        message.basic_composition_epsilon = composition[0]
+        message.rdp_composition_epsilon = composition[1] or 0.0
+    return message
+
+
+def policy_to_proto(dataset_id: str, policy: ApprovalPolicy, patients: int) -> privacy_pb2.ApprovalPolicy:
+    return privacy_pb2.ApprovalPolicy(
+        dataset=f"datasets/{dataset_id}",
+        max_epsilon_per_request=policy.max_epsilon / EPSILON_SCALE,
+        max_delta_per_request=policy.max_delta / DELTA_SCALE,
+        auto_approve_epsilon=policy.auto_approve_epsilon / EPSILON_SCALE,
+        effective_max_delta=policy.delta_limit(patients) / DELTA_SCALE,
+    )
+
+
+def policy_from_proto(message: privacy_pb2.ApprovalPolicy) -> ApprovalPolicy:
+    violations = []
+    if not (0 < message.max_epsilon_per_request <= MAX_EPSILON):
+        violations.append(FieldViolation("policy.max_epsilon_per_request", f"above 0 and at most {MAX_EPSILON:g}"))
+    if not (0 <= message.max_delta_per_request < 1):
+        violations.append(FieldViolation("policy.max_delta_per_request", "0 (the default) or a number below 1"))
+    if not (0 <= message.auto_approve_epsilon <= message.max_epsilon_per_request):
+        violations.append(FieldViolation("policy.auto_approve_epsilon", "between 0 and max_epsilon_per_request"))
+    if violations:
+        raise bad_request("the approval policy is out of range", *violations)
+    return ApprovalPolicy(
+        max_epsilon=round(message.max_epsilon_per_request * EPSILON_SCALE),
+        max_delta=round(message.max_delta_per_request * DELTA_SCALE),
+        auto_approve_epsilon=round(message.auto_approve_epsilon * EPSILON_SCALE),
+    )
+
+
+def event_to_proto(event: LedgerEvent) -> privacy_pb2.LedgerEvent:
+    mechanism = f"{event.mechanism.name} ({event.mechanism.accountant})" if event.mechanism else ""
+    actor = event.actor_id if event.actor_id == "system" else f"principals/{event.actor_id}"
+    return privacy_pb2.LedgerEvent(
+        seq=event.seq, kind=event.kind.value, budgets=event.budget_ids, amount=amount_to_proto(event.amount),
+        spend=event.spend_id or "", actor=actor, time=timestamp(event.at), mechanism=mechanism, reason=event.reason,
+    )
+
+
+def request_to_proto(request: PrivacyRequest) -> privacy_pb2.PrivacyRequest:
+    return privacy_pb2.PrivacyRequest(
+        name=request.resource_name, dataset=f"datasets/{request.dataset_id}",
+        manufacturer=f"principals/{request.manufacturer_id}", kind=request.kind, reference=request.reference,
+        cost=amount_to_proto(request.cost), state=request.state.value,
+        decided_by=f"principals/{request.decided_by}" if request.decided_by not in ("", "system") else request.decided_by,
+        reason=request.reason, create_time=timestamp(request.created_at),
+    )
+
+
+def verdict_to_proto(verdict: ChainVerdict) -> privacy_pb2.AuditVerification:
+    return privacy_pb2.AuditVerification(
+        ok=verdict.ok, entries=verdict.entries, head_seq=verdict.head.seq, head_hash=verdict.head.hash,
+        first_bad_seq=verdict.first_bad_seq, problem=verdict.problem,
+    )

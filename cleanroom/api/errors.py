@@ -27,6 +27,10 @@ CATALOG: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.ALREADY_DECIDED: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.PRIVACY_BUDGET_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.POLICY_REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.REQUEST_ID_REUSED: grpc.StatusCode.ALREADY_EXISTS,
     ErrorCode.REQUEST_IN_PROGRESS: grpc.StatusCode.ABORTED,
     ErrorCode.UPLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -35,6 +39,9 @@ CATALOG: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
+
+# Violations of these codes are quotas (QuotaFailure), not bad fields (BadRequest).
+QUOTA_CODES = frozenset({ErrorCode.PRIVACY_BUDGET_EXHAUSTED, ErrorCode.UPLOAD_TOO_LARGE})
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -46,7 +53,10 @@ def _pack(message: object) -> any_pb2.Any:
 def to_status(error: CleanroomError) -> grpc.Status:
     grpc_code = CATALOG[error.code]
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.code.value, domain=DOMAIN))]
-    if error.violations:
+    if error.violations and error.code in QUOTA_CODES:
+        quota = [error_details_pb2.QuotaFailure.Violation(subject=v.field, description=v.description) for v in error.violations]
+        details.append(_pack(error_details_pb2.QuotaFailure(violations=quota)))
+    elif error.violations:
         violations = [
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in error.violations

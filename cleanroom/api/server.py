@@ -13,10 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cleanroom.api.guard import GuardInterceptor
+from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
 from cleanroom.app import App
 from cleanroom.config import ServerConfig
-from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
+from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc, privacy_pb2, privacy_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ SERVICE_NAMES = (
     identity_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -53,6 +56,10 @@ class Server:
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
             DatasetServicer(app.datasets, app.idempotency), self._grpc
         )
+        privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
+            PrivacyServicer(app.budgets, app.approvals, app.ledger, app.idempotency), self._grpc
+        )
+        privacy_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.audit), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
 

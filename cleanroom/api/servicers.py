@@ -33,7 +33,7 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         role = convert.role_from_proto(request.role)
 
         def create() -> identity_pb2.CreatePrincipalResponse:
-            principal, _token = self._principals.create(request.display_name, role)
+            principal, _token = self._principals.create(request.display_name, role, actor=context.principal.resource_name)
             # The token is never stored: a retry re-derives it from the principal id.
             return identity_pb2.CreatePrincipalResponse(principal=convert.principal_to_proto(principal))
 
@@ -55,7 +55,7 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         check_request_id(request.request_id)
 
         def rotate() -> identity_pb2.RotateKeysResponse:
-            key_id, count = self._keys.rotate()
+            key_id, count = self._keys.rotate(actor=context.principal.resource_name)
             return identity_pb2.RotateKeysResponse(key_id=key_id, rewrapped_data_keys=count)
 
         return self._idempotency.run(

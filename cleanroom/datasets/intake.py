@@ -8,13 +8,18 @@ Two passes over the data, both encrypted:
    own key.
 Peak memory is a few batches plus the class counts (distinct class x patient pairs), never the
 file. Plaintext never touches disk: the staging blobs are ciphertext too, and are removed at the end.
+In each pass a helper thread reads ahead (parse, or decrypt) while the caller's thread
+de-identifies and seals: pyarrow and the ciphers release the GIL, so both cores work.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +35,12 @@ from cleanroom.storage.blobs import BlobStore, PendingBlob
 
 CSV = "csv"
 PARQUET = "parquet"
+# De-identifying a batch costs dozens of Arrow calls whatever its size, so small batches (one per
+# 1 MiB CSV block; pyarrow's CSV reader holds ~40 blocks, so bigger blocks cost memory) are joined
+# into batches of about this many bytes first.
+BATCH_BYTES = 8 << 20
+READ_AHEAD = 2  # batches a helper thread may have ready
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,7 +57,6 @@ class _Counts:
     rows_without_patient_key: int = 0
     rows_stored: int = 0
     rows_suppressed: int = 0
-    patients: set[str] = field(default_factory=set)
 
 
 def ingest(
@@ -73,12 +83,12 @@ def ingest(
         small = counter.small_classes(policy.k)
         final = blobs.create(dataset_id)
         try:
-            digest = _second_pass(staged, stage_key, small, counts, final, data_key, dataset_id, policy)
+            digest = _second_pass(staged, stage_key, small, counts, final, data_key, dataset_id)
         except BaseException:
             final.abort()
             raise
     report = _report(policy, stream.bytes_received, counts, counter, small)
-    return IntakeResult(report, len(counts.patients), digest, final)
+    return IntakeResult(report, counter.patients_outside(small), digest, final)
 
 
 def _parse(
@@ -100,7 +110,7 @@ def _stage_raw(stream: UploadStream, blobs: BlobStore, dataset_id: str, temporar
     """Parquet needs random access (its footer comes last): seal the raw file, then read it back."""
     raw = temporaries.enter_context(blobs.create(f"{dataset_id}-raw"))
     key = crypto.new_data_key()
-    writer = crypto.SealedWriter(raw.file, key, raw.blob_id)
+    writer = crypto.SealedWriter(raw.file, key, raw.blob_id, digest=False)
     while chunk := stream.read(crypto.CHUNK_SIZE):
         writer.write(chunk)
     writer.close()
@@ -118,9 +128,11 @@ def _first_pass(
     staged: PendingBlob,
     stage_key: bytes,
 ) -> None:
-    sink = crypto.SealedWriter(staged.file, stage_key, staged.blob_id)
-    with ipc.new_stream(sink, ops.stored_arrow_schema(policy)) as writer:
-        for batch in batches:
+    # Nobody reads the staging blob's digest, and it would cost as much as its encryption.
+    sink = crypto.SealedWriter(staged.file, stage_key, staged.blob_id, digest=False)
+    with ipc.new_stream(sink, ops.stored_arrow_schema(policy)) as writer, \
+            closing(_read_ahead(_coalesced(batches))) as ahead:
+        for batch in ahead:
             violations = ops.scan_for_identifiers(batch, policy)
             if violations:
                 raise CleanroomError(
@@ -128,8 +140,9 @@ def _first_pass(
                     "the file holds direct identifiers in columns not declared DIRECT_IDENTIFIER; nothing was stored",
                     violations=violations,
                 )
+            first_row = counts.rows_received + 1
             counts.rows_received += batch.num_rows
-            result = ops.deidentify_batch(batch, policy, pseudonymizer)
+            result = ops.deidentify_batch(batch, policy, pseudonymizer, first_row=first_row)
             counts.rows_without_patient_key += result.rows_without_patient_key
             counter.update(result.batch)
             writer.write_batch(result.batch)
@@ -140,27 +153,79 @@ def _first_pass(
 def _second_pass(
     staged: PendingBlob,
     stage_key: bytes,
-    small: object,
+    small: ops.SmallClasses,
     counts: _Counts,
     final: PendingBlob,
     data_key: bytes,
     dataset_id: str,
-    policy: deid.DeidPolicy,
 ) -> str:
-    patient_column = policy.patient_key.name
     sink = crypto.SealedWriter(final.file, data_key, dataset_id)
     with open(staged.path, "rb") as staged_file:
         source = crypto.SealedReader(staged_file, stage_key, staged.blob_id)
-        with ipc.open_stream(crypto.as_arrow_file(source)) as reader, ipc.new_stream(sink, reader.schema) as writer:
-            for batch in reader:
+        with ipc.open_stream(crypto.as_arrow_file(source)) as reader, ipc.new_stream(sink, reader.schema) as writer, \
+                closing(_read_ahead(iter(reader))) as ahead:
+            for batch in ahead:
                 kept, removed = ops.suppress_small_classes(batch, small)
                 counts.rows_suppressed += removed
                 counts.rows_stored += kept.num_rows
-                counts.patients.update(pc.unique(kept.column(patient_column)).to_pylist())
                 writer.write_batch(kept)
     sink.close()
     final.file.flush()
     return sink.ciphertext_sha256
+
+
+def _coalesced(batches: Iterator[pa.RecordBatch], min_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+    """Joins consecutive batches until each holds at least `min_bytes` (the last may hold less)."""
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        pending.append(batch)
+        size += batch.nbytes
+        if size >= min_bytes:
+            yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+            pending, size = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+
+
+_END = object()
+
+
+def _read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
+    """Produces `items` on a helper thread, at most `depth` ahead of the consumer.
+
+    An error on the helper thread is raised in the consumer's. Close the generator (closing())
+    when the consumer may stop early: that stops the helper and waits for it, so nothing reads
+    the source any more once it returns.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                ready.put((item, None))
+            ready.put((_END, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put((_END, error))
+
+    helper = threading.Thread(target=produce, name="intake-read-ahead", daemon=True)
+    helper.start()
+    try:
+        while (entry := ready.get())[0] is not _END:
+            yield entry[0]
+        if entry[1] is not None:
+            raise entry[1]
+    finally:
+        stop.set()
+        while helper.is_alive():  # a helper blocked on a full queue needs room to see `stop`
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        helper.join()
 
 
 def _report(
@@ -168,7 +233,7 @@ def _report(
     bytes_received: int,
     counts: _Counts,
     counter: ops.EquivalenceClassCounter,
-    small: object,
+    small: ops.SmallClasses,
 ) -> IntakeReport:
     columns = policy.columns
     notes = []
@@ -181,7 +246,7 @@ def _report(
         rows_without_patient_key=counts.rows_without_patient_key,
         k_anonymity=policy.k,
         equivalence_classes=counter.class_count(),
-        classes_suppressed=len(small),  # type: ignore[arg-type]
+        classes_suppressed=len(small),
         rows_suppressed=counts.rows_suppressed,
         dropped_columns=tuple(c.name for c in columns if c.role is deid.ColumnRole.DIRECT_IDENTIFIER),
         pseudonymized_columns=tuple(c.name for c in columns if c.role is deid.ColumnRole.PATIENT_KEY),

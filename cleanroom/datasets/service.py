@@ -16,7 +16,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.keys import KeyService
-from cleanroom.storage import repos
+from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 
@@ -95,6 +95,8 @@ class DatasetService:
             with self._db.transaction() as session:
                 repos.add_dataset(session, dataset, wrapped_key)
                 session.flush()
+                audit_repo.append(session, actor=f"principals/{dataset.owner_id}", action="dataset.upload",
+                                  target=dataset.resource_name, details={"rows": dataset.row_count, "patients": dataset.patient_count})
                 blob.commit()  # type: ignore[attr-defined]
         except BaseException:
             blob.abort()  # type: ignore[attr-defined]
@@ -106,10 +108,13 @@ class DatasetService:
         return dataset if can_manage(principal, dataset) else schema_view(dataset)
 
     def list(self, principal: Principal, page: PageRequest) -> list[Dataset]:
-        if principal.role is not Role.DATA_OWNER:
-            return []  # sharing with manufacturers arrives with the privacy-budget ledger
+        """A hospital lists its own datasets; a manufacturer the schemas shared with it."""
         with self._db.transaction() as session:
-            return repos.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
+            if principal.role is Role.DATA_OWNER:
+                return repos.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
+            shared = privacy_repo.shared_dataset_ids(session, principal.id)
+            found = repos.list_datasets(session, owner_id=None, ids=shared, after_id=page.after_id, limit=page.size)
+        return [schema_view(d) for d in found]
 
     def delete(self, principal: Principal, name: str) -> str:
         dataset = self._visible(principal, name)
@@ -117,6 +122,8 @@ class DatasetService:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         with self._db.transaction() as session:
             repos.shred_dataset(session, dataset.id)
+            audit_repo.append(session, actor=principal.resource_name, action="dataset.delete", target=dataset.resource_name,
+                              details={"key": "destroyed"})
         self._blobs.delete(dataset.id)
         log.info("dataset deleted", extra={"dataset": dataset.id})
         return dataset.resource_name
@@ -147,11 +154,8 @@ class DatasetService:
             raise bad_request("name must look like datasets/{id}", FieldViolation("name", "not a dataset name"))
         with self._db.transaction() as session:
             dataset = repos.get_dataset(session, dataset_id)
+            shared = principal.role is Role.MANUFACTURER and privacy_repo.is_shared(session, dataset_id, principal.id)
         # Another tenant's dataset is reported exactly like a missing one.
-        if dataset is None or not _may_see(principal, dataset):
+        if dataset is None or not (shared or can_manage(principal, dataset)):
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         return dataset
-
-
-def _may_see(principal: Principal, dataset: Dataset) -> bool:
-    return can_manage(principal, dataset)  # manufacturers gain schema access through shares (ledger issue)

@@ -30,7 +30,8 @@ class UploadStream(io.RawIOBase):
         super().__init__()
         self._parts = parts
         self._max_bytes = max_bytes
-        self._buffer = memoryview(b"")
+        self._part = b""  # the current chunk, and how far into it the reader is
+        self._pos = 0
         self._digest = hashlib.sha256()
         self._trailer: Trailer | None = None
         self.bytes_received = 0
@@ -39,12 +40,33 @@ class UploadStream(io.RawIOBase):
         return True
 
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buffer and self._trailer is None:
+        piece = self._take(len(target)) if self._fill() else b""
+        target[: len(piece)] = piece
+        return len(piece)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes, spanning chunks; a whole chunk comes back as is, without a copy.
+
+        pyarrow reads its CSV blocks through here, so the per-chunk copy of readinto would show.
+        """
+        if size is None or size < 0:
+            return self.readall()
+        pieces, wanted = [], size
+        while wanted > 0 and self._fill():
+            pieces.append(self._take(wanted))
+            wanted -= len(pieces[-1])
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _fill(self) -> bool:
+        """Makes a chunk with unread bytes current; False at the trailer."""
+        while self._pos == len(self._part) and self._trailer is None:
             self._next_part()
-        count = min(len(target), len(self._buffer))
-        target[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
-        return count
+        return self._pos < len(self._part)
+
+    def _take(self, size: int) -> bytes:
+        part, start = self._part, self._pos
+        self._pos = min(start + size, len(part))
+        return part if start == 0 and self._pos == len(part) else part[start : self._pos]
 
     def _next_part(self) -> None:
         part = next(self._parts, None)
@@ -59,12 +81,12 @@ class UploadStream(io.RawIOBase):
         if self.bytes_received > self._max_bytes:
             raise too_large(self._max_bytes)
         self._digest.update(part)
-        self._buffer = memoryview(part)
+        self._part, self._pos = part, 0
 
     def drain(self) -> None:
         """Reads to the trailer (a reader may stop early, e.g. Parquet's footer-first access)."""
         while self._trailer is None:
-            self._buffer = memoryview(b"")
+            self._part, self._pos = b"", 0
             self._next_part()
 
     def explain(self, error: CleanroomError) -> CleanroomError:

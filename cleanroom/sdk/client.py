@@ -12,7 +12,15 @@ import grpc
 
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.schema import Schema
-from cleanroom.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
+from cleanroom.v1 import (
+    common_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
+)
 
 CHUNK_BYTES = 1 << 20
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
@@ -66,6 +74,8 @@ class Client:
         self.admin = identity_pb2_grpc.AdminServiceStub(self._channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
         self.datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
+        self.privacy = privacy_pb2_grpc.PrivacyServiceStub(self._channel)
+        self.audit = privacy_pb2_grpc.AuditServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -134,6 +144,68 @@ class Client:
     def delete_dataset(self, name: str, *, request_id: str | None = None) -> datasets_pb2.DeleteDatasetResponse:
         request = datasets_pb2.DeleteDatasetRequest(name=name, request_id=request_id or _request_id())
         return self._call(self.datasets.DeleteDataset, request)
+
+    # --- privacy budgets and approvals (privacy officer; manufacturers: their own budget) --------
+
+    def share_dataset(self, dataset: str, manufacturer: str, *, epsilon: float, delta: float, reason: str) -> privacy_pb2.BudgetReport:
+        request = privacy_pb2.ShareDatasetRequest(
+            request_id=_request_id(), dataset=dataset, manufacturer=manufacturer,
+            cap=privacy_pb2.PrivacyAmount(epsilon=epsilon, delta=delta), reason=reason,
+        )
+        return self._call(self.privacy.ShareDataset, request)
+
+    def set_budget(self, dataset: str, *, epsilon: float, delta: float, reason: str, manufacturer: str = "") -> privacy_pb2.BudgetReport:
+        request = privacy_pb2.SetBudgetRequest(
+            request_id=_request_id(), dataset=dataset, manufacturer=manufacturer,
+            cap=privacy_pb2.PrivacyAmount(epsilon=epsilon, delta=delta), reason=reason,
+        )
+        return self._call(self.privacy.SetBudget, request)
+
+    def get_budgets(self, dataset: str) -> privacy_pb2.BudgetReport:
+        return self._call(self.privacy.GetBudgets, privacy_pb2.GetBudgetsRequest(dataset=dataset))
+
+    def set_approval_policy(
+        self, dataset: str, *, max_epsilon: float, auto_approve_epsilon: float = 0.0, max_delta: float = 0.0, reason: str
+    ) -> privacy_pb2.ApprovalPolicy:
+        policy = privacy_pb2.ApprovalPolicy(
+            dataset=dataset, max_epsilon_per_request=max_epsilon, max_delta_per_request=max_delta,
+            auto_approve_epsilon=auto_approve_epsilon,
+        )
+        request = privacy_pb2.SetApprovalPolicyRequest(request_id=_request_id(), policy=policy, reason=reason)
+        return self._call(self.privacy.SetApprovalPolicy, request)
+
+    def estimate_cost(self, dataset: str, *, epsilon: float, delta: float, manufacturer: str = "") -> privacy_pb2.CostEstimate:
+        request = privacy_pb2.EstimateCostRequest(
+            dataset=dataset, manufacturer=manufacturer, cost=privacy_pb2.PrivacyAmount(epsilon=epsilon, delta=delta)
+        )
+        return self._call(self.privacy.EstimateCost, request)
+
+    def ledger(self, *, dataset: str = "", manufacturer: str = "", kind: str = "", page_size: int = 0) -> Iterator[privacy_pb2.LedgerEvent]:
+        request = privacy_pb2.ListLedgerRequest(dataset=dataset, manufacturer=manufacturer, kind=kind, page_size=page_size)
+        return self._pages(self.privacy.ListLedger, request, "events")
+
+    def pending_requests(self, page_size: int = 0) -> Iterator[privacy_pb2.PrivacyRequest]:
+        return self._pages(self.privacy.ListPendingRequests, privacy_pb2.ListPendingRequestsRequest(page_size=page_size), "requests")
+
+    def approve(self, name: str, reason: str) -> privacy_pb2.PrivacyRequest:
+        return self._call(self.privacy.ApproveRequest, privacy_pb2.DecideRequest(request_id=_request_id(), name=name, reason=reason))
+
+    def reject(self, name: str, reason: str) -> privacy_pb2.PrivacyRequest:
+        return self._call(self.privacy.RejectRequest, privacy_pb2.DecideRequest(request_id=_request_id(), name=name, reason=reason))
+
+    # --- audit -----------------------------------------------------------------------------------
+
+    def verify_audit_log(self, *, anchor_seq: int = 0, anchor_hash: str = "") -> privacy_pb2.AuditVerification:
+        request = privacy_pb2.VerifyAuditLogRequest(anchor_seq=anchor_seq, anchor_hash=anchor_hash)
+        return self._call(self.audit.VerifyAuditLog, request)
+
+    def export_audit_log(self, after_seq: int = 0) -> Iterator[str]:
+        """The audit trail as JSON lines, one entry each."""
+        try:
+            for entry in self.audit.ExportAuditLog(privacy_pb2.ExportAuditLogRequest(after_seq=after_seq), metadata=self._metadata):
+                yield entry.json
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
 
     def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
         while True:

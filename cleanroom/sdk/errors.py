@@ -43,4 +43,8 @@ def from_rpc_error(error: grpc.RpcError) -> CleanroomClientError:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations += [Violation(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            violations += [Violation(v.subject, v.description) for v in quota.violations]
     return CleanroomClientError(code, message or "", reason, tuple(violations))

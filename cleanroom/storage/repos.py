@@ -144,10 +144,14 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
     return _dataset(row)
 
 
-def list_datasets(session: Session, *, owner_id: str | None, after_id: str | None, limit: int) -> list[Dataset]:
+def list_datasets(
+    session: Session, *, owner_id: str | None, after_id: str | None, limit: int, ids: set[str] | None = None
+) -> list[Dataset]:
     query = select(DatasetRow).where(DatasetRow.deleted_at.is_(None)).order_by(DatasetRow.id).limit(limit)
     if owner_id is not None:
         query = query.where(DatasetRow.owner_id == owner_id)
+    if ids is not None:
+        query = query.where(DatasetRow.id.in_(ids))
     if after_id is not None:
         query = query.where(DatasetRow.id > after_id)
     return [_dataset(r) for r in session.scalars(query)]
@@ -177,6 +181,11 @@ def live_wrapped_keys(session: Session) -> list[tuple[str, bytes]]:
 
 def set_wrapped_dataset_key(session: Session, dataset_id: str, wrapped_key: bytes) -> None:
     session.execute(update(DatasetRow).where(DatasetRow.id == dataset_id).values(wrapped_key=wrapped_key))
+
+
+def owned_dataset_ids(session: Session, owner_id: str) -> set[str]:
+    """Including deleted ones: a hospital keeps reading the audit trail of what it deleted."""
+    return set(session.scalars(select(DatasetRow.id).where(DatasetRow.owner_id == owner_id)))
 
 
 def dataset_ids(session: Session) -> set[str]:

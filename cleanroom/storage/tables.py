@@ -81,3 +81,122 @@ class SecretRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- privacy budgets, ledger and approvals (migration 0002) -------------------------------------
+
+
+class ShareRow(Base):
+    """A dataset shared with a manufacturer by a privacy officer: the manufacturer may see its schema."""
+
+    __tablename__ = "shares"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    manufacturer_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), primary_key=True, index=True)
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BudgetRow(Base):
+    """Exact amounts: ε in micro-units, δ in atto-units. reserved + spent <= cap, always."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    manufacturer_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cap_epsilon: Mapped[int] = mapped_column(BigInteger)
+    cap_delta: Mapped[int] = mapped_column(BigInteger)
+    reserved_epsilon: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_delta: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_epsilon: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_delta: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SpendRow(Base):
+    __tablename__ = "spends"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    manufacturer_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reserved_epsilon: Mapped[int] = mapped_column(BigInteger)
+    reserved_delta: Mapped[int] = mapped_column(BigInteger)
+    committed_epsilon: Mapped[int] = mapped_column(BigInteger, default=0)
+    committed_delta: Mapped[int] = mapped_column(BigInteger, default=0)
+    mechanism_json: Mapped[str] = mapped_column(Text)
+    decrypted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LedgerEventRow(Base):
+    """Append-only: rows are inserted, never updated or deleted."""
+
+    __tablename__ = "ledger_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    spend_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    manufacturer_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    budget_ids: Mapped[str] = mapped_column(Text)
+    epsilon: Mapped[int] = mapped_column(BigInteger)
+    delta: Mapped[int] = mapped_column(BigInteger)
+    actor_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mechanism_json: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class PrivacyRequestRow(Base):
+    __tablename__ = "privacy_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    manufacturer_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(100))
+    cost_epsilon: Mapped[int] = mapped_column(BigInteger)
+    cost_delta: Mapped[int] = mapped_column(BigInteger)
+    mechanism_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spend_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    decided_by: Mapped[str] = mapped_column(String(32), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ApprovalPolicyRow(Base):
+    __tablename__ = "approval_policies"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    max_epsilon: Mapped[int] = mapped_column(BigInteger)
+    max_delta: Mapped[int] = mapped_column(BigInteger)
+    auto_approve_epsilon: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEntryRow(Base):
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    details_json: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """One row: the chain's last (seq, hash). Locking it serialises appends on every backend."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))

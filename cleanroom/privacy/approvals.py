@@ -1,0 +1,119 @@
+"""Privacy requests: the policy check, auto-approval, the officer's queue, and dry runs.
+
+Jobs and statistics queries submit a request for the (ε, δ) they will spend. Within the dataset's
+auto-approve threshold the reservation is made at once; above it the request waits for an officer,
+who sees its cost and the budget that would remain. An approval reserves in the same transaction,
+so an approved request always holds its budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cleanroom.domain.approvals import (
+    Decision,
+    PolicyCheck,
+    PrivacyRequest,
+    RequestState,
+    check_against_policy,
+    new_request_id,
+    new_spend_id,
+)
+from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.pagination import PageRequest
+from cleanroom.domain.privacy import Balance, Privacy, dataset_budget_id, share_budget_id
+from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason
+from cleanroom.privacy.ledger import Ledger, SpendRequest
+from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage.db import Database
+
+
+@dataclass(frozen=True)
+class Estimate:
+    cost: Privacy
+    check: PolicyCheck
+    remaining_before: dict[str, Privacy]   # budget id -> remaining now
+    fits: bool
+
+
+class ApprovalService:
+    def __init__(self, db: Database, ledger: Ledger) -> None:
+        self._db = db
+        self._ledger = ledger
+
+    def estimate(self, principal: Principal, dataset_id: str, manufacturer_id: str, cost: Privacy) -> Estimate:
+        """What a request would cost and what would remain. Manufacturers may ask about themselves only."""
+        if principal.role is Role.MANUFACTURER and manufacturer_id != principal.id:
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+        with self._db.transaction() as session:
+            dataset = load_dataset(session, dataset_id)
+            if not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
+                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+            check = check_against_policy(privacy_repo.get_policy(session, dataset_id), cost, dataset.patient_count)
+            budgets = self._balances(session, dataset_id, manufacturer_id)
+        visible = budgets if principal.role is not Role.MANUFACTURER else {k: v for k, v in budgets.items() if "/manufacturers/" in k}
+        fits = all(b.admits(cost) for b in budgets.values()) and len(budgets) == 2
+        return Estimate(cost, check, {k: b.remaining for k, b in visible.items()}, fits)
+
+    @staticmethod
+    def _balances(session: object, dataset_id: str, manufacturer_id: str) -> dict[str, Balance]:
+        ids = (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id))
+        found = {i: privacy_repo.get_balance(session, i) for i in ids}  # type: ignore[arg-type]
+        return {i: b for i, b in found.items() if b is not None}
+
+    def submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
+        """Refused by policy -> error; within auto-approval -> approved and reserved; else pending."""
+        with self._db.transaction() as session:
+            dataset = load_dataset(session, request.dataset_id)
+            if not privacy_repo.is_shared(session, request.dataset_id, manufacturer.id):
+                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+            check = check_against_policy(privacy_repo.get_policy(session, dataset.id), request.cost, dataset.patient_count)
+            if check.decision is Decision.REFUSED:
+                raise CleanroomError(ErrorCode.POLICY_REFUSED, "the dataset's approval policy refuses this request: " + "; ".join(check.reasons))
+            pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
+                                     request.cost, RequestState.PENDING, repos.now(), request.mechanism)
+            privacy_repo.add_request(session, pending)
+            if check.decision is Decision.AUTO_APPROVE:
+                spend = self._ledger.reserve_in(session, request, actor_id=manufacturer.id)
+                privacy_repo.decide_request(session, pending.id, RequestState.APPROVED, by="system", reason="within the auto-approve threshold", spend_id=spend.id)
+            audit_repo.append(session, actor=manufacturer.resource_name, action="request.submit", target=pending.resource_name,
+                              details={"dataset": dataset.id, "kind": request.kind, "epsilon": request.cost.epsilon_value,
+                                       "delta": request.cost.delta_value, "decision": check.decision.value})
+            return privacy_repo.get_request(session, pending.id)  # type: ignore[return-value]
+
+    def approve(self, officer: Principal, request_id: str, reason: str) -> PrivacyRequest:
+        return self._decide(officer, request_id, RequestState.APPROVED, reason)
+
+    def reject(self, officer: Principal, request_id: str, reason: str) -> PrivacyRequest:
+        return self._decide(officer, request_id, RequestState.REJECTED, reason)
+
+    def _decide(self, officer: Principal, request_id: str, state: RequestState, reason: str) -> PrivacyRequest:
+        reason = require_reason(reason)
+        with self._db.transaction() as session:
+            request = privacy_repo.get_request(session, request_id)
+            if request is None:
+                raise CleanroomError(ErrorCode.NOT_FOUND, "privacy request not found")
+            if request.state is not RequestState.PENDING:
+                raise CleanroomError(ErrorCode.ALREADY_DECIDED, f"this request was already {request.state.value}")
+            # Claim the decision first: a concurrent second decision waits on this row, then finds it decided.
+            spend_id = new_spend_id() if state is RequestState.APPROVED else None
+            if not privacy_repo.decide_request(session, request_id, state, by=officer.id, reason=reason, spend_id=spend_id):
+                raise CleanroomError(ErrorCode.ALREADY_DECIDED, "this request was decided meanwhile")
+            if spend_id is not None:
+                spend_request = SpendRequest(request.dataset_id, request.manufacturer_id, request.kind, request.reference, request.cost, request.mechanism)
+                self._ledger.reserve_in(session, spend_request, actor_id=officer.id, spend_id=spend_id)
+            audit_repo.append(session, actor=officer.resource_name, action=f"request.{state.value}", target=request.resource_name,
+                              details={"dataset": request.dataset_id, "reason": reason})
+            return privacy_repo.get_request(session, request_id)  # type: ignore[return-value]
+
+    def pending(self, page: PageRequest) -> list[PrivacyRequest]:
+        with self._db.transaction() as session:
+            return privacy_repo.pending_requests(session, dataset_ids=None, after_id=page.after_id, limit=page.size)
+
+    def get(self, principal: Principal, request_id: str) -> PrivacyRequest:
+        with self._db.transaction() as session:
+            request = privacy_repo.get_request(session, request_id)
+        if request is None or (principal.role is Role.MANUFACTURER and request.manufacturer_id != principal.id):
+            raise CleanroomError(ErrorCode.NOT_FOUND, "privacy request not found")
+        return request

@@ -1,0 +1,125 @@
+"""The privacy officer's controls: shares, caps and approval policies, and the budget views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from sqlalchemy.orm import Session
+
+from cleanroom.domain.approvals import ApprovalPolicy
+from cleanroom.domain.datasets import Dataset
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
+from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Privacy, dataset_budget_id, share_budget_id
+from cleanroom.privacy import composition
+from cleanroom.privacy.ledger import record
+from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage.db import Database
+
+NOT_FOUND = "dataset not found"
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    budget_id: str
+    manufacturer: Principal | None  # None: the dataset-wide budget
+    balance: Balance
+    basic_epsilon: float = 0.0
+    rdp_epsilon: float | None = None  # None: some committed spend cannot be composed under RDP
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    dataset: Dataset
+    lines: tuple[BudgetLine, ...]
+    policy: ApprovalPolicy
+
+
+def require_reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason or len(reason) > 1000:
+        raise bad_request("every budget change needs a reason (1 to 1000 characters)", FieldViolation("reason", "required"))
+    return reason
+
+
+def load_dataset(session: Session, dataset_id: str) -> Dataset:
+    dataset = repos.get_dataset(session, dataset_id)
+    if dataset is None:
+        raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+    return dataset
+
+
+def load_manufacturer(session: Session, manufacturer_id: str) -> Principal:
+    principal = repos.get_principal(session, manufacturer_id)
+    if principal is None or principal.role is not Role.MANUFACTURER:
+        raise CleanroomError(ErrorCode.NOT_FOUND, "manufacturer not found")
+    return principal
+
+
+class BudgetService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def share(self, officer: Principal, dataset_id: str, manufacturer_id: str, cap: Privacy, reason: str) -> None:
+        """Shares a dataset with a manufacturer and sets that pair's cap, in one transaction."""
+        reason = require_reason(reason)
+        with self._db.transaction() as session:
+            load_dataset(session, dataset_id)
+            load_manufacturer(session, manufacturer_id)
+            if privacy_repo.add_share(session, dataset_id, manufacturer_id, officer.id):
+                audit_repo.append(session, actor=officer.resource_name, action="dataset.share",
+                                  target=f"datasets/{dataset_id}", details={"manufacturer": f"principals/{manufacturer_id}", "reason": reason})
+            self._set_cap(session, officer, dataset_id, manufacturer_id, cap, reason)
+
+    def set_cap(self, officer: Principal, dataset_id: str, manufacturer_id: str | None, cap: Privacy, reason: str) -> Balance:
+        """manufacturer_id None sets the dataset-wide cap (the hospital's total leakage)."""
+        reason = require_reason(reason)
+        with self._db.transaction() as session:
+            load_dataset(session, dataset_id)
+            if manufacturer_id is not None and not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
+                raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "share the dataset with this manufacturer first")
+            return self._set_cap(session, officer, dataset_id, manufacturer_id, cap, reason)
+
+    def _set_cap(self, session: Session, officer: Principal, dataset_id: str, manufacturer_id: str | None, cap: Privacy, reason: str) -> Balance:
+        budget_id = share_budget_id(dataset_id, manufacturer_id) if manufacturer_id else dataset_budget_id(dataset_id)
+        if not privacy_repo.set_cap(session, budget_id, dataset_id, manufacturer_id, cap):
+            raise CleanroomError(
+                ErrorCode.FAILED_PRECONDITION,
+                "the new cap is below what this budget has already spent or reserved",
+                violations=[FieldViolation("cap", "at least the spent plus reserved amount")],
+            )
+        event = LedgerEvent(EventKind.CAP, (budget_id,), cap, officer.id, repos.now(), reason=reason)
+        record(session, event, None, dataset_id=dataset_id, manufacturer_id=manufacturer_id)
+        return privacy_repo.get_balance(session, budget_id)  # type: ignore[return-value]
+
+    def set_policy(self, officer: Principal, dataset_id: str, policy: ApprovalPolicy, reason: str) -> ApprovalPolicy:
+        reason = require_reason(reason)
+        with self._db.transaction() as session:
+            load_dataset(session, dataset_id)
+            privacy_repo.put_policy(session, dataset_id, policy)
+            audit_repo.append(session, actor=officer.resource_name, action="policy.set", target=f"datasets/{dataset_id}",
+                              details={"max_epsilon": policy.max_epsilon, "max_delta": policy.max_delta,
+                                       "auto_approve_epsilon": policy.auto_approve_epsilon, "reason": reason})
+        return policy
+
+    def view(self, principal: Principal, dataset_id: str) -> BudgetView:
+        """Officers see every budget of the dataset; a manufacturer only its own share's budget."""
+        with self._db.transaction() as session:
+            dataset = load_dataset(session, dataset_id)
+            if principal.role is Role.MANUFACTURER and not privacy_repo.is_shared(session, dataset_id, principal.id):
+                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+            lines = []
+            for budget_id, (manufacturer_id, balance) in privacy_repo.dataset_balances(session, dataset_id).items():
+                if principal.role is Role.MANUFACTURER and manufacturer_id != principal.id:
+                    continue
+                who = repos.get_principal(session, manufacturer_id) if manufacturer_id else None
+                lines.append(BudgetLine(budget_id, who, balance))
+            commits = privacy_repo.events(session, privacy_repo.EventFilter(dataset_id=dataset_id, kind=EventKind.COMMIT))
+            policy = privacy_repo.get_policy(session, dataset_id)
+        return BudgetView(dataset, tuple(_with_composition(line, commits) for line in lines), policy)
+
+
+def _with_composition(line: BudgetLine, commits: list[LedgerEvent]) -> BudgetLine:
+    mine = [e for e in commits if line.budget_id in e.budget_ids]
+    delta = line.balance.spent.delta_value or line.balance.cap.delta_value
+    return replace(line, basic_epsilon=composition.basic_epsilon(mine), rdp_epsilon=composition.rdp_epsilon(mine, delta))

@@ -1,0 +1,148 @@
+"""The privacy ledger: reserve before data is touched, commit what a release spent, refund only
+what no decryption ever saw. Every change is an immutable event plus an audit entry, written in
+the same transaction as the balance it moves."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from cleanroom.domain.approvals import new_spend_id
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
+from cleanroom.domain.privacy import (
+    ZERO,
+    EventKind,
+    LedgerEvent,
+    Mechanism,
+    Privacy,
+    Spend,
+    SpendState,
+    settlement_after_crash,
+)
+from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+
+
+class BudgetExhausted(CleanroomError):
+    """Not enough budget left; `budget_ids` names the budgets that refused (for QuotaFailure)."""
+
+    def __init__(self, budget_ids: tuple[str, ...]) -> None:
+        super().__init__(
+            ErrorCode.PRIVACY_BUDGET_EXHAUSTED,
+            "the privacy budget left on this dataset does not cover this request",
+            violations=[FieldViolation(b, "not enough ε or δ left") for b in budget_ids],
+        )
+        self.budget_ids = budget_ids
+
+
+@dataclass(frozen=True)
+class SpendRequest:
+    dataset_id: str
+    manufacturer_id: str
+    kind: str
+    reference: str
+    cost: Privacy
+    mechanism: Mechanism | None = None
+
+
+def record(session: Session, event: LedgerEvent, spend: Spend | None, *, dataset_id: str, manufacturer_id: str | None) -> None:
+    """One ledger event and its audit entry (the audit entry last: it takes the chain's lock)."""
+    privacy_repo.add_event(session, event, dataset_id=dataset_id, manufacturer_id=manufacturer_id)
+    details = {"epsilon": event.amount.epsilon_value, "delta": event.amount.delta_value, "budgets": list(event.budget_ids)}
+    if spend is not None:
+        details.update(spend=spend.id, kind=spend.kind, reference=spend.reference)
+    if event.reason:
+        details["reason"] = event.reason
+    actor = SYSTEM if event.actor_id == SYSTEM else f"principals/{event.actor_id}"
+    audit_repo.append(session, actor=actor, action=f"ledger.{event.kind.value}", target=f"datasets/{dataset_id}", details=details)
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def reserve_in(self, session: Session, request: SpendRequest, *, actor_id: str, spend_id: str | None = None) -> Spend:
+        """Reserves on the dataset budget and the share budget together, inside the caller's transaction."""
+        spend = Spend(spend_id or new_spend_id(), request.dataset_id, request.manufacturer_id, request.kind, request.reference,
+                      request.cost, SpendState.RESERVED, request.mechanism)
+        refused = tuple(b for b in sorted(spend.budget_ids) if not privacy_repo.try_reserve(session, b, request.cost))
+        if refused:
+            raise BudgetExhausted(refused)
+        privacy_repo.add_spend(session, spend)
+        event = LedgerEvent(EventKind.RESERVE, spend.budget_ids, request.cost, actor_id, repos.now(),
+                            spend_id=spend.id, mechanism=request.mechanism)
+        record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
+        return spend
+
+    def reserve(self, request: SpendRequest, *, actor_id: str) -> Spend:
+        """All or nothing: a refusal on either budget rolls the whole reservation back."""
+        with self._db.transaction() as session:
+            return self.reserve_in(session, request, actor_id=actor_id)
+
+    def mark_decrypted(self, spend_id: str) -> None:
+        """Called before the dataset key leaves the broker: from here on, a failure spends too."""
+        with self._db.transaction() as session:
+            if not privacy_repo.mark_decrypted(session, spend_id):
+                raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "this spend holds no open reservation")
+
+    def release(self, spend_id: str, actual: Privacy, *, actor_id: str = SYSTEM) -> Spend:
+        """A result was released: commit what it spent (at most the reservation), refund the rest."""
+        return self._close(spend_id, actual, released=True, actor_id=actor_id)
+
+    def fail(self, spend_id: str, *, actor_id: str = SYSTEM, reason: str = "") -> Spend:
+        """No release: refund if no data was ever decrypted, otherwise the reservation is spent."""
+        with self._db.transaction() as session:
+            spend = privacy_repo.get_spend(session, spend_id)
+        if spend is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, "spend not found")
+        actual = spend.reserved if spend.decrypted else ZERO
+        return self._close(spend_id, actual, released=False, actor_id=actor_id, reason=reason)
+
+    def _close(self, spend_id: str, actual: Privacy, *, released: bool, actor_id: str, reason: str = "") -> Spend:
+        with self._db.transaction() as session:
+            spend = privacy_repo.get_spend(session, spend_id, for_update=True)
+            if spend is None:
+                raise CleanroomError(ErrorCode.NOT_FOUND, "spend not found")
+            if spend.state is not SpendState.RESERVED:
+                return spend  # already settled: settling twice must not count twice
+            self._settle(session, spend, actual, released=released, actor_id=actor_id, reason=reason)
+            return privacy_repo.get_spend(session, spend_id)  # type: ignore[return-value]
+
+    def _settle(self, session: Session, spend: Spend, actual: Privacy, *, released: bool, actor_id: str, reason: str) -> None:
+        if not actual.fits_in(spend.reserved):
+            raise CleanroomError(ErrorCode.INTERNAL, "a release may not spend more than its reservation")
+        state = SpendState.COMMITTED if (released or spend.decrypted) else SpendState.REFUNDED
+        if not privacy_repo.close_spend(session, spend.id, state, actual, released=released):
+            return
+        for budget_id in sorted(spend.budget_ids):
+            privacy_repo.settle(session, budget_id, spend.reserved, actual)
+        refund = spend.reserved - actual
+        for kind, amount in ((EventKind.COMMIT, actual), (EventKind.REFUND, refund)):
+            if amount != ZERO:
+                event = LedgerEvent(kind, spend.budget_ids, amount, actor_id, repos.now(), spend_id=spend.id,
+                                    mechanism=spend.mechanism if kind is EventKind.COMMIT else None, reason=reason)
+                record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
+
+    def events(self, where: privacy_repo.EventFilter) -> list[LedgerEvent]:
+        with self._db.transaction() as session:
+            return privacy_repo.events(session, where)
+
+    def recover(self) -> dict[str, int]:
+        """Start-up: settles every reservation left open by a crash, each exactly once."""
+        with self._db.transaction() as session:
+            open_spends = privacy_repo.open_spends(session)
+        outcome = {"committed": 0, "refunded": 0}
+        for spend in open_spends:
+            kind = settlement_after_crash(spend)
+            actual = spend.reserved if kind is EventKind.COMMIT else ZERO
+            self._close(spend.id, actual, released=spend.released, actor_id=SYSTEM, reason="reconciled at start-up")
+            outcome["committed" if kind is EventKind.COMMIT else "refunded"] += 1
+        if open_spends:
+            log.info("ledger reconciled: %(committed)d spends committed, %(refunded)d refunded", outcome)
+        return outcome

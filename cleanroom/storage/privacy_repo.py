@@ -1,0 +1,292 @@
+"""Shares, budgets, spends, ledger events, privacy requests and approval policies in the database.
+
+Budget changes are conditional UPDATEs: the check and the change are one statement, so two
+concurrent reservations can never both pass a check that only one of them fits (a read-then-write
+does overspend, on SQLite and on PostgreSQL READ COMMITTED alike).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from sqlalchemy import and_, select, update
+from sqlalchemy.orm import Session
+
+from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
+from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Mechanism, Privacy, Spend, SpendState
+from cleanroom.storage.repos import now
+from cleanroom.storage.tables import (
+    ApprovalPolicyRow,
+    BudgetRow,
+    LedgerEventRow,
+    PrivacyRequestRow,
+    ShareRow,
+    SpendRow,
+)
+
+# --- mechanisms as JSON --------------------------------------------------------------------------
+
+
+def mechanism_json(mechanism: Mechanism | None) -> str:
+    return "null" if mechanism is None else json.dumps(dataclasses.asdict(mechanism), sort_keys=True)
+
+
+def mechanism_from_json(text: str) -> Mechanism | None:
+    data = json.loads(text)
+    if data is None:
+        return None
+    return Mechanism(data["name"], data["accountant"], tuple((str(k), float(v)) for k, v in data["parameters"]))
+
+
+# --- shares --------------------------------------------------------------------------------------
+
+
+def add_share(session: Session, dataset_id: str, manufacturer_id: str, created_by: str) -> bool:
+    if session.get(ShareRow, (dataset_id, manufacturer_id)) is not None:
+        return False
+    session.add(ShareRow(dataset_id=dataset_id, manufacturer_id=manufacturer_id, created_by=created_by, created_at=now()))
+    return True
+
+
+def is_shared(session: Session, dataset_id: str, manufacturer_id: str) -> bool:
+    return session.get(ShareRow, (dataset_id, manufacturer_id)) is not None
+
+
+def shared_dataset_ids(session: Session, manufacturer_id: str) -> set[str]:
+    return set(session.scalars(select(ShareRow.dataset_id).where(ShareRow.manufacturer_id == manufacturer_id)))
+
+
+# --- budgets -------------------------------------------------------------------------------------
+
+
+def _balance(row: BudgetRow) -> Balance:
+    return Balance(
+        Privacy(row.cap_epsilon, row.cap_delta),
+        Privacy(row.reserved_epsilon, row.reserved_delta),
+        Privacy(row.spent_epsilon, row.spent_delta),
+    )
+
+
+def get_balance(session: Session, budget_id: str) -> Balance | None:
+    row = session.get(BudgetRow, budget_id)
+    return _balance(row) if row else None
+
+
+def dataset_balances(session: Session, dataset_id: str) -> dict[str, tuple[str | None, Balance]]:
+    """budget id -> (manufacturer id or None for the dataset-wide budget, balance)."""
+    rows = session.scalars(select(BudgetRow).where(BudgetRow.dataset_id == dataset_id).order_by(BudgetRow.id))
+    return {r.id: (r.manufacturer_id, _balance(r)) for r in rows}
+
+
+def set_cap(session: Session, budget_id: str, dataset_id: str, manufacturer_id: str | None, cap: Privacy) -> bool:
+    """Sets a cap, never below what is reserved plus spent (checked in the same statement)."""
+    if session.get(BudgetRow, budget_id) is None:
+        session.add(BudgetRow(
+            id=budget_id, dataset_id=dataset_id, manufacturer_id=manufacturer_id, cap_epsilon=cap.epsilon,
+            cap_delta=cap.delta, reserved_epsilon=0, reserved_delta=0, spent_epsilon=0, spent_delta=0,
+        ))
+        session.flush()
+        return True
+    result = session.execute(
+        update(BudgetRow)
+        .where(
+            BudgetRow.id == budget_id,
+            BudgetRow.reserved_epsilon + BudgetRow.spent_epsilon <= cap.epsilon,
+            BudgetRow.reserved_delta + BudgetRow.spent_delta <= cap.delta,
+        )
+        .values(cap_epsilon=cap.epsilon, cap_delta=cap.delta)
+    )
+    return result.rowcount == 1
+
+
+def try_reserve(session: Session, budget_id: str, cost: Privacy) -> bool:
+    result = session.execute(
+        update(BudgetRow)
+        .where(
+            BudgetRow.id == budget_id,
+            BudgetRow.reserved_epsilon + BudgetRow.spent_epsilon + cost.epsilon <= BudgetRow.cap_epsilon,
+            BudgetRow.reserved_delta + BudgetRow.spent_delta + cost.delta <= BudgetRow.cap_delta,
+        )
+        .values(
+            reserved_epsilon=BudgetRow.reserved_epsilon + cost.epsilon,
+            reserved_delta=BudgetRow.reserved_delta + cost.delta,
+        )
+    )
+    return result.rowcount == 1
+
+
+def settle(session: Session, budget_id: str, reserved: Privacy, committed: Privacy) -> None:
+    """Releases a reservation: `committed` becomes spent, the rest returns to the budget."""
+    result = session.execute(
+        update(BudgetRow)
+        .where(BudgetRow.id == budget_id, BudgetRow.reserved_epsilon >= reserved.epsilon, BudgetRow.reserved_delta >= reserved.delta)
+        .values(
+            reserved_epsilon=BudgetRow.reserved_epsilon - reserved.epsilon,
+            reserved_delta=BudgetRow.reserved_delta - reserved.delta,
+            spent_epsilon=BudgetRow.spent_epsilon + committed.epsilon,
+            spent_delta=BudgetRow.spent_delta + committed.delta,
+        )
+    )
+    if result.rowcount != 1:
+        raise RuntimeError(f"budget {budget_id} holds less than the reservation being settled")
+
+
+# --- spends --------------------------------------------------------------------------------------
+
+
+def add_spend(session: Session, spend: Spend) -> None:
+    session.add(SpendRow(
+        id=spend.id, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id, kind=spend.kind,
+        reference=spend.reference, state=spend.state.value, reserved_epsilon=spend.reserved.epsilon,
+        reserved_delta=spend.reserved.delta, committed_epsilon=0, committed_delta=0,
+        mechanism_json=mechanism_json(spend.mechanism), created_at=now(),
+    ))
+
+
+def _spend(row: SpendRow) -> Spend:
+    return Spend(
+        id=row.id, dataset_id=row.dataset_id, manufacturer_id=row.manufacturer_id, kind=row.kind,
+        reference=row.reference, reserved=Privacy(row.reserved_epsilon, row.reserved_delta),
+        state=SpendState(row.state), mechanism=mechanism_from_json(row.mechanism_json),
+        committed=Privacy(row.committed_epsilon, row.committed_delta),
+        decrypted=row.decrypted_at is not None, released=row.released_at is not None, created_at=row.created_at,
+    )
+
+
+def get_spend(session: Session, spend_id: str, *, for_update: bool = False) -> Spend | None:
+    query = select(SpendRow).where(SpendRow.id == spend_id)
+    row = session.scalars(query.with_for_update() if for_update else query).one_or_none()
+    return _spend(row) if row else None
+
+
+def close_spend(session: Session, spend_id: str, state: SpendState, committed: Privacy, *, released: bool) -> bool:
+    """Moves a RESERVED spend to its final state; False when it was already closed (idempotent)."""
+    values: dict[str, object] = {"state": state.value, "committed_epsilon": committed.epsilon, "committed_delta": committed.delta}
+    if released:
+        values["released_at"] = now()
+    result = session.execute(
+        update(SpendRow).where(SpendRow.id == spend_id, SpendRow.state == SpendState.RESERVED.value).values(**values)
+    )
+    return result.rowcount == 1
+
+
+def mark_decrypted(session: Session, spend_id: str) -> bool:
+    result = session.execute(
+        update(SpendRow)
+        .where(SpendRow.id == spend_id, SpendRow.state == SpendState.RESERVED.value, SpendRow.decrypted_at.is_(None))
+        .values(decrypted_at=now())
+    )
+    return result.rowcount == 1
+
+
+def open_spends(session: Session) -> list[Spend]:
+    rows = session.scalars(select(SpendRow).where(SpendRow.state == SpendState.RESERVED.value).order_by(SpendRow.id))
+    return [_spend(r) for r in rows]
+
+
+# --- ledger events -------------------------------------------------------------------------------
+
+
+def add_event(session: Session, event: LedgerEvent, *, dataset_id: str, manufacturer_id: str | None) -> None:
+    session.add(LedgerEventRow(
+        kind=event.kind.value, spend_id=event.spend_id, dataset_id=dataset_id, manufacturer_id=manufacturer_id,
+        budget_ids=",".join(event.budget_ids), epsilon=event.amount.epsilon, delta=event.amount.delta,
+        actor_id=event.actor_id, at=event.at, mechanism_json=mechanism_json(event.mechanism), reason=event.reason,
+    ))
+
+
+def _event(row: LedgerEventRow) -> LedgerEvent:
+    return LedgerEvent(
+        kind=EventKind(row.kind), budget_ids=tuple(row.budget_ids.split(",")), amount=Privacy(row.epsilon, row.delta),
+        actor_id=row.actor_id, at=row.at, spend_id=row.spend_id, mechanism=mechanism_from_json(row.mechanism_json),
+        reason=row.reason, seq=row.seq,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFilter:
+    dataset_id: str | None = None
+    manufacturer_id: str | None = None
+    kind: EventKind | None = None
+    after_seq: int = 0
+    limit: int = 1_000_000
+
+
+def events(session: Session, where: EventFilter = EventFilter()) -> list[LedgerEvent]:
+    conditions = [LedgerEventRow.seq > where.after_seq]
+    if where.dataset_id:
+        conditions.append(LedgerEventRow.dataset_id == where.dataset_id)
+    if where.manufacturer_id:
+        conditions.append(LedgerEventRow.manufacturer_id == where.manufacturer_id)
+    if where.kind:
+        conditions.append(LedgerEventRow.kind == where.kind.value)
+    query = select(LedgerEventRow).where(and_(*conditions)).order_by(LedgerEventRow.seq).limit(where.limit)
+    return [_event(r) for r in session.scalars(query)]
+
+
+def all_balances(session: Session) -> dict[str, Balance]:
+    return {r.id: _balance(r) for r in session.scalars(select(BudgetRow))}
+
+
+# --- privacy requests ----------------------------------------------------------------------------
+
+
+def add_request(session: Session, request: PrivacyRequest) -> None:
+    session.add(PrivacyRequestRow(
+        id=request.id, dataset_id=request.dataset_id, manufacturer_id=request.manufacturer_id, kind=request.kind,
+        reference=request.reference, cost_epsilon=request.cost.epsilon, cost_delta=request.cost.delta,
+        mechanism_json=mechanism_json(request.mechanism), state=request.state.value, spend_id=request.spend_id,
+        decided_by=request.decided_by, reason=request.reason, created_at=request.created_at, decided_at=request.decided_at,
+    ))
+
+
+def _request(row: PrivacyRequestRow) -> PrivacyRequest:
+    return PrivacyRequest(
+        id=row.id, dataset_id=row.dataset_id, manufacturer_id=row.manufacturer_id, kind=row.kind, reference=row.reference,
+        cost=Privacy(row.cost_epsilon, row.cost_delta), state=RequestState(row.state), created_at=row.created_at,
+        mechanism=mechanism_from_json(row.mechanism_json), spend_id=row.spend_id, decided_by=row.decided_by,
+        reason=row.reason, decided_at=row.decided_at,
+    )
+
+
+def get_request(session: Session, request_id: str) -> PrivacyRequest | None:
+    row = session.get(PrivacyRequestRow, request_id)
+    return _request(row) if row else None
+
+
+def decide_request(session: Session, request_id: str, state: RequestState, *, by: str, reason: str, spend_id: str | None) -> bool:
+    """PENDING -> APPROVED or REJECTED, once: a second decision finds nothing pending."""
+    result = session.execute(
+        update(PrivacyRequestRow)
+        .where(PrivacyRequestRow.id == request_id, PrivacyRequestRow.state == RequestState.PENDING.value)
+        .values(state=state.value, decided_by=by, reason=reason, spend_id=spend_id, decided_at=now())
+    )
+    return result.rowcount == 1
+
+
+def pending_requests(session: Session, *, dataset_ids: set[str] | None, after_id: str | None, limit: int) -> list[PrivacyRequest]:
+    query = select(PrivacyRequestRow).where(PrivacyRequestRow.state == RequestState.PENDING.value)
+    if dataset_ids is not None:
+        query = query.where(PrivacyRequestRow.dataset_id.in_(dataset_ids))
+    if after_id:
+        query = query.where(PrivacyRequestRow.id > after_id)
+    return [_request(r) for r in session.scalars(query.order_by(PrivacyRequestRow.id).limit(limit))]
+
+
+# --- approval policies ---------------------------------------------------------------------------
+
+
+def get_policy(session: Session, dataset_id: str) -> ApprovalPolicy:
+    row = session.get(ApprovalPolicyRow, dataset_id)
+    if row is None:
+        return ApprovalPolicy()
+    return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon)
+
+
+def put_policy(session: Session, dataset_id: str, policy: ApprovalPolicy) -> None:
+    row = session.get(ApprovalPolicyRow, dataset_id)
+    if row is None:
+        session.add(ApprovalPolicyRow(dataset_id=dataset_id, max_epsilon=policy.max_epsilon,
+                                      max_delta=policy.max_delta, auto_approve_epsilon=policy.auto_approve_epsilon))
+        return
+    row.max_epsilon, row.max_delta, row.auto_approve_epsilon = policy.max_epsilon, policy.max_delta, policy.auto_approve_epsilon
