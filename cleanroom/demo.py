@@ -72,7 +72,7 @@ def story(address: str, admin_token: str, workdir: Path) -> None:
         step("Admin creates the principals")
         hospital = admin.create_principal("Seoul National University Hospital - data team", "data_owner")
         maker = admin.create_principal("Acme Medical Devices - ML team", "manufacturer")
-        admin.create_principal("SNUH privacy office", "privacy_officer")
+        officer = admin.create_principal("SNUH privacy office", "privacy_officer")
         print(render.table(("name", "display name", "role"), [(p.name, p.display_name, render.role_name(p.role)) for p in admin.list_principals()]))
 
     csv_path = samples.write_breast_cancer_csv(workdir / "breast_cancer.csv")
@@ -98,10 +98,36 @@ def story(address: str, admin_token: str, workdir: Path) -> None:
             manufacturer.get_dataset(dataset.name)
         except CleanroomClientError as error:
             print(error)
+
+    with Client(address, officer.token) as privacy_office:
+        governance(privacy_office, dataset.name, maker.principal.name)
+    with Client(address, maker.token) as manufacturer:
+        step("Manufacturer: now sees the schema (nothing else) and its own budget")
+        shared = manufacturer.get_dataset(dataset.name)
+        print(f"{shared.name}: {len(shared.columns)} columns, row count hidden ({shared.row_count})")
+        estimate = manufacturer.estimate_cost(dataset.name, epsilon=1.0, delta=1e-5)
+        print(f"dry run for ε=1, δ=1e-5: {estimate.decision.replace('_', ' ')}, "
+              f"{estimate.remaining_after[0].remaining.epsilon:g} ε would remain on its share")
         try:
             manufacturer.delete_dataset(dataset.name)
         except CleanroomClientError as error:
             print(error)
+
+
+def governance(officer: Client, dataset: str, manufacturer: str) -> None:
+    step("Privacy officer: a dataset-wide cap, a share with its own cap, and an approval policy")
+    officer.set_budget(dataset, epsilon=8.0, delta=1e-5, reason="hospital-wide limit agreed with the IRB")
+    officer.share_dataset(dataset, manufacturer, epsilon=5.0, delta=1e-5, reason="arrhythmia pilot, contract 2026-114")
+    officer.set_approval_policy(dataset, max_epsilon=3.0, auto_approve_epsilon=1.0, reason="routine validations auto-approved")
+    print(render.budget_table(officer.get_budgets(dataset)))
+    step("Bad input: a budget with δ = 1 is refused with the field named")
+    try:
+        officer.set_budget(dataset, epsilon=8.0, delta=1.0, reason="typo")
+    except CleanroomClientError as error:
+        print(error)
+    step("Audit: every action above is in a hash chain that verifies")
+    verdict = officer.verify_audit_log()
+    print(f"{'intact' if verdict.ok else 'BROKEN'}: {verdict.entries} entries, head {verdict.head_seq}:{verdict.head_hash[:16]}…")
 
 
 def _as_feature(column: datasets_pb2.ColumnSpec) -> datasets_pb2.ColumnSpec:

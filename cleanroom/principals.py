@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import TOKEN_PREFIX, Principal, Role, hash_token, new_principal_id
@@ -19,12 +20,17 @@ from cleanroom.storage import audit_repo, repos
 from cleanroom.storage.db import Database
 
 MAX_DISPLAY_NAME = 200
+# Principals are never edited in place, so a cached principal is never stale; when revocation
+# arrives, it must clear this cache (a revoked token then stops working within CACHE_SECONDS anyway).
+CACHE_SECONDS = 30.0
+CACHE_ENTRIES = 10_000
 
 
 class PrincipalService:
     def __init__(self, db: Database, keys: KeyService) -> None:
         self._db = db
         self._keys = keys
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     def token_for(self, principal_id: str) -> str:
         mac = hmac.new(self._keys.secret(TOKEN_ROOT), principal_id.encode("ascii"), hashlib.sha256).digest()
@@ -42,20 +48,30 @@ class PrincipalService:
         return principal, token
 
     def authenticate(self, token: str) -> Principal | None:
+        """Every call authenticates; a short cache keeps that off the database's hot path."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        with self._db.transaction() as session:
-            return repos.principal_by_token_hash(session, hash_token(token))
+        token_hash = hash_token(token)
+        cached = self._cache.get(token_hash)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        with self._db.read() as session:
+            principal = repos.principal_by_token_hash(session, token_hash)
+        if principal is not None:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[token_hash] = (principal, time.monotonic() + CACHE_SECONDS)
+        return principal
 
     def get(self, principal_id: str) -> Principal:
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             principal = repos.get_principal(session, principal_id)
         if principal is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, "principal not found")
         return principal
 
     def list(self, page: PageRequest) -> list[Principal]:
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             return repos.list_principals(session, after_id=page.after_id, limit=page.size)
 
 

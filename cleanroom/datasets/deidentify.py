@@ -239,8 +239,13 @@ def class_keys(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.Array:
     """One string per row naming its equivalence class over the generalised `columns`."""
     if not columns:
         return pa.repeat(_text(""), batch.num_rows)
-    parts = [_length_prefixed(pc.cast(batch.column(name), pa.string())) for name in columns]
-    return pc.binary_join_element_wise(*parts, _text(""))
+    return pc.binary_join_element_wise(*(_prefixed_column(batch.column(name)) for name in columns), _text(""))
+
+
+def _prefixed_column(values: pa.Array) -> pa.Array:
+    # Generalised values repeat a lot: prefix each distinct value once, then spread them out.
+    encoded = pc.cast(values, pa.string()).dictionary_encode(null_encoding="encode")
+    return _length_prefixed(encoded.dictionary).take(encoded.indices)
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,8 +273,10 @@ class EquivalenceClassCounter:
         self._pairs = _distinct_pairs([])
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._per_class: pa.Table | None = None  # until the next update
 
     def update(self, batch: pa.RecordBatch) -> None:
+        self._per_class = None
         pairs = pa.table({_CLASS_COLUMN: class_keys(batch, self._columns),
                           _PATIENT_COLUMN: batch.column(self._patient)})
         self._pending.append(pairs)
@@ -282,8 +289,10 @@ class EquivalenceClassCounter:
         self._pending, self._pending_rows = [], 0
 
     def _patients_per_class(self) -> pa.Table:
-        self._compact()
-        return self._pairs.group_by(_CLASS_COLUMN).aggregate([(_PATIENT_COLUMN, "count")])
+        if self._per_class is None:
+            self._compact()
+            self._per_class = self._pairs.group_by(_CLASS_COLUMN).aggregate([(_PATIENT_COLUMN, "count")])
+        return self._per_class
 
     def small_classes(self, k: int) -> SmallClasses:
         counts = self._patients_per_class()
@@ -319,6 +328,8 @@ def suppress_small_classes(
     if len(small_classes) == 0 or batch.num_rows == 0:
         return batch, 0
     in_small = pc.is_in(class_keys(batch, small_classes.columns), value_set=small_classes.keys)
+    if not pc.any(in_small).as_py():
+        return batch, 0  # the usual batch: spare a copy of it
     kept = batch.filter(pc.invert(in_small))
     return kept, batch.num_rows - kept.num_rows
 

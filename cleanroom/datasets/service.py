@@ -109,7 +109,7 @@ class DatasetService:
 
     def list(self, principal: Principal, page: PageRequest) -> list[Dataset]:
         """A hospital lists its own datasets; a manufacturer the schemas shared with it."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             if principal.role is Role.DATA_OWNER:
                 return repos.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
             shared = privacy_repo.shared_dataset_ids(session, principal.id)
@@ -130,7 +130,7 @@ class DatasetService:
 
     def open_plaintext(self, dataset_id: str) -> crypto.SealedReader:
         """Service-internal: a decrypting reader over a dataset's Arrow IPC stream."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             wrapped = repos.wrapped_dataset_key(session, dataset_id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
@@ -152,7 +152,7 @@ class DatasetService:
         dataset_id = parse_dataset_name(name)
         if dataset_id is None:
             raise bad_request("name must look like datasets/{id}", FieldViolation("name", "not a dataset name"))
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             dataset = repos.get_dataset(session, dataset_id)
             shared = principal.role is Role.MANUFACTURER and privacy_repo.is_shared(session, dataset_id, principal.id)
         # Another tenant's dataset is reported exactly like a missing one.

@@ -46,7 +46,7 @@ class ApprovalService:
         """What a request would cost and what would remain. Manufacturers may ask about themselves only."""
         if principal.role is Role.MANUFACTURER and manufacturer_id != principal.id:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             dataset = load_dataset(session, dataset_id)
             if not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
@@ -108,11 +108,11 @@ class ApprovalService:
             return privacy_repo.get_request(session, request_id)  # type: ignore[return-value]
 
     def pending(self, page: PageRequest) -> list[PrivacyRequest]:
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             return privacy_repo.pending_requests(session, dataset_ids=None, after_id=page.after_id, limit=page.size)
 
     def get(self, principal: Principal, request_id: str) -> PrivacyRequest:
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             request = privacy_repo.get_request(session, request_id)
         if request is None or (principal.role is Role.MANUFACTURER and request.manufacturer_id != principal.id):
             raise CleanroomError(ErrorCode.NOT_FOUND, "privacy request not found")

@@ -15,7 +15,7 @@ class AuditService:
         self._db = db
 
     def verify(self, anchor: Anchor | None = None) -> ChainVerdict:
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             stored_head = audit_repo.head(session)
             return verify_chain(audit_repo.entries(session), stored_head=stored_head, anchor=anchor)
 
@@ -26,7 +26,7 @@ class AuditService:
         """
         targets = None
         if principal.role is Role.DATA_OWNER:
-            with self._db.transaction() as session:
+            with self._db.read() as session:
                 targets = {f"datasets/{i}" for i in repos.owned_dataset_ids(session, principal.id)}
         while True:
             with self._db.transaction() as session:

@@ -104,7 +104,7 @@ class BudgetService:
 
     def view(self, principal: Principal, dataset_id: str) -> BudgetView:
         """Officers see every budget of the dataset; a manufacturer only its own share's budget."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             dataset = load_dataset(session, dataset_id)
             if principal.role is Role.MANUFACTURER and not privacy_repo.is_shared(session, dataset_id, principal.id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)

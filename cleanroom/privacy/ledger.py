@@ -97,7 +97,7 @@ class Ledger:
 
     def fail(self, spend_id: str, *, actor_id: str = SYSTEM, reason: str = "") -> Spend:
         """No release: refund if no data was ever decrypted, otherwise the reservation is spent."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             spend = privacy_repo.get_spend(session, spend_id)
         if spend is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, "spend not found")
@@ -130,12 +130,12 @@ class Ledger:
                 record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
 
     def events(self, where: privacy_repo.EventFilter) -> list[LedgerEvent]:
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             return privacy_repo.events(session, where)
 
     def recover(self) -> dict[str, int]:
         """Start-up: settles every reservation left open by a crash, each exactly once."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             open_spends = privacy_repo.open_spends(session)
         outcome = {"committed": 0, "refunded": 0}
         for spend in open_spends:
