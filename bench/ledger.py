@@ -76,7 +76,8 @@ def _start_server(state_dir: Path, url: str) -> tuple[subprocess.Popen[bytes], s
     port_file = state_dir / "port"
     process = subprocess.Popen(
         [sys.executable, "-m", "cleanroom.cli", "serve", "--state-dir", str(state_dir), "--database-url", url,
-         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING"],
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING",
+         "--metrics-listen", ""],
         cwd=ROOT,
     )
     while not port_file.exists():

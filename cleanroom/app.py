@@ -10,11 +10,12 @@ from cleanroom.config import ServerConfig
 from cleanroom.crypto import LocalKeyFileProvider
 from cleanroom.datasets.service import DatasetService
 from cleanroom.keys import KeyService
+from cleanroom.metrics import Metrics
 from cleanroom.principals import PrincipalService
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetService
-from cleanroom.privacy.ledger import Ledger
+from cleanroom.privacy.ledger import Ledger, budget_snapshots
 from cleanroom.storage import repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
@@ -34,6 +35,7 @@ class App:
     budgets: BudgetService
     approvals: ApprovalService
     audit: AuditService
+    metrics: Metrics
 
     def close(self) -> None:
         self.db.dispose()
@@ -45,13 +47,15 @@ def build_app(config: ServerConfig) -> App:
     migrate(db.engine)
     keys = KeyService(db, LocalKeyFileProvider(config.state_dir))
     blobs = BlobStore(config.blob_dir)
+    metrics = Metrics()
     datasets = DatasetService(
-        db, blobs, keys, max_upload_bytes=config.max_upload_bytes, default_k=config.k_anonymity
+        db, blobs, keys, max_upload_bytes=config.max_upload_bytes, default_k=config.k_anonymity, metrics=metrics
     )
-    ledger = Ledger(db)
+    ledger = Ledger(db, metrics)
+    metrics.watch_budgets(lambda: budget_snapshots(db))
     return App(
         config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
-        ledger, BudgetService(db), ApprovalService(db, ledger), AuditService(db),
+        ledger, BudgetService(db), ApprovalService(db, ledger), AuditService(db), metrics,
     )
 
 

@@ -33,6 +33,7 @@ SETTINGS = (
     Setting("--k-anonymity", "CLEANROOM_K_ANONYMITY", "5", "default k for the k-anonymity check at intake"),
     Setting("--workers", "CLEANROOM_WORKERS", "16", "gRPC handler threads"),
     Setting("--grace-seconds", "CLEANROOM_GRACE_SECONDS", "10", "how long SIGTERM waits for in-flight calls"),
+    Setting("--metrics-listen", "CLEANROOM_METRICS_LISTEN", "127.0.0.1:9464", "Prometheus /metrics address; empty disables"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -52,6 +53,7 @@ class ServerConfig:
     grace_seconds: float = 10.0
     port_file: Path | None = None
     log_level: str = "INFO"
+    metrics_listen: str = ""
 
     @property
     def blob_dir(self) -> Path:
@@ -97,6 +99,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         grace_seconds=float(raw["grace_seconds"] or 10),
         port_file=_path(raw["port_file"]),
         log_level=(raw["log_level"] or "INFO").upper(),
+        metrics_listen=raw["metrics_listen"] or "",
     )
     _check(config)
     return config

@@ -32,7 +32,8 @@ def _cli(*args: str) -> list[str]:
 def start_server(state_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port_file = state_dir / "port"
     server = subprocess.Popen(
-        _cli("serve", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING")
+        _cli("serve", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING",
+             "--metrics-listen", "127.0.0.1:0")
     )
     deadline = time.monotonic() + 30
     while not port_file.exists():

@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--manufacturer", required=True)
     args = parser.parse_args()
-    config = build_config(argparse.Namespace(state_dir=args.state_dir, listen="127.0.0.1:0"), {})
+    config = build_config(argparse.Namespace(state_dir=args.state_dir, listen="127.0.0.1:0", metrics_listen=""), {})
     app = build_app(config)
     server = Server(app)
     server.start()

@@ -34,7 +34,7 @@ def _spawn_server(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], 
     port_file.unlink(missing_ok=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "cleanroom.cli", "serve", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0",
-         "--port-file", str(port_file), *extra],
+         "--port-file", str(port_file), "--metrics-listen", "127.0.0.1:0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 30

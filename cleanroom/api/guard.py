@@ -8,6 +8,7 @@ traceback ever reaches a caller.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from cleanroom.domain.identity import Principal
 log = logging.getLogger(__name__)
 
 Authenticator = Callable[[str], Principal | None]
+Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
 
 
 class _Malformed:
@@ -79,14 +81,15 @@ def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
 
 
 class GuardInterceptor(grpc.ServerInterceptor):
-    def __init__(self, authenticate: Authenticator) -> None:
+    def __init__(self, authenticate: Authenticator, observe: Observer | None = None) -> None:
         self._authenticate = authenticate
+        self._observe = observe or (lambda method, code, seconds: None)
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None or auth.is_public(details.method):
             return handler
-        return _wrap(handler, details.method, self._call_context)
+        return _wrap(handler, details.method, self._call_context, self._observe)
 
     def _call_context(self, method: str, context: grpc.ServicerContext) -> CallContext:
         token = auth.bearer_token(context.invocation_metadata())
@@ -94,7 +97,7 @@ class GuardInterceptor(grpc.ServerInterceptor):
         return CallContext(context, auth.authorize(method, principal))
 
 
-def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerContext], CallContext]) -> Any:
+def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerContext], CallContext], observe: Observer) -> Any:
     streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
     behaviour = {
         (False, False): handler.unary_unary,
@@ -108,22 +111,29 @@ def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerC
         return (_checked_stream(request) if streaming_in else _checked(request)), call_context
 
     def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
         try:
-            return behaviour(*prepare(request, context))
+            response = behaviour(*prepare(request, context))
+            observe(method, "OK", time.perf_counter() - started)
+            return response
         except CleanroomError as error:
             status = to_status(error)
         except Exception as exc:  # noqa: BLE001 - the one place where anything becomes INTERNAL
             status = internal_status(exc, method)
+        observe(method, status.code.name, time.perf_counter() - started)
         context.abort_with_status(status)
 
     def stream_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.perf_counter()
         try:
             yield from behaviour(*prepare(request, context))
+            observe(method, "OK", time.perf_counter() - started)
             return
         except CleanroomError as error:
             status = to_status(error)
         except Exception as exc:  # noqa: BLE001
             status = internal_status(exc, method)
+        observe(method, status.code.name, time.perf_counter() - started)
         context.abort_with_status(status)
 
     factory = {

@@ -38,15 +38,20 @@ class Server:
         config = app.config
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-            interceptors=[GuardInterceptor(app.principals.authenticate)],
+            interceptors=[GuardInterceptor(app.principals.authenticate, self._observe)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
         self._health = health.HealthServicer()
+        self.metrics_port = 0
         self._register(app)
         self.port = self._bind(config)
+
+    def _observe(self, method: str, code: str, seconds: float) -> None:
+        self.app.metrics.rpc_requests.labels(method, code).inc()
+        self.app.metrics.rpc_duration.labels(method).observe(seconds)
 
     def _register(self, app: App) -> None:
         identity_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -75,6 +80,8 @@ class Server:
 
     def start(self) -> None:
         self._grpc.start()
+        if self.app.config.metrics_listen:
+            self.metrics_port = self.app.metrics.serve(self.app.config.metrics_listen)
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.app.config.port_file:
@@ -85,6 +92,7 @@ class Server:
         """Stops taking calls, lets in-flight ones finish within the grace period, then closes."""
         self._health.enter_graceful_shutdown()
         self._grpc.stop(self.app.config.grace_seconds if grace is None else grace).wait()
+        self.app.metrics.stop()
         self.app.close()
 
     def wait(self) -> None:

@@ -285,6 +285,8 @@ class EquivalenceClassCounter:
             self._compact()
 
     def _compact(self) -> None:
+        if not self._pending:
+            return
         self._pairs = _distinct_pairs([self._pairs, *self._pending])
         self._pending, self._pending_rows = [], 0
 

@@ -16,6 +16,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.keys import KeyService
+from cleanroom.metrics import Metrics
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
@@ -37,13 +38,21 @@ class UploadRequest:
 
 class DatasetService:
     def __init__(
-        self, db: Database, blobs: BlobStore, keys: KeyService, *, max_upload_bytes: int, default_k: int
+        self,
+        db: Database,
+        blobs: BlobStore,
+        keys: KeyService,
+        *,
+        max_upload_bytes: int,
+        default_k: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._keys = keys
         self._max_upload_bytes = max_upload_bytes
         self._default_k = default_k
+        self.metrics = metrics
 
     def validate_upload(self, request: UploadRequest) -> deid.DeidPolicy:
         """Everything checkable before a byte of the file is read."""
@@ -59,6 +68,23 @@ class DatasetService:
         return deid.validate_policy(request.columns, request.k_anonymity or self._default_k)
 
     def upload(self, owner: Principal, request: UploadRequest, parts: Iterator[bytes | Trailer]) -> Dataset:
+        try:
+            dataset = self._upload(owner, request, parts)
+        except CleanroomError:
+            self._count_upload("rejected")
+            raise
+        self._count_upload("stored", dataset)
+        return dataset
+
+    def _count_upload(self, outcome: str, dataset: Dataset | None = None) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.uploads.labels(outcome).inc()
+        if dataset is not None:
+            self.metrics.upload_bytes.inc(dataset.report.bytes_received)
+            self.metrics.upload_rows.inc(dataset.row_count)
+
+    def _upload(self, owner: Principal, request: UploadRequest, parts: Iterator[bytes | Trailer]) -> Dataset:
         policy = self.validate_upload(request)
         dataset_id = new_dataset_id()
         data_key = crypto.new_data_key()

@@ -21,6 +21,7 @@ from cleanroom.domain.privacy import (
     SpendState,
     settlement_after_crash,
 )
+from cleanroom.metrics import BudgetSnapshot, Metrics
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database
 
@@ -63,9 +64,21 @@ def record(session: Session, event: LedgerEvent, spend: Spend | None, *, dataset
     audit_repo.append(session, actor=actor, action=f"ledger.{event.kind.value}", target=f"datasets/{dataset_id}", details=details)
 
 
+def budget_snapshots(db: Database) -> list[BudgetSnapshot]:
+    """Dataset-wide budgets for the metrics gauges (share budgets would name manufacturers)."""
+    with db.read() as session:
+        balances = privacy_repo.all_balances(session)
+    return [
+        BudgetSnapshot(budget_id.removeprefix("datasets/"), b.cap.epsilon_value, b.spent.epsilon_value, b.reserved.epsilon_value)
+        for budget_id, b in sorted(balances.items())
+        if "/" not in budget_id.removeprefix("datasets/")
+    ]
+
+
 class Ledger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, metrics: Metrics | None = None) -> None:
         self._db = db
+        self._metrics = metrics
 
     def reserve_in(self, session: Session, request: SpendRequest, *, actor_id: str, spend_id: str | None = None) -> Spend:
         """Reserves on the dataset budget and the share budget together, inside the caller's transaction."""
@@ -73,7 +86,9 @@ class Ledger:
                       request.cost, SpendState.RESERVED, request.mechanism)
         refused = tuple(b for b in sorted(spend.budget_ids) if not privacy_repo.try_reserve(session, b, request.cost))
         if refused:
+            self._count("exhausted")
             raise BudgetExhausted(refused)
+        self._count("reserved")
         privacy_repo.add_spend(session, spend)
         event = LedgerEvent(EventKind.RESERVE, spend.budget_ids, request.cost, actor_id, repos.now(),
                             spend_id=spend.id, mechanism=request.mechanism)
@@ -84,6 +99,10 @@ class Ledger:
         """All or nothing: a refusal on either budget rolls the whole reservation back."""
         with self._db.transaction() as session:
             return self.reserve_in(session, request, actor_id=actor_id)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.reservations.labels(outcome).inc()
 
     def mark_decrypted(self, spend_id: str) -> None:
         """Called before the dataset key leaves the broker: from here on, a failure spends too."""
