@@ -6,6 +6,7 @@ import argparse
 import logging
 from collections.abc import Mapping
 
+from cleanroom import logs
 from cleanroom.app import build_app, recover
 from cleanroom.config import build_config
 from cleanroom.domain.identity import Role
@@ -16,7 +17,7 @@ def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from cleanroom.api.server import serve_forever
 
     config = build_config(args, env)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_level)
     app = build_app(config)
     recover(app)
     serve_forever(app)

@@ -15,6 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from cleanroom import logs
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def to_status(error: CleanroomError) -> grpc.Status:
 
 
 def internal_status(exc: BaseException, method: str) -> grpc.Status:
-    reference = uuid.uuid4().hex[:12]
+    reference = logs.request_id.get() or uuid.uuid4().hex[:12]
     log.error("unhandled error in %s (reference %s)", method, reference, exc_info=exc)
     status = status_pb2.Status(
         code=code_pb2.INTERNAL,

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from cleanroom import logs
 from cleanroom.api import auth
 from cleanroom.api.errors import internal_status, to_status
 from cleanroom.domain.errors import CleanroomError, bad_request
@@ -92,7 +93,10 @@ class GuardInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, details.method, self._call_context, self._observe)
 
     def _call_context(self, method: str, context: grpc.ServicerContext) -> CallContext:
-        token = auth.bearer_token(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        logs.request_id.set(logs.clean_request_id(dict(metadata).get("x-request-id")))  # type: ignore[arg-type]
+        context.set_trailing_metadata((("x-request-id", logs.request_id.get()),))
+        token = auth.bearer_token(metadata)
         principal = self._authenticate(token) if token else None
         return CallContext(context, auth.authorize(method, principal))
 

@@ -70,10 +70,12 @@ class DatasetService:
     def upload(self, owner: Principal, request: UploadRequest, parts: Iterator[bytes | Trailer]) -> Dataset:
         try:
             dataset = self._upload(owner, request, parts)
-        except CleanroomError:
+        except CleanroomError as error:
             self._count_upload("rejected")
+            log.info("upload rejected", extra={"owner": owner.id, "code": error.code.value})
             raise
         self._count_upload("stored", dataset)
+        log.info("dataset stored", extra={"dataset": dataset.id, "owner": owner.id, "rows": dataset.row_count})
         return dataset
 
     def _count_upload(self, outcome: str, dataset: Dataset | None = None) -> None:
