@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from cleanroom.api.idempotency import Idempotency
+from cleanroom.attestation import Enclave
 from cleanroom.config import ServerConfig
 from cleanroom.crypto import LocalKeyFileProvider
 from cleanroom.datasets.service import DatasetService
@@ -16,6 +17,7 @@ from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import Ledger, budget_snapshots
+from cleanroom.sandbox.base import SandboxPolicy
 from cleanroom.storage import repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
@@ -36,6 +38,7 @@ class App:
     approvals: ApprovalService
     audit: AuditService
     metrics: Metrics
+    enclave: Enclave
 
     def close(self) -> None:
         self.db.dispose()
@@ -56,6 +59,7 @@ def build_app(config: ServerConfig) -> App:
     return App(
         config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
         ledger, BudgetService(db), ApprovalService(db, ledger), AuditService(db), metrics,
+        Enclave(config.state_dir, db, ledger, metrics, SandboxPolicy()),
     )
 
 

@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from cleanroom.api import auth
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
-from cleanroom.v1 import datasets_pb2, identity_pb2, privacy_pb2
+from cleanroom.v1 import datasets_pb2, identity_pb2, models_pb2, models_pb2_grpc, privacy_pb2
 
 SERVICES = [
     identity_pb2.DESCRIPTOR.services_by_name["AdminService"],
@@ -20,6 +20,7 @@ SERVICES = [
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"],
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"],
     privacy_pb2.DESCRIPTOR.services_by_name["AuditService"],
+    models_pb2.DESCRIPTOR.services_by_name["AttestationService"],
 ]
 ALL_METHODS = [(s, m) for s in SERVICES for m in s.methods]
 
@@ -147,3 +148,14 @@ def test_health_and_reflection_are_served(running) -> None:
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"cleanroom.v1.DatasetService", "cleanroom.v1.AdminService", "grpc.health.v1.Health"} <= names
+
+
+def test_trust_bundle_pins_the_state_directorys_root(running) -> None:
+    with grpc.insecure_channel(running.address) as channel:
+        stub = models_pb2_grpc.AttestationServiceStub(channel)
+        bundle = stub.GetTrustBundle(models_pb2.GetTrustBundleRequest(), metadata=(("authorization", f"Bearer {running.admin_token}"),))
+    assert bundle.simulated is True
+    assert bundle.root_public_key_pem == running.app.enclave.root.public_key_pem().decode()
+    assert list(bundle.allowed_measurements) == [running.app.enclave.measurement]
+    key_file = running.app.config.state_dir / "enclave" / "root"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in key_file.iterdir())

@@ -40,6 +40,8 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.PrivacyService/ApproveRequest": _OFFICER,
     "/cleanroom.v1.PrivacyService/RejectRequest": _OFFICER,
     "/cleanroom.v1.AuditService/VerifyAuditLog": _OVERSIGHT,
+    "/cleanroom.v1.AttestationService/GetTrustBundle": ALL_ROLES,
+
     # Hospitals read the entries about their own datasets; the service filters the rest out.
     "/cleanroom.v1.AuditService/ExportAuditLog": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),
 }

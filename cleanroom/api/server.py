@@ -13,11 +13,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cleanroom.api.guard import GuardInterceptor
+from cleanroom.api.model_servicers import AttestationServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
 from cleanroom.app import App
 from cleanroom.config import ServerConfig
-from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc, privacy_pb2, privacy_pb2_grpc
+from cleanroom.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,7 @@ SERVICE_NAMES = (
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
     privacy_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name,
 )
 
 
@@ -65,6 +76,7 @@ class Server:
             PrivacyServicer(app.budgets, app.approvals, app.ledger, app.idempotency), self._grpc
         )
         privacy_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.audit), self._grpc)
+        models_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(app.enclave), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
 

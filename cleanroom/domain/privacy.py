@@ -193,6 +193,7 @@ class Spend:
     decrypted: bool = False
     released: bool = False
     created_at: datetime | None = field(default=None, compare=False)
+    workload: str | None = None  # the attested workload hash the reservation pays for
 
     @property
     def budget_ids(self) -> tuple[str, str]:

@@ -50,6 +50,7 @@ class SpendRequest:
     reference: str
     cost: Privacy
     mechanism: Mechanism | None = None
+    workload: str | None = None
 
 
 def record(session: Session, event: LedgerEvent, spend: Spend | None, *, dataset_id: str, manufacturer_id: str | None) -> None:
@@ -83,7 +84,7 @@ class Ledger:
     def reserve_in(self, session: Session, request: SpendRequest, *, actor_id: str, spend_id: str | None = None) -> Spend:
         """Reserves on the dataset budget and the share budget together, inside the caller's transaction."""
         spend = Spend(spend_id or new_spend_id(), request.dataset_id, request.manufacturer_id, request.kind, request.reference,
-                      request.cost, SpendState.RESERVED, request.mechanism)
+                      request.cost, SpendState.RESERVED, request.mechanism, workload=request.workload)
         refused = tuple(b for b in sorted(spend.budget_ids) if not privacy_repo.try_reserve(session, b, request.cost))
         if refused:
             self._count("exhausted")
@@ -147,6 +148,11 @@ class Ledger:
                 event = LedgerEvent(kind, spend.budget_ids, amount, actor_id, repos.now(), spend_id=spend.id,
                                     mechanism=spend.mechanism if kind is EventKind.COMMIT else None, reason=reason)
                 record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
+
+    def has_open_reservation(self, workload: str) -> bool:
+        """The key broker's check: an open reservation exists for exactly this workload."""
+        with self._db.read() as session:
+            return privacy_repo.open_spend_for_workload(session, workload) is not None
 
     def events(self, where: privacy_repo.EventFilter) -> list[LedgerEvent]:
         with self._db.read() as session:

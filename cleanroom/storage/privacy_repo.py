@@ -139,7 +139,7 @@ def add_spend(session: Session, spend: Spend) -> None:
         id=spend.id, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id, kind=spend.kind,
         reference=spend.reference, state=spend.state.value, reserved_epsilon=spend.reserved.epsilon,
         reserved_delta=spend.reserved.delta, committed_epsilon=0, committed_delta=0,
-        mechanism_json=mechanism_json(spend.mechanism), created_at=now(),
+        mechanism_json=mechanism_json(spend.mechanism), created_at=now(), workload=spend.workload,
     ))
 
 
@@ -150,6 +150,7 @@ def _spend(row: SpendRow) -> Spend:
         state=SpendState(row.state), mechanism=mechanism_from_json(row.mechanism_json),
         committed=Privacy(row.committed_epsilon, row.committed_delta),
         decrypted=row.decrypted_at is not None, released=row.released_at is not None, created_at=row.created_at,
+        workload=row.workload,
     )
 
 
@@ -177,6 +178,13 @@ def mark_decrypted(session: Session, spend_id: str) -> bool:
         .values(decrypted_at=now())
     )
     return result.rowcount == 1
+
+
+def open_spend_for_workload(session: Session, workload: str) -> Spend | None:
+    row = session.scalars(
+        select(SpendRow).where(SpendRow.workload == workload, SpendRow.state == SpendState.RESERVED.value).limit(1)
+    ).one_or_none()
+    return _spend(row) if row else None
 
 
 def open_spends(session: Session) -> list[Spend]:

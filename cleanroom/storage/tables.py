@@ -130,6 +130,8 @@ class SpendRow(Base):
     decrypted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The attested workload this reservation pays for; the key broker releases a key only for it.
+    workload: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class LedgerEventRow(Base):
@@ -200,3 +202,35 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- model versions and attestation (migration 0003) ----------------------------------------------
+
+
+class ModelRow(Base):
+    """An immutable model version; its exported program is sealed in the blob store like a dataset."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(40))
+    num_classes: Mapped[int] = mapped_column(Integer)
+    input_shape_json: Mapped[str] = mapped_column(Text)
+    trainable_json: Mapped[str] = mapped_column(Text)
+    report_json: Mapped[str] = mapped_column(Text)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UsedNonceRow(Base):
+    """Quote nonces the key broker has honoured: a unique insert is the atomic replay check."""
+
+    __tablename__ = "used_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used_at: Mapped[datetime] = mapped_column(UTCDateTime())
