@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 # Training jobs run for minutes to hours: the default buckets stop at 10 s.
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+JOB_KINDS = ("training", "evaluation", "statistics")
+JOB_OUTCOMES = ("released", "failed", "cancelled", "rejected")
+SANDBOX_BACKENDS = ("runsc", "bwrap", "kubernetes")
 SANDBOX_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -61,9 +64,25 @@ class Metrics:
         self.stats_queries = Counter("cleanroom_stats_queries_total", "DP statistics queries, by kind and outcome.", ["kind", "outcome"], registry=r)
         self.broker_decisions = Counter("cleanroom_key_broker_decisions_total", "Key-broker decisions, by decision and reason.", ["decision", "reason"], registry=r)
         self.reservations = Counter("cleanroom_ledger_reservations_total", "Budget reservations, by outcome.", ["outcome"], registry=r)
-        for kind in ("training", "evaluation", "statistics"):
+        self._start_known_series()
+
+    def _start_known_series(self) -> None:
+        """Known label sets start at 0, so the first event shows as an increase, not a new series."""
+        for kind in JOB_KINDS:
             self.jobs_queued.labels(kind).set(0)
             self.jobs_running.labels(kind).set(0)
+            self.jobs_submitted.labels(kind)
+            for outcome in JOB_OUTCOMES:
+                self.jobs_finished.labels(kind, outcome)
+        for outcome in ("stored", "rejected"):
+            self.uploads.labels(outcome)
+        for outcome in ("reserved", "exhausted"):
+            self.reservations.labels(outcome)
+        for outcome in ("accepted", "rejected"):
+            self.intake_submissions.labels(outcome)
+        for backend in SANDBOX_BACKENDS:
+            for limit in ("wall_time", "memory", "output_too_large"):
+                self.sandbox_kills.labels(backend, limit)
 
     def watch_budgets(self, snapshot: Callable[[], list[BudgetSnapshot]]) -> None:
         self.registry.register(_BudgetCollector(snapshot))
