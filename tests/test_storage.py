@@ -186,3 +186,27 @@ def test_start_up_releases_in_flight_claims(db: Database) -> None:
         assert repos.release_all_in_flight(s) == 1
     with db.transaction() as s:
         assert repos.claim_request(s, repos.RequestKey("p", "M", "a"), "fp2") is None
+
+
+def test_concurrent_start_ups_migrate_once(database_url: str) -> None:
+    """Several replicas starting on an empty database at once: every one comes up, schema intact."""
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            database = Database(database_url)
+            migrate(database.engine)
+            database.dispose()
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    database = Database(database_url)
+    with database.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == _head_revision()
+    database.dispose()

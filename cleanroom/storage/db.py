@@ -46,6 +46,9 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together on an empty database take turns (SQLite locks the file).
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(424242)")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
