@@ -1,0 +1,129 @@
+"""Bubblewrap backend: every namespace unshared, read-only mounts, seccomp, rlimits, a pids cgroup.
+
+The sandboxed process runs as uid 65534 in its own user namespace, with no capabilities, no
+network, a fresh /proc and /dev, a size-limited /tmp, a read-only root, and bwrap started with an
+empty environment (its PID 1 would otherwise keep the launcher's). Limits: RLIMIT_AS (memory per
+process), RLIMIT_FSIZE, RLIMIT_CPU, RLIMIT_CORE=0, RLIMIT_NPROC, and a per-run cgroup for tasks
+and memory. As host root the cgroup is mandatory: the user namespace maps the sandbox uid to host
+root, for whom the kernel never enforces RLIMIT_NPROC (see cgroups.py); without one we refuse to
+start rather than run without a process limit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cleanroom.sandbox import layout, seccomp
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
+from cleanroom.sandbox.cgroups import Cgroup, CgroupError
+from cleanroom.sandbox.supervise import Command, finish, launch_failed, supervise
+
+SANDBOX_UID = 65534
+# bwrap's own two processes (outer monitor, PID 1 inside) count against the task budget.
+BWRAP_TASKS = 2
+
+
+class BubblewrapLauncher:
+    name = "bwrap"
+
+    def __init__(self, *, deny: Sequence[Path] = (), binary: str | None = None, reason: str = "bubblewrap requested") -> None:
+        self.guard = layout.MountGuard(tuple(Path(d) for d in deny))
+        self.binary = binary or shutil.which("bwrap")
+        self.reason = reason
+        self._available: tuple[bool, str] | None = None
+
+    def available(self) -> tuple[bool, str]:
+        """Runs `true` once in a real sandbox; the answer is cached."""
+        if self._available is None:
+            self._available = self._probe()
+        return self._available
+
+    def _probe(self) -> tuple[bool, str]:
+        if not self.binary:
+            return False, "bwrap is not installed"
+        with tempfile.TemporaryDirectory(prefix="cleanroom-probe-") as out:
+            result = self.run(SandboxRequest(argv=("true",), output_dir=Path(out)), SandboxPolicy(wall_seconds=30))
+        if result.ok:
+            return True, "bubblewrap works"
+        detail = result.stderr.decode(errors="replace").strip()[-300:]
+        return False, f"bwrap probe failed ({result.outcome.value}): {detail}"
+
+    def run(self, request: SandboxRequest, policy: SandboxPolicy) -> SandboxResult:
+        if not self.binary:
+            return launch_failed(self.name, self.reason, "bwrap is not installed")
+        with tempfile.TemporaryDirectory(prefix="cleanroom-bwrap-") as scratch:
+            output = request.output_dir or layout.scratch_output(Path(scratch))
+            try:
+                args = self._bwrap_args(request, policy, output, Path(scratch))
+                cgroup = _cgroup(policy)
+            except (layout.LayoutError, CgroupError) as exc:
+                return launch_failed(self.name, self.reason, str(exc))
+            try:
+                return self._supervise(args, request, policy, output, cgroup)
+            finally:
+                if cgroup is not None:
+                    cgroup.remove()
+
+    def _supervise(self, args: tuple[list[str], list[str]], request: SandboxRequest, policy: SandboxPolicy,
+                   output: Path, cgroup: Cgroup | None) -> SandboxResult:
+        filter_r, filter_w = os.pipe()
+        os.write(filter_w, seccomp.filter_bytes())
+        os.close(filter_w)
+        cmd = Command(
+            argv=[self.binary, *args[0], "--seccomp", str(filter_r), "--", *args[1]],
+            stdin=request.stdin, pass_fds=(filter_r,), rlimits=layout.rlimits(policy),
+            cgroup_procs=cgroup.procs_files() if cgroup else [],
+            kill=cgroup.kill_all if cgroup else (lambda: None),
+        )
+        try:
+            exit = supervise(cmd, policy, output)
+        finally:
+            os.close(filter_r)
+        if exit.launch_error is None and exit.returncode == 1 and exit.stderr.startswith(b"bwrap: "):
+            exit.launch_error = "bubblewrap could not set up the sandbox"
+        oom = cgroup.oom_killed() if cgroup and "memory" in cgroup.dirs else None
+        return finish(exit, oom=oom, output=output, policy=policy, backend=self.name, reason=self.reason)
+
+    def _bwrap_args(self, request: SandboxRequest, policy: SandboxPolicy, output: Path,
+                    scratch: Path) -> tuple[list[str], list[str]]:
+        """(bwrap options, command); the command drops the PWD that bwrap itself sets."""
+        layout.check_output_dir(output, self.guard)
+        etc = layout.write_etc(scratch / "etc")
+        opts = [
+            "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--clearenv", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+            "--cap-drop", "ALL",
+        ]
+        opts += _mount_args(request, self.guard)
+        opts += ["--ro-bind", str(etc), "/etc", "--proc", "/proc", "--dev", "/dev"]
+        opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/tmp"]
+        opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+        opts += ["--bind", str(output), "/out", "--remount-ro", "/", "--chdir", request.workdir]
+        for key, value in layout.sandbox_env(request).items():
+            opts += ["--setenv", key, value]
+        return opts, ["/usr/bin/env", "-u", "PWD", "--", *request.argv]
+
+
+def _mount_args(request: SandboxRequest, guard: layout.MountGuard) -> list[str]:
+    mounts, links = layout.system_entries()
+    args = []
+    for link in links:
+        args += ["--symlink", link.target, link.dest]
+    for mount in mounts + layout.readonly_mounts(request, guard):
+        args += ["--ro-bind", str(mount.source), mount.dest]
+    return args
+
+
+def _cgroup(policy: SandboxPolicy) -> Cgroup | None:
+    """Tasks and memory (tmpfs pages count too); mandatory for root, best effort otherwise."""
+    limits = {"pids": policy.max_processes + BWRAP_TASKS, "memory": policy.memory_bytes + 2 * policy.tmpfs_bytes}
+    try:
+        return Cgroup.create(limits)
+    except CgroupError as exc:
+        if os.geteuid() == 0:
+            raise CgroupError(f"no pids cgroup, and as root RLIMIT_NPROC is not enforced: {exc}") from exc
+        return None
