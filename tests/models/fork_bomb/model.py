@@ -1,0 +1,9 @@
+"""Forks without end at import time."""
+
+import os
+
+import hostcfg
+
+hostcfg.mark()
+while True:
+    os.fork()
