@@ -10,8 +10,10 @@ from cleanroom.attestation import Enclave
 from cleanroom.config import ServerConfig
 from cleanroom.crypto import LocalKeyFileProvider
 from cleanroom.datasets.service import DatasetService
+from cleanroom.intake.service import ModelIntake
 from cleanroom.keys import KeyService
 from cleanroom.metrics import Metrics
+from cleanroom.modelversions.service import ModelVersionService
 from cleanroom.principals import PrincipalService
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
@@ -39,6 +41,7 @@ class App:
     audit: AuditService
     metrics: Metrics
     enclave: Enclave
+    models: ModelVersionService
 
     def close(self) -> None:
         self.db.dispose()
@@ -60,7 +63,19 @@ def build_app(config: ServerConfig) -> App:
         config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
         ledger, BudgetService(db), ApprovalService(db, ledger), AuditService(db), metrics,
         Enclave(config.state_dir, db, ledger, metrics, SandboxPolicy()),
+        ModelVersionService(db, blobs, keys, model_intake(config, metrics), metrics, config.work_dir),
     )
+
+
+def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
+    """Phase A runs where the configuration says; the state directory is never mountable."""
+    if config.sandbox == "kubernetes":
+        from cleanroom.sandbox.kubernetes import KubernetesLauncher
+
+        launcher = KubernetesLauncher.from_cluster(image=config.worker_image, namespace=config.worker_namespace,
+                                                   purpose="intake", work_root=config.job_volume, metrics=metrics)
+        return ModelIntake(launcher=launcher, launcher_reason="Kubernetes Jobs (RuntimeClass gvisor)")
+    return ModelIntake(config.sandbox, deny=[config.state_dir])
 
 
 def recover(app: App) -> None:

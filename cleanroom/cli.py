@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from google.protobuf import json_format
 
-from cleanroom import cli_privacy, render
+from cleanroom import cli_models, cli_privacy, render
 from cleanroom.sdk import Client, CleanroomClientError, load_schema
 from cleanroom.sdk.client import ROLES
 from cleanroom.sdk.schema import SchemaError
@@ -167,6 +167,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     delete.add_argument("--yes", action="store_true", help="confirm: the data cannot be recovered")
 
     cli_privacy.register(sub, _client)
+    cli_models.register(sub, _client)
     return parser
 
 

@@ -7,6 +7,7 @@ over the default. Nothing reads the environment anywhere else.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ SETTINGS = (
     Setting("--workers", "CLEANROOM_WORKERS", "16", "gRPC handler threads"),
     Setting("--grace-seconds", "CLEANROOM_GRACE_SECONDS", "10", "how long SIGTERM waits for in-flight calls"),
     Setting("--metrics-listen", "CLEANROOM_METRICS_LISTEN", "127.0.0.1:9464", "Prometheus /metrics address; empty disables"),
+    Setting("--sandbox", "CLEANROOM_SANDBOX", "auto", "sandbox backend: auto (gVisor, else bubblewrap), runsc, bwrap or kubernetes"),
+    Setting("--worker-image", "CLEANROOM_WORKER_IMAGE", "cleanroom:0.1.0", "container image of worker Jobs (kubernetes backend)"),
+    Setting("--worker-namespace", "CLEANROOM_WORKER_NAMESPACE", "cleanroom-workers", "namespace of worker Jobs (kubernetes backend)"),
+    Setting("--job-volume", "CLEANROOM_JOB_VOLUME", "/var/lib/cleanroom/jobs", "shared volume for worker inputs and outputs (kubernetes backend)"),
+    Setting("--work-dir", "CLEANROOM_WORK_DIR", None, "scratch space for intake (never inside the state directory, which no sandbox may see); default: the system temp dir"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -54,6 +60,11 @@ class ServerConfig:
     port_file: Path | None = None
     log_level: str = "INFO"
     metrics_listen: str = ""
+    sandbox: str = "auto"
+    worker_image: str = "cleanroom:0.1.0"
+    worker_namespace: str = "cleanroom-workers"
+    job_volume: Path = Path("/var/lib/cleanroom/jobs")
+    work_dir: Path = Path(tempfile.gettempdir()) / "cleanroom-work"
 
     @property
     def blob_dir(self) -> Path:
@@ -100,6 +111,11 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         port_file=_path(raw["port_file"]),
         log_level=(raw["log_level"] or "INFO").upper(),
         metrics_listen=raw["metrics_listen"] or "",
+        sandbox=raw["sandbox"] or "auto",
+        worker_image=raw["worker_image"] or "cleanroom:0.1.0",
+        worker_namespace=raw["worker_namespace"] or "cleanroom-workers",
+        job_volume=Path(raw["job_volume"] or "/var/lib/cleanroom/jobs"),
+        work_dir=_path(raw["work_dir"]) or Path(tempfile.gettempdir()) / "cleanroom-work",
     )
     _check(config)
     return config
@@ -112,5 +128,9 @@ def _check(config: ServerConfig) -> None:
         raise SystemExit("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     if config.max_upload_bytes <= 0 or config.workers <= 0:
         raise SystemExit("--max-upload-bytes and --workers must be positive")
+    if config.work_dir.is_relative_to(config.state_dir):
+        raise SystemExit("--work-dir must not be inside the state directory: sandboxes may never see it")
+    if config.sandbox not in ("auto", "runsc", "bwrap", "kubernetes"):
+        raise SystemExit("--sandbox must be auto, runsc, bwrap or kubernetes")
     if not 2 <= config.k_anonymity <= 1000:
         raise SystemExit("--k-anonymity must be between 2 and 1000")

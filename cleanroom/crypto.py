@@ -607,11 +607,48 @@ class SealedReader(io.RawIOBase):
             raise ValueError("I/O operation on closed SealedReader")
 
 
+class _ArrowReads(io.RawIOBase):
+    """A SealedReader as pa.PythonFile reads it.
+
+    Arrow keeps whatever read() returns, without copying, so reads land in buffers from Arrow's
+    own allocator: one copy fewer than building bytes, and large short-lived blocks stay off the
+    Python heap, where glibc held on to them (intake's second pass grew the server by ~150 MiB).
+    """
+
+    def __init__(self, reader: SealedReader) -> None:
+        super().__init__()
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._reader.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._reader.seek(offset, whence)
+
+    def close(self) -> None:
+        self._reader.close()  # as pa.PythonFile(reader) did
+        super().close()
+
+    def read(self, size: int = -1):
+        import pyarrow as pa
+
+        remaining = max(self._reader.size() - self._reader.tell(), 0)
+        buffer = pa.allocate_buffer(remaining if size is None or size < 0 else min(size, remaining))
+        done = self._reader.readinto(buffer)
+        return buffer if done == buffer.size else buffer.slice(0, done)
+
+
 def as_arrow_file(reader: SealedReader):
     """Wrap a SealedReader as a pyarrow NativeFile (random access for Parquet, streams for IPC)."""
     import pyarrow as pa
 
-    return pa.PythonFile(reader, mode="r")
+    return pa.PythonFile(_ArrowReads(reader), mode="r")
 
 
 def seal_bytes(data: bytes, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE) -> bytes:

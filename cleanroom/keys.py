@@ -8,7 +8,7 @@ import threading
 
 from cleanroom import crypto
 from cleanroom.crypto import KeyProvider, WrappedKey
-from cleanroom.storage import audit_repo, repos
+from cleanroom.storage import audit_repo, model_repo, repos
 from cleanroom.storage.db import Database
 
 PSEUDONYM_ROOT = "pseudonym-root"
@@ -17,6 +17,10 @@ TOKEN_ROOT = "token-root"
 
 def _dataset_context(dataset_id: str) -> bytes:
     return b"dataset-key:" + dataset_id.encode("ascii")
+
+
+def model_context(model_id: str) -> str:
+    return f"model:{model_id}"
 
 
 def _secret_context(name: str) -> bytes:
@@ -35,6 +39,13 @@ class KeyService:
 
     def unwrap_dataset_key(self, dataset_id: str, wrapped: bytes) -> bytes:
         return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=_dataset_context(dataset_id))
+
+    def wrap_key(self, context: str, key: bytes) -> bytes:
+        """Any other sealed object's key (model artifacts, job outputs), bound to its context."""
+        return self._provider.wrap(key, context=context.encode("ascii")).to_bytes()
+
+    def unwrap_key(self, context: str, wrapped: bytes) -> bytes:
+        return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=context.encode("ascii"))
 
     def secret(self, name: str) -> bytes:
         """A 256-bit service secret, created on first use and kept wrapped in the database."""
@@ -79,6 +90,10 @@ class KeyService:
         for dataset_id, wrapped in repos.live_wrapped_keys(session):  # type: ignore[arg-type]
             fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=_dataset_context(dataset_id))
             repos.set_wrapped_dataset_key(session, dataset_id, fresh.to_bytes())  # type: ignore[arg-type]
+            count += 1
+        for model_id, wrapped in model_repo.live_wrapped_keys(session):  # type: ignore[arg-type]
+            fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=model_context(model_id).encode("ascii"))
+            model_repo.set_wrapped_key(session, model_id, fresh.to_bytes())  # type: ignore[arg-type]
             count += 1
         for name, wrapped in repos.all_secrets(session):  # type: ignore[arg-type]
             fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=_secret_context(name))

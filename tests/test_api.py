@@ -21,6 +21,7 @@ SERVICES = [
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"],
     privacy_pb2.DESCRIPTOR.services_by_name["AuditService"],
     models_pb2.DESCRIPTOR.services_by_name["AttestationService"],
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"],
 ]
 ALL_METHODS = [(s, m) for s in SERVICES for m in s.methods]
 

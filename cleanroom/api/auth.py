@@ -17,6 +17,7 @@ PUBLIC_PREFIXES = (
 _ADMIN = frozenset({Role.ADMIN})
 _OWNER = frozenset({Role.DATA_OWNER})
 _OFFICER = frozenset({Role.PRIVACY_OFFICER})
+_MAKER = frozenset({Role.MANUFACTURER})
 _OVERSIGHT = frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR})
 
 RULES: dict[str, frozenset[Role]] = {
@@ -41,6 +42,10 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.PrivacyService/RejectRequest": _OFFICER,
     "/cleanroom.v1.AuditService/VerifyAuditLog": _OVERSIGHT,
     "/cleanroom.v1.AttestationService/GetTrustBundle": ALL_ROLES,
+    "/cleanroom.v1.ModelService/SubmitModel": _MAKER,
+    # A manufacturer sees its own models only; the service filters.
+    "/cleanroom.v1.ModelService/GetModel": _MAKER,
+    "/cleanroom.v1.ModelService/ListModels": _MAKER,
 
     # Hospitals read the entries about their own datasets; the service filters the rest out.
     "/cleanroom.v1.AuditService/ExportAuditLog": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),

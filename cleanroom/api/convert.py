@@ -12,11 +12,12 @@ from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.model_versions import ModelState, ModelVersion
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest
 from cleanroom.domain.audit import ChainVerdict
 from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, MAX_EPSILON, LedgerEvent, Privacy
 from cleanroom.privacy.budgets import BudgetLine
-from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, privacy_pb2
+from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, models_pb2, privacy_pb2
 
 _ROLE_TO_PROTO = {
     Role.DATA_OWNER: common_pb2.DATA_OWNER,
@@ -253,3 +254,30 @@ def verdict_to_proto(verdict: ChainVerdict) -> privacy_pb2.AuditVerification:
         ok=verdict.ok, entries=verdict.entries, head_seq=verdict.head.seq, head_hash=verdict.head.hash,
         first_bad_seq=verdict.first_bad_seq, problem=verdict.problem,
     )
+
+
+# --- model versions ------------------------------------------------------------------------------
+
+
+def model_to_proto(version: ModelVersion) -> models_pb2.ModelVersion:
+    report = version.report
+    sandbox = report.get("sandbox") or {}
+    timings = report.get("timings") or {}
+    intake = models_pb2.ModelIntakeReport(
+        accepted=bool(report.get("accepted")),
+        findings=[models_pb2.IntakeFinding(code=r["code"], message=r["message"]) for r in report.get("reasons", [])],
+        sandbox_backend=sandbox.get("backend", ""), sandbox_backend_reason=sandbox.get("backend_reason", ""),
+        traceback=report.get("manufacturer_traceback", ""), sandbox_stdout=report.get("sandbox_stdout", ""),
+        sandbox_stderr=report.get("sandbox_stderr", ""), parameter_count=report.get("parameter_count") or 0,
+        trainable_parameters=report.get("trainable", []), op_histogram=report.get("op_histogram", {}),
+        sandbox_seconds=float(timings.get("sandbox_seconds", 0.0)), validation_seconds=float(timings.get("validation_seconds", 0.0)),
+    )
+    state = models_pb2.MODEL_STATE_ACCEPTED if version.state is ModelState.ACCEPTED else models_pb2.MODEL_STATE_REJECTED
+    message = models_pb2.ModelVersion(
+        name=version.resource_name, display_name=version.name, version=version.version, state=state,
+        package_sha256=version.package_sha256, task=version.task, num_classes=version.num_classes,
+        input_shape=list(version.input_shape), intake_report=intake,
+    )
+    if version.created_at is not None:
+        message.create_time.CopyFrom(timestamp(version.created_at))
+    return message

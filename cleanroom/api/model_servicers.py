@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from cleanroom.api import convert
 from cleanroom.api.guard import CallContext
+from cleanroom.api.idempotency import Idempotency, check_request_id, fingerprint
+from cleanroom.api.streams import upload_parts
 from cleanroom.attestation import Enclave
+from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.pagination import next_page_token, parse_page
+from cleanroom.modelversions.service import ModelVersionService
+from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import models_pb2, models_pb2_grpc
 
 
@@ -18,4 +27,31 @@ class AttestationServicer(models_pb2_grpc.AttestationServiceServicer):
             root_public_key_pem=bundle.root_public_key_pem,
             root_fingerprint=bundle.root_fingerprint,
             allowed_measurements=bundle.allowed_measurements,
+        )
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    def __init__(self, models: ModelVersionService, idempotency: Idempotency) -> None:
+        self._models = models
+        self._idempotency = idempotency
+
+    def SubmitModel(self, requests: Iterator[models_pb2.SubmitModelRequest], context: CallContext) -> models_pb2.ModelVersion:
+        first = next(requests, None)
+        if first is None or first.WhichOneof("payload") != "metadata":
+            raise bad_request("the first message must carry the metadata", FieldViolation("metadata", "missing"))
+        check_request_id(first.metadata.request_id, "metadata.request_id")
+        key = RequestKey(context.principal.id, "SubmitModel", first.metadata.request_id)
+        return self._idempotency.run(
+            key, fingerprint(first, ("metadata", "request_id")), models_pb2.ModelVersion,
+            lambda: convert.model_to_proto(self._models.submit(context.principal, upload_parts(requests))),
+        )
+
+    def GetModel(self, request: models_pb2.GetModelRequest, context: CallContext) -> models_pb2.ModelVersion:
+        return convert.model_to_proto(self._models.get(context.principal, request.name))
+
+    def ListModels(self, request: models_pb2.ListModelsRequest, context: CallContext) -> models_pb2.ListModelsResponse:
+        page = parse_page(request.page_size, request.page_token)
+        versions = self._models.list(context.principal, page)
+        return models_pb2.ListModelsResponse(
+            models=[convert.model_to_proto(v) for v in versions], next_page_token=next_page_token([v.id for v in versions], page.size)
         )

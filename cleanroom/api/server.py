@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cleanroom.api.guard import GuardInterceptor
-from cleanroom.api.model_servicers import AttestationServicer
+from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
 from cleanroom.app import App
@@ -40,6 +40,7 @@ SERVICE_NAMES = (
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
     privacy_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
 
 
@@ -77,6 +78,7 @@ class Server:
         )
         privacy_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.audit), self._grpc)
         models_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(app.enclave), self._grpc)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app.models, app.idempotency), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
 

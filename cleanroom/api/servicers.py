@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-import grpc
-
 from cleanroom.api import convert
 from cleanroom.api.guard import CallContext
 from cleanroom.api.idempotency import Idempotency, check_request_id, fingerprint
+from cleanroom.api.streams import upload_parts
 from cleanroom.datasets.service import DatasetService
-from cleanroom.datasets.upload_stream import Trailer
-from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
+from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.keys import KeyService
 from cleanroom.principals import PrincipalService
@@ -68,25 +66,6 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return convert.principal_to_proto(context.principal)
 
 
-def _upload_parts(requests: Iterator[datasets_pb2.UploadDatasetRequest]) -> Iterator[bytes | Trailer]:
-    try:
-        yield from _parts(requests)
-    except grpc.RpcError:  # the client went away half-way
-        raise CleanroomError(ErrorCode.UPLOAD_INCOMPLETE, "the upload was cut off; nothing was stored") from None
-
-
-def _parts(requests: Iterator[datasets_pb2.UploadDatasetRequest]) -> Iterator[bytes | Trailer]:
-    for message in requests:
-        kind = message.WhichOneof("payload")
-        if kind == "chunk":
-            yield message.chunk
-        elif kind == "trailer":
-            yield Trailer(message.trailer.size_bytes, message.trailer.sha256)
-            return
-        else:
-            raise bad_request("after the metadata, only chunks and one trailer may follow", FieldViolation("payload", "unexpected"))
-
-
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def __init__(self, datasets: DatasetService, idempotency: Idempotency) -> None:
         self._datasets = datasets
@@ -102,7 +81,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self._datasets.validate_upload(upload)
 
         def store() -> datasets_pb2.Dataset:
-            return convert.dataset_to_proto(self._datasets.upload(context.principal, upload, _upload_parts(requests)))
+            return convert.dataset_to_proto(self._datasets.upload(context.principal, upload, upload_parts(requests)))
 
         return self._idempotency.run(
             _key(context, "UploadDataset", metadata.request_id),

@@ -56,7 +56,7 @@ _TYPE_WORDS = {
 }
 _ISO_DATE_PREFIX = r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])(?:$|[T ])"
 _CLASS_COLUMN, _PATIENT_COLUMN = "class", "patient"
-_COMPACT_ROWS = 1 << 18
+_COMPACT_ROWS = 1 << 19  # (int32, 32-character pseudonym) pairs: ~20 MiB
 
 
 def _column_field(name: str) -> str:
@@ -71,6 +71,10 @@ def _text(value: str) -> pa.Scalar:
 
 def _int(value: int) -> pa.Scalar:
     return pa.scalar(value, pa.int64())
+
+
+def _int32(value: int) -> pa.Scalar:
+    return pa.scalar(value, pa.int32())
 
 
 def _float(value: float) -> pa.Scalar:
@@ -108,12 +112,15 @@ class Pseudonymizer:
         if len(self._known) + len(uniques) > self._cache_size:
             self._forget()
         positions = pc.index_in(uniques, value_set=self._known)
-        new = uniques.filter(pc.is_null(positions))
+        unknown = pc.is_null(positions)
+        new = uniques.filter(unknown)
         if len(new):
+            # New values go to the end of the cache, in order: their positions follow from that.
+            appended = pc.add(pc.cumulative_sum(pc.cast(unknown, pa.int32())), _int32(len(self._known) - 1))
+            positions = pc.coalesce(positions, appended)
             digests = pa.array([self._digest(v) for v in new.to_pylist()], pa.string())
             self._known = pa.concat_arrays([self._known, new])
             self._pseudonyms = pa.concat_arrays([self._pseudonyms, digests])
-            positions = pc.index_in(uniques, value_set=self._known)
         return self._pseudonyms.take(positions)
 
     def _forget(self) -> None:
@@ -187,6 +194,20 @@ def _stars(lengths: pa.Array, keep: int) -> pa.Array:
 
 
 def _generalize(values: pa.Array, column: ColumnSpec, first_row: int) -> pa.Array:
+    """Generalises each distinct value once (ages, dates and postcodes repeat a lot), then
+    spreads the results over the rows; a refused value is looked up again to name its row."""
+    if isinstance(column.generalization, Suppress):
+        return pa.repeat(_text("*"), len(values))  # missing values too
+    encoded = values.dictionary_encode()  # nulls stay in the indices, and come back null
+    try:
+        distinct = _generalize_values(encoded.dictionary, column, first_row)
+    except CleanroomError:
+        _generalize_values(values, column, first_row)  # raises too, with the row number
+        raise
+    return distinct.take(encoded.indices)
+
+
+def _generalize_values(values: pa.Array, column: ColumnSpec, first_row: int) -> pa.Array:
     rule = column.generalization
     if isinstance(rule, AgeBand):
         return _age_band(values, rule, column.name, first_row)
@@ -194,8 +215,6 @@ def _generalize(values: pa.Array, column: ColumnSpec, first_row: int) -> pa.Arra
         return _truncate_date(values, rule, column.name, first_row)
     if isinstance(rule, PrefixTruncation):
         return _mask_prefix(values, rule)
-    if isinstance(rule, Suppress):
-        return pa.repeat(_text("*"), len(values))  # missing values too
     raise TypeError(f"no executor for generalization {type(rule).__name__}")
 
 
@@ -221,8 +240,10 @@ def deidentify_batch(
         else:
             arrays.append(_cast_column(values, column.name, column.type, first_row))
     result = pa.RecordBatch.from_arrays(arrays, schema=stored_arrow_schema(policy))
-    keyed = pc.is_valid(batch.column(policy.patient_key.name))
-    kept = result.filter(keyed)
+    keys = batch.column(policy.patient_key.name)
+    if keys.null_count == 0:
+        return DeidBatchResult(result, 0)  # the usual batch: spare a copy of it
+    kept = result.filter(pc.is_valid(keys))
     return DeidBatchResult(kept, batch.num_rows - kept.num_rows)
 
 
@@ -250,10 +271,12 @@ def _prefixed_column(values: pa.Array) -> pa.Array:
 
 @dataclass(frozen=True, eq=False)
 class SmallClasses:
-    """Equivalence classes with fewer than k distinct patients, as class_keys strings."""
+    """Equivalence classes with fewer than k distinct patients: class_keys strings, and the ids
+    their counter gave them (see EquivalenceClassCounter.update)."""
 
     columns: tuple[str, ...]
     keys: pa.Array
+    ids: pa.Array
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -262,27 +285,37 @@ class SmallClasses:
 class EquivalenceClassCounter:
     """Distinct patients per equivalence class, over de-identified batches.
 
-    Keeps (class, patient) pairs in Arrow and deduplicates them with group_by whenever the
-    undeduplicated tail outgrows a threshold, so memory follows distinct pairs, not rows (a
-    group_by per small batch would cost more in Acero start-up than in work).
+    Each class gets a small integer id (one dict lookup per distinct class of a batch), so the
+    (class, patient) pairs it keeps are (int32, string). It deduplicates them with group_by
+    whenever the undeduplicated tail outgrows a threshold, so memory follows distinct pairs, not
+    rows (a group_by per small batch would cost more in Acero start-up than in work).
     """
 
     def __init__(self, policy: DeidPolicy) -> None:
         self._columns = tuple(c.name for c in policy.quasi_identifiers)
         self._patient = policy.patient_key.name
+        self._class_ids: dict[str, int] = {}  # class key -> id, ids in insertion order
         self._pairs = _distinct_pairs([])
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._per_class: pa.Table | None = None  # until the next update
 
-    def update(self, batch: pa.RecordBatch) -> None:
+    def update(self, batch: pa.RecordBatch) -> pa.Array:
+        """Counts the batch; returns each row's class id, for suppress_small_classes."""
         self._per_class = None
-        pairs = pa.table({_CLASS_COLUMN: class_keys(batch, self._columns),
-                          _PATIENT_COLUMN: batch.column(self._patient)})
+        ids = self._ids_of(class_keys(batch, self._columns))
+        pairs = pa.table({_CLASS_COLUMN: ids, _PATIENT_COLUMN: batch.column(self._patient)})
         self._pending.append(pairs)
         self._pending_rows += pairs.num_rows
         if self._pending_rows > max(_COMPACT_ROWS, self._pairs.num_rows):
             self._compact()
+        return ids
+
+    def _ids_of(self, keys: pa.Array) -> pa.Array:
+        encoded = keys.dictionary_encode()
+        ids = self._class_ids
+        distinct = [ids.setdefault(key, len(ids)) for key in encoded.dictionary.to_pylist()]
+        return pa.array(distinct, pa.int32()).take(encoded.indices)
 
     def _compact(self) -> None:
         if not self._pending:
@@ -299,10 +332,12 @@ class EquivalenceClassCounter:
     def small_classes(self, k: int) -> SmallClasses:
         counts = self._patients_per_class()
         small = counts.filter(pc.less(counts[f"{_PATIENT_COLUMN}_count"], _int(k)))
-        return SmallClasses(self._columns, small[_CLASS_COLUMN].combine_chunks())
+        ids = small[_CLASS_COLUMN].combine_chunks()
+        keys = pa.array(list(self._class_ids), pa.string()).take(ids)
+        return SmallClasses(self._columns, keys, ids)
 
     def class_count(self) -> int:
-        return self._patients_per_class().num_rows
+        return len(self._class_ids)  # every class seen holds a pair
 
     def patient_count(self) -> int:
         self._compact()
@@ -311,12 +346,12 @@ class EquivalenceClassCounter:
     def patients_outside(self, small: SmallClasses) -> int:
         """Distinct patients with a row in a class that is not small: those a dataset keeps."""
         self._compact()
-        in_small = pc.is_in(self._pairs[_CLASS_COLUMN], value_set=small.keys)
+        in_small = pc.is_in(self._pairs[_CLASS_COLUMN], value_set=small.ids)
         return pc.count_distinct(self._pairs.filter(pc.invert(in_small))[_PATIENT_COLUMN]).as_py()
 
 
 def _distinct_pairs(tables: list[pa.Table]) -> pa.Table:
-    schema = pa.schema([(_CLASS_COLUMN, pa.string()), (_PATIENT_COLUMN, pa.string())])
+    schema = pa.schema([(_CLASS_COLUMN, pa.int32()), (_PATIENT_COLUMN, pa.string())])
     if not tables:
         return schema.empty_table()
     merged = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
@@ -324,12 +359,18 @@ def _distinct_pairs(tables: list[pa.Table]) -> pa.Table:
 
 
 def suppress_small_classes(
-    batch: pa.RecordBatch, small_classes: SmallClasses
+    batch: pa.RecordBatch, small_classes: SmallClasses, class_ids: pa.Array | None = None
 ) -> tuple[pa.RecordBatch, int]:
-    """Removes the rows of a de-identified batch that fall in a small class; returns the count."""
+    """Removes the rows of a de-identified batch that fall in a small class; returns the count.
+
+    `class_ids`, the batch's ids from EquivalenceClassCounter.update, spares rebuilding its keys.
+    """
     if len(small_classes) == 0 or batch.num_rows == 0:
         return batch, 0
-    in_small = pc.is_in(class_keys(batch, small_classes.columns), value_set=small_classes.keys)
+    if class_ids is None:
+        in_small = pc.is_in(class_keys(batch, small_classes.columns), value_set=small_classes.keys)
+    else:
+        in_small = pc.is_in(class_ids, value_set=small_classes.ids)
     if not pc.any(in_small).as_py():
         return batch, 0  # the usual batch: spare a copy of it
     kept = batch.filter(pc.invert(in_small))

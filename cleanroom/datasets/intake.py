@@ -40,6 +40,9 @@ PARQUET = "parquet"
 # into batches of about this many bytes first.
 BATCH_BYTES = 8 << 20
 READ_AHEAD = 2  # batches a helper thread may have ready
+# Staged batches carry each row's class id as a last column, so the second pass need not
+# rebuild the class keys.
+_STAGED_CLASS = pa.field("class_id", pa.int32())
 T = TypeVar("T")
 
 
@@ -83,7 +86,7 @@ def ingest(
         small = counter.small_classes(policy.k)
         final = blobs.create(dataset_id)
         try:
-            digest = _second_pass(staged, stage_key, small, counts, final, data_key, dataset_id)
+            digest = _second_pass(staged, stage_key, small, counts, final, data_key, dataset_id, policy)
         except BaseException:
             final.abort()
             raise
@@ -130,7 +133,7 @@ def _first_pass(
 ) -> None:
     # Nobody reads the staging blob's digest, and it would cost as much as its encryption.
     sink = crypto.SealedWriter(staged.file, stage_key, staged.blob_id, digest=False)
-    with ipc.new_stream(sink, ops.stored_arrow_schema(policy)) as writer, \
+    with ipc.new_stream(sink, ops.stored_arrow_schema(policy).append(_STAGED_CLASS)) as writer, \
             closing(_read_ahead(_coalesced(batches))) as ahead:
         for batch in ahead:
             violations = ops.scan_for_identifiers(batch, policy)
@@ -144,8 +147,8 @@ def _first_pass(
             counts.rows_received += batch.num_rows
             result = ops.deidentify_batch(batch, policy, pseudonymizer, first_row=first_row)
             counts.rows_without_patient_key += result.rows_without_patient_key
-            counter.update(result.batch)
-            writer.write_batch(result.batch)
+            class_ids = counter.update(result.batch)
+            writer.write_batch(result.batch.append_column(_STAGED_CLASS, class_ids))
     sink.close()
     staged.file.flush()
 
@@ -158,14 +161,17 @@ def _second_pass(
     final: PendingBlob,
     data_key: bytes,
     dataset_id: str,
+    policy: deid.DeidPolicy,
 ) -> str:
+    schema = ops.stored_arrow_schema(policy)
     sink = crypto.SealedWriter(final.file, data_key, dataset_id)
     with open(staged.path, "rb") as staged_file:
         source = crypto.SealedReader(staged_file, stage_key, staged.blob_id)
-        with ipc.open_stream(crypto.as_arrow_file(source)) as reader, ipc.new_stream(sink, reader.schema) as writer, \
+        with ipc.open_stream(crypto.as_arrow_file(source)) as reader, ipc.new_stream(sink, schema) as writer, \
                 closing(_read_ahead(iter(reader))) as ahead:
-            for batch in ahead:
-                kept, removed = ops.suppress_small_classes(batch, small)
+            for staged_batch in ahead:
+                batch = pa.RecordBatch.from_arrays(staged_batch.columns[:-1], schema=schema)
+                kept, removed = ops.suppress_small_classes(batch, small, staged_batch.column(-1))
                 counts.rows_suppressed += removed
                 counts.rows_stored += kept.num_rows
                 writer.write_batch(kept)

@@ -18,6 +18,8 @@ from cleanroom.v1 import (
     datasets_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
 )
@@ -76,6 +78,8 @@ class Client:
         self.datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
         self.privacy = privacy_pb2_grpc.PrivacyServiceStub(self._channel)
         self.audit = privacy_pb2_grpc.AuditServiceStub(self._channel)
+        self.models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self.attestation = models_pb2_grpc.AttestationServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -207,6 +211,26 @@ class Client:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
+    # --- models (manufacturer) -------------------------------------------------------------------
+
+    def submit_model(self, directory: str | Path, *, request_id: str | None = None, progress: Progress | None = None) -> models_pb2.ModelVersion:
+        """Packs a model package directory (cleanroom-model.toml, model.py, weights) and submits it."""
+        from cleanroom.intake.pack import pack_package
+
+        package = pack_package(Path(directory))
+        metadata = models_pb2.SubmitModelMetadata(request_id=request_id or _request_id(), size_bytes=len(package))
+        messages = _stream_bytes(models_pb2.SubmitModelRequest, metadata, package, progress, models_pb2.SubmitModelTrailer)
+        return self._call(self.models.SubmitModel, messages)
+
+    def get_model(self, name: str) -> models_pb2.ModelVersion:
+        return self._call(self.models.GetModel, models_pb2.GetModelRequest(name=name))
+
+    def list_models(self, page_size: int = 0) -> Iterator[models_pb2.ModelVersion]:
+        return self._pages(self.models.ListModels, models_pb2.ListModelsRequest(page_size=page_size), "models")
+
+    def trust_bundle(self) -> models_pb2.TrustBundle:
+        return self._call(self.attestation.GetTrustBundle, models_pb2.GetTrustBundleRequest())
+
     def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
         while True:
             response = self._call(method, request)
@@ -214,6 +238,15 @@ class Client:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+
+def _stream_bytes(message_type: Any, metadata: Any, data: bytes, progress: Progress | None, trailer_type: Any) -> Iterator[Any]:
+    yield message_type(metadata=metadata)
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield message_type(chunk=data[start:start + CHUNK_BYTES])
+        if progress:
+            progress(min(start + CHUNK_BYTES, len(data)), len(data))
+    yield message_type(trailer=trailer_type(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
 
 
 def _upload_messages(path: Path, metadata: datasets_pb2.UploadMetadata, progress: Progress | None) -> Iterator[datasets_pb2.UploadDatasetRequest]:

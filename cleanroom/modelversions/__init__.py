@@ -1,0 +1,1 @@
+"""Model versions: submission through sandboxed intake, sealed storage, per-manufacturer views."""

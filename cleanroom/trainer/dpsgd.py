@@ -1,0 +1,195 @@
+"""Patient-level DP-SGD over an exported program: the service's training entry point for phase B.
+
+Each step samples patients with Poisson rate q = expected_batch_patients / n_patients, takes at
+most `max_rows_per_patient` rows of each, clips every patient's summed gradient to C and adds
+N(0, (σC)²) per coordinate (clipping.py). Because a patient moves the clipped sum by at most C
+whatever its row count, the standard sampled-Gaussian analysis at rate q is patient-level DP.
+The number of patients is treated as public (it is in the dataset's metadata), as Opacus does.
+
+Noise RNG. Opacus's secure_mode needs torchcsprng, which does not install with torch 2.x. The
+noise comes from a fresh torch.Generator (mt19937) per job whose 64-bit seed is read from the OS
+CSPRNG (os.urandom). That gives: a seed no one outside the worker can predict, different noise on
+every job, no reuse across jobs. It does not give: a cryptographically secure stream (someone who
+saw many raw draws could in principle reconstruct the state; only the noised sums are ever
+released, mixed with gradients), nor protection against floating-point attacks on continuous
+Gaussian sampling (Mironov 2012-style); both would need a CSPRNG-backed exact sampler.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
+from cleanroom.trainer import accounting, clipping, sampling
+from cleanroom.trainer.graph import ExportedModel, Task
+from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES, assert_no_foreign_modules
+
+OPTIMIZERS = ("sgd", "adam")
+CHUNK_ELEMENTS = 1 << 26  # per-example gradient floats held at once (256 MiB of float32)
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    trained_state: Tensors           # trainable tensors only, finite
+    epsilon_spent: float
+    delta: float
+    accountant: str                  # "prv", or "rdp" when PRV failed
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    dp_parameters: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one training job does, fixed before any data is touched."""
+
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    expected_batch: float            # q * n_patients, the divisor of every update
+    accounting: accounting.Accounting
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], *, learning_rate: float, momentum: float) -> torch.optim.Optimizer:
+    """Only allow-listed optimizers, acting on the service's master weights."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=learning_rate)
+    raise bad_request(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+
+
+def plan_steps(*, n_patients: int, target_epsilon: float, target_delta: float, epochs: int,
+               expected_batch_patients: int) -> StepPlan:
+    """Calibrate σ for the whole job and account it up front: a job that would miss its budget
+    is refused before it sees data."""
+    accounting.check_delta(delta=target_delta, n_patients=n_patients)
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0) or epochs < 1:
+        raise bad_request("target_epsilon must be finite and positive, epochs at least 1")
+    if not 0 < expected_batch_patients <= n_patients:
+        raise bad_request(f"expected_batch_patients must be in [1, {n_patients}]")
+    q = expected_batch_patients / n_patients
+    steps = max(1, round(epochs / q))
+    sigma, _ = accounting.calibrate_noise(target_epsilon=target_epsilon, target_delta=target_delta,
+                                          sample_rate=q, steps=steps)
+    spent = accounting.account(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=target_delta)
+    if spent.epsilon > target_epsilon * (1 + 1e-9):
+        raise accounting.AccountingError(f"calibrated epsilon {spent.epsilon:.4g} exceeds the target {target_epsilon:.4g}")
+    return StepPlan(q, steps, sigma, q * n_patients, spent)
+
+
+def _tensors(X: np.ndarray, y: np.ndarray, model: ExportedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    X_t = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    if tuple(X_t.shape[1:]) != model.input_shape or X_t.shape[0] != len(y):
+        raise bad_request(f"features must be [n, {', '.join(map(str, model.input_shape))}] with one label per row")
+    if not model.task.classification:
+        return X_t, torch.as_tensor(np.asarray(y, dtype=np.float32))
+    y_arr = np.asarray(y)
+    if y_arr.size and (not np.all(y_arr == np.round(y_arr)) or y_arr.min() < 0 or y_arr.max() >= model.task.num_classes):
+        raise bad_request(f"classification labels must be integers in [0, {model.task.num_classes})")
+    return X_t, torch.as_tensor(y_arr.astype(np.int64))
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray                 # dataset row of each sampled row, grouped by patient
+    segments: np.ndarray             # patient slot of each row
+    n_patients: int
+
+
+def sample_batch(index: sampling.PatientIndex, rng: np.random.Generator, *, sample_rate: float, max_rows: int) -> Batch:
+    patients = sampling.poisson_patients(rng, n_patients=index.n_patients, sample_rate=sample_rate)
+    rows, segments = sampling.bounded_rows(index, patients, max_rows=max_rows, rng=rng)
+    return Batch(rows, segments, len(patients))
+
+
+def clipped_batch_sum(model: ExportedModel, master: Tensors, X: torch.Tensor, y: torch.Tensor,
+                      batch: Batch, *, clipping_norm: float, chunk_rows: int) -> Tensors:
+    """Σ over the batch's patients of their clipped gradients, in patient-aligned chunks."""
+    sums = []
+    for part in sampling.patient_chunks(batch.segments, max_rows=chunk_rows):
+        rows, local = torch.as_tensor(batch.rows[part]), batch.segments[part] - batch.segments[part][0]
+        n_patients = int(local[-1]) + 1
+        # Segments are sorted and gap-free, so as many patients as rows means one row each.
+        segments = None if n_patients == len(local) else torch.as_tensor(local)
+        grads = model.per_example_grads_factored(master, X[rows], y[rows])
+        sums.append(clipping.clipped_sum(grads, segments, n_patients, clipping_norm=clipping_norm))
+    if not sums:
+        return {n: torch.zeros_like(t) for n, t in master.items()}
+    return sums[0] if len(sums) == 1 else {n: sum(s[n] for s in sums) for n in master}
+
+
+def dp_step(model: ExportedModel, master: Tensors, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+            y: torch.Tensor, batch: Batch, *, plan: StepPlan, clipping_norm: float,
+            generator: torch.Generator, chunk_rows: int) -> None:
+    summed = clipped_batch_sum(model, master, X, y, batch, clipping_norm=clipping_norm, chunk_rows=chunk_rows)
+    update = clipping.private_gradient(summed, noise_multiplier=plan.noise_multiplier, clipping_norm=clipping_norm,
+                                       expected_batch=plan.expected_batch, generator=generator)
+    for name, tensor in master.items():
+        tensor.grad = update[name]
+    optimizer.step()  # an empty batch still steps: the noise alone is the mechanism's output
+
+
+def _chunk_rows(master: Tensors, max_rows_per_patient: int) -> int:
+    size = sum(t.numel() for t in master.values())
+    return max(max_rows_per_patient, min(1024, CHUNK_ELEMENTS // max(size, 1)))
+
+
+def _validate(*, clipping_norm: float, learning_rate: float, max_rows_per_patient: int, momentum: float,
+              optimizer: str) -> None:
+    if not (clipping_norm > 0 and learning_rate > 0 and max_rows_per_patient >= 1 and 0 <= momentum < 1):
+        raise bad_request("clipping_norm and learning_rate must be positive, max_rows_per_patient >= 1, momentum in [0, 1)")
+    if optimizer not in OPTIMIZERS:
+        raise bad_request(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+
+
+def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray, patient: np.ndarray,
+          task: str, num_classes: int, trainable: Sequence[str], target_epsilon: float, target_delta: float,
+          epochs: int, expected_batch_patients: int, max_rows_per_patient: int, learning_rate: float,
+          optimizer: str, clipping_norm: float, momentum: float = 0.0, seed_source=os.urandom,
+          allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
+    """Patient-level (ε, δ)-DP training of the program's trainable tensors; see the module docstring."""
+    assert_no_foreign_modules(allowed_modules)
+    _validate(clipping_norm=clipping_norm, learning_rate=learning_rate, max_rows_per_patient=max_rows_per_patient,
+              momentum=momentum, optimizer=optimizer)
+    model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
+    X_t, y_t = _tensors(X, y, model)
+    if len(patient) != len(X_t):
+        raise bad_request("patient must hold one id per row")
+    index = sampling.PatientIndex.build(np.asarray(patient))
+    plan = plan_steps(n_patients=index.n_patients, target_epsilon=target_epsilon, target_delta=target_delta,
+                      epochs=epochs, expected_batch_patients=expected_batch_patients)
+    master = model.initial_trainable()
+    opt = make_optimizer(optimizer, list(master.values()), learning_rate=learning_rate, momentum=momentum)
+    rng, gen = sampling.numpy_generator(seed_source), sampling.torch_generator(seed_source)
+    chunk_rows = _chunk_rows(master, max_rows_per_patient)
+    for _ in range(plan.steps):
+        batch = sample_batch(index, rng, sample_rate=plan.sample_rate, max_rows=max_rows_per_patient)
+        dp_step(model, master, opt, X_t, y_t, batch, plan=plan, clipping_norm=clipping_norm,
+                generator=gen, chunk_rows=chunk_rows)
+    return _result(master, plan, dict(
+        clipping_norm=clipping_norm, expected_batch_patients=expected_batch_patients, epochs=epochs,
+        max_rows_per_patient=max_rows_per_patient, optimizer=optimizer, learning_rate=learning_rate,
+        momentum=momentum, target_epsilon=target_epsilon, n_patients=index.n_patients))
+
+
+def _result(master: Tensors, plan: StepPlan, params: dict) -> TrainingResult:
+    state = {n: t.detach().clone() for n, t in master.items()}
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise CleanroomError(ErrorCode.INTERNAL, "training produced non-finite weights; nothing is released")
+    acct = plan.accounting
+    params.update(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps,
+                  epsilon=acct.epsilon, delta=acct.delta, accountant=acct.accountant, rdp_epsilon=acct.rdp_epsilon,
+                  privacy_unit="patient", mechanism="poisson-subsampled-gaussian",
+                  noise_rng="torch.Generator(mt19937) seeded per job from os.urandom")
+    return TrainingResult(state, acct.epsilon, acct.delta, acct.accountant, plan.noise_multiplier,
+                          plan.sample_rate, plan.steps, params)
