@@ -1,0 +1,70 @@
+"""Verify a released result before trusting it: the SDK side of the privacy receipt.
+
+Everything that can be recomputed is recomputed from what the manufacturer holds itself: the
+package digest from its own package directory, the workload hash from that digest, its own job
+parameters and the dataset id, each released file's digest from the bytes it downloaded, and ε
+from the stated DP parameters with an independent call to the same accountant. The signature
+chain must end at the root the caller pinned (not at whatever the server sends today), and the
+measurement must be in the published allow-list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import enclave_sim
+from cleanroom.intake.limits import IntakeLimits
+from cleanroom.intake.pack import pack_package
+from cleanroom.intake.package import load_package
+
+
+def package_digest(directory: str | Path) -> str:
+    """The digest the service computes for the same package (over every file, not the zip bytes)."""
+    return load_package(pack_package(Path(directory)), IntakeLimits()).digest
+
+
+def recompute_epsilon(parameters: Mapping[str, Any], accountant: str) -> float:
+    """ε from the report's DP parameters, with Opacus's accountants (never GDP)."""
+    if accountant in ("prv", "rdp"):
+        from opacus.accountants import PRVAccountant, RDPAccountant
+
+        sigma, q = float(parameters["noise_multiplier"]), float(parameters["sample_rate"])
+        steps, delta = int(parameters["steps"]), float(parameters["delta"])
+        counter = PRVAccountant() if accountant == "prv" else RDPAccountant()
+        counter.history = [(sigma, q, steps)]
+        return float(counter.get_epsilon(delta=delta))
+    if accountant == "zcdp":
+        rho, delta = float(parameters["rho"]), float(parameters["delta"])
+        return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+    raise enclave_sim.VerificationError(enclave_sim.Reason.EPSILON_MISMATCH, f"unknown accountant {accountant!r}")
+
+
+def verify_release(
+    report: bytes,
+    *,
+    files: Mapping[str, bytes],
+    package_directory: str | Path,
+    job_parameters: Mapping[str, Any],
+    dataset_id: str,
+    pinned_root_pem: bytes,
+    allowed_measurements: Iterable[str],
+    expected_nonce: str | None = None,
+    max_age: timedelta | None = None,
+) -> enclave_sim.VerifiedReport:
+    """Raises enclave_sim.VerificationError naming the first check that failed."""
+    workload = enclave_sim.workload_hash(package_digest(package_directory), job_parameters, dataset_id)
+    return enclave_sim.verify_report(
+        report,
+        pinned_root_public_key_pem=pinned_root_pem,
+        allowed_measurements=allowed_measurements,
+        expected_workload=workload,
+        released_files=files,
+        expected_nonce=expected_nonce,
+        max_age=max_age,
+        epsilon_recomputer=recompute_epsilon,
+        epsilon_tolerance=1e-6,
+    )
