@@ -8,7 +8,6 @@ identifiers, prints the intake report, and shows what each role can and cannot s
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -19,10 +18,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cleanroom import render, samples
+from cleanroom import cli_models, render, samples
 from cleanroom.sdk import Client, CleanroomClientError
 from cleanroom.sdk.schema import Schema
 from cleanroom.v1 import datasets_pb2
+
+EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 
 
 def _cli(*args: str) -> list[str]:
@@ -113,6 +114,16 @@ def story(address: str, admin_token: str, workdir: Path) -> None:
             manufacturer.delete_dataset(dataset.name)
         except CleanroomClientError as error:
             print(error)
+        submit_model(manufacturer)
+
+
+def submit_model(manufacturer: Client) -> None:
+    step("Manufacturer submits a model package: its Python runs only in a fresh sandbox, without data")
+    version = manufacturer.submit_model(EXAMPLE_MODEL)
+    print(cli_models.intake_summary(version))
+    bundle = manufacturer.trust_bundle()
+    print(f"trust bundle (simulated={bundle.simulated}): root {bundle.root_fingerprint[:16]}…, "
+          f"{len(bundle.allowed_measurements)} allowed trainer measurement(s)")
 
 
 def governance(officer: Client, dataset: str, manufacturer: str) -> None:
