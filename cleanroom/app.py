@@ -19,7 +19,9 @@ from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import Ledger, budget_snapshots
+from cleanroom.sandbox import choose_launcher
 from cleanroom.sandbox.base import SandboxPolicy
+from cleanroom.sandbox.metered import MeteredLauncher
 from cleanroom.storage import repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
@@ -75,14 +77,5 @@ def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
         launcher = KubernetesLauncher.from_cluster(image=config.worker_image, namespace=config.worker_namespace,
                                                    purpose="intake", work_root=config.job_volume, metrics=metrics)
         return ModelIntake(launcher=launcher, launcher_reason="Kubernetes Jobs (RuntimeClass gvisor)")
-    return ModelIntake(config.sandbox, deny=[config.state_dir])
-
-
-def recover(app: App) -> None:
-    """Start-up clean-up after a crash: open reservations, half-written uploads, request claims."""
-    app.ledger.recover()
-    removed = app.datasets.sweep_orphans()
-    with app.db.transaction() as session:
-        released = repos.release_all_in_flight(session)
-    if removed or released:
-        log.info("recovered after an unclean stop: %d partial uploads removed, %d request claims released", removed, released)
+    metered = MeteredLauncher(lambda: choose_launcher(config.sandbox, deny=[config.state_dir]), metrics, "intake")
+    return ModelIntake(launcher=metered, launcher_reason="chosen on first use")

@@ -32,6 +32,10 @@ def test_submit_accepts_a_good_package_and_stores_its_program(running, maker, tm
     assert version.intake_report.sandbox_backend in ("runsc", "bwrap")
     assert version.intake_report.parameter_count == 30 * 32 + 32 + 32 * 2 + 2
     assert progress
+    samples = {(s.name, tuple(s.labels.values())): s.value for m in running.app.metrics.registry.collect() for s in m.samples}
+    backend = version.intake_report.sandbox_backend
+    assert samples[("cleanroom_sandbox_starts_total", (backend, "intake"))] == 1
+    assert samples[("cleanroom_intake_submissions_total", ("accepted",))] == 1
     assert client.get_model(version.name) == version
     assert [m.name for m in client.list_models()] == [version.name]
     artifact = tmp_path / "artifact.safetensors"
