@@ -19,8 +19,10 @@ from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import Ledger, budget_snapshots
+from cleanroom.jobs.runner import JobRunner
+from cleanroom.jobs.service import JobService
 from cleanroom.sandbox import choose_launcher
-from cleanroom.sandbox.base import SandboxPolicy
+from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
 from cleanroom.sandbox.metered import MeteredLauncher
 from cleanroom.storage import repos
 from cleanroom.storage.blobs import BlobStore
@@ -44,6 +46,8 @@ class App:
     metrics: Metrics
     enclave: Enclave
     models: ModelVersionService
+    jobs: JobService
+    runner: JobRunner
 
     def close(self) -> None:
         self.db.dispose()
@@ -61,12 +65,35 @@ def build_app(config: ServerConfig) -> App:
     )
     ledger = Ledger(db, metrics)
     metrics.watch_budgets(lambda: budget_snapshots(db))
+    approvals = ApprovalService(db, ledger)
+    policy = phase_b_policy(config)
+    enclave = Enclave(config.state_dir, db, ledger, metrics, policy)
+    models = ModelVersionService(db, blobs, keys, model_intake(config, metrics), metrics, config.work_dir)
+    jobs = JobService(db, approvals, ledger, blobs, keys, metrics)
+    runner = JobRunner(db=db, jobs=jobs, ledger=ledger, enclave=enclave, models=models, blobs=blobs, keys=keys,
+                       launcher=phase_b_launcher(config, metrics), policy=policy, metrics=metrics,
+                       work_dir=config.work_dir, concurrency=config.job_workers)
     return App(
         config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
-        ledger, BudgetService(db), ApprovalService(db, ledger), AuditService(db), metrics,
-        Enclave(config.state_dir, db, ledger, metrics, SandboxPolicy()),
-        ModelVersionService(db, blobs, keys, model_intake(config, metrics), metrics, config.work_dir),
+        ledger, BudgetService(db), approvals, AuditService(db), metrics, enclave, models, jobs, runner,
     )
+
+
+def phase_b_policy(config: ServerConfig) -> SandboxPolicy:
+    """The data sandbox's limits. Part of the enclave measurement: changing them changes the allow-list."""
+    return SandboxPolicy(memory_bytes=6 << 30, max_processes=256, wall_seconds=config.job_timeout,
+                         cpu_seconds=int(config.job_timeout * 4), max_output_bytes=1 << 30)
+
+
+def phase_b_launcher(config: ServerConfig, metrics: Metrics) -> SandboxLauncher:
+    """bubblewrap by default for phase B (service code only; torch starts far faster than under ptrace)."""
+    if config.sandbox == "kubernetes":
+        from cleanroom.sandbox.kubernetes import KubernetesLauncher
+
+        return KubernetesLauncher.from_cluster(image=config.worker_image, namespace=config.worker_namespace,
+                                               purpose="training", work_root=config.job_volume, metrics=metrics)
+    preference = "bwrap" if config.sandbox == "auto" else config.sandbox
+    return MeteredLauncher(lambda: choose_launcher(preference, deny=[config.state_dir]), metrics, "training")
 
 
 def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
@@ -79,3 +106,13 @@ def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
         return ModelIntake(launcher=launcher, launcher_reason="Kubernetes Jobs (RuntimeClass gvisor)")
     metered = MeteredLauncher(lambda: choose_launcher(config.sandbox, deny=[config.state_dir]), metrics, "intake")
     return ModelIntake(launcher=metered, launcher_reason="chosen on first use")
+
+
+def recover(app: App) -> None:
+    """Start-up clean-up after a crash: running jobs, open reservations, half-written uploads, request claims."""
+    app.ledger.recover(keep=app.runner.recover())
+    removed = app.datasets.sweep_orphans()
+    with app.db.transaction() as session:
+        released = repos.release_all_in_flight(session)
+    if removed or released:
+        log.info("recovered after an unclean stop: %d partial uploads removed, %d request claims released", removed, released)

@@ -40,6 +40,8 @@ SETTINGS = (
     Setting("--worker-namespace", "CLEANROOM_WORKER_NAMESPACE", "cleanroom-workers", "namespace of worker Jobs (kubernetes backend)"),
     Setting("--job-volume", "CLEANROOM_JOB_VOLUME", "/var/lib/cleanroom/jobs", "shared volume for worker inputs and outputs (kubernetes backend)"),
     Setting("--work-dir", "CLEANROOM_WORK_DIR", None, "scratch space for intake (never inside the state directory, which no sandbox may see); default: the system temp dir"),
+    Setting("--job-workers", "CLEANROOM_JOB_WORKERS", "1", "DP jobs run at the same time"),
+    Setting("--job-timeout", "CLEANROOM_JOB_TIMEOUT", "3600", "wall-clock limit of one DP job, in seconds"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -65,6 +67,8 @@ class ServerConfig:
     worker_namespace: str = "cleanroom-workers"
     job_volume: Path = Path("/var/lib/cleanroom/jobs")
     work_dir: Path = Path(tempfile.gettempdir()) / "cleanroom-work"
+    job_workers: int = 1
+    job_timeout: float = 3600.0
 
     @property
     def blob_dir(self) -> Path:
@@ -116,6 +120,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         worker_namespace=raw["worker_namespace"] or "cleanroom-workers",
         job_volume=Path(raw["job_volume"] or "/var/lib/cleanroom/jobs"),
         work_dir=_path(raw["work_dir"]) or Path(tempfile.gettempdir()) / "cleanroom-work",
+        job_workers=int(raw["job_workers"] or 1),
+        job_timeout=float(raw["job_timeout"] or 3600),
     )
     _check(config)
     return config

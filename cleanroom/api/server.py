@@ -96,6 +96,7 @@ class Server:
         self._grpc.start()
         if self.app.config.metrics_listen:
             self.metrics_port = self.app.metrics.serve(self.app.config.metrics_listen)
+        self.app.runner.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.app.config.port_file:
@@ -106,6 +107,7 @@ class Server:
         """Stops taking calls, lets in-flight ones finish within the grace period, then closes."""
         self._health.enter_graceful_shutdown()
         self._grpc.stop(self.app.config.grace_seconds if grace is None else grace).wait()
+        self.app.runner.stop()
         self.app.metrics.stop()
         self.app.close()
 

@@ -158,10 +158,11 @@ class Ledger:
         with self._db.read() as session:
             return privacy_repo.events(session, where)
 
-    def recover(self) -> dict[str, int]:
-        """Start-up: settles every reservation left open by a crash, each exactly once."""
+    def recover(self, keep: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """Start-up: settles every reservation left open by a crash, each exactly once. `keep` names
+        reservations still wanted (queued jobs that will run after the restart)."""
         with self._db.read() as session:
-            open_spends = privacy_repo.open_spends(session)
+            open_spends = [s for s in privacy_repo.open_spends(session) if s.id not in keep]
         outcome = {"committed": 0, "refunded": 0}
         for spend in open_spends:
             kind = settlement_after_crash(spend)

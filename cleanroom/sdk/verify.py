@@ -10,7 +10,6 @@ measurement must be in the published allow-list.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -37,9 +36,10 @@ def recompute_epsilon(parameters: Mapping[str, Any], accountant: str) -> float:
         counter = PRVAccountant() if accountant == "prv" else RDPAccountant()
         counter.history = [(sigma, q, steps)]
         return float(counter.get_epsilon(delta=delta))
-    if accountant == "zcdp":
-        rho, delta = float(parameters["rho"]), float(parameters["delta"])
-        return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+    if accountant == "zcdp-rdp":
+        from cleanroom.trainer.accounting import zcdp_epsilon
+
+        return zcdp_epsilon(rho=float(parameters["rho"]), delta=float(parameters["delta"]))
     raise enclave_sim.VerificationError(enclave_sim.Reason.EPSILON_MISMATCH, f"unknown accountant {accountant!r}")
 
 

@@ -1,0 +1,96 @@
+"""The release gate (fail closed): nothing leaves phase B unless every check passes.
+
+The worker's outputs are checked as untrusted input: exactly the allowed files; weights holding
+exactly the allow-listed trainable tensors with the model's shapes, all finite, re-serialised by
+this code; ε spent within the reservation. Then the receipt is signed and verified against the
+same checks the SDK runs, before a single byte is stored for download.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import enclave_sim
+from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.privacy import Privacy
+
+TRAINING_FILES = {"weights.safetensors", "result.json"}
+TRAINING_OPTIONAL = {"metrics.json", "report.html"}
+EVALUATION_FILES = {"metrics.json", "report.html", "result.json"}
+
+
+class ReleaseRefused(CleanroomError):
+    def __init__(self, why: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, f"release refused: {why}")
+
+
+@dataclass(frozen=True)
+class Checked:
+    released: dict[str, bytes]     # what the manufacturer may download (result.json excluded)
+    spent: Privacy
+    accountant: str
+    dp_parameters: dict[str, Any]
+
+
+def check_outputs(kind: str, outputs: dict[str, bytes], *, trainable_shapes: dict[str, tuple[int, ...]], reserved: Privacy) -> Checked:
+    required, optional = (TRAINING_FILES, TRAINING_OPTIONAL) if kind == "training" else (EVALUATION_FILES, set())
+    names = set(outputs)
+    if not required <= names or names - required - optional:
+        raise ReleaseRefused("the worker's files are not exactly the allowed ones")
+    result = _result(outputs["result.json"])
+    spent = Privacy.cost(result["epsilon_spent"], result["delta"])
+    if not spent.fits_in(reserved):
+        raise ReleaseRefused("the worker spent more than was reserved")
+    released = {n: d for n, d in outputs.items() if n != "result.json"}
+    if kind == "training":
+        released["weights.safetensors"] = _clean_weights(outputs["weights.safetensors"], trainable_shapes)
+    return Checked(released, spent, result["accountant"], result["dp_parameters"])
+
+
+def _result(data: bytes) -> dict[str, Any]:
+    try:
+        result = json.loads(data)
+        valid = (isinstance(result["epsilon_spent"], (int, float)) and isinstance(result["delta"], (int, float))
+                 and isinstance(result["accountant"], str) and isinstance(result["dp_parameters"], dict))
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid or not math.isfinite(result["epsilon_spent"]):
+        raise ReleaseRefused("the worker's result summary is malformed")
+    return result
+
+
+def _clean_weights(data: bytes, shapes: dict[str, tuple[int, ...]]) -> bytes:
+    """Exactly the trainable tensors, with their shapes, finite — and serialised again by us."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load, save
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError):
+        raise ReleaseRefused("the weights are not a valid safetensors file") from None
+    if set(tensors) != set(shapes):
+        raise ReleaseRefused("the weights are not exactly the allow-listed trainable tensors")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(shapes[name]) or not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ReleaseRefused("a released tensor has the wrong shape or a non-finite value")
+    return save({name: tensors[name].contiguous() for name in sorted(tensors)})
+
+
+def canonical_parameters(value: Any) -> Any:
+    """DP parameters as canonical JSON values: floats become exact decimal text."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return enclave_sim.decimal_text(value) if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        return enclave_sim.decimal_text(value)
+    if isinstance(value, dict):
+        return {str(k): canonical_parameters(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical_parameters(v) for v in value]
+    return str(value)

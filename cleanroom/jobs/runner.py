@@ -1,0 +1,262 @@
+"""The job runner: promotes approved requests, claims queued jobs, and drives phase B for each.
+
+For one job, outside the sandbox: attest (a quote for the job's workload under the trainer's
+measurement), record that data is about to be decrypted (from here on the budget is spent whatever
+happens), have the key broker wrap the dataset key to the quote's ephemeral key, and run the worker
+in a bubblewrap sandbox with the sealed dataset, the validated program and the secrets on stdin.
+Then the release gate, the signed receipt (verified before release), the ledger commit, and the
+artefacts sealed for the requester. Workers are separate processes started by exec, never a fork of
+this gRPC process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import enclave_sim
+from cleanroom import crypto, logs
+from cleanroom.attestation import Enclave
+from cleanroom.domain.approvals import RequestState
+from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
+from cleanroom.domain.privacy import Privacy
+from cleanroom.jobs import release, validation
+from cleanroom.jobs.service import JobService, job_context
+from cleanroom.keys import KeyService
+from cleanroom.metrics import Metrics
+from cleanroom.modelversions.service import ModelVersionService
+from cleanroom.privacy.ledger import Ledger
+from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest
+from cleanroom.storage import job_repo, model_repo, privacy_repo, repos
+from cleanroom.storage.blobs import BlobStore
+from cleanroom.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+WORKER_ARGV = ("python3", "-m", "cleanroom.worker")
+POLL_SECONDS = 0.2
+
+
+class JobFailed(Exception):
+    def __init__(self, code: FailureCode) -> None:
+        super().__init__(code.value)
+        self.code = code
+
+
+class JobRunner:
+    def __init__(self, *, db: Database, jobs: JobService, ledger: Ledger, enclave: Enclave, models: ModelVersionService,
+                 blobs: BlobStore, keys: KeyService, launcher: SandboxLauncher, policy: SandboxPolicy,
+                 metrics: Metrics, work_dir: Path, concurrency: int = 1) -> None:
+        self._db, self._jobs, self._ledger, self._enclave = db, jobs, ledger, enclave
+        self._models, self._blobs, self._keys, self._launcher = models, blobs, keys, launcher
+        self._policy, self._metrics, self._work_dir = policy, metrics, work_dir
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, name=f"job-runner-{i}", daemon=True) for i in range(concurrency)]
+        self._claim_lock = threading.Lock()
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.promote_decided()
+                job = self.claim_next()
+                if job is None:
+                    self._stop.wait(POLL_SECONDS)
+                    continue
+                self.run(job)
+            except Exception:  # noqa: BLE001 - a runner thread must survive anything one job does
+                log.exception("job runner loop error")
+                self._stop.wait(1.0)
+
+    # --- queue -------------------------------------------------------------------------------------
+
+    def promote_decided(self) -> None:
+        """Pending jobs whose privacy request an officer decided become queued or rejected."""
+        with self._db.read() as session:
+            pending = job_repo.jobs_in(session, JobState.PENDING_APPROVAL)
+            decided = {j.id: privacy_repo.get_request(session, j.privacy_request_id) for j in pending if j.privacy_request_id}
+        for job in pending:
+            request = decided.get(job.id)
+            if request is None or request.state is RequestState.PENDING:
+                continue
+            if request.state is RequestState.APPROVED:
+                self._move(job, transition(job, JobState.QUEUED), spend_id=request.spend_id)
+            else:
+                self._jobs.finish(job, JobState.REJECTED)
+
+    def _move(self, job: Job, moved: Job, **values: Any) -> bool:
+        with self._db.transaction() as session:
+            return job_repo.move(session, moved, job.state, **values)
+
+    def claim_next(self) -> Job | None:
+        with self._claim_lock, self._db.read() as session:
+            queued = job_repo.jobs_in(session, JobState.QUEUED, limit=1)
+        for job in queued:
+            if self._move(job, transition(job, JobState.RUNNING)):
+                return transition(job, JobState.RUNNING)
+        return None
+
+    # --- one job -----------------------------------------------------------------------------------
+
+    def run(self, job: Job) -> None:
+        logs.request_id.set(job.id)
+        started = time.monotonic()
+        self._metrics.jobs_running.labels(job.kind.value).inc()
+        try:
+            listing, wrapped = self._execute(job)
+        except JobFailed as failure:
+            self._fail(job, failure.code)
+        except Exception:  # noqa: BLE001 - any other error fails the job closed
+            log.exception("job failed inside the service")
+            self._fail(job, FailureCode.INTERNAL)
+        else:
+            self._release(job, listing, wrapped)
+        finally:
+            self._metrics.jobs_running.labels(job.kind.value).dec()
+            self._metrics.job_duration.labels(job.kind.value).observe(time.monotonic() - started)
+
+    def _execute(self, job: Job) -> tuple[list[dict[str, Any]], bytes]:
+        with self._db.read() as session:
+            spend = privacy_repo.get_spend(session, job.spend_id) if job.spend_id else None
+            model = model_repo.get_model(session, job.model_id)
+            dataset = repos.get_dataset(session, job.dataset_id)
+            wrapped_dataset_key = repos.wrapped_dataset_key(session, job.dataset_id)
+        if spend is None or model is None or dataset is None or wrapped_dataset_key is None:
+            raise JobFailed(FailureCode.INTERNAL)
+        work = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self._ensure_work_dir()))
+        try:
+            secrets = self._attest_and_release_key(job, wrapped_dataset_key)
+            outputs = self._run_worker(job, model, dataset, work, secrets)
+            return self._gate_and_store(job, model, dataset, spend.reserved, outputs, secrets["nonce"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _ensure_work_dir(self) -> Path:
+        self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self._work_dir
+
+    def _attest_and_release_key(self, job: Job, wrapped_dataset_key: bytes) -> dict[str, str]:
+        quote, ephemeral = enclave_sim.make_quote(self._enclave.attestation_key, self._enclave.measurement, job.workload)
+        self._ledger.mark_decrypted(job.spend_id)  # before the key leaves the broker: from now on it is spent
+        dataset_key = self._keys.unwrap_dataset_key(job.dataset_id, wrapped_dataset_key)
+        try:
+            wrapped = self._enclave.broker.release_key(quote.to_bytes(), dataset_key, context=job.dataset_id.encode("ascii"))
+        except enclave_sim.AttestationError:
+            raise JobFailed(FailureCode.ATTESTATION_REFUSED) from None
+        from cryptography.hazmat.primitives import serialization
+
+        raw = ephemeral.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        return {"quote": quote.to_bytes().hex(), "ephemeral_private_key": raw.hex(), "wrapped_key": wrapped.to_bytes().hex(),
+                "nonce": quote.nonce}
+
+    def _run_worker(self, job: Job, model: Any, dataset: Any, work: Path, secrets: dict[str, str]) -> dict[str, bytes]:
+        inputs, out = work / "in", work / "out"
+        inputs.mkdir()
+        out.mkdir()
+        shutil.copyfile(self._blobs.path_of(dataset.id), inputs / "dataset.blob")  # ciphertext only
+        (inputs / "model.safetensors").write_bytes(self._models.artifact_bytes(model.id))
+        (inputs / "job.json").write_text(json.dumps(self._job_input(job, model, dataset)))
+        stdin = json.dumps({k: v for k, v in secrets.items() if k != "nonce"}).encode()
+        result = self._launcher.run(SandboxRequest(argv=WORKER_ARGV, inputs={"job": inputs}, output_dir=out, stdin=stdin,
+                                                   env={"CLEANROOM_REQUEST_ID": job.id}), self._policy)
+        if result.outcome in (Outcome.WALL_TIME, Outcome.MEMORY, Outcome.OUTPUT_TOO_LARGE):
+            raise JobFailed(FailureCode.RESOURCE_LIMIT)
+        if not result.ok:
+            log.warning("worker ended without a result", extra={"outcome": result.outcome.value, "exit_code": result.exit_code})
+            raise JobFailed(FailureCode.WORKER_FAILED)
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    @staticmethod
+    def _job_input(job: Job, model: Any, dataset: Any) -> dict[str, Any]:
+        params = json.loads(job.spec_json)
+        patient_key = next(c.name for c in dataset.columns if c.role.name == "PATIENT_KEY")
+        return {"params": params, "dataset_id": dataset.id, "patient_column": patient_key, "task": model.task,
+                "num_classes": model.num_classes, "input_shape": list(model.input_shape), "trainable": list(model.trainable),
+                "metrics": validation.metrics_for(model, params.get("metrics", []))}
+
+    def _gate_and_store(self, job: Job, model: Any, dataset: Any, reserved: Privacy, outputs: dict[str, bytes], nonce: str) -> tuple[list[dict[str, Any]], bytes]:
+        try:
+            checked = release.check_outputs(job.kind.value, outputs, trainable_shapes=self._trainable_shapes(model), reserved=reserved)
+        except release.ReleaseRefused:
+            raise JobFailed(FailureCode.RELEASE_REFUSED) from None
+        receipt = self._sign(job, dataset, checked, nonce)
+        self._ledger.release(job.spend_id, checked.spent)
+        files = {**checked.released, "receipt.json": receipt}
+        return self._seal_artifacts(job, files)
+
+    def _trainable_shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
+        from safetensors import safe_open
+
+        with tempfile.NamedTemporaryFile(dir=self._ensure_work_dir()) as handle:
+            handle.write(self._models.artifact_bytes(model.id))
+            handle.flush()
+            with safe_open(handle.name, framework="pt") as stored:
+                shapes = {k.removeprefix("state/"): tuple(stored.get_slice(k).get_shape()) for k in stored.keys() if k.startswith("state/")}
+        return {name: shapes[name] for name in model.trainable}
+
+    def _sign(self, job: Job, dataset: Any, checked: release.Checked, nonce: str) -> bytes:
+        enclave = self._enclave
+        report = enclave_sim.sign_report(
+            enclave.attestation_key, measurement=enclave.measurement, workload=job.workload,
+            dp_parameters=release.canonical_parameters(checked.dp_parameters), epsilon_spent=checked.spent.epsilon_value,
+            accountant=checked.accountant, dataset_commitment=dataset.ciphertext_sha256, released_files=checked.released, nonce=nonce,
+        )
+        try:  # fail closed: the receipt must pass the checks a client will run
+            bundle = enclave.trust_bundle()
+            enclave_sim.verify_report(report, pinned_root_public_key_pem=bundle.root_public_key_pem.encode(),
+                                      allowed_measurements=bundle.allowed_measurements, expected_workload=job.workload,
+                                      released_files=checked.released, expected_nonce=nonce)
+        except enclave_sim.VerificationError:
+            raise JobFailed(FailureCode.RELEASE_REFUSED) from None
+        return report
+
+    def _seal_artifacts(self, job: Job, files: dict[str, bytes]) -> tuple[list[dict[str, Any]], bytes]:
+        key, listing = crypto.new_data_key(), []
+        for index, name in enumerate(sorted(files)):
+            blob_id = f"{job.id}-a{index}"
+            with self._blobs.create(blob_id) as pending:
+                writer = crypto.SealedWriter(pending.file, key, blob_id)
+                writer.write(files[name])
+                writer.close()
+                pending.commit()
+            listing.append({"name": name, "blob": blob_id, "size": len(files[name]), "sha256": enclave_sim.sha256_hex(files[name])})
+        return listing, self._keys.wrap_key(job_context(job.id), key)
+
+    def _release(self, job: Job, listing: list[dict[str, Any]], wrapped: bytes) -> None:
+        with self._db.read() as session:
+            cancelled = job_repo.cancel_requested(session, job.id)
+        if cancelled:  # the requester withdrew: nothing is released, but the decrypted data made it spent
+            self._jobs.finish(job, JobState.CANCELLED)
+            return
+        self._jobs.finish(job, JobState.RELEASED, **job_repo.artifact_values(listing, wrapped))
+
+    def _fail(self, job: Job, code: FailureCode) -> None:
+        if job.spend_id:
+            self._ledger.fail(job.spend_id, reason=f"job failed: {code.value}")
+        with self._db.read() as session:
+            cancelled = job_repo.cancel_requested(session, job.id)
+        self._jobs.finish(job, JobState.CANCELLED if cancelled else JobState.FAILED, failure=code)
+
+    def recover(self) -> set[str]:
+        """Start-up: a job that was running when the server stopped has failed (its spend follows the
+        ledger rules); queued jobs keep their reservation and run again. Returns the spends to keep."""
+        with self._db.read() as session:
+            running = job_repo.jobs_in(session, JobState.RUNNING, limit=10_000)
+            queued = job_repo.jobs_in(session, JobState.QUEUED, limit=10_000)
+        for job in running:
+            self._fail(job, FailureCode.SERVER_RESTARTED)
+        return {j.spend_id for j in queued if j.spend_id}

@@ -1,0 +1,82 @@
+"""Everything about a job request that can be checked before any budget is reserved (pure)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cleanroom.domain import deid
+from cleanroom.domain.datasets import Dataset
+from cleanroom.domain.errors import FieldViolation
+from cleanroom.domain.model_versions import ModelVersion
+from cleanroom.jobspec import OPTIMIZERS, SUPPORTED_METRICS
+
+NUMERIC = {deid.ColumnType.INTEGER, deid.ColumnType.FLOAT, deid.ColumnType.BOOLEAN}
+CLASS_LABELS = {deid.ColumnType.INTEGER, deid.ColumnType.BOOLEAN}
+
+
+def _stored(dataset: Dataset) -> dict[str, deid.ColumnSpec]:
+    return {c.name: c for c in dataset.columns if c.role is not deid.ColumnRole.DIRECT_IDENTIFIER}
+
+
+def column_violations(params: dict[str, Any], model: ModelVersion, dataset: Dataset) -> list[FieldViolation]:
+    columns, out = _stored(dataset), []
+    features = params["feature_columns"]
+    for name in features:
+        spec = columns.get(name)
+        if spec is None:
+            out.append(FieldViolation(f"spec.feature_columns[{name}]", "no such column in the dataset"))
+        elif spec.role is deid.ColumnRole.PATIENT_KEY or spec.type not in NUMERIC:
+            out.append(FieldViolation(f"spec.feature_columns[{name}]", "features must be numeric columns (integer, float or boolean)"))
+    if len(set(features)) != len(features):
+        out.append(FieldViolation("spec.feature_columns", "a column is named twice"))
+    expected = math.prod(model.input_shape)
+    if len(features) != expected:
+        out.append(FieldViolation("spec.feature_columns", f"the model takes {expected} inputs {list(model.input_shape)}, not {len(features)}"))
+    out += _label_violations(params["label_column"], model, columns)
+    return out
+
+
+def _label_violations(label: str, model: ModelVersion, columns: dict[str, deid.ColumnSpec]) -> list[FieldViolation]:
+    spec = columns.get(label)
+    if spec is None:
+        return [FieldViolation("spec.label_column", "no such column in the dataset")]
+    classification = model.task != "regression"
+    if classification and spec.type not in CLASS_LABELS:
+        return [FieldViolation("spec.label_column", "a classification label must be an integer or boolean column")]
+    if not classification and spec.type not in NUMERIC:
+        return [FieldViolation("spec.label_column", "a regression label must be numeric")]
+    return []
+
+
+def _range(out: list[FieldViolation], field: str, value: float, low: float, high: float, what: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        out.append(FieldViolation(field, what))
+
+
+def training_violations(params: dict[str, Any], patients: int) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    _range(out, "spec.epochs", params["epochs"], 1, 1000, "between 1 and 1000")
+    _range(out, "spec.expected_batch_patients", params["expected_batch_patients"], 1, max(patients, 1),
+           "between 1 and the number of patients")
+    _range(out, "spec.learning_rate", float(params["learning_rate"]), 1e-6, 10, "above 0 and at most 10")
+    _range(out, "spec.clipping_norm", float(params["clipping_norm"]), 1e-6, 1e6, "above 0")
+    _range(out, "spec.validation_fraction", float(params["validation_fraction"]), 0, 0.5, "between 0 and 0.5")
+    _range(out, "spec.max_rows_per_patient", params["max_rows_per_patient"], 1, 1000, "between 1 and 1000")
+    if params["optimizer"] not in OPTIMIZERS:
+        out.append(FieldViolation("spec.optimizer", f"one of {', '.join(OPTIMIZERS)}"))
+    return out
+
+
+def evaluation_violations(params: dict[str, Any], model: ModelVersion) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    _range(out, "spec.max_rows_per_patient", params["max_rows_per_patient"], 1, 1000, "between 1 and 1000")
+    known = set(SUPPORTED_METRICS.get(model.task, ()))
+    unknown = sorted(set(params["metrics"]) - known)
+    if unknown:
+        out.append(FieldViolation("spec.metrics", f"unknown for this task: {', '.join(unknown)}; choose from {', '.join(sorted(known))}"))
+    return out
+
+
+def metrics_for(model: ModelVersion, wanted: list[str]) -> list[str]:
+    return wanted or list(SUPPORTED_METRICS.get(model.task, ()))

@@ -1,0 +1,52 @@
+"""Job requests as canonical parameters, shared by the service and the SDK.
+
+The workload hash binds the model version's package digest, these parameters and the dataset id.
+The SDK recomputes it from the request it sent, so both sides must build the same mapping from the
+same request: that is this module's only job. Floats become exact decimal text (canonical JSON has
+no floats).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from enclave_sim import decimal_text
+from cleanroom.v1 import jobs_pb2
+
+OPTIMIZERS = ("sgd", "adam")
+# The DP metrics each task offers (the trainer's evaluate() implements exactly these).
+SUPPORTED_METRICS = {
+    "binary-classification": ("accuracy", "sensitivity", "specificity", "auroc", "calibration"),
+    "multiclass-classification": ("accuracy", "macro_recall", "calibration"),
+    "regression": ("mae", "rmse"),
+}
+DEFAULT_ROWS_PER_PATIENT = 1
+
+
+def training_parameters(spec: jobs_pb2.TrainingSpec) -> dict[str, Any]:
+    return {
+        "kind": "training",
+        "feature_columns": list(spec.feature_columns),
+        "label_column": spec.label_column,
+        "target_epsilon": decimal_text(spec.target_epsilon),
+        "target_delta": decimal_text(spec.target_delta),
+        "epochs": spec.epochs,
+        "expected_batch_patients": spec.expected_batch_patients,
+        "learning_rate": decimal_text(spec.learning_rate),
+        "optimizer": spec.optimizer,
+        "clipping_norm": decimal_text(spec.clipping_norm),
+        "validation_fraction": decimal_text(spec.validation_fraction),
+        "max_rows_per_patient": spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+    }
+
+
+def evaluation_parameters(spec: jobs_pb2.EvaluationSpec) -> dict[str, Any]:
+    return {
+        "kind": "evaluation",
+        "feature_columns": list(spec.feature_columns),
+        "label_column": spec.label_column,
+        "target_epsilon": decimal_text(spec.target_epsilon),
+        "target_delta": decimal_text(spec.target_delta),
+        "metrics": sorted(spec.metrics),
+        "max_rows_per_patient": spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+    }
