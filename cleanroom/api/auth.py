@@ -46,6 +46,14 @@ RULES: dict[str, frozenset[Role]] = {
     # A manufacturer sees its own models only; the service filters.
     "/cleanroom.v1.ModelService/GetModel": _MAKER,
     "/cleanroom.v1.ModelService/ListModels": _MAKER,
+    # Jobs: a manufacturer's own only (the service reports another's exactly like a missing one).
+    "/cleanroom.v1.JobService/SubmitTraining": _MAKER,
+    "/cleanroom.v1.JobService/SubmitEvaluation": _MAKER,
+    "/cleanroom.v1.JobService/GetJob": _MAKER,
+    "/cleanroom.v1.JobService/ListJobs": _MAKER,
+    "/cleanroom.v1.JobService/WatchJob": _MAKER,
+    "/cleanroom.v1.JobService/CancelJob": _MAKER,
+    "/cleanroom.v1.JobService/DownloadArtifact": _MAKER,
 
     # Hospitals read the entries about their own datasets; the service filters the rest out.
     "/cleanroom.v1.AuditService/ExportAuditLog": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),

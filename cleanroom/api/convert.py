@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,12 +14,13 @@ from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState
 from cleanroom.domain.model_versions import ModelState, ModelVersion
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest
 from cleanroom.domain.audit import ChainVerdict
 from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, MAX_EPSILON, LedgerEvent, Privacy
 from cleanroom.privacy.budgets import BudgetLine
-from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, models_pb2, privacy_pb2
+from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, jobs_pb2, models_pb2, privacy_pb2
 
 _ROLE_TO_PROTO = {
     Role.DATA_OWNER: common_pb2.DATA_OWNER,
@@ -280,4 +283,36 @@ def model_to_proto(version: ModelVersion) -> models_pb2.ModelVersion:
     )
     if version.created_at is not None:
         message.create_time.CopyFrom(timestamp(version.created_at))
+    return message
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+_JOB_STATES = {state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.name}") for state in JobState}
+_FAILURES = {code: jobs_pb2.JobFailure.Value(f"JOB_FAILURE_{code.name}") for code in FailureCode if code is not FailureCode.NONE}
+
+
+def job_to_proto(job: Job, artifacts: list[dict[str, Any]]) -> jobs_pb2.Job:
+    message = jobs_pb2.Job(
+        name=job.resource_name, kind=job.kind.value, state=_JOB_STATES[job.state],
+        failure=_FAILURES.get(job.failure, jobs_pb2.JOB_FAILURE_UNSPECIFIED),
+        privacy_request=f"privacyRequests/{job.privacy_request_id}" if job.privacy_request_id else "",
+        create_time=timestamp(job.created_at), workload=job.workload or "",
+        artifacts=[jobs_pb2.Artifact(name=a["name"], sha256=a["sha256"], size_bytes=a["size"]) for a in artifacts],
+    )
+    if job.finished_at is not None:
+        message.finish_time.CopyFrom(timestamp(job.finished_at))
+    params = json.loads(job.spec_json)
+    spec = message.training if job.kind is JobKind.TRAINING else message.evaluation
+    spec.model, spec.dataset = f"models/{job.model_id}", f"datasets/{job.dataset_id}"
+    spec.feature_columns.extend(params["feature_columns"])
+    spec.label_column = params["label_column"]
+    spec.target_epsilon, spec.target_delta = float(params["target_epsilon"]), float(params["target_delta"])
+    spec.max_rows_per_patient = params["max_rows_per_patient"]
+    if job.kind is JobKind.TRAINING:
+        spec.epochs, spec.expected_batch_patients, spec.optimizer = params["epochs"], params["expected_batch_patients"], params["optimizer"]
+        spec.learning_rate, spec.clipping_norm = float(params["learning_rate"]), float(params["clipping_norm"])
+        spec.validation_fraction = float(params["validation_fraction"])
+    else:
+        spec.metrics.extend(params["metrics"])
     return message

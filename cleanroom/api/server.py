@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cleanroom.api.guard import GuardInterceptor
+from cleanroom.api.job_servicers import JobServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
@@ -23,6 +24,8 @@ from cleanroom.v1 import (
     datasets_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     privacy_pb2,
@@ -41,6 +44,7 @@ SERVICE_NAMES = (
     privacy_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
 )
 
 
@@ -79,6 +83,7 @@ class Server:
         privacy_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.audit), self._grpc)
         models_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(app.enclave), self._grpc)
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app.models, app.idempotency), self._grpc)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app.jobs, app.idempotency), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
 

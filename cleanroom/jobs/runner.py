@@ -49,6 +49,13 @@ class JobFailed(Exception):
         self.code = code
 
 
+def _error_type(stderr: bytes) -> str:
+    """Only the exception's class name: its message could quote a data value, so it is never logged."""
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    name = lines[-1].split(":", 1)[0].strip() if lines else ""
+    return name if name.replace(".", "").replace("_", "").isalnum() and len(name) < 100 else "unknown"
+
+
 class JobRunner:
     def __init__(self, *, db: Database, jobs: JobService, ledger: Ledger, enclave: Enclave, models: ModelVersionService,
                  blobs: BlobStore, keys: KeyService, launcher: SandboxLauncher, policy: SandboxPolicy,
@@ -176,7 +183,8 @@ class JobRunner:
         if result.outcome in (Outcome.WALL_TIME, Outcome.MEMORY, Outcome.OUTPUT_TOO_LARGE):
             raise JobFailed(FailureCode.RESOURCE_LIMIT)
         if not result.ok:
-            log.warning("worker ended without a result", extra={"outcome": result.outcome.value, "exit_code": result.exit_code})
+            log.warning("worker ended without a result", extra={
+                "outcome": result.outcome.value, "exit_code": result.exit_code, "error_type": _error_type(result.stderr)})
             raise JobFailed(FailureCode.WORKER_FAILED)
         return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 

@@ -52,6 +52,12 @@ def code_dir() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def code_dirs() -> list[Path]:
+    """The service's own packages a worker may import: `cleanroom` and its sibling `enclave_sim`."""
+    sibling = code_dir().parent / "enclave_sim"
+    return [code_dir(), *([sibling] if sibling.is_dir() else [])]
+
+
 def interpreter_dirs() -> list[Path]:
     """The virtualenv and the base interpreter prefix, resolved, minus anything under /usr."""
     dirs: list[Path] = []
@@ -116,9 +122,9 @@ def input_mounts(request: SandboxRequest) -> list[Mount]:
 def readonly_mounts(request: SandboxRequest, guard: MountGuard) -> list[Mount]:
     """Interpreter, venv, service code and inputs, each checked against the guard."""
     mounts = [Mount(p, str(p)) for p in interpreter_dirs()]
-    code = code_dir()
-    if not any(_inside(code, m.source) for m in mounts):
-        mounts.append(Mount(code, str(code)))
+    for code in code_dirs():
+        if not any(_inside(code, m.source) for m in mounts):
+            mounts.append(Mount(code, str(code)))
     mounts += input_mounts(request)
     for mount in mounts:
         guard.check(mount.source)

@@ -18,6 +18,8 @@ from cleanroom.v1 import (
     datasets_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     privacy_pb2,
@@ -80,6 +82,7 @@ class Client:
         self.audit = privacy_pb2_grpc.AuditServiceStub(self._channel)
         self.models = models_pb2_grpc.ModelServiceStub(self._channel)
         self.attestation = models_pb2_grpc.AttestationServiceStub(self._channel)
+        self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -230,6 +233,47 @@ class Client:
 
     def trust_bundle(self) -> models_pb2.TrustBundle:
         return self._call(self.attestation.GetTrustBundle, models_pb2.GetTrustBundleRequest())
+
+    # --- DP jobs (manufacturer) --------------------------------------------------------------------
+
+    def train(self, spec: jobs_pb2.TrainingSpec, *, request_id: str | None = None) -> jobs_pb2.Job:
+        return self._call(self.jobs.SubmitTraining, jobs_pb2.SubmitTrainingRequest(request_id=request_id or _request_id(), spec=spec))
+
+    def evaluate(self, spec: jobs_pb2.EvaluationSpec, *, request_id: str | None = None) -> jobs_pb2.Job:
+        return self._call(self.jobs.SubmitEvaluation, jobs_pb2.SubmitEvaluationRequest(request_id=request_id or _request_id(), spec=spec))
+
+    def get_job(self, name: str) -> jobs_pb2.Job:
+        return self._call(self.jobs.GetJob, jobs_pb2.GetJobRequest(name=name))
+
+    def list_jobs(self) -> Iterator[jobs_pb2.Job]:
+        return self._pages(self.jobs.ListJobs, jobs_pb2.ListJobsRequest(), "jobs")
+
+    def cancel_job(self, name: str) -> jobs_pb2.Job:
+        return self._call(self.jobs.CancelJob, jobs_pb2.CancelJobRequest(name=name, request_id=_request_id()))
+
+    def watch_job(self, name: str, timeout: float | None = None) -> Iterator[jobs_pb2.Job]:
+        """Coarse states until the job is final."""
+        try:
+            yield from self.jobs.WatchJob(jobs_pb2.WatchJobRequest(name=name), metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def wait_job(self, name: str, timeout: float | None = None) -> jobs_pb2.Job:
+        last = None
+        for last in self.watch_job(name, timeout):
+            pass
+        assert last is not None
+        return last
+
+    def download(self, name: str, artifact: str) -> bytes:
+        request = jobs_pb2.DownloadArtifactRequest(job=name, artifact=artifact)
+        try:
+            return b"".join(c.data for c in self.jobs.DownloadArtifact(request, metadata=self._metadata))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def download_all(self, job: jobs_pb2.Job) -> dict[str, bytes]:
+        return {a.name: self.download(job.name, a.name) for a in job.artifacts}
 
     def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
         while True:

@@ -68,3 +68,33 @@ def verify_release(
         epsilon_recomputer=recompute_epsilon,
         epsilon_tolerance=1e-6,
     )
+
+
+def job_parameters(job: Any) -> dict[str, Any]:
+    """The canonical parameters of a job as the SDK sent them (TrainingSpec or EvaluationSpec)."""
+    from cleanroom import jobspec
+
+    spec_kind = job.WhichOneof("spec")
+    return jobspec.training_parameters(job.training) if spec_kind == "training" else jobspec.evaluation_parameters(job.evaluation)
+
+
+def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str | Path, pinned_root_pem: bytes,
+               allowed_measurements: Iterable[str], spec: Any = None) -> enclave_sim.VerifiedReport:
+    """Verifies a released job's receipt against the files downloaded and the caller's own request.
+
+    Pass the `spec` you submitted to recompute the workload from your own request; without it the
+    spec echoed in the job is used (weaker: it trusts the server's echo of your request).
+    """
+    from cleanroom import jobspec
+
+    if spec is not None:
+        params = jobspec.training_parameters(spec) if hasattr(spec, "epochs") else jobspec.evaluation_parameters(spec)
+    else:
+        params = job_parameters(job)
+    source = job.training if job.WhichOneof("spec") == "training" else job.evaluation
+    released = {name: data for name, data in files.items() if name != "receipt.json"}
+    return verify_release(
+        files["receipt.json"], files=released, package_directory=package_directory, job_parameters=params,
+        dataset_id=source.dataset.removeprefix("datasets/"), pinned_root_pem=pinned_root_pem,
+        allowed_measurements=allowed_measurements,
+    )

@@ -87,18 +87,6 @@ def plan_steps(*, n_patients: int, target_epsilon: float, target_delta: float, e
     return StepPlan(q, steps, sigma, q * n_patients, spent)
 
 
-def _tensors(X: np.ndarray, y: np.ndarray, model: ExportedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    X_t = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    if tuple(X_t.shape[1:]) != model.input_shape or X_t.shape[0] != len(y):
-        raise bad_request(f"features must be [n, {', '.join(map(str, model.input_shape))}] with one label per row")
-    if not model.task.classification:
-        return X_t, torch.as_tensor(np.asarray(y, dtype=np.float32))
-    y_arr = np.asarray(y)
-    if y_arr.size and (not np.all(y_arr == np.round(y_arr)) or y_arr.min() < 0 or y_arr.max() >= model.task.num_classes):
-        raise bad_request(f"classification labels must be integers in [0, {model.task.num_classes})")
-    return X_t, torch.as_tensor(y_arr.astype(np.int64))
-
-
 @dataclass
 class Batch:
     rows: np.ndarray                 # dataset row of each sampled row, grouped by patient
@@ -162,7 +150,8 @@ def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray
     _validate(clipping_norm=clipping_norm, learning_rate=learning_rate, max_rows_per_patient=max_rows_per_patient,
               momentum=momentum, optimizer=optimizer)
     model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
-    X_t, y_t = _tensors(X, y, model)
+    X_t = model.features(X)
+    y_t = model.labels(y, len(X_t))
     if len(patient) != len(X_t):
         raise bad_request("patient must hold one id per row")
     index = sampling.PatientIndex.build(np.asarray(patient))

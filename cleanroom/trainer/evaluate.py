@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,7 @@ from cleanroom.domain.errors import bad_request
 from cleanroom.trainer import accounting, intervals, noise, sampling, statistics
 from cleanroom.trainer import metrics as m
 from cleanroom.trainer.graph import ExportedModel, Task
+from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES, assert_no_foreign_modules
 
 SUPPORTED = {
     "binary-classification": ("accuracy", "sensitivity", "specificity", "auroc", "calibration"),
@@ -50,8 +51,8 @@ def _bounded_rows(patient: np.ndarray, *, max_rows: int, rng: np.random.Generato
     return np.sort(rows), index.n_patients
 
 
-def _outputs(model: ExportedModel, state: dict[str, torch.Tensor], X: np.ndarray) -> np.ndarray:
-    out = model.predict(state, torch.as_tensor(np.asarray(X, dtype=np.float32)))
+def _outputs(model: ExportedModel, state: dict[str, torch.Tensor], X: torch.Tensor) -> np.ndarray:
+    out = model.predict(state, X)
     if model.task.classification:
         out = torch.softmax(out.double(), dim=1)
     return out.double().numpy()
@@ -137,18 +138,24 @@ def evaluate(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndar
              task: str, num_classes: int, target_epsilon: float, target_delta: float, metrics: Sequence[str],
              max_rows_per_patient: int, error_bound: float | None = None,
              state: dict[str, torch.Tensor] | None = None, seed_source=os.urandom,
-             noise_rng: random.Random | None = None) -> EvaluationResult:
+             noise_rng: random.Random | None = None,
+             allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> EvaluationResult:
     """Patient-level (ε, δ)-DP metrics of the program (with `state` overriding its trainable tensors).
     Noise comes from the OS CSPRNG unless `noise_rng` is given (tests only); `seed_source` seeds
     the row bounding and the bootstrap, neither of which the privacy argument relies on."""
+    assert_no_foreign_modules(allowed_modules)
     kind, wanted = Task(task, num_classes), set(metrics)
     _check_request(kind, wanted, target_epsilon=target_epsilon, max_rows=max_rows_per_patient)
+    model = ExportedModel(program, task=kind, trainable=list(state or {}))
+    X_t = model.features(X)
+    y_arr = model.labels(y, len(X_t)).numpy()
+    if len(patient) != len(X_t):
+        raise bad_request("patient must hold one id per row")
     rng = sampling.numpy_generator(seed_source)
     rows, n_patients = _bounded_rows(np.asarray(patient), max_rows=max_rows_per_patient, rng=rng)
     accounting.check_delta(delta=target_delta, n_patients=n_patients)
-    model = ExportedModel(program, task=kind, trainable=list(state or {}))
-    outputs = _outputs(model, dict(state or {}), np.asarray(X)[rows])
-    stats = _statistics(kind, outputs, np.asarray(y)[rows], wanted, error_bound)
+    outputs = _outputs(model, dict(state or {}), X_t[torch.as_tensor(rows)])
+    stats = _statistics(kind, outputs, y_arr[rows], wanted, error_bound)
     rho = accounting.calibrate_rho(target_epsilon=target_epsilon, delta=target_delta)
     noisy, sigma, described = _release(stats, rho=rho, max_rows=max_rows_per_patient, noise_rng=noise_rng)
     values = _metrics_with_intervals(kind, noisy, sigma, wanted, 1.0 if kind.classification else float(error_bound), rng)

@@ -14,6 +14,7 @@ Two rewrites follow, both checked on the tracing inputs before use:
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,9 +81,15 @@ def _factor_nodes(graph: torch.fx.Graph, source: torch.fx.Node, before: torch.fx
                 graph.call_function(aten.view.default, (right, [batch, n])))
 
 
+def _copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
+    with warnings.catch_warnings():  # torch's own pytree spec warns about itself when deep-copied
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(graph)
+
+
 def _rebuild(traced: torch.fx.GraphModule, factored: set[int]) -> torch.fx.GraphModule:
     """A copy whose outputs are flat: dense gradients, or (left, right) for indices in `factored`."""
-    graph = copy.deepcopy(traced.graph)
+    graph = _copy_graph(traced.graph)
     output = next(n for n in graph.nodes if n.op == "output")
     flat = list(output.args[0])
     new = [(_factor_nodes(graph, _outer_source(o), output) if i in factored else o) for i, o in enumerate(flat)]
@@ -114,7 +121,7 @@ def _drop_noops(graph: torch.fx.Graph) -> None:
 
 
 def _optimised(traced: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    gm = torch.fx.GraphModule(traced, copy.deepcopy(traced.graph))
+    gm = torch.fx.GraphModule(traced, _copy_graph(traced.graph))
     _outer_products_as_mul(gm.graph)
     _drop_noops(gm.graph)
     gm.recompile()

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 IN = Path("/in/job")
+# The worker's own stack on top of the trainer's: decryption (pycryptodome, cryptography), Arrow,
+# and the attestation simulator. Anything else loaded here would be foreign and stops training.
+WORKER_MODULES = ("Crypto", "cryptography", "_cffi_backend", "_openssl", "cffi", "pyarrow", "enclave_sim",
+                  "pycparser", "cloudpickle", "google", "grpc", "_brotli", "zstandard", "yaml", "_yaml")
 OUT = Path("/out")
 EXIT_OK, EXIT_NO_DATA, EXIT_PRECONDITION, EXIT_FAILED = 0, 2, 3, 1
 
@@ -70,6 +74,12 @@ def _examples(table: Any, job: dict[str, Any]) -> dict[str, Any] | None:
     return {"X": X[keep].reshape(shape), "y": y[keep], "patient": patient[keep]}
 
 
+def _allowed() -> tuple[str, ...]:
+    from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES
+
+    return (*DEFAULT_ALLOWED_MODULES, *WORKER_MODULES)
+
+
 def _program(inputs: Path) -> Any:
     from cleanroom.intake.artifact import read_artifact
 
@@ -98,7 +108,7 @@ def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[
         target_epsilon=float(params["target_epsilon"]), target_delta=float(params["target_delta"]),
         epochs=params["epochs"], expected_batch_patients=params["expected_batch_patients"],
         max_rows_per_patient=params["max_rows_per_patient"], learning_rate=float(params["learning_rate"]),
-        optimizer=params["optimizer"], clipping_norm=float(params["clipping_norm"]),
+        optimizer=params["optimizer"], clipping_norm=float(params["clipping_norm"]), allowed_modules=_allowed(),
     )
     weights = save({k: v.contiguous() for k, v in result.trained_state.items()})
     summary = {"epsilon_spent": result.epsilon_spent, "delta": result.delta, "accountant": result.accountant,
@@ -120,7 +130,7 @@ def _evaluate_rows(job: dict[str, Any], examples: dict[str, Any], rows: Any, pro
         program, X=examples["X"][rows], y=examples["y"][rows], patient=examples["patient"][rows], task=job["task"],
         num_classes=job["num_classes"], target_epsilon=float(params["target_epsilon"]),
         target_delta=float(params["target_delta"]), metrics=job["metrics"],
-        max_rows_per_patient=params["max_rows_per_patient"], state=state,
+        max_rows_per_patient=params["max_rows_per_patient"], state=state, allowed_modules=_allowed(),
     )
 
 
