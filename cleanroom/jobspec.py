@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 from enclave_sim import decimal_text
+from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.v1 import jobs_pb2
 
 OPTIMIZERS = ("sgd", "adam")
@@ -23,19 +26,27 @@ SUPPORTED_METRICS = {
 DEFAULT_ROWS_PER_PATIENT = 1
 
 
+def _number(value: float, field: str) -> str:
+    """Exact decimal text of a finite, non-negative number; anything else is a bad request."""
+    if not math.isfinite(value) or value < 0:
+        raise bad_request("the job request is invalid; nothing was reserved",
+                          FieldViolation(f"spec.{field}", "must be a finite number, 0 or more"))
+    return decimal_text(value)
+
+
 def training_parameters(spec: jobs_pb2.TrainingSpec) -> dict[str, Any]:
     return {
         "kind": "training",
         "feature_columns": list(spec.feature_columns),
         "label_column": spec.label_column,
-        "target_epsilon": decimal_text(spec.target_epsilon),
-        "target_delta": decimal_text(spec.target_delta),
+        "target_epsilon": _number(spec.target_epsilon, "target_epsilon"),
+        "target_delta": _number(spec.target_delta, "target_delta"),
         "epochs": spec.epochs,
         "expected_batch_patients": spec.expected_batch_patients,
-        "learning_rate": decimal_text(spec.learning_rate),
+        "learning_rate": _number(spec.learning_rate, "learning_rate"),
         "optimizer": spec.optimizer,
-        "clipping_norm": decimal_text(spec.clipping_norm),
-        "validation_fraction": decimal_text(spec.validation_fraction),
+        "clipping_norm": _number(spec.clipping_norm, "clipping_norm"),
+        "validation_fraction": _number(spec.validation_fraction, "validation_fraction"),
         "max_rows_per_patient": spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
     }
 
@@ -45,8 +56,8 @@ def evaluation_parameters(spec: jobs_pb2.EvaluationSpec) -> dict[str, Any]:
         "kind": "evaluation",
         "feature_columns": list(spec.feature_columns),
         "label_column": spec.label_column,
-        "target_epsilon": decimal_text(spec.target_epsilon),
-        "target_delta": decimal_text(spec.target_delta),
+        "target_epsilon": _number(spec.target_epsilon, "target_epsilon"),
+        "target_delta": _number(spec.target_delta, "target_delta"),
         "metrics": sorted(spec.metrics),
         "max_rows_per_patient": spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
     }

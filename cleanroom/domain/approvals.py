@@ -74,6 +74,7 @@ class PrivacyRequest:
     decided_by: str = ""
     reason: str = ""
     decided_at: datetime | None = None
+    workload: str | None = None  # bound to the reservation an approval makes
 
     @property
     def resource_name(self) -> str:

@@ -64,10 +64,13 @@ class JobRunner:
         self._models, self._blobs, self._keys, self._launcher = models, blobs, keys, launcher
         self._policy, self._metrics, self._work_dir = policy, metrics, work_dir
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, name=f"job-runner-{i}", daemon=True) for i in range(concurrency)]
+        self._concurrency = concurrency
+        self._threads: list[threading.Thread] = []
         self._claim_lock = threading.Lock()
 
     def start(self) -> None:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._loop, name=f"job-runner-{i}", daemon=True) for i in range(self._concurrency)]
         for thread in self._threads:
             thread.start()
 

@@ -154,6 +154,9 @@ class JobService:
         with self._db.transaction() as session:
             if not job_repo.move(session, cancelled, job.state):
                 return self.get(maker, name)  # it moved meanwhile; report what it is now
+            if job.state is JobState.PENDING_APPROVAL and job.privacy_request_id:  # withdraw it from the officer's queue
+                privacy_repo.decide_request(session, job.privacy_request_id, RequestState.REJECTED, by="system",
+                                            reason="withdrawn: the job was cancelled", spend_id=None)
             audit_repo.append(session, actor=maker.resource_name, action="job.cancel", target=job.resource_name, details={})
         if job.spend_id:
             self._ledger.fail(job.spend_id, reason="cancelled before it ran")

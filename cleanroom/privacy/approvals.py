@@ -72,7 +72,7 @@ class ApprovalService:
             if check.decision is Decision.REFUSED:
                 raise CleanroomError(ErrorCode.POLICY_REFUSED, "the dataset's approval policy refuses this request: " + "; ".join(check.reasons))
             pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
-                                     request.cost, RequestState.PENDING, repos.now(), request.mechanism)
+                                     request.cost, RequestState.PENDING, repos.now(), request.mechanism, workload=request.workload)
             privacy_repo.add_request(session, pending)
             if check.decision is Decision.AUTO_APPROVE:
                 spend = self._ledger.reserve_in(session, request, actor_id=manufacturer.id)
@@ -101,7 +101,8 @@ class ApprovalService:
             if not privacy_repo.decide_request(session, request_id, state, by=officer.id, reason=reason, spend_id=spend_id):
                 raise CleanroomError(ErrorCode.ALREADY_DECIDED, "this request was decided meanwhile")
             if spend_id is not None:
-                spend_request = SpendRequest(request.dataset_id, request.manufacturer_id, request.kind, request.reference, request.cost, request.mechanism)
+                spend_request = SpendRequest(request.dataset_id, request.manufacturer_id, request.kind, request.reference,
+                                             request.cost, request.mechanism, request.workload)
                 self._ledger.reserve_in(session, spend_request, actor_id=officer.id, spend_id=spend_id)
             audit_repo.append(session, actor=officer.resource_name, action=f"request.{state.value}", target=request.resource_name,
                               details={"dataset": request.dataset_id, "reason": reason})

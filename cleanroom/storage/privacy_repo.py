@@ -245,6 +245,7 @@ def add_request(session: Session, request: PrivacyRequest) -> None:
         reference=request.reference, cost_epsilon=request.cost.epsilon, cost_delta=request.cost.delta,
         mechanism_json=mechanism_json(request.mechanism), state=request.state.value, spend_id=request.spend_id,
         decided_by=request.decided_by, reason=request.reason, created_at=request.created_at, decided_at=request.decided_at,
+        workload=request.workload,
     ))
 
 
@@ -253,7 +254,7 @@ def _request(row: PrivacyRequestRow) -> PrivacyRequest:
         id=row.id, dataset_id=row.dataset_id, manufacturer_id=row.manufacturer_id, kind=row.kind, reference=row.reference,
         cost=Privacy(row.cost_epsilon, row.cost_delta), state=RequestState(row.state), created_at=row.created_at,
         mechanism=mechanism_from_json(row.mechanism_json), spend_id=row.spend_id, decided_by=row.decided_by,
-        reason=row.reason, decided_at=row.decided_at,
+        reason=row.reason, decided_at=row.decided_at, workload=row.workload,
     )
 
 

@@ -170,6 +170,7 @@ class PrivacyRequestRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    workload: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApprovalPolicyRow(Base):

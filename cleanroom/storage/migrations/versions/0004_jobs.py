@@ -1,4 +1,4 @@
-"""DP jobs.
+"""DP jobs, and the workload a privacy request will reserve for once approved.
 
 Revision ID: 0004
 Revises: 0003
@@ -37,7 +37,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_jobs_owner_id", "jobs", ["owner_id"])
     op.create_index("ix_jobs_state", "jobs", ["state"])
+    with op.batch_alter_table("privacy_requests") as batch:
+        batch.add_column(sa.Column("workload", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("privacy_requests") as batch:
+        batch.drop_column("workload")
     op.drop_table("jobs")

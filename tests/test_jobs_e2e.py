@@ -1,0 +1,174 @@
+"""DP jobs end to end over gRPC: evaluate, train, download, verify; budgets, bad input, cancel, restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from safetensors.torch import load
+
+import enclave_sim
+from cleanroom import samples
+from cleanroom.domain.identity import Role
+from cleanroom.domain.jobs import JobState
+from cleanroom.sdk import CleanroomClientError
+from cleanroom.sdk.schema import Schema
+from cleanroom.sdk.verify import verify_job
+from cleanroom.storage import job_repo, privacy_repo
+from cleanroom.v1 import jobs_pb2
+from tests.conftest import make_config, start_server
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
+FEATURES = samples.feature_names()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("jobs")
+    running = start_server(make_config(base / "state", work_dir=base / "work"))
+    _, owner_token = running.principal(Role.DATA_OWNER)
+    maker_id, maker_token = running.principal(Role.MANUFACTURER)
+    _, officer_token = running.principal(Role.PRIVACY_OFFICER)
+    owner, maker, officer = (running.client(t) for t in (owner_token, maker_token, officer_token))
+    dataset = owner.upload_dataset(samples.write_breast_cancer_csv(base / "bc.csv"), Schema(samples.breast_cancer_schema(), 5))
+    officer.set_budget(dataset.name, epsilon=6, delta=1e-4, reason="total")
+    officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=5, delta=1e-4, reason="pilot")
+    officer.set_approval_policy(dataset.name, max_epsilon=3, auto_approve_epsilon=1.5, reason="routine")
+    model = maker.submit_model(EXAMPLE)
+    yield {"running": running, "maker": maker, "officer": officer, "dataset": dataset.name, "model": model.name}
+    for client in (owner, maker, officer):
+        client.close()
+    running.server.stop(grace=0)
+
+
+def _evaluation(world, epsilon: float = 0.5, **changes) -> jobs_pb2.EvaluationSpec:
+    spec = jobs_pb2.EvaluationSpec(model=world["model"], dataset=world["dataset"], feature_columns=FEATURES,
+                                   label_column="malignant", target_epsilon=epsilon, target_delta=1e-5)
+    for key, value in changes.items():
+        setattr(spec, key, value) if not isinstance(value, list) else (spec.ClearField(key), getattr(spec, key).extend(value))
+    return spec
+
+
+def _training(world, epsilon: float = 1.0, **changes) -> jobs_pb2.TrainingSpec:
+    spec = jobs_pb2.TrainingSpec(model=world["model"], dataset=world["dataset"], feature_columns=FEATURES, label_column="malignant",
+                                 target_epsilon=epsilon, target_delta=1e-5, epochs=4, expected_batch_patients=64,
+                                 learning_rate=0.1, optimizer="sgd", clipping_norm=1.0, validation_fraction=0.2)
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def _verify(world, job, files, spec):
+    app = world["running"].app
+    return verify_job(job, files, package_directory=EXAMPLE, pinned_root_pem=app.enclave.root.public_key_pem(),
+                      allowed_measurements=[app.enclave.measurement], spec=spec)
+
+
+def _reservations(world) -> int:
+    with world["running"].app.db.read() as session:
+        return sum(1 for e in privacy_repo.events(session) if e.kind.value == "reserve")
+
+
+def test_evaluation_of_pretrained_weights_is_released_with_a_verifiable_receipt(world) -> None:
+    maker, spec = world["maker"], _evaluation(world)
+    job = maker.evaluate(spec)
+    assert job.state == jobs_pb2.JOB_STATE_QUEUED  # within the auto-approve threshold
+    states = [j.state for j in maker.watch_job(job.name, timeout=300)]
+    assert states[-1] == jobs_pb2.JOB_STATE_RELEASED and jobs_pb2.JOB_STATE_RUNNING in states
+    done = maker.get_job(job.name)
+    files = maker.download_all(done)
+    assert set(files) == {"metrics.json", "report.html", "receipt.json"}
+    verified = _verify(world, done, files, spec)
+    assert float(verified.report.epsilon_spent) <= 0.5 + 1e-9 and verified.report.accountant == "zcdp-rdp"
+    assert b"<svg" in files["report.html"] and b"auroc" in files["metrics.json"]
+    with pytest.raises(enclave_sim.VerificationError):
+        _verify(world, done, {**files, "metrics.json": files["metrics.json"].replace(b"auroc", b"AUROC")}, spec)
+
+
+def test_training_releases_exactly_the_trainable_tensors(world) -> None:
+    maker, spec = world["maker"], _training(world)
+    job = maker.train(spec)
+    done = maker.wait_job(job.name, timeout=300)
+    assert done.state == jobs_pb2.JOB_STATE_RELEASED, jobs_pb2.JobFailure.Name(done.failure)
+    files = maker.download_all(done)
+    weights = load(files["weights.safetensors"])
+    assert set(weights) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert all(bool(t.isfinite().all()) for t in weights.values())
+    verified = _verify(world, done, files, spec)
+    assert verified.report.accountant in ("prv", "rdp") and verified.epsilon_recomputed <= 1.0 + 1e-6
+    with pytest.raises(enclave_sim.VerificationError):
+        _verify(world, done, files, _training(world, learning_rate=0.2))  # not the request that was sent
+    messages = [str(j) for j in maker.watch_job(done.name)]
+    assert all("loss" not in m and "accuracy" not in m for m in messages)  # coarse states only
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"feature_columns": FEATURES[:-1] + ["nope"]}, "spec.feature_columns[nope]"),
+    ({"feature_columns": FEATURES[:-1] + ["postcode"]}, "spec.feature_columns[postcode]"),
+    ({"feature_columns": FEATURES[:-1]}, "spec.feature_columns"),
+    ({"optimizer": "lbfgs"}, "spec.optimizer"),
+    ({"label_column": "visit_date"}, "spec.label_column"),
+    ({"target_delta": 1.0}, "spec.target_delta"),
+    ({"target_epsilon": -1.0}, "spec.target_epsilon"),
+])
+def test_bad_requests_are_refused_before_any_reservation(world, change, field) -> None:
+    before = _reservations(world)
+    spec = _training(world)
+    for key, value in change.items():
+        if isinstance(value, list):
+            spec.ClearField(key)
+            getattr(spec, key).extend(value)
+        else:
+            setattr(spec, key, value)
+    with pytest.raises(CleanroomClientError) as err:
+        world["maker"].train(spec)
+    assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [v.field for v in err.value.violations]
+    assert _reservations(world) == before
+
+
+def test_unshared_dataset_and_unknown_model_are_not_found(world) -> None:
+    running = world["running"]
+    _, token = running.principal(Role.MANUFACTURER)
+    with running.client(token) as stranger:
+        with pytest.raises(CleanroomClientError) as err:
+            stranger.train(_training(world))
+        assert err.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_pending_job_runs_after_approval_and_cancel_withdraws(world) -> None:
+    maker, officer = world["maker"], world["officer"]
+    waiting = maker.evaluate(_evaluation(world, epsilon=2.0))
+    assert waiting.state == jobs_pb2.JOB_STATE_PENDING_APPROVAL
+    withdrawn = maker.evaluate(_evaluation(world, epsilon=2.0))
+    assert maker.cancel_job(withdrawn.name).state == jobs_pb2.JOB_STATE_CANCELLED
+    pending = [p.name for p in officer.pending_requests()]
+    assert waiting.privacy_request in pending and withdrawn.privacy_request not in pending
+    officer.approve(waiting.privacy_request, "validation for the regulator")
+    assert maker.wait_job(waiting.name, timeout=300).state == jobs_pb2.JOB_STATE_RELEASED
+
+
+def test_restart_in_the_middle_of_a_job(world) -> None:
+    app = world["running"].app
+    app.runner.stop()
+    try:
+        job = world["maker"].evaluate(_evaluation(world, epsilon=0.1))
+        claimed = app.runner.claim_next()
+        assert claimed is not None and claimed.id == job.name.removeprefix("jobs/")
+        app.ledger.mark_decrypted(claimed.spend_id)  # the server died after the key left the broker
+        keep = app.runner.recover()
+        with app.db.read() as session:
+            after = job_repo.get_job(session, claimed.id)
+            spend = privacy_repo.get_spend(session, claimed.spend_id)
+        assert after.state is JobState.FAILED and after.failure.value == "server_restarted"
+        assert spend.state.value == "committed" and claimed.spend_id not in keep
+    finally:
+        app.runner.start()
+
+
+def test_budget_exhaustion_is_refused_with_the_reason(world) -> None:
+    with pytest.raises(CleanroomClientError) as err:
+        for _ in range(8):  # auto-approved spends of 1.5 until the share's cap of 5 is used up
+            world["maker"].evaluate(_evaluation(world, epsilon=1.5))
+    assert err.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and err.value.reason == "PRIVACY_BUDGET_EXHAUSTED"
