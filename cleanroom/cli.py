@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 
 from google.protobuf import json_format
 
-from cleanroom import cli_models, cli_privacy, render
+import enclave_sim
+
+from cleanroom import cli_jobs, cli_models, cli_privacy, render
 from cleanroom.sdk import Client, CleanroomClientError, load_schema
 from cleanroom.sdk.client import ROLES
 from cleanroom.sdk.schema import SchemaError
@@ -167,6 +169,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
 
     cli_privacy.register(sub, _client)
     cli_models.register(sub, _client)
+    cli_jobs.register(sub, _client)
     return parser
 
 
@@ -180,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SchemaError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except enclave_sim.VerificationError as error:
+        print(f"error: the receipt did NOT verify: {error}", file=sys.stderr)
+        return 6
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ identifiers, prints the intake report, and shows what each role can and cannot s
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import subprocess
@@ -18,12 +19,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cleanroom import cli_models, render, samples
+from cleanroom import cli_jobs, cli_models, render, samples
 from cleanroom.sdk import Client, CleanroomClientError
 from cleanroom.sdk.schema import Schema
-from cleanroom.v1 import datasets_pb2
+from cleanroom.sdk.verify import verify_job
+from cleanroom.v1 import datasets_pb2, jobs_pb2
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
+# Fixed in advance, not tuned on the hospital's data.
+TRAINING = dict(epochs=20, expected_batch_patients=64, learning_rate=0.5, optimizer="sgd", clipping_norm=1.0, validation_fraction=0.25)
+
+
+def _root_pem(state_dir: Path) -> bytes:
+    import enclave_sim
+
+    return enclave_sim.RootAuthority.load_or_create(state_dir / "enclave" / "root").public_key_pem()
 
 
 def _cli(*args: str) -> list[str]:
@@ -62,14 +72,15 @@ def run(workdir: Path) -> None:
     print("admin token created (shown once, stored only as a hash)")
     server, address = start_server(state_dir)
     try:
-        story(address, admin_token, workdir)
+        # The manufacturer pins the attestation root once, out of band (here: read from the state directory).
+        story(address, admin_token, workdir, _root_pem(state_dir))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         print(f"\nserver stopped gracefully (exit {server.returncode})")
 
 
-def story(address: str, admin_token: str, workdir: Path) -> None:
+def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes) -> None:
     with Client(address, admin_token) as admin:
         step("Admin creates the principals")
         hospital = admin.create_principal("Seoul National University Hospital - data team", "data_owner")
@@ -114,23 +125,61 @@ def story(address: str, admin_token: str, workdir: Path) -> None:
             manufacturer.delete_dataset(dataset.name)
         except CleanroomClientError as error:
             print(error)
-        submit_model(manufacturer)
+        model = submit_model(manufacturer)
+        run_jobs(manufacturer, model, dataset.name, pinned_root)
+    with Client(address, officer.token) as privacy_office:
+        step("Privacy officer: what remains")
+        print(render.budget_table(privacy_office.get_budgets(dataset.name)))
 
 
-def submit_model(manufacturer: Client) -> None:
+def submit_model(manufacturer: Client) -> str:
     step("Manufacturer submits a model package: its Python runs only in a fresh sandbox, without data")
     version = manufacturer.submit_model(EXAMPLE_MODEL)
     print(cli_models.intake_summary(version))
+    return version.name
+
+
+def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes) -> None:
     bundle = manufacturer.trust_bundle()
-    print(f"trust bundle (simulated={bundle.simulated}): root {bundle.root_fingerprint[:16]}…, "
+    print(f"\ntrust bundle (simulated={bundle.simulated}): root {bundle.root_fingerprint[:16]}…, "
           f"{len(bundle.allowed_measurements)} allowed trainer measurement(s)")
+    base = dict(model=model, dataset=dataset, feature_columns=samples.feature_names(), label_column="malignant", target_delta=1e-5)
+    plan = [("validate the submitted weights", jobs_pb2.EvaluationSpec(target_epsilon=0.5, **base)),
+            ("fine-tune", jobs_pb2.TrainingSpec(target_epsilon=1.0, **base, **TRAINING)),
+            ("fine-tune", jobs_pb2.TrainingSpec(target_epsilon=3.0, **base, **TRAINING))]
+    rows = []
+    for title, spec in plan:
+        step(f"Manufacturer: {title} at ε={spec.target_epsilon:g} (phase B: service code in bubblewrap, key from the broker)")
+        job = manufacturer.evaluate(spec) if isinstance(spec, jobs_pb2.EvaluationSpec) else manufacturer.train(spec)
+        done = manufacturer.wait_job(job.name, timeout=900)
+        print(f"{done.name}: {cli_jobs.state_name(done)}")
+        files = manufacturer.download_all(done)
+        verified = verify_job(done, files, package_directory=EXAMPLE_MODEL, pinned_root_pem=pinned_root,
+                              allowed_measurements=bundle.allowed_measurements, spec=spec)
+        print(f"receipt verified: signature chain to the pinned root, measurement, workload, {len(files) - 1} file digests, "
+              f"ε {float(verified.report.epsilon_spent):.3f} recomputed with {verified.report.accountant}")
+        rows.append(_metrics_row(title, spec.target_epsilon, files))
+    step("DP metrics (95% intervals account for the noise)")
+    print(render.table(("job", "ε", "accuracy", "sensitivity", "specificity", "AUROC"), rows))
+    step("Bad input: a second fine-tune at ε=3 would exceed the share's budget")
+    try:
+        manufacturer.train(jobs_pb2.TrainingSpec(target_epsilon=3.0, **base, **TRAINING))
+    except CleanroomClientError as error:
+        print(error)
+
+
+def _metrics_row(title: str, epsilon: float, files: dict[str, bytes]) -> tuple[str, ...]:
+    metrics = json.loads(files["metrics.json"])["evaluation"]["metrics"]
+    cell = lambda name: f"{metrics[name]['value']:.3f} [{metrics[name]['ci95'][0]:.2f}, {metrics[name]['ci95'][1]:.2f}]" if name in metrics else "-"  # noqa: E731
+    return (title, f"{epsilon:g}", cell("accuracy"), cell("sensitivity"), cell("specificity"), cell("auroc"))
 
 
 def governance(officer: Client, dataset: str, manufacturer: str) -> None:
     step("Privacy officer: a dataset-wide cap, a share with its own cap, and an approval policy")
-    officer.set_budget(dataset, epsilon=8.0, delta=1e-5, reason="hospital-wide limit agreed with the IRB")
-    officer.share_dataset(dataset, manufacturer, epsilon=5.0, delta=1e-5, reason="arrhythmia pilot, contract 2026-114")
-    officer.set_approval_policy(dataset, max_epsilon=3.0, auto_approve_epsilon=1.0, reason="routine validations auto-approved")
+    officer.set_budget(dataset, epsilon=8.0, delta=1e-4, reason="hospital-wide limit agreed with the IRB")
+    officer.share_dataset(dataset, manufacturer, epsilon=5.0, delta=1e-4, reason="arrhythmia pilot, contract 2026-114")
+    officer.set_approval_policy(dataset, max_epsilon=3.0, auto_approve_epsilon=3.0, max_delta=1e-5,
+                                reason="pilot jobs up to ε=3 auto-approved")
     print(render.budget_table(officer.get_budgets(dataset)))
     step("Bad input: a budget with δ = 1 is refused with the field named")
     try:
