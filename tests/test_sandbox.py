@@ -137,7 +137,7 @@ def test_state_directory_and_home_are_invisible(launcher, tmp_path):
         assert result.ok, result.stderr
         assert canary.encode() not in result.stdout + result.stderr
         assert b"LEAKED" not in result.stdout and b"FOUND" not in result.stdout
-        assert b"repo holds ['.venv', 'cleanroom']" in result.stdout or b"repo holds ['cleanroom']" in result.stdout
+        assert b"repo holds ['.venv', 'cleanroom', 'enclave_sim']" in result.stdout or b"repo holds ['cleanroom', 'enclave_sim']" in result.stdout
         # Asking for the state directory as an input, or as the output, is refused outright.
         refused, _ = run_py(guarded, tmp_path, "pass", inputs={"state": states[0]})
         assert refused.outcome is Outcome.LAUNCH_FAILED

@@ -12,13 +12,13 @@ start rather than run without a process limit.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from cleanroom.sandbox import layout, seccomp
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
+from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
 from cleanroom.sandbox.supervise import Command, finish, launch_failed, supervise
 
@@ -27,30 +27,14 @@ SANDBOX_UID = 65534
 BWRAP_TASKS = 2
 
 
-class BubblewrapLauncher:
+class BubblewrapLauncher(ProbedLauncher):
     name = "bwrap"
+    binary_name = "bwrap"
+    probe_wall_seconds = 30.0
+    works = "bubblewrap works"
 
     def __init__(self, *, deny: Sequence[Path] = (), binary: str | None = None, reason: str = "bubblewrap requested") -> None:
-        self.guard = layout.MountGuard(tuple(Path(d) for d in deny))
-        self.binary = binary or shutil.which("bwrap")
-        self.reason = reason
-        self._available: tuple[bool, str] | None = None
-
-    def available(self) -> tuple[bool, str]:
-        """Runs `true` once in a real sandbox; the answer is cached."""
-        if self._available is None:
-            self._available = self._probe()
-        return self._available
-
-    def _probe(self) -> tuple[bool, str]:
-        if not self.binary:
-            return False, "bwrap is not installed"
-        with tempfile.TemporaryDirectory(prefix="cleanroom-probe-") as out:
-            result = self.run(SandboxRequest(argv=("true",), output_dir=Path(out)), SandboxPolicy(wall_seconds=30))
-        if result.ok:
-            return True, "bubblewrap works"
-        detail = result.stderr.decode(errors="replace").strip()[-300:]
-        return False, f"bwrap probe failed ({result.outcome.value}): {detail}"
+        super().__init__(deny=deny, binary=binary, reason=reason)
 
     def run(self, request: SandboxRequest, policy: SandboxPolicy) -> SandboxResult:
         if not self.binary:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from cleanroom.sandbox import layout
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
+from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
 from cleanroom.sandbox.supervise import Command, Exit, finish, launch_failed, supervise
 
@@ -31,30 +31,14 @@ SENTRY_OVERHEAD_BYTES = 384 << 20
 CONTROL_TIMEOUT = 15
 
 
-class RunscLauncher:
+class RunscLauncher(ProbedLauncher):
     name = "runsc"
+    binary_name = "runsc"
+    probe_wall_seconds = 60.0
+    works = f"gVisor runsc with --platform={PLATFORM}"
 
     def __init__(self, *, deny: Sequence[Path] = (), binary: str | None = None, reason: str = "gVisor runsc requested") -> None:
-        self.guard = layout.MountGuard(tuple(Path(d) for d in deny))
-        self.binary = binary or shutil.which("runsc")
-        self.reason = reason
-        self._available: tuple[bool, str] | None = None
-
-    def available(self) -> tuple[bool, str]:
-        """Runs `true` once in a real gVisor sandbox; the answer is cached."""
-        if self._available is None:
-            self._available = self._probe()
-        return self._available
-
-    def _probe(self) -> tuple[bool, str]:
-        if not self.binary:
-            return False, "runsc is not installed"
-        with tempfile.TemporaryDirectory(prefix="cleanroom-probe-") as out:
-            result = self.run(SandboxRequest(argv=("true",), output_dir=Path(out)), SandboxPolicy(wall_seconds=60))
-        if result.ok:
-            return True, f"gVisor runsc with --platform={PLATFORM}"
-        detail = result.stderr.decode(errors="replace").strip()[-300:]
-        return False, f"runsc probe failed ({result.outcome.value}): {detail}"
+        super().__init__(deny=deny, binary=binary, reason=reason)
 
     def run(self, request: SandboxRequest, policy: SandboxPolicy) -> SandboxResult:
         if not self.binary:
