@@ -3,17 +3,26 @@
 Per-example gradients -> non-finite examples zeroed -> per-patient sums -> each patient clipped to
 norm C (flat over all trainable tensors) -> sum -> + N(0, (σC)²) per coordinate -> / (q·n_patients).
 
-The formulas match Opacus's DPOptimizer (clip factor min(1, C / (‖g‖ + 1e-6)), noise
-torch.normal(0, σC, shape, generator) drawn tensor by tensor in parameter order, division by the
-expected batch size); tests/test_trainer_dpsgd.py proves equality against a plain-loop reference
-and against DPOptimizer itself.
+The formulas match Opacus's DPOptimizer (clip factor min(1, C / (‖g‖ + 1e-6)), noise N(0, σC)
+drawn tensor by tensor in parameter order, division by the expected batch size);
+tests/test_trainer_dpsgd.py proves equality against a plain-loop reference and, with
+noise.TorchGaussian, against DPOptimizer itself. The service draws from noise.SecureGaussian.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from cleanroom.trainer.tracing import Grad, Outer
+
+
+class GaussianSource(Protocol):
+    name: str
+
+    def normals(self, shapes: list[tuple[int, ...]], std: float) -> list[torch.Tensor]: ...
+
 
 Tensors = dict[str, torch.Tensor]
 Grads = dict[str, Grad]
@@ -30,8 +39,9 @@ def _dense(g: Grad) -> torch.Tensor:
 
 def squared_norms(grads: Grads) -> torch.Tensor:
     """Flat squared norm of every row across all tensors; inf/nan if any coordinate is."""
-    return sum(g.squared_norms() if isinstance(g, Outer) else torch.linalg.vector_norm(g.flatten(1), dim=1).square()
-               for g in grads.values())
+    parts = [g.squared_norms() if isinstance(g, Outer) else
+             torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim()))).square() for g in grads.values()]
+    return torch.stack(parts).sum(0)
 
 
 def _keep_rows(g: Grad, keep: torch.Tensor) -> Grad:
@@ -40,13 +50,13 @@ def _keep_rows(g: Grad, keep: torch.Tensor) -> Grad:
     return torch.where(_per_row(keep, g), g, torch.zeros((), dtype=g.dtype))
 
 
-def zero_non_finite(grads: Grads, sq: torch.Tensor | None = None) -> tuple[Grads, torch.Tensor]:
+def zero_non_finite(grads: Grads) -> tuple[Grads, torch.Tensor]:
     """Zero every example with a non-finite gradient (a NaN trap must not poison the sum), and
     return the rows' squared norms. A squared norm that overflows float32 counts as non-finite."""
-    sq = squared_norms(grads) if sq is None else sq
-    keep = torch.isfinite(sq)
-    if bool(keep.all()):
+    sq = squared_norms(grads)
+    if bool(torch.isfinite(sq.sum())):  # a finite sum of non-negative terms: every row is finite
         return grads, sq
+    keep = torch.isfinite(sq)
     return {n: _keep_rows(g, keep) for n, g in grads.items()}, torch.where(keep, sq, torch.zeros((), dtype=sq.dtype))
 
 
@@ -61,23 +71,22 @@ def patient_sums(grads: Grads, segments: torch.Tensor | None, n_segments: int) -
 def _weighted_sum(g: Grad, weights: torch.Tensor) -> torch.Tensor:
     if isinstance(g, Outer):
         return g.weighted_sum(weights)
-    return (weights @ g.reshape(g.shape[0], -1)).view(g.shape[1:])
+    return torch.tensordot(weights, g, dims=1)
 
 
 def clipped_sum(grads: Grads, segments: torch.Tensor | None, n_segments: int, *, clipping_norm: float) -> Tensors:
     """Σ_patients clip_C(Σ_rows g): each patient moves the sum by at most C, whatever its rows."""
-    grads, row_sq = zero_non_finite(grads)
-    per_patient = patient_sums(grads, segments, n_segments)
-    # A sum of finite rows can still overflow; with one row per patient the row norms are reused.
-    per_patient, sq = zero_non_finite(per_patient, row_sq if per_patient is grads else None)
+    grads, sq = zero_non_finite(grads)
+    if segments is not None:  # a sum of finite rows can still overflow: check the patients too
+        grads, sq = zero_non_finite(patient_sums(grads, segments, n_segments))
     factor = (clipping_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
-    return {n: _weighted_sum(g, factor) for n, g in per_patient.items()}
+    return {n: _weighted_sum(g, factor) for n, g in grads.items()}
 
 
 def private_gradient(summed: Tensors, *, noise_multiplier: float, clipping_norm: float,
-                     expected_batch: float, generator: torch.Generator) -> Tensors:
-    """The released direction: (clipped sum + N(0, (σC)²)) / (q·n_patients). Noise is drawn one
-    tensor at a time in parameter order, as DPOptimizer does, into a fresh buffer (in place after)."""
-    std = noise_multiplier * clipping_norm
-    return {n: torch.normal(0.0, std, size=tuple(s.shape), generator=generator).add_(s).div_(expected_batch)
-            for n, s in summed.items()}
+                     expected_batch: float, noise: GaussianSource) -> Tensors:
+    """The released direction: (clipped sum + N(0, (σC)²)) / (q·n_patients), computed as
+    N(0, (σC / (q·n))²) + sum / (q·n) in one op per tensor. Noise is drawn tensor by tensor in
+    parameter order, as DPOptimizer draws it."""
+    draws = noise.normals([tuple(s.shape) for s in summed.values()], noise_multiplier * clipping_norm / expected_batch)
+    return {n: z.add_(s, alpha=1.0 / expected_batch) for z, (n, s) in zip(draws, summed.items())}

@@ -6,13 +6,14 @@ N(0, (σC)²) per coordinate (clipping.py). Because a patient moves the clipped 
 whatever its row count, the standard sampled-Gaussian analysis at rate q is patient-level DP.
 The number of patients is treated as public (it is in the dataset's metadata), as Opacus does.
 
-Noise RNG. Opacus's secure_mode needs torchcsprng, which does not install with torch 2.x. The
-noise comes from a fresh torch.Generator (mt19937) per job whose 64-bit seed is read from the OS
-CSPRNG (os.urandom). That gives: a seed no one outside the worker can predict, different noise on
-every job, no reuse across jobs. It does not give: a cryptographically secure stream (someone who
-saw many raw draws could in principle reconstruct the state; only the noised sums are ever
-released, mixed with gradients), nor protection against floating-point attacks on continuous
-Gaussian sampling (Mironov 2012-style); both would need a CSPRNG-backed exact sampler.
+Randomness. Opacus's secure_mode needs torchcsprng, which does not install with torch 2.x. A
+torch.Generator seeded from os.urandom would be the obvious substitute, but torch's CPU generator
+keeps only 32 bits of its seed, so the noise would be one of 2**32 streams. The noise therefore
+comes from a CSPRNG (noise.SecureGaussian: AES-256-CTR under a per-job key from os.urandom;
+nothing to enumerate, no state to recover from outputs). Poisson sampling and row choice use numpy PCG64 seeded per
+job with 256 bits from `seed_source` (os.urandom): unguessable, though not a CSPRNG stream; the
+privacy argument needs them independent of the data, not secret. Not addressed: floating-point
+artefacts of continuous Gaussian sampling (see noise.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
-from cleanroom.trainer import accounting, clipping, sampling
+from cleanroom.trainer import accounting, clipping, noise, sampling
 from cleanroom.trainer.graph import ExportedModel, Task
 from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES, assert_no_foreign_modules
 
@@ -118,10 +119,10 @@ def clipped_batch_sum(model: ExportedModel, master: Tensors, X: torch.Tensor, y:
 
 def dp_step(model: ExportedModel, master: Tensors, optimizer: torch.optim.Optimizer, X: torch.Tensor,
             y: torch.Tensor, batch: Batch, *, plan: StepPlan, clipping_norm: float,
-            generator: torch.Generator, chunk_rows: int) -> None:
+            noise_source: clipping.GaussianSource, chunk_rows: int) -> None:
     summed = clipped_batch_sum(model, master, X, y, batch, clipping_norm=clipping_norm, chunk_rows=chunk_rows)
     update = clipping.private_gradient(summed, noise_multiplier=plan.noise_multiplier, clipping_norm=clipping_norm,
-                                       expected_batch=plan.expected_batch, generator=generator)
+                                       expected_batch=plan.expected_batch, noise=noise_source)
     for name, tensor in master.items():
         tensor.grad = update[name]
     optimizer.step()  # an empty batch still steps: the noise alone is the mechanism's output
@@ -144,8 +145,10 @@ def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray
           task: str, num_classes: int, trainable: Sequence[str], target_epsilon: float, target_delta: float,
           epochs: int, expected_batch_patients: int, max_rows_per_patient: int, learning_rate: float,
           optimizer: str, clipping_norm: float, momentum: float = 0.0, seed_source=os.urandom,
+          noise_source: clipping.GaussianSource | None = None,
           allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
-    """Patient-level (ε, δ)-DP training of the program's trainable tensors; see the module docstring."""
+    """Patient-level (ε, δ)-DP training of the program's trainable tensors; see the module docstring.
+    `noise_source` defaults to the OS CSPRNG; a seeded one is for tests only."""
     assert_no_foreign_modules(allowed_modules)
     _validate(clipping_norm=clipping_norm, learning_rate=learning_rate, max_rows_per_patient=max_rows_per_patient,
               momentum=momentum, optimizer=optimizer)
@@ -159,16 +162,24 @@ def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray
                       epochs=epochs, expected_batch_patients=expected_batch_patients)
     master = model.initial_trainable()
     opt = make_optimizer(optimizer, list(master.values()), learning_rate=learning_rate, momentum=momentum)
-    rng, gen = sampling.numpy_generator(seed_source), sampling.torch_generator(seed_source)
-    chunk_rows = _chunk_rows(master, max_rows_per_patient)
+    source = noise_source or noise.SecureGaussian()
+    _run(model, master, opt, X_t, y_t, index, plan=plan, rng=sampling.numpy_generator(seed_source),
+         noise_source=source, clipping_norm=clipping_norm, max_rows=max_rows_per_patient)
+    settings = dict(clipping_norm=clipping_norm, expected_batch_patients=expected_batch_patients, epochs=epochs,
+                    max_rows_per_patient=max_rows_per_patient, optimizer=optimizer, learning_rate=learning_rate,
+                    momentum=momentum, target_epsilon=target_epsilon, n_patients=index.n_patients,
+                    noise_rng=source.name)
+    return _result(master, plan, settings)
+
+
+def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
+         index: sampling.PatientIndex, *, plan: StepPlan, rng: np.random.Generator,
+         noise_source: clipping.GaussianSource, clipping_norm: float, max_rows: int) -> None:
+    chunk_rows = _chunk_rows(master, max_rows)
     for _ in range(plan.steps):
-        batch = sample_batch(index, rng, sample_rate=plan.sample_rate, max_rows=max_rows_per_patient)
-        dp_step(model, master, opt, X_t, y_t, batch, plan=plan, clipping_norm=clipping_norm,
-                generator=gen, chunk_rows=chunk_rows)
-    return _result(master, plan, dict(
-        clipping_norm=clipping_norm, expected_batch_patients=expected_batch_patients, epochs=epochs,
-        max_rows_per_patient=max_rows_per_patient, optimizer=optimizer, learning_rate=learning_rate,
-        momentum=momentum, target_epsilon=target_epsilon, n_patients=index.n_patients))
+        batch = sample_batch(index, rng, sample_rate=plan.sample_rate, max_rows=max_rows)
+        dp_step(model, master, opt, X, y, batch, plan=plan, clipping_norm=clipping_norm,
+                noise_source=noise_source, chunk_rows=chunk_rows)
 
 
 def _result(master: Tensors, plan: StepPlan, params: dict) -> TrainingResult:
@@ -178,7 +189,6 @@ def _result(master: Tensors, plan: StepPlan, params: dict) -> TrainingResult:
     acct = plan.accounting
     params.update(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps,
                   epsilon=acct.epsilon, delta=acct.delta, accountant=acct.accountant, rdp_epsilon=acct.rdp_epsilon,
-                  privacy_unit="patient", mechanism="poisson-subsampled-gaussian",
-                  noise_rng="torch.Generator(mt19937) seeded per job from os.urandom")
+                  privacy_unit="patient", mechanism="subsampled-gaussian", sampling="poisson")
     return TrainingResult(state, acct.epsilon, acct.delta, acct.accountant, plan.noise_multiplier,
                           plan.sample_rate, plan.steps, params)

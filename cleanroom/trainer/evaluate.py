@@ -85,6 +85,12 @@ def _release(stats: list[statistics.Statistic], *, rho: float, max_rows: int,
     return noisy, sigma, described
 
 
+def _charge(described: dict, *, delta: float) -> None:
+    """Each statistic's own (ε, δ) had it been released alone; the total composes the ρ shares."""
+    for entry in described.values():
+        entry["epsilon_alone"] = accounting.zcdp_epsilon(rho=entry["rho"], delta=delta)
+
+
 def _metric_sets(task: Task, stats: dict) -> dict[str, np.ndarray]:
     """Every metric these statistics support (arrays broadcast over replicate dimensions)."""
     out: dict[str, np.ndarray] = {}
@@ -170,6 +176,10 @@ def _result(task: Task, values: dict, noisy: dict, described: dict, *, rho: floa
         roc_points = [(float(a), float(b)) for a, b in zip(fpr, tpr)]
     bins = m.reliability(noisy["score_histogram"], noisy["score_sums"]) if "score_sums" in noisy else []
     epsilon = accounting.zcdp_epsilon(rho=rho, delta=delta)
+    _charge(described, delta=delta)
+    # For the ledger's RDP composition: the statistics together are one Gaussian mechanism of this
+    # noise multiplier (ρ = 1 / (2 σ²)), since their ρ shares add up to ρ.
     params = {"statistics": described, "rho": rho, "privacy_unit": "patient", "max_rows_per_patient": max_rows,
-              "composition": "zCDP (ρ adds), converted to (ε, δ) through RDP", "score_bins": m.BINS}
+              "composition": "zCDP (ρ adds), converted to (ε, δ) through RDP", "score_bins": m.BINS,
+              "mechanism": "gaussian", "noise_multiplier": math.sqrt(1 / (2 * rho)), "count": 1}
     return EvaluationResult(values, roc_points, bins, epsilon, delta, "zcdp-rdp", params)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 # torch, numpy, opacus and what they import; "name" allows name and name.*, "name*" is a raw prefix.
 DEFAULT_ALLOWED_MODULES = (
-    "cleanroom", "torch", "torchgen", "functorch", "numpy", "opacus", "scipy", "safetensors",
+    "cleanroom", "torch", "torchgen", "functorch", "numpy", "opacus", "scipy", "safetensors", "Crypto",
     "sympy", "mpmath", "networkx", "opt_einsum", "typing_extensions", "tqdm", "filelock", "fsspec",
     "jinja2", "markupsafe", "packaging", "charset_normalizer", "_distutils_hack",
     "__main__", "__mp_main__", "_remote_module_non_scriptable", "cython_runtime",

@@ -1,9 +1,9 @@
 """Patient-level sampling: Poisson over patients, then at most k rows of each sampled patient.
 
-Randomness comes from generators seeded per job from the OS CSPRNG (`seed_source`, os.urandom by
-default). That makes the seed unpredictable to anyone who cannot read the worker's memory; the
-generators themselves (numpy PCG64, torch's mt19937) are not cryptographically secure, so the
-guarantee is "unguessable seed", not "unpredictable stream" (see dpsgd.noise_generator).
+Randomness comes from numpy PCG64 seeded per job with 256 bits from `seed_source` (os.urandom by
+default): an unguessable seed, though not a cryptographically secure stream. The sampled-Gaussian
+analysis needs the sampling independent of the data; the noise itself comes from the OS CSPRNG
+(noise.SecureGaussian).
 """
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 SeedSource = Callable[[int], bytes]
 
 
 def numpy_generator(seed_source: SeedSource) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(int.from_bytes(seed_source(32), "little")))
-
-
-def torch_generator(seed_source: SeedSource) -> torch.Generator:
-    # torch seeds take 64 bits; the full 64 come from the seed source.
-    return torch.Generator().manual_seed(int.from_bytes(seed_source(8), "little"))
 
 
 @dataclass(frozen=True)

@@ -128,19 +128,23 @@ def _optimised(traced: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal element for element, NaN matching NaN (a traced batch may hold a NaN-trap row)."""
+    return a.shape == b.shape and torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True)
+
+
 def _matches(item: torch.Tensor | tuple, reference: torch.Tensor) -> bool | None:
-    """Dense: True if bit-identical. Factors: the orientation that rebuilds the reference exactly."""
+    """Dense: True if identical. Factors: the orientation that rebuilds the reference exactly."""
     if not isinstance(item, tuple):
-        return True if torch.equal(item, reference) else None
-    found = [t for t in (False, True)
-             if Outer(*item, t).dense().shape == reference.shape and torch.equal(Outer(*item, t).dense(), reference)]
+        return True if _same(item, reference) else None
+    found = [t for t in (False, True) if _same(Outer(*item, t).dense(), reference)]
     return found[0] if len(found) == 1 else None
 
 
 class TracedGrads:
     """vmap(grad(loss)) at one batch size as a flat graph: params dict, X, y -> {name: Tensor | Outer}.
-    Every rewrite is checked bit for bit against the plain trace on the tracing inputs; a rewrite
-    that does not reproduce it is dropped."""
+    The rewritten graph is checked element for element against the plain trace on the tracing
+    inputs; unless every output reproduces it, the plain trace is used as is."""
 
     def __init__(self, fn: Callable, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor) -> None:
         self.names = list(params)
@@ -151,9 +155,9 @@ class TracedGrads:
         candidates = {i for i, o in enumerate(output.args[0]) if _outer_source(o) is not None}
         checks = {i: _matches(item, reference[self.names[i]])
                   for i, item in self._unflatten(_rebuild(fast, candidates)(*params.values(), X, y), candidates).items()}
-        dense_ok = all(checks[i] is not None for i in checks if i not in candidates)
-        self.transposed = {i: checks[i] for i in candidates if checks[i] is not None} if dense_ok else {}
-        self._gm = _rebuild(fast if dense_ok else plain, set(self.transposed))
+        verified = all(check is not None for check in checks.values())
+        self.transposed = {i: checks[i] for i in candidates} if verified else {}
+        self._gm = _rebuild(fast if verified else plain, set(self.transposed))
 
     def _unflatten(self, flat: tuple, factored: set[int]) -> dict[int, torch.Tensor | tuple]:
         out, it = {}, iter(flat if isinstance(flat, tuple) else (flat,))
