@@ -33,6 +33,10 @@ test: $(STUBS)
 ## bench: performance targets, each measured against its baseline in the same run
 bench: $(STUBS)
 	$(PY) bench/ingest.py
+	scripts/with-services $(PY) bench/ledger.py
+	$(PY) bench/intake.py
+	$(PY) bench/dp_train.py
+	$(PY) bench/utility.py
 
 clean:
 	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis

@@ -27,7 +27,7 @@ from cleanroom.v1 import datasets_pb2, jobs_pb2
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 # Fixed in advance, not tuned on the hospital's data.
-TRAINING = dict(epochs=20, expected_batch_patients=64, learning_rate=0.5, optimizer="sgd", clipping_norm=1.0, validation_fraction=0.25)
+TRAINING = dict(epochs=10, expected_batch_patients=128, learning_rate=0.5, optimizer="sgd", clipping_norm=1.0, validation_fraction=0.25)
 
 
 def _root_pem(state_dir: Path) -> bytes:

@@ -93,7 +93,7 @@ def test_training_releases_exactly_the_trainable_tensors(world) -> None:
     assert done.state == jobs_pb2.JOB_STATE_RELEASED, jobs_pb2.JobFailure.Name(done.failure)
     files = maker.download_all(done)
     weights = load(files["weights.safetensors"])
-    assert set(weights) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    assert set(weights) == {"1.weight", "1.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
     assert all(bool(t.isfinite().all()) for t in weights.values())
     verified = _verify(world, done, files, spec)
     assert verified.report.accountant in ("prv", "rdp") and verified.epsilon_recomputed <= 1.0 + 1e-6
