@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,8 @@ from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.storage import audit_repo, job_repo, model_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
+
+log = logging.getLogger(__name__)
 
 NOT_FOUND = "job not found"
 WATCH_POLL_SECONDS = 0.25
@@ -62,6 +65,8 @@ class JobService:
             audit_repo.append(session, actor=maker.resource_name, action="job.submit", target=job.resource_name,
                               details={"kind": kind.value, "dataset": dataset.id, "model": model.id, "state": state.value})
         self._metrics.jobs_submitted.labels(kind.value).inc()
+        # Links this call's request id to the job id, which the runner and the worker log under.
+        log.info("job submitted", extra={"job": job.id, "kind": kind.value, "state": state.value})
         return job
 
     def _inputs(self, maker: Principal, model_name: str, dataset_name: str) -> tuple[ModelVersion, Dataset]:
