@@ -64,10 +64,19 @@ def _coerce(value: object, kind: pa.DataType) -> object:
 
 
 def drop_nulls(table: pa.Table, columns: Iterable[str | None]) -> pa.Table:
-    """Rows without a value in a measured or grouping column cannot be placed: drop them."""
+    """Rows without a value in a measured or grouping column cannot be placed: drop them.
+
+    A float NaN counts as missing too: it would survive clamping and turn into an arbitrary
+    integer in fixed point, breaking the sum's sensitivity.
+    """
     for name in columns:
-        if name is not None and table.column(name).null_count:
-            table = table.filter(pc.is_valid(table.column(name)))
+        if name is None:
+            continue
+        column = table.column(name)
+        if pa.types.is_floating(column.type):
+            table = table.filter(pc.fill_null(pc.invert(pc.is_nan(column)), False))
+        elif column.null_count:
+            table = table.filter(pc.is_valid(column))
     return table
 
 

@@ -28,7 +28,8 @@ def estimate_cost(
         check_privacy_amounts(query)
         return query.epsilon, (query.delta if may_need_delta(query) else 0.0)
     validate_query(query, schema, public_group_keys=public_group_keys)
-    plan = make_plan(query, types=column_types(schema), public_group_keys=public_group_keys, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+    types = column_types(schema)
+    plan = make_plan(query, types=types, public_group_keys=public_group_keys, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
     return plan.epsilon, plan.delta
 
 

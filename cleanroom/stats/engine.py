@@ -92,7 +92,8 @@ def _prepare(table: pa.Table, plan: Plan, types: Mapping[str, str], patient: str
     codes, raw = keyspace.codes_and_keys(table, space)
     numeric = query.kind in ("sum", "mean", "variance", "quantile")
     values = table.column(query.column).to_numpy().astype(np.float64) if numeric else None
-    cells = Cells(plan, [keyspace.split_key(k, query) for k in raw], codes, values, query.bounds, types.get(query.column or "") == "integer")
+    integer = types.get(query.column or "") == "integer"
+    cells = Cells(plan, [keyspace.split_key(k, query) for k in raw], codes, values, query.bounds, integer)
     return cells, raw
 
 
@@ -144,6 +145,7 @@ def _describe_one(calibrated: object) -> tuple[str, list[tuple[str, float]]]:
     if isinstance(calibrated, mechanisms.Threshold):
         noise = calibrated.noise
         entries = [("scale", noise.scale), ("sensitivity", noise.sensitivity), ("threshold", calibrated.threshold)]
+        entries.append(("certified_threshold", calibrated.certified))  # what OpenDP's map was asked
         return noise.name + "-threshold", entries + [("epsilon", noise.epsilon), ("delta", noise.delta)]
     if isinstance(calibrated, mechanisms.QuantileSelector):
         entries = [("scale", calibrated.scale), ("sensitivity", calibrated.rows), ("epsilon", calibrated.epsilon)]
