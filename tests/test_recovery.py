@@ -34,10 +34,16 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
         kept = owner.upload_dataset(small, _schema())
     started = threading.Event()
 
+    def paced(sent: int, _total: int) -> None:
+        # A slow client, so the server is certainly mid-stream when it is killed.
+        if sent >= 2 << 20:
+            started.set()
+        time.sleep(0.2)
+
     def upload_big() -> None:
         with Client(address, owner_token) as owner:
             try:
-                owner.upload_dataset(big, _schema(), request_id="big-1", progress=lambda sent, _t: started.set())
+                owner.upload_dataset(big, _schema(), request_id="big-1", progress=paced)
             except Exception:  # noqa: BLE001 - the server dies under it
                 pass
 

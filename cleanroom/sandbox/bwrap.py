@@ -82,9 +82,11 @@ class BubblewrapLauncher(ProbedLauncher):
             "--clearenv", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
             "--cap-drop", "ALL",
         ]
+        # /tmp first: the code or the virtualenv may live under /tmp (a CI checkout), and a later
+        # tmpfs would hide their binds.
+        opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/tmp"]
         opts += _mount_args(request, self.guard)
         opts += ["--ro-bind", str(etc), "/etc", "--proc", "/proc", "--dev", "/dev"]
-        opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/tmp"]
         opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         opts += ["--bind", str(output), "/out", "--remount-ro", "/", "--chdir", request.workdir]
         for key, value in layout.sandbox_env(request).items():
