@@ -516,13 +516,31 @@ def read_csv_batches(
     fileobj: BinaryIO, policy: DeidPolicy, *, block_size: int = 1 << 20
 ) -> Iterator[pa.RecordBatch]:
     """Streams a CSV file as batches typed and ordered as the policy declares."""
+    return typed_csv_batches(raw_csv_batches(fileobj, policy, block_size=block_size), policy)
+
+
+def raw_csv_batches(
+    fileobj: BinaryIO, policy: DeidPolicy, *, block_size: int = 1 << 20
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The declared columns as bytes, batch by batch, each with the row number of its first row.
+
+    typed_csv_batches converts them: split in two so that a caller may parse and convert on
+    different threads.
+    """
     reader, names = _open_csv(fileobj, policy, block_size)
     _check_columns(names, policy)
     first_row = 1
     while (raw := _next_csv_batch(reader, names)) is not None:
         if raw.num_rows:
-            yield _typed_batch(raw, policy, first_row)
+            yield first_row, raw
         first_row += raw.num_rows
+
+
+def typed_csv_batches(
+    raw_batches: Iterable[tuple[int, pa.RecordBatch]], policy: DeidPolicy
+) -> Iterator[pa.RecordBatch]:
+    for first_row, raw in raw_batches:
+        yield _typed_batch(raw, policy, first_row)
 
 
 _PARQUET_COMPATIBLE = {

@@ -8,8 +8,9 @@ Two passes over the data, both encrypted:
    own key.
 Peak memory is a few batches plus the class counts (distinct class x patient pairs), never the
 file. Plaintext never touches disk: the staging blobs are ciphertext too, and are removed at the end.
-In each pass a helper thread reads ahead (parse, or decrypt) while the caller's thread
-de-identifies and seals: pyarrow and the ciphers release the GIL, so both cores work.
+Helper threads read ahead (receive and parse, convert types; in the second pass, decrypt) while
+the caller's thread de-identifies and seals: pyarrow, hashlib and the ciphers release the GIL, so
+the stages run on all cores.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from cleanroom import crypto
@@ -40,6 +40,7 @@ PARQUET = "parquet"
 # into batches of about this many bytes first.
 BATCH_BYTES = 8 << 20
 READ_AHEAD = 2  # batches a helper thread may have ready
+RAW_READ_AHEAD = 8  # raw CSV batches (one per 1 MiB block) the parsing thread may have ready
 # Staged batches carry each row's class id as a last column, so the second pass need not
 # rebuild the class keys.
 _STAGED_CLASS = pa.field("class_id", pa.int32())
@@ -102,11 +103,21 @@ def _parse(
     dataset_id: str,
     temporaries: ExitStack,
 ) -> Iterator[pa.RecordBatch]:
+    """The upload's typed batches, produced ahead on helper threads (close the iterator)."""
     if file_format == CSV:
-        return ops.read_csv_batches(stream, policy)
+        return _csv_batches(stream, policy)
     if file_format == PARQUET:
-        return ops.read_parquet_batches(_stage_raw(stream, blobs, dataset_id, temporaries), policy)
+        parquet = _stage_raw(stream, blobs, dataset_id, temporaries)
+        return _read_ahead(_coalesced(ops.read_parquet_batches(parquet, policy)))
     raise bad_request("format must be CSV or PARQUET")
+
+
+def _csv_batches(stream: UploadStream, policy: deid.DeidPolicy) -> Iterator[pa.RecordBatch]:
+    # Two helper threads: one receives and parses, one converts types (as costly as parsing);
+    # on one thread they were the slowest stage of the pipeline.
+    with closing(_read_ahead(ops.raw_csv_batches(stream, policy), RAW_READ_AHEAD)) as raw, \
+            closing(_read_ahead(_coalesced(ops.typed_csv_batches(raw, policy)))) as typed:
+        yield from typed
 
 
 def _stage_raw(stream: UploadStream, blobs: BlobStore, dataset_id: str, temporaries: ExitStack) -> object:
@@ -134,8 +145,8 @@ def _first_pass(
     # Nobody reads the staging blob's digest, and it would cost as much as its encryption.
     sink = crypto.SealedWriter(staged.file, stage_key, staged.blob_id, digest=False)
     with ipc.new_stream(sink, ops.stored_arrow_schema(policy).append(_STAGED_CLASS)) as writer, \
-            closing(_read_ahead(_coalesced(batches))) as ahead:
-        for batch in ahead:
+            closing(batches):  # stops the helper threads, also when a batch is refused
+        for batch in batches:
             violations = ops.scan_for_identifiers(batch, policy)
             if violations:
                 raise CleanroomError(
