@@ -23,8 +23,12 @@ from cleanroom.jobs.runner import JobRunner
 from cleanroom.jobs.service import JobService
 from cleanroom.sandbox import choose_launcher
 from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
+from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.metered import MeteredLauncher
-from cleanroom.storage import repos
+from cleanroom.sandbox.session import SessionBroken
+from cleanroom.queries.pool import StatsWorkerPool
+from cleanroom.queries.service import StatsQueryService
+from cleanroom.storage import job_repo, model_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
 
@@ -48,8 +52,11 @@ class App:
     models: ModelVersionService
     jobs: JobService
     runner: JobRunner
+    stats: StatsQueryService
+    stats_pool: StatsWorkerPool
 
     def close(self) -> None:
+        self.stats_pool.close()
         self.db.dispose()
 
 
@@ -73,9 +80,11 @@ def build_app(config: ServerConfig) -> App:
     runner = JobRunner(db=db, jobs=jobs, ledger=ledger, enclave=enclave, models=models, blobs=blobs, keys=keys,
                        launcher=phase_b_launcher(config, metrics), policy=policy, metrics=metrics,
                        work_dir=config.work_dir, concurrency=config.job_workers)
+    stats_pool = stats_worker_pool(config, enclave, keys, policy, metrics)
+    stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics)
     return App(
         config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
-        ledger, BudgetService(db), approvals, AuditService(db), metrics, enclave, models, jobs, runner,
+        ledger, BudgetService(db), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool,
     )
 
 
@@ -96,6 +105,26 @@ def phase_b_launcher(config: ServerConfig, metrics: Metrics) -> SandboxLauncher:
     return MeteredLauncher(lambda: choose_launcher(preference, deny=[config.state_dir]), metrics, "training")
 
 
+def stats_worker_pool(config: ServerConfig, enclave: Enclave, keys: KeyService, policy: SandboxPolicy, metrics: Metrics) -> StatsWorkerPool:
+    """Warm statistics workers run in bubblewrap with the phase-B policy, so they carry the same
+    measurement as the trainer (the stats engine is part of the measured code)."""
+    def launcher() -> BubblewrapLauncher:
+        bwrap = BubblewrapLauncher(deny=[config.state_dir], reason="statistics worker")
+        ok, why = bwrap.available()
+        if not ok:
+            raise SessionBroken(why)
+        return bwrap
+
+    return StatsWorkerPool(enclave=enclave, unwrap_key=keys.unwrap_dataset_key, launcher=launcher, policy=policy,
+                           work_dir=config.work_dir, idle_seconds=config.stats_idle,
+                           on_start=lambda outcome: _count_stats_start(metrics, outcome))
+
+
+def _count_stats_start(metrics: Metrics, outcome: str) -> None:
+    counter = metrics.sandbox_starts if outcome == "started" else metrics.sandbox_failures
+    counter.labels("bwrap", "statistics").inc()
+
+
 def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
     """Phase A runs where the configuration says; the state directory is never mountable."""
     if config.sandbox == "kubernetes":
@@ -111,7 +140,9 @@ def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
 def recover(app: App) -> None:
     """Start-up clean-up after a crash: running jobs, open reservations, half-written uploads, request claims."""
     app.ledger.recover(keep=app.runner.recover())
-    removed = app.datasets.sweep_orphans()
+    with app.db.read() as session:  # the blob store also holds model programs and job artefacts
+        held = model_repo.model_ids(session) | job_repo.artifact_blob_ids(session)
+    removed = app.datasets.sweep_orphans(keep=held)
     with app.db.transaction() as session:
         released = repos.release_all_in_flight(session)
     if removed or released:

@@ -88,6 +88,17 @@ class Enclave:
     def trust_bundle(self) -> TrustBundle:
         return TrustBundle(self.root.public_key_pem().decode("ascii"), self.root.fingerprint, (self.measurement,))
 
+    def release_to_sandbox(self, workload: str, dataset_id: str, dataset_key: bytes) -> dict[str, str]:
+        """Quote `workload`, have the broker wrap the key to the quote's ephemeral key, and return
+        what the sandbox needs on stdin (hex) plus the quote's nonce. Raises AttestationError."""
+        from cryptography.hazmat.primitives import serialization
+
+        quote, ephemeral = enclave_sim.make_quote(self.attestation_key, self.measurement, workload)
+        wrapped = self.broker.release_key(quote.to_bytes(), dataset_key, context=dataset_id.encode("ascii"))
+        raw = ephemeral.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        return {"quote": quote.to_bytes().hex(), "ephemeral_private_key": raw.hex(), "wrapped_key": wrapped.to_bytes().hex(),
+                "nonce": quote.nonce}
+
     def _on_decision(self, decision: enclave_sim.BrokerDecision) -> None:
         outcome = "released" if decision.released else "refused"
         self._metrics.broker_decisions.labels(outcome, str(decision.reason or "ok")).inc()

@@ -42,6 +42,8 @@ SETTINGS = (
     Setting("--work-dir", "CLEANROOM_WORK_DIR", None, "scratch space for intake (never inside the state directory, which no sandbox may see); default: the system temp dir"),
     Setting("--job-workers", "CLEANROOM_JOB_WORKERS", "1", "DP jobs run at the same time"),
     Setting("--job-timeout", "CLEANROOM_JOB_TIMEOUT", "3600", "wall-clock limit of one DP job, in seconds"),
+    Setting("--stats-idle", "CLEANROOM_STATS_IDLE", "300",
+            "seconds a warm statistics worker keeps a dataset decrypted after its last query"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -69,6 +71,7 @@ class ServerConfig:
     work_dir: Path = Path(tempfile.gettempdir()) / "cleanroom-work"
     job_workers: int = 1
     job_timeout: float = 3600.0
+    stats_idle: float = 300.0
 
     @property
     def blob_dir(self) -> Path:
@@ -122,6 +125,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         work_dir=_path(raw["work_dir"]) or Path(tempfile.gettempdir()) / "cleanroom-work",
         job_workers=int(raw["job_workers"] or 1),
         job_timeout=float(raw["job_timeout"] or 3600),
+        stats_idle=float(raw["stats_idle"] or 300),
     )
     _check(config)
     return config

@@ -42,6 +42,9 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.PrivacyService/RejectRequest": _OFFICER,
     "/cleanroom.v1.AuditService/VerifyAuditLog": _OVERSIGHT,
     "/cleanroom.v1.AttestationService/GetTrustBundle": ALL_ROLES,
+    # Statistics over datasets shared with the caller, charged to the caller's share.
+    "/cleanroom.v1.StatsService/RunQuery": _MAKER,
+    "/cleanroom.v1.StatsService/EstimateQuery": _MAKER,
     "/cleanroom.v1.ModelService/SubmitModel": _MAKER,
     # A manufacturer sees its own models only; the service filters.
     "/cleanroom.v1.ModelService/GetModel": _MAKER,

@@ -12,7 +12,7 @@ from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Role
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.domain.privacy import Balance, EventKind, Privacy
-from cleanroom.privacy.approvals import ApprovalService
+from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetLine, BudgetService, BudgetView
 from cleanroom.privacy.ledger import Ledger
@@ -32,6 +32,14 @@ def _report(view: BudgetView) -> privacy_pb2.BudgetReport:
 
 def _remaining_lines(remaining: dict[str, Privacy], minus: Privacy = Privacy()) -> list[privacy_pb2.Budget]:
     return [convert.budget_to_proto(BudgetLine(budget_id, None, Balance(left - minus))) for budget_id, left in sorted(remaining.items())]
+
+
+def cost_estimate_to_proto(estimate: Estimate) -> privacy_pb2.CostEstimate:
+    return privacy_pb2.CostEstimate(
+        cost=convert.amount_to_proto(estimate.cost), decision=estimate.check.decision.value, reasons=estimate.check.reasons,
+        fits=estimate.fits, remaining_before=_remaining_lines(estimate.remaining_before),
+        remaining_after=_remaining_lines(estimate.remaining_before, estimate.cost),
+    )
 
 
 class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
@@ -90,12 +98,7 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         else:
             manufacturer_id = principal.id
         cost = convert.cost_from_proto(request.cost, "cost")
-        estimate = self._approvals.estimate(principal, dataset_id, manufacturer_id, cost)
-        return privacy_pb2.CostEstimate(
-            cost=convert.amount_to_proto(cost), decision=estimate.check.decision.value, reasons=estimate.check.reasons,
-            fits=estimate.fits, remaining_before=_remaining_lines(estimate.remaining_before),
-            remaining_after=_remaining_lines(estimate.remaining_before, cost),
-        )
+        return cost_estimate_to_proto(self._approvals.estimate(principal, dataset_id, manufacturer_id, cost))
 
     def ListLedger(self, request: privacy_pb2.ListLedgerRequest, context: CallContext) -> privacy_pb2.ListLedgerResponse:
         page = parse_page(request.page_size, request.page_token)

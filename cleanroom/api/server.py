@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cleanroom.api.guard import GuardInterceptor
 from cleanroom.api.job_servicers import JobServicer
+from cleanroom.api.stats_servicers import StatsServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
@@ -30,6 +31,8 @@ from cleanroom.v1 import (
     models_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    stats_pb2,
+    stats_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ SERVICE_NAMES = (
     models_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    stats_pb2.DESCRIPTOR.services_by_name["StatsService"].full_name,
 )
 
 
@@ -84,6 +88,7 @@ class Server:
         models_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(app.enclave), self._grpc)
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app.models, app.idempotency), self._grpc)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app.jobs, app.idempotency), self._grpc)
+        stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(app.stats, app.idempotency), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
 

@@ -8,6 +8,7 @@ Error messages name columns and rules only; a policy holds no data value.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal, Union
 
@@ -219,8 +220,13 @@ def _is_int(value: object) -> bool:
 
 def stored_columns(policy: DeidPolicy) -> tuple[ColumnSpec, ...]:
     """The schema after de-identification, in declared order, direct identifiers dropped."""
+    return stored_schema(policy.columns)
+
+
+def stored_schema(columns: Iterable[ColumnSpec]) -> tuple[ColumnSpec, ...]:
+    """Declared columns as stored: direct identifiers dropped, pseudonyms and generalised values as text."""
     stored = []
-    for column in policy.columns:
+    for column in columns:
         if column.role is ColumnRole.DIRECT_IDENTIFIER:
             continue
         if column.role in (ColumnRole.PATIENT_KEY, ColumnRole.QUASI_IDENTIFIER):

@@ -12,6 +12,8 @@ import grpc
 
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.schema import Schema
+from cleanroom.sdk.stats import query_to_proto
+from cleanroom.stats.query import Query
 from cleanroom.v1 import (
     common_pb2,
     datasets_pb2,
@@ -24,6 +26,8 @@ from cleanroom.v1 import (
     models_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    stats_pb2,
+    stats_pb2_grpc,
 )
 
 CHUNK_BYTES = 1 << 20
@@ -83,6 +87,7 @@ class Client:
         self.models = models_pb2_grpc.ModelServiceStub(self._channel)
         self.attestation = models_pb2_grpc.AttestationServiceStub(self._channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self.stats = stats_pb2_grpc.StatsServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -274,6 +279,21 @@ class Client:
 
     def download_all(self, job: jobs_pb2.Job) -> dict[str, bytes]:
         return {a.name: self.download(job.name, a.name) for a in job.artifacts}
+
+    # --- DP statistics -------------------------------------------------------------------------
+
+    def run_query(self, dataset: str, query: Query | stats_pb2.StatsQuery, *, privacy_request: str = "",
+                  request_id: str | None = None) -> stats_pb2.QueryAnswer:
+        """One DP answer, charged to the caller's share of the dataset's budget."""
+        message = query if isinstance(query, stats_pb2.StatsQuery) else query_to_proto(query)
+        request = stats_pb2.RunQueryRequest(request_id=request_id or _request_id(), dataset=dataset, query=message,
+                                            privacy_request=privacy_request)
+        return self._call(self.stats.RunQuery, request)
+
+    def estimate_query(self, dataset: str, query: Query | stats_pb2.StatsQuery) -> stats_pb2.QueryEstimate:
+        """The dry run: cost, expected error, and the budget before and after. Spends nothing."""
+        message = query if isinstance(query, stats_pb2.StatsQuery) else query_to_proto(query)
+        return self._call(self.stats.EstimateQuery, stats_pb2.EstimateQueryRequest(dataset=dataset, query=message))
 
     def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
         while True:

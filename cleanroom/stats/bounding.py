@@ -91,7 +91,7 @@ def bound_rows(table: pa.Table, *, patient_column: str, max_rows: int, rng: np.r
     if table.num_rows == 0:
         return table
     codes = _patient_codes(table.column(patient_column))
-    keep = _first_per_patient(codes, max_rows, rng or fresh_rng())
+    keep = sample_per_patient(codes, max_rows, rng or fresh_rng())
     return table.take(pa.array(keep))
 
 
@@ -100,7 +100,7 @@ def _patient_codes(patients: pa.ChunkedArray) -> np.ndarray:
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _first_per_patient(codes: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+def sample_per_patient(codes: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of a uniform random `max_rows`-subset of each patient's rows, in table order."""
     shuffled = rng.permutation(codes.size)
     # A stable sort by patient of a uniformly shuffled order: uniformly random within each patient.

@@ -15,53 +15,40 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
+from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.privacy import Mechanism
 from cleanroom.stats import keys as keyspace
 from cleanroom.stats import mechanisms
 from cleanroom.stats.answer import Answer
-from cleanroom.stats.bounding import apply_filters, bound_rows, drop_nulls
 from cleanroom.stats.bounds import estimate_bounds
 from cleanroom.stats.compute import COMPUTE, Cells
 from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT, Plan, make_plan
+from cleanroom.stats.prepared import PreparedTable, check_cells, schema_from_table  # noqa: F401 - re-exported
 from cleanroom.stats.query import Query, column_types, validate_query
 
 PublicKeys = Mapping[str, Sequence[str]]
 
 
-def schema_from_table(table: pa.Schema | pa.Table) -> list[tuple[str, str]]:
-    """The stored columns as (name, type word); unsupported Arrow types become "other"."""
-    schema = table.schema if isinstance(table, pa.Table) else table
-    return [(f.name, _type_word(f.type)) for f in schema]
-
-
-def _type_word(kind: pa.DataType) -> str:
-    if pa.types.is_boolean(kind):
-        return "boolean"
-    if pa.types.is_integer(kind):
-        return "integer"
-    if pa.types.is_floating(kind):
-        return "float"
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return "string"
-    return "date" if pa.types.is_date(kind) else "other"
-
-
 def run_query(
-    table: pa.Table,
+    table: pa.Table | PreparedTable,
     query: Query,
     *,
     patient_column: str,
     public_group_keys: PublicKeys | None = None,
     default_rows_per_patient: int = DEFAULT_ROWS_PER_PATIENT,
 ) -> Answer:
-    """Answer `query` with DP; raises BAD_REQUEST for invalid queries (before touching any row)."""
-    if patient_column not in table.column_names:
+    """Answer `query` with DP; raises BAD_REQUEST for invalid queries (before touching any row).
+
+    Pass a PreparedTable to answer many queries over one table without preparing it again."""
+    prepared = table if isinstance(table, PreparedTable) else PreparedTable(table, patient_column=patient_column)
+    if patient_column not in prepared.types or prepared.patient_column != patient_column:
         raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "the dataset has no patient key column")
-    types = column_types(schema_from_table(table))
+    types = column_types(prepared.schema)
     validate_query(query, list(types.items()), patient_column=patient_column, public_group_keys=public_group_keys)
     plan = make_plan(query, types=types, public_group_keys=public_group_keys, default_rows_per_patient=default_rows_per_patient)
-    cells, raw_keys = _prepare(table, plan, types, patient_column, public_group_keys)
+    dims = keyspace.public_dims(query, types, public_group_keys) if plan.public_keys else None
+    check_cells(dims)
+    cells, raw_keys = _cells(prepared, plan, dims)
     _clamp(cells)
     if not plan.public_keys:
         _select(cells, raw_keys)
@@ -77,24 +64,14 @@ def run_query(
     )
 
 
-def _prepare(table: pa.Table, plan: Plan, types: Mapping[str, str], patient: str, public: PublicKeys | None) -> tuple[Cells, list[str]]:
+def _cells(prepared: PreparedTable, plan: Plan, dims: list[list[str]] | None) -> tuple[Cells, list[str]]:
     query = plan.query
-    needed = {patient, query.column, query.group_by, *(f.column for f in query.filters)} - {None}
-    table = apply_filters(table.select([c for c in table.column_names if c in needed]), query.filters)
-    table = drop_nulls(table, [query.column, query.group_by])
-    table = drop_nulls(keyspace.with_row_keys(table, query), [keyspace.KEY_COLUMN])
-    space = keyspace.public_keyspace(query, types, public) if plan.public_keys else None
-    if space is not None:
-        if len(space) > keyspace.MAX_PUBLIC_CELLS:
-            raise bad_request("the query has too many cells", FieldViolation("group_by", f"at most {keyspace.MAX_PUBLIC_CELLS} cells"))
-        table = drop_nulls(keyspace.with_public_codes(table, space), [keyspace.CODE_COLUMN])
-    table = bound_rows(table, patient_column=patient, max_rows=plan.rows)
-    codes, raw = keyspace.codes_and_keys(table, space)
+    selection = prepared.select(plan, dims)
     numeric = query.kind in ("sum", "mean", "variance", "quantile")
-    values = table.column(query.column).to_numpy().astype(np.float64) if numeric else None
-    integer = types.get(query.column or "") == "integer"
-    cells = Cells(plan, [keyspace.split_key(k, query) for k in raw], codes, values, query.bounds, integer)
-    return cells, raw
+    values = prepared.column(query.column).values[selection.rows] if numeric else None
+    integer = prepared.types.get(query.column or "") == "integer"
+    keys = [keyspace.split_key(k, query) for k in selection.keys]
+    return Cells(plan, keys, selection.codes, values, query.bounds, integer), selection.keys
 
 
 def _clamp(cells: Cells) -> None:

@@ -62,8 +62,8 @@ def with_row_keys(table: pa.Table, query: Query) -> pa.Table:
     return table.append_column(KEY_COLUMN, key)
 
 
-def public_keyspace(query: Query, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> list[str]:
-    """Every key an answer over a public key space will carry (each gets a noisy value)."""
+def public_dims(query: Query, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> list[list[str]]:
+    """The public labels of each key dimension (group, then bin), in key-space order."""
     public = public_group_keys or {}
     dims: list[list[str]] = []
     if query.group_by is not None:
@@ -75,6 +75,12 @@ def public_keyspace(query: Query, types: Mapping[str, str], public_group_keys: M
             dims.append(["false", "true"])
         else:
             dims.append(sorted({str(k) for k in public[query.column]}))
+    return dims
+
+
+def public_keyspace(query: Query, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> list[str]:
+    """Every key an answer over a public key space will carry (each gets a noisy value)."""
+    dims = public_dims(query, types, public_group_keys)
     if not dims:
         return [""]
     return [SEPARATOR.join(parts) for parts in itertools.product(*dims)]

@@ -1,0 +1,161 @@
+"""A long-lived bubblewrap sandbox spoken to over its stdin and stdout, one frame at a time.
+
+The statistics worker keeps a decrypted dataset in memory across queries, so unlike a job it is
+not one command run to its end: the host writes a length-prefixed request, the sandbox answers
+with one length-prefixed frame. The sandbox is the same as a job's (same bwrap arguments,
+seccomp filter, rlimits and cgroup, no network, no state directory); its stderr is drained and
+dropped, and it is killed at the policy's wall clock whatever it is doing, which bounds how long
+decrypted data can live in it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cleanroom.sandbox import layout, seccomp
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
+from cleanroom.sandbox.bwrap import BubblewrapLauncher, _cgroup
+from cleanroom.sandbox.cgroups import CgroupError
+from cleanroom.sandbox.supervise import Command, _Capture, _start
+
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 64 << 20
+
+
+class SessionBroken(Exception):
+    """The sandboxed process died, timed out or spoke out of turn; the session is closed."""
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    data = HEADER.pack(len(payload)) + payload
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def read_frame(fd: int, *, deadline: float | None = None) -> bytes | None:
+    """One frame, or None at a clean end of stream before any header byte."""
+    header = _read_exactly(fd, HEADER.size, deadline, allow_eof=True)
+    if header is None:
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > MAX_FRAME_BYTES:
+        raise SessionBroken("frame too large")
+    return _read_exactly(fd, size, deadline, allow_eof=False) or b""
+
+
+def _read_exactly(fd: int, size: int, deadline: float | None, *, allow_eof: bool) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise SessionBroken("no answer in time")
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            if allow_eof and left == size:
+                return None
+            raise SessionBroken("the sandbox closed its output")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class SandboxSession:
+    """One sandboxed process; `call` sends a request frame and waits for the answer frame."""
+
+    def __init__(self, launcher: BubblewrapLauncher, request: SandboxRequest, policy: SandboxPolicy) -> None:
+        if not launcher.binary:
+            raise SessionBroken("bwrap is not installed")
+        self._scratch = Path(tempfile.mkdtemp(prefix="cleanroom-session-"))
+        self._lock = threading.Lock()
+        self._closed = False
+        self.started = time.monotonic()
+        try:
+            output = request.output_dir or layout.scratch_output(self._scratch)
+            args = launcher._bwrap_args(request, policy, output, self._scratch)  # noqa: SLF001 - same sandbox as a job
+            self._cgroup = _cgroup(policy)
+        except (layout.LayoutError, CgroupError) as exc:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise SessionBroken(f"cannot set up the sandbox: {exc}") from None
+        self._proc = self._launch(launcher, args, policy)
+        self._stderr = _Capture(self._proc.stderr.fileno(), 0)  # drained so it never blocks; kept nowhere
+        self._stderr.start()
+        self._timer = threading.Timer(policy.wall_seconds, self.close)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _launch(self, launcher: BubblewrapLauncher, args: tuple[list[str], list[str]], policy: SandboxPolicy):  # type: ignore[no-untyped-def]
+        filter_r, filter_w = os.pipe()
+        os.write(filter_w, seccomp.filter_bytes())
+        os.close(filter_w)
+        err_r, err_w = os.pipe()
+        cmd = Command(argv=[launcher.binary, *args[0], "--seccomp", str(filter_r), "--", *args[1]], pass_fds=(filter_r,),
+                      rlimits=layout.rlimits(policy), cgroup_procs=self._cgroup.procs_files() if self._cgroup else [])
+        try:
+            return _start(cmd, err_w)
+        except OSError as exc:
+            self._cleanup()
+            raise SessionBroken(f"cannot start the sandbox: {exc}") from None
+        finally:
+            for fd in (filter_r, err_w, err_r):
+                os.close(fd)
+
+    def error_type(self) -> str:
+        """The class name of the exception the sandbox died with, if any (never its message,
+        which could quote a data value)."""
+        lines = bytes(self._stderr.tail).decode("utf-8", "replace").strip().splitlines()
+        name = lines[-1].split(":", 1)[0].strip() if lines else ""
+        return name if name.replace(".", "").replace("_", "").isalnum() and len(name) < 100 else "unknown"
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._proc.poll() is None
+
+    def call(self, payload: bytes, *, timeout: float) -> bytes:
+        """Send one request, return the answer; any failure closes the session and raises."""
+        with self._lock:
+            if not self.alive:
+                raise SessionBroken("the sandbox has ended")
+            try:
+                write_frame(self._proc.stdin.fileno(), payload)
+                answer = read_frame(self._proc.stdout.fileno(), deadline=time.monotonic() + timeout)
+            except (OSError, SessionBroken):
+                self.close()
+                raise SessionBroken("the sandbox stopped answering") from None
+            if answer is None:
+                self.close()
+                raise SessionBroken("the sandbox has ended")
+            return answer
+
+    def close(self) -> None:
+        """Kill the whole sandbox (its cgroup and process group) and remove its scratch space."""
+        if self._closed:
+            return
+        self._closed = True
+        self._timer.cancel()
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.remove()
+        shutil.rmtree(self._scratch, ignore_errors=True)

@@ -1,0 +1,66 @@
+"""`python3 -m cleanroom.worker.stats_worker`: the warm statistics worker, inside its sandbox.
+
+Service code only (cleanroom.stats; no manufacturer code ever runs here). The first frame on
+stdin carries the secrets (the dataset key wrapped to this run's ephemeral key by the key broker,
+that key, the quote) and the dataset's public settings; the worker decrypts the dataset in memory,
+prepares it once, answers "ready", then answers one query per frame until stdin closes or the host
+kills it. Answers are DP outputs only. An error is a code and a message written by service code
+(validation names fields, never values); anything unexpected is reported as "internal" and nothing
+of it leaves. The real stdout is kept for frames; anything printed goes to stderr, which the host
+drops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+IN = Path("/in/job")
+
+
+def main(inputs: Path = IN) -> int:
+    frames_out = os.dup(1)
+    os.dup2(2, 1)  # a stray print must never be taken for an answer
+    from cleanroom.sandbox.session import read_frame, write_frame
+
+    hello = read_frame(0)
+    if hello is None:
+        return 1
+    settings = json.loads(hello)
+    prepared = _load(inputs / "dataset.blob", settings)
+    write_frame(frames_out, json.dumps({"ready": True}).encode())
+    while (frame := read_frame(0)) is not None:
+        write_frame(frames_out, json.dumps(_answer(prepared, settings, json.loads(frame))).encode())
+    return 0
+
+
+def _load(path: Path, settings: dict[str, Any]) -> Any:
+    from cleanroom.stats.prepared import PreparedTable
+    from cleanroom.worker.phase_b import _decrypt_dataset
+
+    table = _decrypt_dataset(path, settings["secrets"], settings["dataset_id"])
+    return PreparedTable(table, patient_column=settings["patient_column"])
+
+
+def _answer(prepared: Any, settings: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    from cleanroom.domain.errors import CleanroomError
+    from cleanroom.stats import run_query
+    from cleanroom.stats.wire import answer_to_dict, query_from_dict
+
+    try:
+        answer = run_query(prepared, query_from_dict(request["query"]), patient_column=settings["patient_column"],
+                           public_group_keys=settings.get("public_group_keys") or None,
+                           default_rows_per_patient=settings["default_rows_per_patient"])
+    except CleanroomError as error:
+        return {"error": error.code.value, "message": error.message,
+                "violations": [[v.field, v.description] for v in error.violations]}
+    except Exception:  # noqa: BLE001 - its text could quote data; only the fact leaves
+        return {"error": "internal"}
+    return {"answer": answer_to_dict(answer)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

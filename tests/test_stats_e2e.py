@@ -1,0 +1,193 @@
+"""DP statistics over gRPC with a real warm worker in bubblewrap: answers, receipts, ledger, bad input."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import grpc
+import pytest
+
+import enclave_sim
+from cleanroom import samples
+from cleanroom.domain.identity import Role
+from cleanroom.sdk import CleanroomClientError
+from cleanroom.sdk.schema import Schema
+from cleanroom.sdk.stats import verify_answer
+from cleanroom.stats import Filter, Query
+from cleanroom.storage import audit_repo, privacy_repo
+from cleanroom.v1 import stats_pb2
+from tests.conftest import make_config, start_server
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stats")
+    running = start_server(make_config(base / "state", work_dir=base / "work"))
+    _, owner_token = running.principal(Role.DATA_OWNER)
+    maker_id, maker_token = running.principal(Role.MANUFACTURER)
+    _, stranger_token = running.principal(Role.MANUFACTURER)
+    _, officer_token = running.principal(Role.PRIVACY_OFFICER)
+    owner, maker, stranger, officer = (running.client(t) for t in (owner_token, maker_token, stranger_token, officer_token))
+    source = samples.write_breast_cancer_csv(base / "bc.csv")
+    dataset = owner.upload_dataset(source, Schema(samples.breast_cancer_schema(), 5))
+    officer.set_budget(dataset.name, epsilon=20, delta=1e-4, reason="total")
+    officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=10, delta=1e-4, reason="pilot")
+    officer.set_approval_policy(dataset.name, max_epsilon=5, auto_approve_epsilon=2, reason="routine")
+    with source.open() as handle:
+        radius = [float(row["mean_radius"]) for row in csv.DictReader(handle)]
+    yield {"running": running, "maker": maker, "stranger": stranger, "officer": officer, "dataset": dataset.name,
+           "true_mean_radius": statistics.fmean(radius), "rows": len(radius)}
+    for client in (owner, maker, stranger, officer):
+        client.close()
+    running.server.stop(grace=0)
+
+
+def _reservations(world) -> int:
+    with world["running"].app.db.read() as session:
+        return sum(1 for e in privacy_repo.events(session) if e.kind.value == "reserve")
+
+
+def _key_releases(world) -> int:
+    with world["running"].app.db.read() as session:
+        return sum(1 for e in audit_repo.entries(session) if e.action == "broker.released")
+
+
+def _verify(world, answer):
+    enclave = world["running"].app.enclave
+    return verify_answer(answer, pinned_root_pem=enclave.root.public_key_pem(), allowed_measurements=[enclave.measurement])
+
+
+MEAN = Query(kind="mean", column="mean_radius", bounds=(0.0, 40.0), epsilon=0.5)
+
+
+def test_a_mean_is_answered_charged_once_and_carries_a_verifiable_receipt(world) -> None:
+    maker = world["maker"]
+    answer = maker.run_query(world["dataset"], MEAN)
+    assert answer.epsilon == pytest.approx(0.5) and answer.delta == 0 and len(answer.cells) == 1
+    cell = answer.cells[0]
+    assert cell.statistic == "mean" and 0 < cell.half_width < 40
+    assert abs(cell.value - world["true_mean_radius"]) <= max(3 * cell.half_width, 0.5)
+    assert float(_verify(world, answer).report.epsilon_spent) == pytest.approx(0.5)
+    with world["running"].app.db.read() as session:
+        commits = [e for e in privacy_repo.events(session) if e.kind.value == "commit"]
+    assert commits and commits[-1].amount.epsilon_value == pytest.approx(0.5)
+    tampered = stats_pb2.QueryAnswer()
+    tampered.CopyFrom(answer)
+    tampered.cells[0].value += 1.0
+    with pytest.raises(enclave_sim.VerificationError):
+        _verify(world, tampered)
+    forged = stats_pb2.QueryAnswer()
+    forged.CopyFrom(answer)
+    forged.answer_json = answer.answer_json.replace(b'"mean"', b'"sum"', 1)
+    with pytest.raises(enclave_sim.VerificationError):
+        _verify(world, forged)
+
+
+def test_the_warm_worker_answers_later_queries_without_a_new_key_release(world) -> None:
+    maker, app = world["maker"], world["running"].app
+    maker.run_query(world["dataset"], MEAN)
+    before = _key_releases(world)
+    dataset_id = world["dataset"].removeprefix("datasets/")
+    assert dataset_id in app.stats_pool.warm_datasets()
+    maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2))
+    assert _key_releases(world) == before  # the same attested worker, no second decryption
+    assert app.stats_pool.reap(now=float("inf")) == 1  # idle past any limit: closed
+    assert dataset_id not in app.stats_pool.warm_datasets()
+    maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2))
+    assert _key_releases(world) == before + 1  # a fresh worker had to be attested again
+
+
+def test_grouped_counts_release_only_groups_that_exist(world) -> None:
+    answer = world["maker"].run_query(world["dataset"], Query(kind="count", group_by="age", epsilon=1.0, delta=1e-6))
+    keys = [tuple(c.key) for c in answer.cells]
+    assert keys, "the age bands of 569 patients are large enough to pass the threshold"
+    assert all(len(k) == 1 and (k[0].endswith("+") or "-" in k[0]) for k in keys)  # generalised bands, nothing else
+    assert sum(c.value for c in answer.cells) == pytest.approx(world["rows"], abs=60)
+    _verify(world, answer)
+
+
+def test_a_filtered_quantile_and_a_histogram_are_answered(world) -> None:
+    maker = world["maker"]
+    median = maker.run_query(world["dataset"], Query(kind="quantile", column="mean_radius", bounds=(0.0, 40.0), epsilon=0.5,
+                                                     filters=(Filter("malignant", "==", 1),)))
+    assert median.cells[0].unit == "rows" and 5 < median.cells[0].value < 30
+    histogram = maker.run_query(world["dataset"], Query(kind="histogram", column="mean_radius", bins=(0, 10, 15, 20, 40), epsilon=0.5))
+    assert [c.key[0] for c in histogram.cells] == ["[0.0, 10.0)", "[10.0, 15.0)", "[15.0, 20.0)", "[20.0, 40.0]"]
+
+
+@pytest.mark.parametrize("query, field", [
+    (Query(kind="mean", column="nope", bounds=(0.0, 1.0), epsilon=0.5), "column"),
+    (Query(kind="mean", column="postcode", bounds=(0.0, 1.0), epsilon=0.5), "column"),
+    (Query(kind="mean", column="mean_radius", epsilon=0.5), "bounds"),
+    (Query(kind="mean", column="mean_radius", bounds=(40.0, 0.0), epsilon=0.5), "bounds"),
+    (Query(kind="count", epsilon=0.0), "epsilon"),
+    (Query(kind="count", epsilon=-1.0), "epsilon"),
+    (Query(kind="count", filters=(Filter("patient_id", "==", "x"),), epsilon=0.5), "filters[0].column"),
+    (Query(kind="count", group_by="mean_radius", epsilon=0.5, delta=1e-6), "group_by"),
+])
+def test_bad_queries_are_refused_before_any_reservation(world, query, field) -> None:
+    before = _reservations(world)
+    with pytest.raises(CleanroomClientError) as caught:
+        world["maker"].run_query(world["dataset"], query)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in {v.field for v in caught.value.violations}
+    assert _reservations(world) == before
+
+
+def test_a_dataset_not_shared_with_the_caller_looks_missing(world) -> None:
+    before = _reservations(world)
+    with pytest.raises(CleanroomClientError) as caught:
+        world["stranger"].run_query(world["dataset"], MEAN)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert _reservations(world) == before
+
+
+def test_the_dry_run_shows_cost_and_error_and_spends_nothing(world) -> None:
+    before = _reservations(world)
+    estimate = world["maker"].estimate_query(world["dataset"], Query(kind="count", group_by="age", epsilon=1.0, delta=1e-6))
+    assert estimate.epsilon == pytest.approx(1.0) and estimate.delta == pytest.approx(1e-6)
+    assert estimate.expected_error["count"] > 0 and estimate.expected_error["select.threshold"] > 1
+    assert estimate.budget.decision == "auto_approve" and estimate.budget.fits
+    assert _reservations(world) == before
+
+
+def test_a_retried_request_gets_the_first_answer_and_is_charged_once(world) -> None:
+    before = _reservations(world)
+    first = world["maker"].run_query(world["dataset"], MEAN, request_id="stats-retry-1")
+    again = world["maker"].run_query(world["dataset"], MEAN, request_id="stats-retry-1")
+    assert first == again and _reservations(world) == before + 1
+
+
+def test_a_query_above_the_auto_approve_threshold_waits_for_an_officer(world) -> None:
+    maker, officer = world["maker"], world["officer"]
+    big = Query(kind="count", epsilon=3.0)
+    with pytest.raises(CleanroomClientError) as caught:
+        maker.run_query(world["dataset"], big)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    request_name = next(v.description for v in caught.value.violations if v.field == "privacy_request")
+    with pytest.raises(CleanroomClientError):  # not yet approved
+        maker.run_query(world["dataset"], big, privacy_request=request_name)
+    officer.approve(request_name, reason="one-off population count")
+    with pytest.raises(CleanroomClientError) as other:  # an approval covers its own query only
+        maker.run_query(world["dataset"], Query(kind="count", epsilon=3.0, filters=(Filter("malignant", "==", 1),)),
+                        privacy_request=request_name)
+    assert other.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    answer = maker.run_query(world["dataset"], big, privacy_request=request_name)
+    assert answer.epsilon == pytest.approx(3.0)
+    with pytest.raises(CleanroomClientError):  # used once
+        maker.run_query(world["dataset"], big, privacy_request=request_name)
+
+
+def test_an_exhausted_budget_refuses_with_resource_exhausted_and_reserves_nothing(world) -> None:
+    maker, officer, dataset = world["maker"], world["officer"], world["dataset"]
+    share = next(b for b in maker.get_budgets(dataset).budgets if b.manufacturer)
+    used = share.spent.epsilon + share.reserved.epsilon
+    officer.set_budget(dataset, epsilon=used + 0.3, delta=1e-4, reason="nearly spent", manufacturer=share.manufacturer)
+    before = _reservations(world)
+    with pytest.raises(CleanroomClientError) as caught:
+        maker.run_query(dataset, Query(kind="count", epsilon=1.0))
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and caught.value.reason == "PRIVACY_BUDGET_EXHAUSTED"
+    assert _reservations(world) == before
+    assert maker.run_query(dataset, Query(kind="count", epsilon=0.25)).epsilon == pytest.approx(0.25)  # what is left still works
