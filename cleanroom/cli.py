@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 import enclave_sim
 
-from cleanroom import cli_jobs, cli_models, cli_privacy, render
+from cleanroom import cli_jobs, cli_models, cli_privacy, cli_stats, render
 from cleanroom.sdk import Client, CleanroomClientError, load_schema
 from cleanroom.sdk.client import ROLES
 from cleanroom.sdk.schema import SchemaError
@@ -170,6 +170,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     cli_privacy.register(sub, _client)
     cli_models.register(sub, _client)
     cli_jobs.register(sub, _client)
+    cli_stats.register(sub, _client)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import grpc
 import pytest
 
 import enclave_sim
-from cleanroom import samples
+from cleanroom import cli, samples
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema
@@ -37,7 +38,7 @@ def world(tmp_path_factory):
     officer.set_approval_policy(dataset.name, max_epsilon=5, auto_approve_epsilon=2, reason="routine")
     with source.open() as handle:
         radius = [float(row["mean_radius"]) for row in csv.DictReader(handle)]
-    yield {"running": running, "maker": maker, "stranger": stranger, "officer": officer, "dataset": dataset.name,
+    yield {"running": running, "maker_token": maker_token, "maker": maker, "stranger": stranger, "officer": officer, "dataset": dataset.name,
            "true_mean_radius": statistics.fmean(radius), "rows": len(radius)}
     for client in (owner, maker, stranger, officer):
         client.close()
@@ -54,6 +55,11 @@ def _key_releases(world) -> int:
         return sum(1 for e in audit_repo.entries(session) if e.action == "broker.released")
 
 
+def _metric(world, kind: str, outcome: str) -> float:
+    registry = world["running"].app.metrics.registry
+    return registry.get_sample_value("cleanroom_stats_queries_total", {"kind": kind, "outcome": outcome}) or 0.0
+
+
 def _verify(world, answer):
     enclave = world["running"].app.enclave
     return verify_answer(answer, pinned_root_pem=enclave.root.public_key_pem(), allowed_measurements=[enclave.measurement])
@@ -64,7 +70,9 @@ MEAN = Query(kind="mean", column="mean_radius", bounds=(0.0, 40.0), epsilon=0.5)
 
 def test_a_mean_is_answered_charged_once_and_carries_a_verifiable_receipt(world) -> None:
     maker = world["maker"]
+    answered = _metric(world, "mean", "answered")
     answer = maker.run_query(world["dataset"], MEAN)
+    assert _metric(world, "mean", "answered") == answered + 1
     assert answer.epsilon == pytest.approx(0.5) and answer.delta == 0 and len(answer.cells) == 1
     cell = answer.cells[0]
     assert cell.statistic == "mean" and 0 < cell.half_width < 40
@@ -129,11 +137,12 @@ def test_a_filtered_quantile_and_a_histogram_are_answered(world) -> None:
 ])
 def test_bad_queries_are_refused_before_any_reservation(world, query, field) -> None:
     before = _reservations(world)
+    refused = _metric(world, query.kind, "answered")
     with pytest.raises(CleanroomClientError) as caught:
         world["maker"].run_query(world["dataset"], query)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in {v.field for v in caught.value.violations}
-    assert _reservations(world) == before
+    assert _reservations(world) == before and _metric(world, query.kind, "answered") == refused
 
 
 def test_a_dataset_not_shared_with_the_caller_looks_missing(world) -> None:
@@ -180,6 +189,29 @@ def test_a_query_above_the_auto_approve_threshold_waits_for_an_officer(world) ->
         maker.run_query(world["dataset"], big, privacy_request=request_name)
 
 
+def _cli(world, *args: str) -> list[str]:
+    return ["--server", world["running"].address, "--token", world["maker_token"], "stats", *args]
+
+
+def test_the_cli_prints_a_table_json_and_a_dry_run(world, capsys) -> None:
+    dataset = world["dataset"]
+    assert cli.main(_cli(world, "count", dataset, "--group-by", "age", "--epsilon", "0.5", "--delta", "1e-6",
+                         "--where", "malignant == 1")) == 0
+    table = capsys.readouterr().out
+    assert "group" in table and "± (95%)" in table and "spent ε 0.5" in table
+    assert cli.main(_cli(world, "mean", dataset, "--column", "mean_radius", "--bounds", "0", "40", "--epsilon", "0.3", "--json")) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["kind"] == "mean" and answer["epsilon"] == 0.3 and len(answer["cells"]) == 1
+    before = _reservations(world)
+    assert cli.main(_cli(world, "variance", dataset, "--column", "mean_radius", "--bounds", "0", "40", "--epsilon", "1", "--dry-run")) == 0
+    dry = capsys.readouterr().out
+    assert "cost ε 1" in dry and "sum_of_squares" in dry and _reservations(world) == before
+    assert cli.main(_cli(world, "mean", dataset, "--column", "postcode", "--bounds", "0", "1", "--epsilon", "0.3")) == 1
+    error = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in error and "numeric" in error and "Traceback" not in error
+
+
+# Last: it leaves the share nearly spent.
 def test_an_exhausted_budget_refuses_with_resource_exhausted_and_reserves_nothing(world) -> None:
     maker, officer, dataset = world["maker"], world["officer"], world["dataset"]
     share = next(b for b in maker.get_budgets(dataset).budgets if b.manufacturer)

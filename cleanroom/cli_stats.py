@@ -1,0 +1,141 @@
+"""`cleanroom stats …`: ask a DP question of a shared dataset, or price it first with --dry-run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+
+from google.protobuf.json_format import MessageToDict
+
+from cleanroom import render
+from cleanroom.sdk import Client
+from cleanroom.stats import Filter, Query
+from cleanroom.stats.query import KINDS
+from cleanroom.v1 import datasets_pb2
+
+ClientFactory = Callable[[argparse.Namespace], Client]
+WHERE = re.compile(r"^\s*(?P<column>[^\s!<>=]+)\s*(?P<op>==|!=|<=|>=|<|>|\bin\b)\s*(?P<value>.+?)\s*$")
+EXAMPLES = """examples:
+  cleanroom stats count datasets/d1 --epsilon 0.5
+  cleanroom stats mean datasets/d1 --column mean_radius --bounds 0 40 --epsilon 0.5 --where "malignant == 1"
+  cleanroom stats count datasets/d1 --group-by age --epsilon 1 --delta 1e-6 --dry-run
+  cleanroom stats histogram datasets/d1 --column mean_radius --bins 0,10,15,20,40 --epsilon 0.5 --json
+  cleanroom stats quantile datasets/d1 --column mean_radius --bounds 0 40 --quantiles 0.25,0.5,0.75 --epsilon 1
+
+Every answer is noisy (differential privacy) and comes with a 95% interval; each run spends its ε
+(and δ) from your share of the dataset's budget. --dry-run shows the cost and expected error first.
+Groups of a --group-by whose keys are not public need δ > 0: rare groups are then left out entirely."""
+
+
+def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("stats", help="DP statistics on a dataset shared with you (manufacturer)",
+                            description="Ask a differentially private question of a dataset shared with you.",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=KINDS, help="the statistic")
+    parser.add_argument("dataset", help="datasets/{id}")
+    parser.add_argument("--column", help="the measured column (not needed for a plain count)")
+    parser.add_argument("--epsilon", type=float, required=True, help="ε this query spends, e.g. 0.5")
+    parser.add_argument("--delta", type=float, default=0.0, help="δ; needed for --group-by and for --noise gaussian")
+    parser.add_argument("--group-by", help="a categorical column; groups below a DP threshold are not released")
+    parser.add_argument("--where", action="append", default=[], metavar="'COLUMN OP VALUE'",
+                        help="filter rows, e.g. 'age == 40-49' or 'site in a,b'; OP is == != < <= > >= in; repeatable")
+    parser.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"), help="public clamping bounds for sum, mean, variance, quantile")
+    parser.add_argument("--estimate-bounds", action="store_true", help="estimate the bounds with DP instead (spends part of ε)")
+    parser.add_argument("--bounds-epsilon", type=float, help="the part of ε for bounds estimation (default a quarter)")
+    parser.add_argument("--bins", help="histogram edges for a numeric column, comma separated, e.g. 0,10,20,40")
+    parser.add_argument("--quantiles", default="0.5", help="quantile levels, comma separated (default the median)")
+    parser.add_argument("--rows-per-patient", type=int, help="most rows one patient contributes (default: the dataset's, 1)")
+    parser.add_argument("--noise", choices=("laplace", "gaussian"), default="laplace", help="noise distribution (default laplace)")
+    parser.add_argument("--privacy-request", default="", help="privacyRequests/{id}: an officer's approval of this very query")
+    parser.add_argument("--dry-run", action="store_true", help="show the cost, the expected error and the budget; spend nothing")
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
+    parser.set_defaults(handler=lambda a: _run(client(a), a))
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    query = build_query(args, _column_types(client, args.dataset))
+    if args.dry_run:
+        estimate = client.estimate_query(args.dataset, query)
+        print(json.dumps(MessageToDict(estimate), indent=2) if args.json else render_estimate(estimate))
+        return 0
+    answer = client.run_query(args.dataset, query, privacy_request=args.privacy_request)
+    print(answer.answer_json.decode() if args.json else render_answer(answer))
+    return 0
+
+
+def _column_types(client: Client, dataset: str) -> dict[str, str]:
+    """Filter values are typed by the column they compare against, from the schema you can see."""
+    stored_as_text = (datasets_pb2.PATIENT_KEY, datasets_pb2.QUASI_IDENTIFIER)  # pseudonyms, generalised values
+    shown = client.get_dataset(dataset)
+    return {c.name: "string" if c.role in stored_as_text else datasets_pb2.ColumnType.Name(c.type).lower() for c in shown.columns}
+
+
+def build_query(args: argparse.Namespace, types: dict[str, str]) -> Query:
+    return Query(
+        kind=args.kind, epsilon=args.epsilon, delta=args.delta, column=args.column, group_by=args.group_by,
+        filters=tuple(parse_where(text, types) for text in args.where),
+        bounds=tuple(args.bounds) if args.bounds else None, estimate_bounds=args.estimate_bounds,
+        bounds_epsilon=args.bounds_epsilon, bins=_numbers(args.bins) if args.bins else None,
+        quantiles=_numbers(args.quantiles), max_rows_per_patient=args.rows_per_patient, noise=args.noise,
+    )
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise SystemExit(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_where(text: str, types: dict[str, str]) -> Filter:
+    match = WHERE.match(text)
+    if match is None:
+        raise SystemExit(f"--where needs 'COLUMN OP VALUE' with OP one of == != < <= > >= in, got {text!r}")
+    column, op, raw = match["column"], match["op"], match["value"]
+    kind = types.get(column, "string")
+    if op == "in":
+        return Filter(column, op, tuple(_typed(v.strip(), kind) for v in raw.split(",")))
+    return Filter(column, op, _typed(raw, kind))
+
+
+def _typed(raw: str, kind: str) -> object:
+    if kind in ("integer", "float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SystemExit(f"{raw!r} is not a number") from None
+    if kind == "boolean":
+        return raw.lower() in ("true", "1", "yes")
+    return raw
+
+
+def render_answer(answer) -> str:  # type: ignore[no-untyped-def]
+    grouped = any(c.key for c in answer.cells)
+    headers = (*(["group"] if grouped else []), "statistic", "value", "± (95%)")
+    rows = []
+    for cell in answer.cells:
+        label = f"{cell.statistic}@{cell.level:g}" if cell.HasField("level") else cell.statistic
+        width = f"{cell.half_width:.4g}" + (" rows" if cell.unit == "rows" else "")
+        rows.append((*([" / ".join(cell.key)] if grouped else []), label, f"{cell.value:.6g}", width))
+    lines = [render.table(headers, rows) if rows else "no group passed the release threshold (rare groups are never shown)"]
+    lines.append(f"spent ε {answer.epsilon:g}, δ {answer.delta:.2g} · {answer.mechanism} · "
+                 f"at most {answer.rows_per_patient} row(s) per patient")
+    if answer.HasField("bounds"):
+        lines.append(f"values clamped to [{answer.bounds.lower:g}, {answer.bounds.upper:g}]")
+    lines.append("receipt: signed by the enclave (check it with cleanroom.sdk.stats.verify_answer)")
+    return "\n".join(lines)
+
+
+def render_estimate(estimate) -> str:  # type: ignore[no-untyped-def]
+    budget = estimate.budget
+    lines = [f"cost ε {estimate.epsilon:g}, δ {estimate.delta:.2g}: {budget.decision.replace('_', ' ')}; "
+             f"{'fits' if budget.fits else 'does NOT fit'} your budget"]
+    lines += [f"  - {reason}" for reason in budget.reasons]
+    rows = [(now.name, f"{now.remaining.epsilon:g}", f"{then.remaining.epsilon:g}")
+            for now, then in zip(budget.remaining_before, budget.remaining_after)]
+    lines.append(render.table(("budget", "ε left now", "ε left after"), rows))
+    errors = [(name, f"{value:.4g}") for name, value in sorted(estimate.expected_error.items())]
+    lines.append(render.table(("noisy part", "expected 95% half-width"), errors))
+    return "\n".join(lines)
