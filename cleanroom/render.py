@@ -33,10 +33,11 @@ def _column_rule(column: datasets_pb2.ColumnSpec) -> str:
 
 def columns_table(dataset: datasets_pb2.Dataset) -> str:
     rows = [
-        (c.name, datasets_pb2.ColumnType.Name(c.type).lower(), datasets_pb2.ColumnRole.Name(c.role).lower(), _column_rule(c))
+        (c.name, datasets_pb2.ColumnType.Name(c.type).lower(), datasets_pb2.ColumnRole.Name(c.role).lower(),
+         _column_rule(c) or (f"{c.label_classes} classes (0..{c.label_classes - 1})" if c.label_classes else ""))
         for c in dataset.columns
     ]
-    return table(("column", "type", "role", "generalisation"), rows)
+    return table(("column", "type", "role", "generalisation / classes"), rows)
 
 
 def intake_report(dataset: datasets_pb2.Dataset) -> str:

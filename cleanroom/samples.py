@@ -74,5 +74,5 @@ def breast_cancer_schema(k: int = 5) -> list[datasets_pb2.ColumnSpec]:
         C(name="visit_date", type=R.DATE, role=R.QUASI_IDENTIFIER, generalization=R.Generalization(date=R.YEAR)),
     ]
     columns += [C(name=n, type=R.FLOAT, role=R.FEATURE) for n in feature_names()]
-    columns.append(C(name="malignant", type=R.INTEGER, role=R.LABEL))
+    columns.append(C(name="malignant", type=R.INTEGER, role=R.LABEL, label_classes=2))
     return columns

@@ -1,20 +1,26 @@
 """Dataset intake: parse, de-identify, check k-anonymity and seal, in bounded memory.
 
-Two passes over the data, both encrypted:
+One pass over the upload, and a second over the sealed result only when it is needed:
 1. parse the upload batch by batch, reject files holding undeclared identifiers, de-identify each
-   batch, count k-anonymity classes, and write the batches to a staging blob sealed under a key
-   that lives only in memory;
-2. read the staging blob back, drop the classes below k, and seal the result under the dataset's
-   own key.
+   batch, count k-anonymity classes (distinct patients), and seal the batches under the dataset's
+   own key (a candidate blob, still uncommitted) while each row's class id goes to a small side
+   blob sealed under a key that lives only in memory;
+2. only if some class has fewer than k patients: read the candidate and the class ids back, drop
+   those classes' rows, and seal the result as a new blob under the dataset's key.
 Peak memory is a few batches plus the class counts (distinct class x patient pairs), never the
-file. Plaintext never touches disk: the staging blobs are ciphertext too, and are removed at the end.
-Helper threads read ahead (receive and parse, convert types; in the second pass, decrypt) while
-the caller's thread de-identifies and seals: pyarrow, hashlib and the ciphers release the GIL, so
-the stages run on all cores.
+file. Plaintext never touches disk: the candidate and the side blob are ciphertext, and whatever
+is not kept is removed at the end (or on any error). The dataset key is in memory only until the
+caller commits the blob with the metadata row, so until then the candidate is as unreadable as a
+staging blob.
+Helper threads read ahead (receive and cut the CSV into blocks; parse each block straight into
+the declared types; scan and de-identify; in the second pass, decrypt) while the caller's thread
+counts classes and seals: pyarrow, hashlib and the ciphers release the GIL, so the stages run on
+all cores.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -35,15 +41,12 @@ from cleanroom.storage.blobs import BlobStore, PendingBlob
 
 CSV = "csv"
 PARQUET = "parquet"
-# De-identifying a batch costs dozens of Arrow calls whatever its size, so small batches (one per
-# 1 MiB CSV block; pyarrow's CSV reader holds ~40 blocks, so bigger blocks cost memory) are joined
-# into batches of about this many bytes first.
+# De-identifying a batch costs dozens of Arrow calls whatever its size, so CSV is cut into blocks
+# of this many bytes, and smaller batches (Parquet's) are joined to about this size first.
 BATCH_BYTES = 8 << 20
-READ_AHEAD = 2  # batches a helper thread may have ready
-RAW_READ_AHEAD = 8  # raw CSV batches (one per 1 MiB block) the parsing thread may have ready
-# Staged batches carry each row's class id as a last column, so the second pass need not
-# rebuild the class keys.
-_STAGED_CLASS = pa.field("class_id", pa.int32())
+READ_AHEAD = 2  # batches (or CSV blocks) a helper thread may have ready
+# Each row's class id, kept beside the candidate so a second pass need not rebuild class keys.
+_CLASS_SCHEMA = pa.schema([pa.field("class_id", pa.int32())])
 T = TypeVar("T")
 
 
@@ -59,6 +62,7 @@ class IntakeResult:
 class _Counts:
     rows_received: int = 0
     rows_without_patient_key: int = 0
+    rows_kept: int = 0  # after de-identification, before suppression
     rows_stored: int = 0
     rows_suppressed: int = 0
 
@@ -75,24 +79,35 @@ def ingest(
 ) -> IntakeResult:
     counts = _Counts()
     counter = ops.EquivalenceClassCounter(policy)
-    with ExitStack() as temporaries:
-        batches = _parse(stream, file_format, policy, blobs, dataset_id, temporaries)
-        staged = temporaries.enter_context(blobs.create(f"{dataset_id}-stage"))
-        stage_key = crypto.new_data_key()
-        try:
-            _first_pass(batches, policy, pseudonymizer, counter, counts, staged, stage_key)
-        except CleanroomError as error:
-            raise stream.explain(error) from None
-        stream.verify_trailer()
-        small = counter.small_classes(policy.k)
-        final = blobs.create(dataset_id)
-        try:
-            digest = _second_pass(staged, stage_key, small, counts, final, data_key, dataset_id, policy)
-        except BaseException:
+    candidate = blobs.create(dataset_id)
+    final: PendingBlob | None = None
+    try:
+        with ExitStack() as temporaries:
+            batches = _parse(stream, file_format, policy, blobs, dataset_id, temporaries)
+            class_ids = temporaries.enter_context(blobs.create(f"{dataset_id}-classes"))
+            ids_key = crypto.new_data_key()
+            try:
+                _first_pass(batches, policy, pseudonymizer, counter, counts, candidate, data_key, class_ids, ids_key)
+            except CleanroomError as error:
+                raise stream.explain(error) from None
+            stream.verify_trailer()
+            small = counter.small_classes(policy.k)
+            if len(small) == 0:  # nothing to suppress: the candidate is the dataset
+                counts.rows_stored = counts.rows_kept
+                final, digest = candidate, _file_sha256(candidate)
+            else:
+                final = blobs.create(dataset_id)
+                digest = _second_pass(candidate, data_key, class_ids, ids_key, small, counts, final, policy)
+        report = _report(policy, stream.bytes_received, counts, counter, small)
+        patients = counter.patients_outside(small)
+    except BaseException:
+        if final is not None:
             final.abort()
-            raise
-    report = _report(policy, stream.bytes_received, counts, counter, small)
-    return IntakeResult(report, counter.patients_outside(small), digest, final)
+        candidate.abort()
+        raise
+    if final is not candidate:
+        candidate.abort()
+    return IntakeResult(report, patients, digest, final)
 
 
 def _parse(
@@ -113,10 +128,11 @@ def _parse(
 
 
 def _csv_batches(stream: UploadStream, policy: deid.DeidPolicy) -> Iterator[pa.RecordBatch]:
-    # Two helper threads: one receives and parses, one converts types (as costly as parsing);
-    # on one thread they were the slowest stage of the pipeline.
-    with closing(_read_ahead(ops.raw_csv_batches(stream, policy), RAW_READ_AHEAD)) as raw, \
-            closing(_read_ahead(_coalesced(ops.typed_csv_batches(raw, policy)))) as typed:
+    # Two helper threads: one receives the upload and cuts it into blocks of whole lines (this
+    # also hashes it), one parses each block into typed columns (the costliest stage).
+    layout, blocks = ops.csv_blocks(stream, policy, block_size=BATCH_BYTES)
+    with closing(_read_ahead(blocks)) as cut, \
+            closing(_read_ahead(ops.parse_csv_blocks(layout, cut, policy))) as typed:
         yield from typed
 
 
@@ -139,50 +155,80 @@ def _first_pass(
     pseudonymizer: ops.Pseudonymizer,
     counter: ops.EquivalenceClassCounter,
     counts: _Counts,
-    staged: PendingBlob,
-    stage_key: bytes,
+    candidate: PendingBlob,
+    data_key: bytes,
+    class_ids: PendingBlob,
+    ids_key: bytes,
 ) -> None:
-    # Nobody reads the staging blob's digest, and it would cost as much as its encryption.
-    sink = crypto.SealedWriter(staged.file, stage_key, staged.blob_id, digest=False)
-    with ipc.new_stream(sink, ops.stored_arrow_schema(policy).append(_STAGED_CLASS)) as writer, \
-            closing(batches):  # stops the helper threads, also when a batch is refused
-        for batch in batches:
-            violations = ops.scan_for_identifiers(batch, policy)
-            if violations:
-                raise CleanroomError(
-                    ErrorCode.SENSITIVE_DATA_FOUND,
-                    "the file holds direct identifiers in columns not declared DIRECT_IDENTIFIER; nothing was stored",
-                    violations=violations,
-                )
-            first_row = counts.rows_received + 1
-            counts.rows_received += batch.num_rows
-            result = ops.deidentify_batch(batch, policy, pseudonymizer, first_row=first_row)
-            counts.rows_without_patient_key += result.rows_without_patient_key
-            class_ids = counter.update(result.batch)
-            writer.write_batch(result.batch.append_column(_STAGED_CLASS, class_ids))
+    # No digests while writing: the candidate's is taken afterwards only if it is kept (a second
+    # pass writes another blob), and nobody reads the class ids'.
+    sink = crypto.SealedWriter(candidate.file, data_key, candidate.blob_id, digest=False)
+    ids_sink = crypto.SealedWriter(class_ids.file, ids_key, class_ids.blob_id, digest=False)
+    # Closed in reverse order: the de-identifying thread stops first, then the parsing threads.
+    with ipc.new_stream(sink, ops.stored_arrow_schema(policy)) as writer, \
+            ipc.new_stream(ids_sink, _CLASS_SCHEMA) as ids_writer, \
+            closing(batches), \
+            closing(_read_ahead(_deidentified(batches, policy, pseudonymizer, counts))) as results:
+        for result in results:
+            counts.rows_kept += result.batch.num_rows
+            ids = counter.update(result.batch, result.patients)
+            writer.write_batch(result.batch)
+            ids_writer.write_batch(pa.RecordBatch.from_arrays([ids], schema=_CLASS_SCHEMA))
     sink.close()
-    staged.file.flush()
+    ids_sink.close()
+    candidate.file.flush()
+    class_ids.file.flush()
+
+
+def _deidentified(
+    batches: Iterator[pa.RecordBatch],
+    policy: deid.DeidPolicy,
+    pseudonymizer: ops.Pseudonymizer,
+    counts: _Counts,
+) -> Iterator[ops.DeidBatchResult]:
+    """Scans and de-identifies each batch (on a helper thread of its own: the caller's thread,
+    counting and sealing, was the pipeline's slowest stage with this work on it too)."""
+    for batch in batches:
+        violations = ops.scan_for_identifiers(batch, policy)
+        if violations:
+            raise CleanroomError(
+                ErrorCode.SENSITIVE_DATA_FOUND,
+                "the file holds direct identifiers in columns not declared DIRECT_IDENTIFIER; nothing was stored",
+                violations=violations,
+            )
+        first_row = counts.rows_received + 1
+        counts.rows_received += batch.num_rows
+        result = ops.deidentify_batch(batch, policy, pseudonymizer, first_row=first_row)
+        counts.rows_without_patient_key += result.rows_without_patient_key
+        yield result
+
+
+def _file_sha256(blob: PendingBlob) -> str:
+    """The SHA-256 of a written blob, read back (from the page cache, on a thread without the GIL)."""
+    with open(blob.path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _second_pass(
-    staged: PendingBlob,
-    stage_key: bytes,
+    candidate: PendingBlob,
+    data_key: bytes,
+    class_ids: PendingBlob,
+    ids_key: bytes,
     small: ops.SmallClasses,
     counts: _Counts,
     final: PendingBlob,
-    data_key: bytes,
-    dataset_id: str,
     policy: deid.DeidPolicy,
 ) -> str:
     schema = ops.stored_arrow_schema(policy)
-    sink = crypto.SealedWriter(final.file, data_key, dataset_id)
-    with open(staged.path, "rb") as staged_file:
-        source = crypto.SealedReader(staged_file, stage_key, staged.blob_id)
-        with ipc.open_stream(crypto.as_arrow_file(source)) as reader, ipc.new_stream(sink, schema) as writer, \
-                closing(_read_ahead(iter(reader))) as ahead:
-            for staged_batch in ahead:
-                batch = pa.RecordBatch.from_arrays(staged_batch.columns[:-1], schema=schema)
-                kept, removed = ops.suppress_small_classes(batch, small, staged_batch.column(-1))
+    sink = crypto.SealedWriter(final.file, data_key, final.blob_id)
+    with open(candidate.path, "rb") as data_file, open(class_ids.path, "rb") as ids_file:
+        data = crypto.as_arrow_file(crypto.SealedReader(data_file, data_key, candidate.blob_id))
+        ids = crypto.as_arrow_file(crypto.SealedReader(ids_file, ids_key, class_ids.blob_id))
+        with ipc.open_stream(data) as data_reader, ipc.open_stream(ids) as ids_reader, \
+                ipc.new_stream(sink, schema) as writer, \
+                closing(_read_ahead(zip(data_reader, ids_reader, strict=True))) as ahead:
+            for batch, batch_ids in ahead:
+                kept, removed = ops.suppress_small_classes(batch, small, batch_ids.column(0))
                 counts.rows_suppressed += removed
                 counts.rows_stored += kept.num_rows
                 writer.write_batch(kept)

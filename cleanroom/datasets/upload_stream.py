@@ -51,11 +51,17 @@ class UploadStream(io.RawIOBase):
         """
         if size is None or size < 0:
             return self.readall()
+        pieces = self.read_pieces(size)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_pieces(self, size: int) -> list[bytes]:
+        """Up to `size` bytes as the chunks they arrived in (no join): for a reader that joins
+        them with bytes of its own anyway."""
         pieces, wanted = [], size
         while wanted > 0 and self._fill():
             pieces.append(self._take(wanted))
             wanted -= len(pieces[-1])
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return pieces
 
     def _fill(self) -> bool:
         """Makes a chunk with unread bytes current; False at the trailer."""

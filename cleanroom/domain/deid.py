@@ -17,6 +17,7 @@ from cleanroom.domain.errors import FieldViolation, bad_request
 MIN_K = 2
 MAX_K = 1000
 DEFAULT_K = 5
+MAX_LABEL_CLASSES = 10000
 
 
 class ColumnType(enum.Enum):
@@ -100,6 +101,9 @@ class ColumnSpec:
     type: ColumnType
     role: ColumnRole
     generalization: Generalization | None = None
+    # LABEL columns of a classification dataset: values are integers 0..label_classes-1
+    # (booleans 0/1), checked at intake; 0 = not declared.
+    label_classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,24 @@ def _column_violations(column: ColumnSpec) -> list[FieldViolation]:
         violations.append(FieldViolation(_field(column), "the column type is unspecified"))
     if not isinstance(column.role, ColumnRole):
         violations.append(FieldViolation(_field(column), "the column role is unspecified"))
-    return violations + _generalization_violations(column)
+    return violations + _generalization_violations(column) + _label_classes_violations(column)
+
+
+# The types whose values can be class indices (booleans as 0/1).
+CLASS_LABEL_TYPES = frozenset({ColumnType.INTEGER, ColumnType.BOOLEAN})
+
+
+def _label_classes_violations(column: ColumnSpec) -> list[FieldViolation]:
+    classes, field = column.label_classes, f"{_field(column)}.label_classes"
+    if not _is_int(classes) or not 0 <= classes <= MAX_LABEL_CLASSES:
+        return [FieldViolation(field, f"must be between 0 (not declared) and {MAX_LABEL_CLASSES}")]
+    if classes == 0:
+        return []
+    if column.role is not ColumnRole.LABEL:
+        return [FieldViolation(field, "only LABEL columns declare classes")]
+    if isinstance(column.type, ColumnType) and column.type not in CLASS_LABEL_TYPES:
+        return [FieldViolation(field, f"class labels are INTEGER or BOOLEAN, not {column.type.name}")]
+    return []
 
 
 def _generalization_violations(column: ColumnSpec) -> list[FieldViolation]:

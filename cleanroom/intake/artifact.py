@@ -38,11 +38,17 @@ from cleanroom.intake.safetensors_check import check_safetensors
 
 FORMAT = "cleanroom-exported-program-v1"
 STATE, CONST = "state/", "const/"
+# torch's serde keeps process-wide state: the serializer registers a FakeTensor reducer in
+# copyreg.dispatch_table for the duration of each call (and refuses to run when one is already
+# there: "Refusing to stomp on existing FakeTensor reducer"), the deserializer sets the module
+# global _CURRENT_DESERIALIZER. Concurrent intakes serialise and deserialise from several threads
+# of one process, so every use of either goes through this one lock.
+_SERDE_LOCK = threading.Lock()
 
 
 def artifact_bytes(ep: torch.export.ExportedProgram) -> bytes:
     """Serialise an exported program (tensors to safetensors, graph to serde JSON, no pickle read back)."""
-    with warnings.catch_warnings():  # torch's own pytree deprecation noise, not the manufacturer's
+    with _SERDE_LOCK, warnings.catch_warnings():  # torch's own pytree deprecation noise, not the manufacturer's
         warnings.simplefilter("ignore", FutureWarning)
         serialized = ExportedProgramSerializer().serialize(ep).exported_program
     program = json.loads(_to_json_bytes(serialized))
@@ -126,15 +132,11 @@ def _signature_names(input_specs: list[dict[str, Any]]) -> dict[str, set[str]]:
     return names
 
 
-# torch's deserializer keeps its state in a module global (_CURRENT_DESERIALIZER): one at a time.
-_DESERIALIZE_LOCK = threading.Lock()
-
-
 def _deserialize(program: dict[str, Any], state: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]
                  ) -> torch.export.ExportedProgram:
     try:
         serialized = _dict_to_dataclass(serde_schema.ExportedProgram, program)
-        with _DESERIALIZE_LOCK:
+        with _SERDE_LOCK:
             return ExportedProgramDeserializer().deserialize(serialized, state, constants, None)
     except IntakeRejected:
         raise

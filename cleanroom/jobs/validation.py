@@ -46,6 +46,14 @@ def _label_violations(label: str, model: ModelVersion, columns: dict[str, deid.C
         return [FieldViolation("spec.label_column", "a classification label must be an integer or boolean column")]
     if not classification and spec.type not in NUMERIC:
         return [FieldViolation("spec.label_column", "a regression label must be numeric")]
+    # Which labels exist is data: the data owner declares it at upload (intake refuses any value
+    # outside it), the manufacturer's num_classes must agree with it.
+    if classification and not spec.label_classes:
+        return [FieldViolation("spec.label_column", "the dataset does not declare this label's classes; "
+                                                    "the data owner must declare label_classes at upload")]
+    if classification and spec.label_classes != model.num_classes:
+        return [FieldViolation("spec.label_column", f"the dataset declares {spec.label_classes} classes for this label; "
+                                                    f"the model has {model.num_classes}")]
     return []
 
 

@@ -10,6 +10,11 @@
     type = "integer"
     role = "quasi_identifier"
     generalize = { age_band = 10 }        # or { date = "month" }, { prefix = 3 }, { suppress = true }
+    [[columns]]
+    name = "outcome"
+    type = "integer"
+    role = "label"
+    label_classes = 2                     # classification labels: values 0..label_classes-1
 """
 
 from __future__ import annotations
@@ -64,6 +69,11 @@ def column_spec(entry: dict[str, Any]) -> datasets_pb2.ColumnSpec:
     )
     if "generalize" in entry:
         spec.generalization.CopyFrom(_generalization(dict(entry["generalize"]), name))
+    if "label_classes" in entry:
+        classes = entry["label_classes"]
+        if isinstance(classes, bool) or not isinstance(classes, int) or not -2**31 <= classes < 2**31:
+            raise SchemaError(f"column {name}: label_classes must be a whole number of classes")
+        spec.label_classes = classes
     return spec
 
 

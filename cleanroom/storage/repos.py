@@ -73,6 +73,7 @@ def _column_to_json(column: deid.ColumnSpec) -> dict[str, object]:
         "type": column.type.name,
         "role": column.role.name,
         "rule": None if rule is None else {"kind": type(rule).__name__, **dataclasses.asdict(rule)},
+        "label_classes": column.label_classes,
     }
 
 
@@ -87,6 +88,7 @@ def _column_from_json(data: dict[str, object]) -> deid.ColumnSpec:
         type=deid.ColumnType[str(data["type"])],
         role=deid.ColumnRole[str(data["role"])],
         generalization=rule,
+        label_classes=int(data.get("label_classes", 0)),  # absent in rows stored before it existed
     )
 
 
