@@ -8,7 +8,9 @@
     same Opacus call) on the same data, epochs, expected batch and budget. Target: at most 1.15x.
     One row per patient, so Opacus's row-level sampling is the same mechanism as ours.
 
-Both parts run in one process and interleave their measurements; timings are medians.
+Both parts run in one process and interleave their measurements; timings are medians. Part (b)
+times the trainer alone; bench/job.py times the whole service job over gRPC (sandbox, attestation,
+release gate included) against the same kind of Opacus script.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ learning rate 0.5, expected batch 128 patients, 10 epochs, clipping norm 1) were
 ε = 1 on a validation split carved out of the training split (`--select` reruns that search; the
 test split is never looked at) and are used unchanged for every ε. The non-private baseline is
 the same model and recipe without clipping or noise. Targets: >= 93% at ε = 1, within 2 points of
-non-private at ε = 8. DP runs are repeated; the mean, min and max are printed and plotted (SVG, as
-matplotlib is not installed here; PNG when it is) under bench/out/.
+non-private at ε = 8. DP runs are repeated; the mean, min and max are printed and plotted to
+bench/out/utility.png (matplotlib, from requirements-dev.txt).
 """
 
 from __future__ import annotations
@@ -109,45 +109,27 @@ def select(repeats: int) -> None:
             print(f"epochs {epochs:2d} batch {batch} {optimizer} lr {lr}: validation accuracy {np.mean(accs):.3f}")
 
 
-def svg_curve(rows: list[dict], baseline: float) -> str:
-    """Accuracy (mean with min-max bars) against ε on a log axis, the non-private level dashed."""
-    w, h, pad = 420, 300, 50
-    lo = min(min(r["min"] for r in rows), baseline) - 0.02
-    x = lambda e: pad + (np.log(e) - np.log(0.8)) / (np.log(10) - np.log(0.8)) * (w - 2 * pad)  # noqa: E731
-    y = lambda a: h - pad - (a - lo) / (1.0 - lo) * (h - 2 * pad)  # noqa: E731
-    parts = [f'<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" fill="none" stroke="#444"/>',
-             f'<line x1="{pad}" x2="{w - pad}" y1="{y(baseline):.1f}" y2="{y(baseline):.1f}" stroke="#888" '
-             f'stroke-dasharray="5"/><text x="{w - pad}" y="{y(baseline) - 5:.1f}" font-size="11" '
-             f'text-anchor="end">non-private {baseline:.3f}</text>',
-             '<polyline fill="none" stroke="#1f5fa8" stroke-width="2" points="'
-             + " ".join(f"{x(r['epsilon']):.1f},{y(r['mean']):.1f}" for r in rows) + '"/>']
-    for r in rows:
-        parts.append(f'<line x1="{x(r["epsilon"]):.1f}" x2="{x(r["epsilon"]):.1f}" y1="{y(r["min"]):.1f}" '
-                     f'y2="{y(r["max"]):.1f}" stroke="#1f5fa8"/><text x="{x(r["epsilon"]):.1f}" y="{h - pad + 16}" '
-                     f'font-size="11" text-anchor="middle">ε={r["epsilon"]:g}</text>')
-    parts.append(f'<text x="{pad}" y="{pad - 10}" font-size="12">test accuracy, breast cancer, δ={DELTA:g}</text>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">{"".join(parts)}</svg>'
-
-
 def plot(rows: list[dict], baseline: float) -> Path:
+    """Accuracy (mean with min-max bars) against ε on a log axis, the non-private level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     OUT.mkdir(parents=True, exist_ok=True)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        path = OUT / "utility.svg"
-        path.write_text(svg_curve(rows, baseline))
-        return path
     fig, ax = plt.subplots(figsize=(5, 3.5))
     eps = [r["epsilon"] for r in rows]
     ax.errorbar(eps, [r["mean"] for r in rows], yerr=[[r["mean"] - r["min"] for r in rows],
                 [r["max"] - r["mean"] for r in rows]], marker="o")
     ax.axhline(baseline, linestyle="--", color="grey", label="non-private")
     ax.set(xscale="log", xlabel="ε (δ = 1e-5)", ylabel="test accuracy")
-    ax.legend()
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.minorticks_off()
+    ax.legend(loc="lower right")
+    ax.set_title(f"test accuracy, breast cancer, δ={DELTA:g}", fontsize=10)
     path = OUT / "utility.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     return path
 
 

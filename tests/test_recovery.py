@@ -86,3 +86,31 @@ def test_recover_removes_orphans_and_releases_claims(tmp_path: Path) -> None:
     with app.db.transaction() as session:
         assert repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp") is None
     app.close()
+
+
+def test_recover_keeps_model_programs_and_job_artefacts(tmp_path: Path) -> None:
+    """The orphan sweep once deleted every blob that was not a dataset: after any restart no model
+    could train again and no released artefact could be downloaded."""
+    import json
+
+    from cleanroom.storage.tables import JobRow, ModelRow
+
+    app = build_app(make_config(tmp_path / "state"))
+    blobs = app.datasets._blobs
+    for blob_id in ("mprogram", "jdone-a0", "jdone-a1", "dorphan"):
+        pending = blobs.create(blob_id)
+        pending.write(b"sealed")
+        pending.commit()
+    maker, _ = app.principals.create("maker", Role.MANUFACTURER, actor="test")
+    with app.db.transaction() as session:
+        session.execute(ModelRow.__table__.insert().values(
+            id="mprogram", owner_id=maker.id, name="m", version="1", state="accepted", package_sha256="0" * 64, task="t",
+            num_classes=2, input_shape_json="[30]", trainable_json="[]", report_json="{}", wrapped_key=b"k",
+            created_at=repos.now()))
+        session.execute(JobRow.__table__.insert().values(
+            id="jdone", kind="training", owner_id=maker.id, model_id="mprogram", dataset_id="d", spec_json="{}",
+            state="released", failure="none", cancel_requested=False, created_at=repos.now(),
+            artifacts_json=json.dumps([{"name": "weights.safetensors", "blob": "jdone-a0"}, {"name": "receipt.json", "blob": "jdone-a1"}])))
+    recover(app)
+    assert _files(app.config.blob_dir) == ["jdone-a0.blob", "jdone-a1.blob", "mprogram.blob"]  # "dorphan" is gone
+    app.close()

@@ -7,6 +7,13 @@ in a bubblewrap sandbox with the sealed dataset, the validated program and the s
 Then the release gate, the signed receipt (verified before release), the ledger commit, and the
 artefacts sealed for the requester. Workers are separate processes started by exec, never a fork of
 this gRPC process.
+
+Cancellation of a running job: a watch thread polls the job's cancel flag (any server sharing the
+database may have set it) and sets the sandbox request's cancel event; the launcher then kills the
+whole sandbox (cgroup and process group) and the job ends CANCELLED with nothing released, its
+reservation settled by the ledger rules (spent once the key has left the broker). If the server
+itself dies, bubblewrap's --die-with-parent takes the sandbox down with it and the next start
+fails the job with SERVER_RESTARTED.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from cleanroom.keys import KeyService
 from cleanroom.metrics import Metrics
 from cleanroom.modelversions.service import ModelVersionService
 from cleanroom.privacy.ledger import Ledger
+from cleanroom.sandbox import cgroups
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest
 from cleanroom.storage import job_repo, model_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
@@ -41,12 +49,35 @@ log = logging.getLogger(__name__)
 
 WORKER_ARGV = ("python3", "-m", "cleanroom.worker")
 POLL_SECONDS = 0.2
+CANCEL_POLL_SECONDS = 0.2
 
 
 class JobFailed(Exception):
     def __init__(self, code: FailureCode) -> None:
         super().__init__(code.value)
         self.code = code
+
+
+class JobCancelled(Exception):
+    """The requester cancelled the job while it ran: its sandbox was killed, nothing is released."""
+
+
+class _CancelWatch(threading.Thread):
+    """Polls the job's cancel flag (set by any server sharing the database) and sets `event`."""
+
+    def __init__(self, db: Database, job_id: str, event: threading.Event) -> None:
+        super().__init__(name=f"cancel-watch-{job_id}", daemon=True)
+        self._db, self._job_id, self.event, self.done = db, job_id, event, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(CANCEL_POLL_SECONDS):
+            try:
+                with self._db.read() as session:
+                    if job_repo.cancel_requested(session, self._job_id):
+                        self.event.set()
+                        return
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the watch
+                log.warning("cancel watch could not read the job", exc_info=True)
 
 
 def _error_type(stderr: bytes) -> str:
@@ -126,8 +157,12 @@ class JobRunner:
         logs.request_id.set(job.id)
         started = time.monotonic()
         self._metrics.jobs_running.labels(job.kind.value).inc()
+        watch = _CancelWatch(self._db, job.id, threading.Event())
+        watch.start()
         try:
-            listing, wrapped = self._execute(job)
+            listing, wrapped = self._execute(job, watch.event)
+        except JobCancelled:
+            self._cancelled(job)
         except JobFailed as failure:
             self._fail(job, failure.code)
         except Exception:  # noqa: BLE001 - any other error fails the job closed
@@ -136,10 +171,11 @@ class JobRunner:
         else:
             self._release(job, listing, wrapped)
         finally:
+            watch.done.set()
             self._metrics.jobs_running.labels(job.kind.value).dec()
             self._metrics.job_duration.labels(job.kind.value).observe(time.monotonic() - started)
 
-    def _execute(self, job: Job) -> tuple[list[dict[str, Any]], bytes]:
+    def _execute(self, job: Job, cancel: threading.Event) -> tuple[list[dict[str, Any]], bytes]:
         with self._db.read() as session:
             spend = privacy_repo.get_spend(session, job.spend_id) if job.spend_id else None
             model = model_repo.get_model(session, job.model_id)
@@ -149,8 +185,12 @@ class JobRunner:
             raise JobFailed(FailureCode.INTERNAL)
         work = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self._ensure_work_dir()))
         try:
+            if cancel.is_set():
+                raise JobCancelled
             secrets = self._attest_and_release_key(job, wrapped_dataset_key)
-            outputs = self._run_worker(job, model, dataset, work, secrets)
+            outputs = self._run_worker(job, model, dataset, work, secrets, cancel)
+            if cancel.is_set():  # cancelled as the worker finished: its outputs are discarded unread
+                raise JobCancelled
             return self._gate_and_store(job, model, dataset, spend.reserved, outputs, secrets["nonce"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -173,7 +213,8 @@ class JobRunner:
         return {"quote": quote.to_bytes().hex(), "ephemeral_private_key": raw.hex(), "wrapped_key": wrapped.to_bytes().hex(),
                 "nonce": quote.nonce}
 
-    def _run_worker(self, job: Job, model: Any, dataset: Any, work: Path, secrets: dict[str, str]) -> dict[str, bytes]:
+    def _run_worker(self, job: Job, model: Any, dataset: Any, work: Path, secrets: dict[str, str],
+                    cancel: threading.Event | None = None) -> dict[str, bytes]:
         inputs, out = work / "in", work / "out"
         inputs.mkdir()
         out.mkdir()
@@ -182,7 +223,9 @@ class JobRunner:
         (inputs / "job.json").write_text(json.dumps(self._job_input(job, model, dataset)))
         stdin = json.dumps({k: v for k, v in secrets.items() if k != "nonce"}).encode()
         result = self._launcher.run(SandboxRequest(argv=WORKER_ARGV, inputs={"job": inputs}, output_dir=out, stdin=stdin,
-                                                   env={"CLEANROOM_REQUEST_ID": job.id}), self._policy)
+                                                   env={"CLEANROOM_REQUEST_ID": job.id}, cancel=cancel), self._policy)
+        if result.outcome is Outcome.CANCELLED:
+            raise JobCancelled
         if result.outcome in (Outcome.WALL_TIME, Outcome.MEMORY, Outcome.OUTPUT_TOO_LARGE):
             raise JobFailed(FailureCode.RESOURCE_LIMIT)
         if not result.ok:
@@ -250,10 +293,20 @@ class JobRunner:
     def _release(self, job: Job, listing: list[dict[str, Any]], wrapped: bytes) -> None:
         with self._db.read() as session:
             cancelled = job_repo.cancel_requested(session, job.id)
-        if cancelled:  # the requester withdrew: nothing is released, but the decrypted data made it spent
+        if cancelled or not self._jobs.finish(job, JobState.RELEASED, **job_repo.artifact_values(listing, wrapped)):
+            # The requester withdrew (or the job moved meanwhile): nothing is released, the sealed
+            # artefacts go, and the decrypted data made the budget spent (the gate committed it).
+            for entry in listing:
+                self._blobs.delete(entry["blob"])
             self._jobs.finish(job, JobState.CANCELLED)
-            return
-        self._jobs.finish(job, JobState.RELEASED, **job_repo.artifact_values(listing, wrapped))
+
+    def _cancelled(self, job: Job) -> None:
+        """Cancelled while running: the sandbox is dead; per the ledger rules a reservation whose data
+        was decrypted is spent, one that never reached the key broker is refunded."""
+        if job.spend_id:
+            self._ledger.fail(job.spend_id, reason="cancelled while running")
+        self._jobs.finish(job, JobState.CANCELLED)
+        log.info("job cancelled while running; its sandbox was killed")
 
     def _fail(self, job: Job, code: FailureCode) -> None:
         if job.spend_id:
@@ -270,4 +323,8 @@ class JobRunner:
             queued = job_repo.jobs_in(session, JobState.QUEUED, limit=10_000)
         for job in running:
             self._fail(job, FailureCode.SERVER_RESTARTED)
+        try:  # their sandboxes died with the old server; the empty cgroups they ran in remain
+            cgroups.sweep_stale()
+        except (OSError, ValueError):
+            log.warning("could not sweep stale sandbox cgroups", exc_info=True)
         return {j.spend_id for j in queued if j.spend_id}

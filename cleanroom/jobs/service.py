@@ -16,6 +16,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import Principal
 from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState, new_job_id, transition
 from cleanroom.domain.model_versions import ModelState, ModelVersion, parse_model_name
+from cleanroom.domain.ownership import owned_or_not_found
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import Mechanism, Privacy
 from cleanroom.jobs import validation
@@ -77,8 +78,7 @@ class JobService:
             model = model_repo.get_model(session, model_id)
             dataset = repos.get_dataset(session, dataset_id)
             shared = privacy_repo.is_shared(session, dataset_id, maker.id)
-        if model is None or model.owner_id != maker.id:
-            raise CleanroomError(ErrorCode.NOT_FOUND, "model not found")
+        model = owned_or_not_found(model, maker.id, "model not found")
         if model.state is not ModelState.ACCEPTED:
             raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "this model version failed intake; see its intake report",
                                  violations=[FieldViolation("spec.model", "rejected at intake")])
@@ -102,9 +102,7 @@ class JobService:
         job_id = name.removeprefix("jobs/")
         with self._db.read() as session:
             job = job_repo.get_job(session, job_id)
-        if job is None or job.owner_id != maker.id:
-            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return job
+        return owned_or_not_found(job, maker.id, NOT_FOUND)
 
     def list(self, maker: Principal, page: PageRequest) -> list[Job]:
         with self._db.read() as session:
@@ -146,14 +144,17 @@ class JobService:
     # --- cancellation ------------------------------------------------------------------------------
 
     def cancel(self, maker: Principal, name: str) -> Job:
-        """Waiting jobs stop at once (nothing decrypted: refunded). A running job stops when its
-        worker returns; its outputs are discarded and, its data having been decrypted, it is spent."""
+        """Waiting jobs stop at once (nothing decrypted: refunded). A running job is flagged here; the
+        runner sees the flag within a poll interval, kills its sandbox and ends it CANCELLED with
+        nothing released; once its data has been decrypted its reservation is spent."""
         job = self.get(maker, name)
         if job.state.final:
             return job
         if job.state is JobState.RUNNING:
             with self._db.transaction() as session:
                 job_repo.request_cancel(session, job.id)
+                audit_repo.append(session, actor=maker.resource_name, action="job.cancel", target=job.resource_name,
+                                  details={"while": "running"})
             return job
         cancelled = transition(job, JobState.CANCELLED, at=repos.now())
         with self._db.transaction() as session:

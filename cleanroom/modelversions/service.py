@@ -18,6 +18,7 @@ from cleanroom.datasets.upload_stream import Trailer, UploadStream
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
 from cleanroom.domain.model_versions import ModelState, ModelVersion, new_model_id, parse_model_name
+from cleanroom.domain.ownership import owned_or_not_found
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.intake.service import IntakeOutcome, ModelIntake
 from cleanroom.keys import KeyService, model_context
@@ -104,10 +105,7 @@ class ModelVersionService:
             raise bad_request("name must look like models/{id}", FieldViolation("name", "not a model name"))
         with self._db.read() as session:
             version = model_repo.get_model(session, model_id)
-        # Another manufacturer's model is reported exactly like a missing one.
-        if version is None or version.owner_id != principal.id:
-            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return version
+        return owned_or_not_found(version, principal.id, NOT_FOUND)
 
     def list(self, principal: Principal, page: PageRequest) -> list[ModelVersion]:
         with self._db.read() as session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,9 @@ class SandboxRequest:
     env: dict[str, str] = field(default_factory=dict)         # the whole environment inside
     stdin: bytes = b""
     workdir: str = "/out"
+    # Set by the caller to stop the run early (a cancelled job): the local backends kill the whole
+    # sandbox (cgroup and process group) within a poll interval and report Outcome.CANCELLED.
+    cancel: threading.Event | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome(enum.Enum):
@@ -48,6 +52,7 @@ class Outcome(enum.Enum):
     MEMORY = "memory"              # killed for memory
     OUTPUT_TOO_LARGE = "output_too_large"
     LAUNCH_FAILED = "launch_failed"
+    CANCELLED = "cancelled"        # killed because the caller set request.cancel
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class BubblewrapLauncher(ProbedLauncher):
             argv=[self.binary, *args[0], "--seccomp", str(filter_r), "--", *args[1]],
             stdin=request.stdin, pass_fds=(filter_r,), rlimits=layout.rlimits(policy),
             cgroup_procs=cgroup.procs_files() if cgroup else [],
-            kill=cgroup.kill_all if cgroup else (lambda: None),
+            kill=cgroup.kill_all if cgroup else (lambda: None), cancel=request.cancel,
         )
         try:
             exit = supervise(cmd, policy, output)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+PREFIX = "cleanroom-sandbox-"
+
+
 class CgroupError(Exception):
     """No writable cgroup hierarchy with the controllers asked for."""
 
@@ -83,7 +86,7 @@ class Cgroup:
     @classmethod
     def create(cls, limits: dict[str, int]) -> Cgroup:
         """limits: {"memory": bytes, "pids": tasks}; raises CgroupError when it cannot."""
-        group, name = cls({}), f"cleanroom-sandbox-{uuid.uuid4().hex[:16]}"
+        group, name = cls({}), f"{PREFIX}{uuid.uuid4().hex[:16]}"
         try:
             for controller, value in limits.items():
                 group._add(controller, value, name)
@@ -142,3 +145,27 @@ class Cgroup:
                 path.rmdir()
             except OSError:
                 pass  # already gone, or a straggler: nothing more to do than kill_all did
+
+
+def sweep_stale(min_age_seconds: float = 600.0) -> int:
+    """Removes the empty per-run cgroups a killed launcher left behind (a SIGKILLed server never
+    reaches Cgroup.remove; its sandbox died with it). Only empty ones older than min_age_seconds:
+    a run starting right now (cgroup made, process not yet in it) is never touched, and the kernel
+    refuses to remove a cgroup with a process in it anyway. Returns how many went."""
+    mounts, paths = _mounts(), _own_paths()
+    parents = {d for key in ("pids", "memory", "") if (d := _own_dir(key, mounts, paths)) is not None}
+    removed, now = 0, time.time()
+    for parent in parents:
+        try:
+            children = sorted(parent.glob(f"{PREFIX}*"))
+        except OSError:
+            continue
+        for child in children:
+            try:
+                if (child / "cgroup.procs").read_text().strip() or now - child.stat().st_mtime < min_age_seconds:
+                    continue
+                child.rmdir()
+                removed += 1
+            except OSError:
+                pass
+    return removed

@@ -85,7 +85,7 @@ class _Run:
         return Command(
             argv=[*self._global(), *flags, "run", "--bundle", str(self.bundle), self.id],
             stdin=request.stdin, cgroup_procs=cgroup.procs_files() if cgroup else [],
-            kill=lambda: self._kill(cgroup),
+            kill=lambda: self._kill(cgroup), cancel=request.cancel,
         )
 
     def _control(self, *args: str) -> None:

@@ -58,6 +58,7 @@ class Command:
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)
     cgroup_procs: list[str] = field(default_factory=list)
     kill: Callable[[], None] = lambda: None
+    cancel: threading.Event | None = None  # set by the caller: kill the sandbox now
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Exit:
     timed_out: bool = False
     output_exceeded: bool = False
     launch_error: str | None = None
+    cancelled: bool = False
 
 
 class _Capture(threading.Thread):
@@ -119,14 +121,18 @@ def _terminate(proc: subprocess.Popen, cmd: Command) -> None:
     proc.wait()
 
 
-def _watch(proc: subprocess.Popen, cmd: Command, policy: SandboxPolicy, output_dir: Path) -> tuple[bool, bool]:
-    """Wait for the end; kill at the wall clock or once /out outgrows its limit (polled)."""
+def _watch(proc: subprocess.Popen, cmd: Command, policy: SandboxPolicy, output_dir: Path) -> tuple[bool, bool, bool]:
+    """Wait for the end; kill at the wall clock, once /out outgrows its limit (polled), or when the
+    caller sets cmd.cancel. Returns (timed out, output exceeded, cancelled)."""
     start = time.monotonic()
     next_poll = start + OUTPUT_POLL_SECONDS
     while True:
+        if cmd.cancel is not None and cmd.cancel.is_set():
+            _terminate(proc, cmd)
+            return False, False, True
         try:
             proc.wait(timeout=0.05)
-            return False, False
+            return False, False, False
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
@@ -134,7 +140,7 @@ def _watch(proc: subprocess.Popen, cmd: Command, policy: SandboxPolicy, output_d
         big = now >= next_poll and tree_bytes(output_dir, policy.max_output_bytes) > policy.max_output_bytes
         if late or big:
             _terminate(proc, cmd)
-            return late, big and not late
+            return late, big and not late, False
         if now >= next_poll:
             next_poll = now + OUTPUT_POLL_SECONDS
 
@@ -155,7 +161,7 @@ def supervise(cmd: Command, policy: SandboxPolicy, output_dir: Path) -> Exit:
     for thread in (*readers, feeder):
         thread.start()
     try:
-        timed_out, exceeded = _watch(proc, cmd, policy, output_dir)
+        timed_out, exceeded, cancelled = _watch(proc, cmd, policy, output_dir)
     finally:
         if proc.returncode is None:
             _terminate(proc, cmd)
@@ -167,7 +173,7 @@ def supervise(cmd: Command, policy: SandboxPolicy, output_dir: Path) -> Exit:
         launch_error = errors.read().decode(errors="replace") or None
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     out, err = (bytes(r.head) for r in readers)
-    return Exit(code, out, err, readers[1].tail, time.monotonic() - start, timed_out, exceeded, launch_error)
+    return Exit(code, out, err, readers[1].tail, time.monotonic() - start, timed_out, exceeded, launch_error, cancelled)
 
 
 def _memory_killed(exit: Exit, oom: bool | None) -> bool:
@@ -180,9 +186,11 @@ def _memory_killed(exit: Exit, oom: bool | None) -> bool:
 
 
 def classify(exit: Exit, *, oom: bool | None, output_bytes: int, policy: SandboxPolicy) -> Outcome:
-    """Precedence: launch failure, wall clock, memory, output size, then a plain exit."""
+    """Precedence: launch failure, cancellation, wall clock, memory, output size, then a plain exit."""
     if exit.launch_error is not None:
         return Outcome.LAUNCH_FAILED
+    if exit.cancelled:
+        return Outcome.CANCELLED
     if exit.timed_out:
         return Outcome.WALL_TIME
     if _memory_killed(exit, oom):
