@@ -36,7 +36,9 @@ bench: $(STUBS)
 	scripts/with-services $(PY) bench/ledger.py
 	$(PY) bench/intake.py
 	$(PY) bench/dp_train.py
+	$(PY) bench/job.py
 	$(PY) bench/utility.py
+	$(PY) bench/stats.py
 
 clean:
 	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  #
     policy.add_argument("--max-epsilon", type=float, required=True, help="largest ε one request may spend")
     policy.add_argument("--max-delta", type=float, default=0.0, help="largest δ per request (default 1/(10 x patients))")
     policy.add_argument("--auto-approve-epsilon", type=float, default=0.0, help="requests up to this ε skip the queue (0: none)")
+    policy.add_argument("--stats-rows-per-patient", type=int, default=0,
+                        help="statistics: most rows one patient contributes when a query does not say (default 1)")
     _reason(policy)
 
     estimate = _command(actions, "estimate", "dry run: cost, policy decision and what would remain", _estimate(client))
@@ -83,9 +85,10 @@ def _command(actions: argparse._SubParsersAction, name: str, help: str, handler:
 def _set_policy(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
         p = client(a).set_approval_policy(a.dataset, max_epsilon=a.max_epsilon, max_delta=a.max_delta,
-                                          auto_approve_epsilon=a.auto_approve_epsilon, reason=a.reason)
+                                          auto_approve_epsilon=a.auto_approve_epsilon, reason=a.reason,
+                                          stats_rows_per_patient=a.stats_rows_per_patient)
         print(f"{p.dataset}: at most ε {p.max_epsilon_per_request:g}, δ {p.effective_max_delta:.2g} per request; "
-              f"auto-approve up to ε {p.auto_approve_epsilon:g}")
+              f"auto-approve up to ε {p.auto_approve_epsilon:g}; statistics bound {p.stats_rows_per_patient} row(s) per patient")
     return run
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from safetensors.torch import load
 
@@ -18,6 +20,7 @@ from cleanroom.sdk.verify import verify_job
 from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.v1 import jobs_pb2
 from tests.conftest import make_config, start_server
+from tests.processes import alive
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 FEATURES = samples.feature_names()
@@ -167,8 +170,86 @@ def test_restart_in_the_middle_of_a_job(world) -> None:
         app.runner.start()
 
 
+def _sandbox_processes(before: set[int]) -> set[int]:
+    """This process's descendants started since `before` (the in-process server's sandboxes)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)} - before
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return "cleanroom.worker" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cancelling_a_running_training_job_kills_its_sandbox_at_once(world) -> None:
+    maker, app = world["maker"], world["running"].app
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    # About a minute of training (57 steps an epoch): without a kill, cancelling would wait for all of it.
+    job = maker.train(_training(world, epsilon=0.3, epochs=1000, expected_batch_patients=8))
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while not any(_is_worker(pid) for pid in seen):
+        assert time.monotonic() < deadline, "the worker sandbox never started"
+        assert maker.get_job(job.name).state in (jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_RUNNING)
+        seen |= _sandbox_processes(before)
+        time.sleep(0.05)
+    time.sleep(1.0)  # the worker is decrypting and training now
+    seen |= _sandbox_processes(before)
+    assert maker.get_job(job.name).state == jobs_pb2.JOB_STATE_RUNNING
+
+    started = time.monotonic()
+    maker.cancel_job(job.name)
+    done = maker.wait_job(job.name, timeout=60)
+    took = time.monotonic() - started
+    assert done.state == jobs_pb2.JOB_STATE_CANCELLED and took < 5, (jobs_pb2.JobState.Name(done.state), took)
+    for artefact in ("weights.safetensors", "receipt.json", "metrics.json"):
+        with pytest.raises(CleanroomClientError) as err:
+            maker.download(job.name, artefact)
+        assert err.value.code is grpc.StatusCode.NOT_FOUND
+    settle = time.monotonic() + 5
+    while alive(seen) and time.monotonic() < settle:
+        time.sleep(0.05)
+    assert not alive(seen), alive(seen)
+    job_id = job.name.removeprefix("jobs/")
+    with app.db.read() as session:
+        stored = job_repo.get_job(session, job_id)
+        spend = privacy_repo.get_spend(session, stored.spend_id)
+        _, wrapped = job_repo.artifacts(session, job_id)
+        events = [e for e in privacy_repo.events(session) if e.spend_id == stored.spend_id]
+    assert wrapped is None  # nothing was sealed for the requester
+    # The key left the broker before the cancel: the whole reservation is spent, once.
+    assert spend.state.value == "committed" and spend.decrypted
+    assert [e.kind.value for e in events] == ["reserve", "commit"]
+    assert events[1].amount == spend.reserved
+
+
 def test_budget_exhaustion_is_refused_with_the_reason(world) -> None:
     with pytest.raises(CleanroomClientError) as err:
         for _ in range(8):  # auto-approved spends of 1.5 until the share's cap of 5 is used up
             world["maker"].evaluate(_evaluation(world, epsilon=1.5))
     assert err.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and err.value.reason == "PRIVACY_BUDGET_EXHAUSTED"
+
+
+@pytest.mark.parametrize("classes, message", [
+    (3, "the dataset declares 3 classes for this label; the model has 2"),
+    (0, "the dataset does not declare this label's classes; the data owner must declare label_classes at upload"),
+])
+def test_label_classes_must_match_the_model_before_any_reservation(world, tmp_path, classes, message) -> None:
+    running, officer = world["running"], world["officer"]
+    _, owner_token = running.principal(Role.DATA_OWNER)
+    columns = samples.breast_cancer_schema()
+    columns[-1].label_classes = classes  # the "malignant" label (0/1 values: 3 classes still fits them)
+    with running.client(owner_token) as owner:
+        dataset = owner.upload_dataset(samples.write_breast_cancer_csv(tmp_path / "bc.csv"), Schema(columns, 5)).name
+    officer.set_budget(dataset, epsilon=6, delta=1e-4, reason="total")
+    officer.share_dataset(dataset, world["maker"].whoami().name, epsilon=5, delta=1e-4, reason="pilot")
+    officer.set_approval_policy(dataset, max_epsilon=3, auto_approve_epsilon=1.5, reason="routine")
+    before = _reservations(world)
+    for submit, spec in ((world["maker"].train, _training(world)), (world["maker"].evaluate, _evaluation(world))):
+        spec.dataset = dataset
+        with pytest.raises(CleanroomClientError) as err:
+            submit(spec)
+        assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert ("spec.label_column", message) in [(v.field, v.description) for v in err.value.violations]
+    assert _reservations(world) == before

@@ -211,6 +211,19 @@ def test_the_cli_prints_a_table_json_and_a_dry_run(world, capsys) -> None:
     assert "INVALID_ARGUMENT" in error and "numeric" in error and "Traceback" not in error
 
 
+def test_the_dataset_policy_sets_the_per_patient_bound_when_a_query_does_not(world) -> None:
+    maker, officer, dataset = world["maker"], world["officer"], world["dataset"]
+    count = Query(kind="count", epsilon=0.2)
+    narrow = maker.estimate_query(dataset, count).expected_error["count"]
+    officer.set_approval_policy(dataset, max_epsilon=5, auto_approve_epsilon=2, reason="wearables", stats_rows_per_patient=4)
+    try:
+        assert maker.estimate_query(dataset, count).expected_error["count"] == pytest.approx(4 * narrow, rel=0.05)
+        assert maker.run_query(dataset, count).rows_per_patient == 4
+        assert maker.run_query(dataset, Query(kind="count", epsilon=0.2, max_rows_per_patient=2)).rows_per_patient == 2
+    finally:
+        officer.set_approval_policy(dataset, max_epsilon=5, auto_approve_epsilon=2, reason="routine")
+
+
 # Last: it leaves the share nearly spent.
 def test_an_exhausted_budget_refuses_with_resource_exhausted_and_reserves_nothing(world) -> None:
     maker, officer, dataset = world["maker"], world["officer"], world["dataset"]

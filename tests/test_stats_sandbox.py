@@ -8,12 +8,12 @@ import socket
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.session import SandboxSession, SessionBroken
+from tests.processes import running
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (CI installs it)")
 
@@ -51,13 +51,6 @@ def listener():
     server.settimeout(0.5)
     yield server
     server.close()
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _session(tmp_path: Path, state: Path, policy: SandboxPolicy) -> SandboxSession:
@@ -98,8 +91,8 @@ def test_the_session_is_killed_at_the_wall_clock_with_every_process(tmp_path) ->
     while session.alive and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not session.alive
-    while _running(pid) and time.monotonic() < deadline:  # close() is still reaping
+    while running(pid) and time.monotonic() < deadline:  # close() is still reaping
         time.sleep(0.1)
-    assert not _running(pid)
+    assert not running(pid)
     with pytest.raises(SessionBroken):
         session.call(b"{}", timeout=1)

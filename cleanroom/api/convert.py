@@ -19,6 +19,7 @@ from cleanroom.domain.model_versions import ModelState, ModelVersion
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest
 from cleanroom.domain.audit import ChainVerdict
 from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, MAX_EPSILON, LedgerEvent, Privacy
+from cleanroom.stats.query import MAX_ROWS_PER_PATIENT
 from cleanroom.privacy.budgets import BudgetLine
 from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, jobs_pb2, models_pb2, privacy_pb2
 
@@ -92,6 +93,7 @@ def column_from_proto(message: datasets_pb2.ColumnSpec) -> deid.ColumnSpec:
         type=deid.ColumnType[datasets_pb2.ColumnType.Name(message.type)] if message.type else None,  # type: ignore[arg-type]
         role=deid.ColumnRole[datasets_pb2.ColumnRole.Name(message.role)] if message.role else None,  # type: ignore[arg-type]
         generalization=_rule_from_proto(message.generalization),
+        label_classes=message.label_classes,
     )
 
 
@@ -101,6 +103,7 @@ def column_to_proto(column: deid.ColumnSpec) -> datasets_pb2.ColumnSpec:
         type=datasets_pb2.ColumnType.Value(column.type.name),
         role=datasets_pb2.ColumnRole.Value(column.role.name),
         generalization=_rule_to_proto(column.generalization),
+        label_classes=column.label_classes,
     )
 
 
@@ -213,6 +216,7 @@ def policy_to_proto(dataset_id: str, policy: ApprovalPolicy, patients: int) -> p
         max_delta_per_request=policy.max_delta / DELTA_SCALE,
         auto_approve_epsilon=policy.auto_approve_epsilon / EPSILON_SCALE,
         effective_max_delta=policy.delta_limit(patients) / DELTA_SCALE,
+        stats_rows_per_patient=policy.stats_rows_per_patient,
     )
 
 
@@ -224,12 +228,15 @@ def policy_from_proto(message: privacy_pb2.ApprovalPolicy) -> ApprovalPolicy:
         violations.append(FieldViolation("policy.max_delta_per_request", "0 (the default) or a number below 1"))
     if not (0 <= message.auto_approve_epsilon <= message.max_epsilon_per_request):
         violations.append(FieldViolation("policy.auto_approve_epsilon", "between 0 and max_epsilon_per_request"))
+    if not (0 <= message.stats_rows_per_patient <= MAX_ROWS_PER_PATIENT):
+        violations.append(FieldViolation("policy.stats_rows_per_patient", f"0 (the default, 1) to {MAX_ROWS_PER_PATIENT}"))
     if violations:
         raise bad_request("the approval policy is out of range", *violations)
     return ApprovalPolicy(
         max_epsilon=round(message.max_epsilon_per_request * EPSILON_SCALE),
         max_delta=round(message.max_delta_per_request * DELTA_SCALE),
         auto_approve_epsilon=round(message.auto_approve_epsilon * EPSILON_SCALE),
+        stats_rows_per_patient=message.stats_rows_per_patient or 1,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -109,8 +110,10 @@ class Server:
         self.app.runner.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.app.config.port_file:
-            self.app.config.port_file.write_text(str(self.port))
+        if self.app.config.port_file:  # renamed into place: a reader never sees it half written
+            partial = self.app.config.port_file.with_name(self.app.config.port_file.name + ".partial")
+            partial.write_text(str(self.port))
+            os.replace(partial, self.app.config.port_file)
         log.info("serving on port %d (%s)", self.port, "TLS" if self.app.config.tls_enabled else "plaintext")
 
     def stop(self, grace: float | None = None) -> None:

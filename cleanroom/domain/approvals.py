@@ -19,6 +19,7 @@ class ApprovalPolicy:
     max_epsilon: int = DEFAULT_MAX_EPSILON
     max_delta: int = 0
     auto_approve_epsilon: int = 0  # requests costing at most this ε skip the queue; 0: never
+    stats_rows_per_patient: int = 1  # statistics: rows one patient contributes unless a query says
 
     def delta_limit(self, patients: int) -> int:
         default = DELTA_SCALE // (10 * max(patients, 1))

@@ -51,6 +51,9 @@ class SpendRequest:
     cost: Privacy
     mechanism: Mechanism | None = None
     workload: str | None = None
+    # The caller opens the data as soon as the reservation exists (a statistics query on a warm
+    # worker): mark the spend decrypted in the reserving transaction, so it is spent from birth.
+    decrypted_on_reserve: bool = False
 
 
 def record(session: Session, event: LedgerEvent, spend: Spend | None, *, dataset_id: str, manufacturer_id: str | None) -> None:
@@ -91,6 +94,10 @@ class Ledger:
             raise BudgetExhausted(refused)
         self._count("reserved")
         privacy_repo.add_spend(session, spend)
+        if request.decrypted_on_reserve:
+            session.flush()
+            if not privacy_repo.mark_decrypted(session, spend.id):
+                raise CleanroomError(ErrorCode.INTERNAL, "the new reservation could not be marked decrypted")
         event = LedgerEvent(EventKind.RESERVE, spend.budget_ids, request.cost, actor_id, repos.now(),
                             spend_id=spend.id, mechanism=request.mechanism)
         record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
@@ -115,6 +122,10 @@ class Ledger:
         """A result was released: commit what it spent (at most the reservation), refund the rest."""
         return self._close(spend_id, actual, released=True, actor_id=actor_id)
 
+    def release_in(self, session: Session, spend_id: str, actual: Privacy, *, actor_id: str = SYSTEM) -> Spend:
+        """`release` inside the caller's transaction (so the caller's own audit entry commits with it)."""
+        return self._close_in(session, spend_id, actual, released=True, actor_id=actor_id)
+
     def fail(self, spend_id: str, *, actor_id: str = SYSTEM, reason: str = "") -> Spend:
         """No release: refund if no data was ever decrypted, otherwise the reservation is spent."""
         with self._db.read() as session:
@@ -126,13 +137,16 @@ class Ledger:
 
     def _close(self, spend_id: str, actual: Privacy, *, released: bool, actor_id: str, reason: str = "") -> Spend:
         with self._db.transaction() as session:
-            spend = privacy_repo.get_spend(session, spend_id, for_update=True)
-            if spend is None:
-                raise CleanroomError(ErrorCode.NOT_FOUND, "spend not found")
-            if spend.state is not SpendState.RESERVED:
-                return spend  # already settled: settling twice must not count twice
-            self._settle(session, spend, actual, released=released, actor_id=actor_id, reason=reason)
-            return privacy_repo.get_spend(session, spend_id)  # type: ignore[return-value]
+            return self._close_in(session, spend_id, actual, released=released, actor_id=actor_id, reason=reason)
+
+    def _close_in(self, session: Session, spend_id: str, actual: Privacy, *, released: bool, actor_id: str, reason: str = "") -> Spend:
+        spend = privacy_repo.get_spend(session, spend_id, for_update=True)
+        if spend is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, "spend not found")
+        if spend.state is not SpendState.RESERVED:
+            return spend  # already settled: settling twice must not count twice
+        self._settle(session, spend, actual, released=released, actor_id=actor_id, reason=reason)
+        return privacy_repo.get_spend(session, spend_id)  # type: ignore[return-value]
 
     def _settle(self, session: Session, spend: Spend, actual: Privacy, *, released: bool, actor_id: str, reason: str) -> None:
         if not actual.fits_in(spend.reserved):

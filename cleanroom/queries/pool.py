@@ -78,18 +78,28 @@ class StatsWorkerPool:
         self._reaper = threading.Thread(target=self._reap_loop, name="stats-reaper", daemon=True)
         self._reaper.start()
 
-    def ask(self, source: DatasetSource, workload: str, query: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """The worker's reply to one query and the nonce of the worker's attestation."""
-        warm = self._warm(source, workload)
-        with warm.lock:
-            try:
-                reply = json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
-            except (SessionBroken, ValueError):
-                self._drop(source.id, warm)
-                log.warning("statistics worker stopped", extra={"error_type": warm.session.error_type()})
-                raise WorkerFailed("worker") from None
-            warm.last_used = time.monotonic()
-        return reply, warm.nonce
+    def ask(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str,
+            query: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The worker's reply to one query and the nonce of the worker's attestation; `source` is
+        called only when no warm worker holds the dataset."""
+        for _ in range(2):  # a worker reaped between lookup and lock has seen nothing: start afresh once
+            warm = self._warm(dataset_id, source, workload)
+            with warm.lock:
+                if warm.session.alive:
+                    return self._ask_held(dataset_id, warm, query), warm.nonce
+            self._drop(dataset_id, warm)
+        raise WorkerFailed("worker")
+
+    def _ask_held(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
+        """One query on a worker whose lock the caller holds."""
+        try:
+            reply = json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
+        except (SessionBroken, ValueError):
+            self._drop(dataset_id, warm)
+            log.warning("statistics worker stopped: %s", warm.session.error_type())
+            raise WorkerFailed("worker") from None
+        warm.last_used = time.monotonic()
+        return reply
 
     def warm_datasets(self) -> list[str]:
         with self._guard:
@@ -104,17 +114,24 @@ class StatsWorkerPool:
 
     # --- starting ------------------------------------------------------------------------------
 
-    def _warm(self, source: DatasetSource, workload: str) -> _Warm:
+    def _warm(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str) -> _Warm:
         with self._guard:
-            starting = self._starting.setdefault(source.id, threading.Lock())
+            warm = self._workers.get(dataset_id)
+        if warm is not None and warm.session.alive:  # the common case: no start lock to take
+            return warm
+        with self._guard:
+            starting = self._starting.setdefault(dataset_id, threading.Lock())
         with starting:  # one start per dataset; queries arriving meanwhile wait for it
             with self._guard:
-                warm = self._workers.get(source.id)
+                warm = self._workers.get(dataset_id)
             if warm is not None and warm.session.alive:
                 return warm
-            warm = self._start(source, workload)
+            started = source()
+            if started.id != dataset_id:
+                raise ValueError("the source names another dataset")
+            warm = self._start(started, workload)
             with self._guard:
-                self._workers[source.id] = warm
+                self._workers[dataset_id] = warm
             return warm
 
     def _start(self, source: DatasetSource, workload: str) -> _Warm:
@@ -132,7 +149,7 @@ class StatsWorkerPool:
                 ready = json.loads(session.call(json.dumps(hello).encode(), timeout=LOAD_SECONDS))
             except (SessionBroken, ValueError):
                 session.close()
-                log.warning("statistics worker did not start", extra={"error_type": session.error_type()})
+                log.warning("statistics worker did not start: %s", session.error_type())
                 self._on_start("failed")
                 raise WorkerFailed("worker") from None
             if ready != {"ready": True}:

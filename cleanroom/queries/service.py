@@ -9,6 +9,7 @@ above the reservation) and carries a receipt signed by the enclave's attestation
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -89,6 +90,14 @@ class StatsQueryService:
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         return dataset
 
+    def _with_policy_bound(self, dataset: Dataset, query: Query) -> Query:
+        """A query that sets no per-patient row bound gets the dataset policy's."""
+        if query.max_rows_per_patient is not None:
+            return query
+        with self._db.read() as session:
+            rows = privacy_repo.get_policy(session, dataset.id).stats_rows_per_patient
+        return dataclasses.replace(query, max_rows_per_patient=rows)
+
     def _checked(self, dataset: Dataset, query: Query) -> list[tuple[str, deid.ColumnType]]:
         schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
         validate_query(query, schema, patient_column=_patient_column(dataset))
@@ -100,6 +109,7 @@ class StatsQueryService:
     def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
         """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
         dataset = self._dataset(principal, dataset_id)
+        query = self._with_policy_bound(dataset, query)
         schema = self._checked(dataset, query)
         epsilon, delta = estimate_cost(query, schema=schema)
         cost = Privacy.cost(epsilon, delta)
@@ -110,22 +120,26 @@ class StatsQueryService:
 
     def run(self, principal: Principal, dataset_id: str | None, query: Query, *, privacy_request: str = "") -> QueryResult:
         dataset = self._dataset(principal, dataset_id)
+        query = self._with_policy_bound(dataset, query)
         schema = self._checked(dataset, query)
         epsilon, delta = estimate_cost(query, schema=schema)
         cost = Privacy.cost(epsilon, delta)
         reference = query_reference(dataset.id, query)
+        # The worker is about to read the data, so the spend counts as decrypted (spent whatever
+        # happens) from here on: an auto-approved reservation is born so, in its own transaction.
         spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request)
-        self._ledger.mark_decrypted(spend_id)  # the worker is about to read the data: spent from here on
+        if privacy_request:
+            self._ledger.mark_decrypted(spend_id)
         try:
             answer, answer_json, nonce = self._answer(dataset, query)
             self._gate(answer, cost)
+            receipt = self._sign(dataset, answer, answer_json, nonce, query)
         except CleanroomError as error:
             self._ledger.fail(spend_id, reason=f"query failed: {error.code.value}")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
-        self._ledger.release(spend_id, Privacy.cost(answer.epsilon, answer.delta))
-        receipt = self._sign(dataset, answer, answer_json, nonce, query)
-        with self._db.transaction() as session:
+        with self._db.transaction() as session:  # the commit and its audit entry, together
+            self._ledger.release_in(session, spend_id, Privacy.cost(answer.epsilon, answer.delta))
             audit_repo.append(session, actor=principal.resource_name, action="stats.answer", target=f"{dataset.resource_name}/{reference}",
                               details={"kind": query.kind, "epsilon": answer.epsilon, "delta": answer.delta, "spend": spend_id})
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
@@ -137,7 +151,7 @@ class StatsQueryService:
         mechanism = Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
         try:
             request = self._approvals.submit(principal, SpendRequest(dataset.id, principal.id, SPEND_KIND, reference, cost, mechanism,
-                                                                     stats_workload(dataset.id)))
+                                                                     stats_workload(dataset.id), decrypted_on_reserve=True))
         except CleanroomError:
             self._metrics.stats_queries.labels(query.kind, "refused").inc()
             raise
@@ -161,9 +175,8 @@ class StatsQueryService:
         return spend.id
 
     def _answer(self, dataset: Dataset, query: Query) -> tuple[Answer, bytes, str]:
-        source = self._source(dataset)
-        try:
-            reply, nonce = self._pool.ask(source, stats_workload(dataset.id), query_to_dict(query))
+        try:  # the wrapped key is read only when a worker has to start
+            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(dataset), stats_workload(dataset.id), query_to_dict(query))
         except WorkerFailed as failure:
             log.warning("statistics worker failed", extra={"reason": failure.reason})
             raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is spent "

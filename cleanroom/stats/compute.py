@@ -24,6 +24,7 @@ from cleanroom.stats.plan import Plan, Step
 
 ALPHA = 1 - mechanisms.CONFIDENCE
 QUANTILE_CANDIDATES = 1024
+_EXACT_FLOAT_ROWS = 1 << (52 - mechanisms.FIXED_POINT_BITS)  # rows × 2^24 < 2^53
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Cells:
     trace: list[tuple[str, object]] = field(default_factory=list)  # (step, calibrated mechanism)
 
     def counts(self) -> np.ndarray:
+        if len(self.keys) == 1:  # one cell: every row is in it
+            return np.array([self.codes.size], dtype=np.int64)
         return np.bincount(self.codes, minlength=len(self.keys)).astype(np.int64)
 
 
@@ -74,12 +77,22 @@ def noisy_counts(cells: Cells, *, alpha: float) -> tuple[list[int], list[float]]
 def noisy_sums(cells: Cells, values: np.ndarray, magnitude: float, step: Step, *, alpha: float) -> tuple[np.ndarray, float]:
     """Per-cell noisy sums of values within ±magnitude, via fixed point; and their half-width."""
     noise, bits = sum_noise(cells.plan, magnitude, step)
-    totals = np.zeros(len(cells.keys), dtype=np.int64)
-    np.add.at(totals, cells.codes, mechanisms.to_fixed(values, bits))  # exact: |fixed| ≤ 2^24 per row
+    totals = _cell_totals(cells, mechanisms.to_fixed(values, bits))  # exact: |fixed| ≤ 2^24 per row
     cells.trace.append((step.name, noise))
     cells.trace.append((step.name + ".resolution", math.ldexp(1.0, -bits)))
     noisy = np.asarray(mechanisms.release(totals.tolist(), noise), dtype=np.float64)
     return np.ldexp(noisy, -bits), math.ldexp(noise.half_width(alpha=alpha), -bits)
+
+
+def _cell_totals(cells: Cells, fixed: np.ndarray) -> np.ndarray:
+    """Exact int64 sums of the fixed-point values per cell."""
+    if len(cells.keys) == 1:
+        return np.array([fixed.sum()], dtype=np.int64)
+    if fixed.size <= _EXACT_FLOAT_ROWS:  # every partial sum is an integer below 2^53: float64 adds it exactly
+        return np.rint(np.bincount(cells.codes, weights=fixed, minlength=len(cells.keys))).astype(np.int64)
+    totals = np.zeros(len(cells.keys), dtype=np.int64)
+    np.add.at(totals, cells.codes, fixed)
+    return totals
 
 
 def count_cells(cells: Cells) -> list[Cell]:

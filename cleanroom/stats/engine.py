@@ -96,9 +96,11 @@ def _select(cells: Cells, raw_keys: list[str]) -> None:
     remap = np.full(len(raw_keys), -1, dtype=np.int64)
     remap[[position[k] for k in kept]] = np.arange(len(kept))
     codes = remap[cells.codes]
-    inside = codes >= 0
-    cells.codes = codes[inside]
-    cells.values = None if cells.values is None else cells.values[inside]
+    if len(kept) < len(raw_keys):  # some rows fell in suppressed keys: drop them
+        inside = codes >= 0
+        codes = codes[inside]
+        cells.values = None if cells.values is None else cells.values[inside]
+    cells.codes = codes
     cells.keys = [keyspace.split_key(k, cells.plan.query) for k in kept]
     cells.selected = [released[k] for k in kept]
     cells.select_noise = threshold.noise

@@ -27,6 +27,7 @@ from cleanroom.stats.query import Filter, Query, parse_date
 
 _EPOCH = np.datetime64("1970-01-01", "D")
 _BOOLEAN_LABELS = ["false", "true"]
+_KEPT_CACHE = 8  # bounds (L values) whose unfiltered row sets a table keeps
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class PreparedTable:
         self.types = dict(self.schema)
         self.patient_column = patient_column
         self._columns: dict[str, Column] = {}
+        self._missing: dict[str, np.ndarray] = {}
+        self._kept_by_limit: dict[int, np.ndarray] = {}  # the bound over all rows, per L (same fixed order)
         if patient_column in self.types:
             self._order, patients, self._segment_start = _group_by_patient(table.column(patient_column))
             self._has_patient = patients >= 0
@@ -102,16 +105,23 @@ class PreparedTable:
             mask &= self._filter_mask(flt)
         for name in (query.column, query.group_by):
             if name is not None:
-                mask &= ~self.column(name).missing
+                mask &= self._present(name)
         cell, labels, cells = self._cells(query, public_dims)
-        mask &= cell >= 0
+        if cell is not None:
+            mask &= cell >= 0
         rows = self._bound(mask, plan.rows)
-        codes = cell[rows]
+        codes = cell[rows] if cell is not None else np.broadcast_to(np.int64(0), rows.shape)  # read-only zeros
         if public_dims is not None:
             space = [keyspace.SEPARATOR.join(parts) for parts in itertools.product(*public_dims)] if public_dims else [""]
             return Selection(rows, codes, space)
         observed, codes = _observed(codes, cells)
         return Selection(rows, codes, [labels(int(c)) for c in observed])
+
+    def _present(self, name: str) -> np.ndarray:
+        """Rows with a usable value in `name` (the complement of Column.missing), kept per column."""
+        if name not in self._missing:
+            self._missing[name] = ~self.column(name).missing
+        return self._missing[name]
 
     # --- filters -----------------------------------------------------------------------------
 
@@ -130,16 +140,16 @@ class PreparedTable:
 
     # --- cells -------------------------------------------------------------------------------
 
-    def _cells(self, query: Query, public_dims: list[list[str]] | None) -> tuple[np.ndarray, Callable[[int], str], int]:
-        """Per-row cell code (-1: the row belongs to no cell), a code -> raw key function, and
-        the number of possible codes."""
+    def _cells(self, query: Query, public_dims: list[list[str]] | None) -> tuple[np.ndarray | None, Callable[[int], str], int]:
+        """Per-row cell code (-1: the row belongs to no cell; None: every row is in the one cell 0),
+        a code -> raw key function, and the number of possible codes."""
         dims = []
         if query.group_by is not None:
             dims.append(self._categorical_dim(query.group_by))
         if query.kind == "histogram":
             dims.append(self._bin_dim(query) if query.bins is not None else self._categorical_dim(query.column))
         if not dims:
-            return np.zeros(self.num_rows, dtype=np.int64), lambda code: "", 1
+            return None, lambda code: "", 1
         if public_dims is not None:
             dims = [_onto_public(codes, labels, public) for (codes, labels), public in zip(dims, public_dims)]
         return _combine(dims)
@@ -163,6 +173,17 @@ class PreparedTable:
         chosen &= self._has_patient
         if limit >= self._most_rows:  # nobody has more rows than the bound: nothing to drop
             return np.flatnonzero(chosen)
+        if np.array_equal(chosen, self._has_patient):  # nothing filtered out: the same rows every time
+            kept = self._kept_by_limit.get(limit)
+            if kept is None:
+                kept = self._first_rows(chosen, limit)
+                kept.setflags(write=False)  # shared by later queries
+                if len(self._kept_by_limit) < _KEPT_CACHE:
+                    self._kept_by_limit[limit] = kept
+            return kept
+        return self._first_rows(chosen, limit)
+
+    def _first_rows(self, chosen: np.ndarray, limit: int) -> np.ndarray:
         taken = np.cumsum(chosen, dtype=np.int32)
         before = taken[self._segment_start] - chosen[self._segment_start]
         return np.flatnonzero(chosen & (taken - before <= limit))
@@ -249,6 +270,8 @@ def _observed(codes: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct codes present (sorted) and each row's index among them."""
     if cells <= 4 * codes.size + 1024:  # a counting pass beats a sort when the code space is small
         present = np.bincount(codes, minlength=cells) > 0
+        if present.all():  # every code occurs: each row's index among them is its code
+            return np.arange(cells), codes
         remap = np.cumsum(present) - 1
         return np.flatnonzero(present), remap[codes]
     observed, inverse = np.unique(codes, return_inverse=True)
@@ -257,6 +280,9 @@ def _observed(codes: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _combine(dims: list[tuple[np.ndarray, tuple[str, ...]]]) -> tuple[np.ndarray, Callable[[int], str], int]:
     """Mixed-radix cell codes over the dimensions, and the function that names a code."""
+    if len(dims) == 1:  # one dimension: its codes are the cell codes (-1 already marks no cell)
+        codes, labels = dims[0]
+        return codes, (lambda cell: labels[cell]), max(len(labels), 1)
     code = np.zeros(dims[0][0].shape, dtype=np.int64)
     inside = np.ones(code.shape, dtype=bool)
     for codes, labels in dims:

@@ -289,13 +289,15 @@ def get_policy(session: Session, dataset_id: str) -> ApprovalPolicy:
     row = session.get(ApprovalPolicyRow, dataset_id)
     if row is None:
         return ApprovalPolicy()
-    return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon)
+    return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon, row.stats_rows_per_patient)
 
 
 def put_policy(session: Session, dataset_id: str, policy: ApprovalPolicy) -> None:
     row = session.get(ApprovalPolicyRow, dataset_id)
     if row is None:
-        session.add(ApprovalPolicyRow(dataset_id=dataset_id, max_epsilon=policy.max_epsilon,
-                                      max_delta=policy.max_delta, auto_approve_epsilon=policy.auto_approve_epsilon))
+        session.add(ApprovalPolicyRow(dataset_id=dataset_id, max_epsilon=policy.max_epsilon, max_delta=policy.max_delta,
+                                      auto_approve_epsilon=policy.auto_approve_epsilon,
+                                      stats_rows_per_patient=policy.stats_rows_per_patient))
         return
     row.max_epsilon, row.max_delta, row.auto_approve_epsilon = policy.max_epsilon, policy.max_delta, policy.auto_approve_epsilon
+    row.stats_rows_per_patient = policy.stats_rows_per_patient

@@ -180,6 +180,7 @@ class ApprovalPolicyRow(Base):
     max_epsilon: Mapped[int] = mapped_column(BigInteger)
     max_delta: Mapped[int] = mapped_column(BigInteger)
     auto_approve_epsilon: Mapped[int] = mapped_column(BigInteger)
+    stats_rows_per_patient: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class AuditEntryRow(Base):
