@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from pathlib import Path
 
 import grpc
 import pytest
@@ -105,6 +104,24 @@ def test_the_warm_worker_answers_later_queries_without_a_new_key_release(world) 
     assert dataset_id not in app.stats_pool.warm_datasets()
     maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2))
     assert _key_releases(world) == before + 1  # a fresh worker had to be attested again
+
+
+def test_a_worker_that_never_got_the_key_costs_nothing(world, monkeypatch) -> None:
+    app, maker = world["running"].app, world["maker"]
+    app.stats_pool.reap(now=float("inf"))  # no warm worker: the next query must start one
+
+    def refuse(*args, **kwargs):
+        raise enclave_sim.AttestationError(enclave_sim.Reason.WRONG_MEASUREMENT, "refused in this test")
+
+    monkeypatch.setattr(app.enclave, "release_to_sandbox", refuse)
+    with pytest.raises(CleanroomClientError) as caught:
+        maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    with app.db.read() as session:
+        last = privacy_repo.events(session)[-2:]
+    assert [e.kind.value for e in last] == ["reserve", "refund"] and last[0].spend_id == last[1].spend_id
+    monkeypatch.undo()
+    assert maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2)).epsilon == pytest.approx(0.2)
 
 
 def test_grouped_counts_release_only_groups_that_exist(world) -> None:

@@ -64,6 +64,16 @@ class _Warm:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class _Once:
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action, self._done = action, False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._action()
+
+
 class StatsWorkerPool:
     def __init__(self, *, enclave: Enclave, unwrap_key: Callable[[str, bytes], bytes], launcher: Callable[[], BubblewrapLauncher],
                  policy: SandboxPolicy, work_dir: Path, idle_seconds: float = 300.0,
@@ -78,17 +88,26 @@ class StatsWorkerPool:
         self._reaper = threading.Thread(target=self._reap_loop, name="stats-reaper", daemon=True)
         self._reaper.start()
 
-    def ask(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str,
-            query: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def ask(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str, query: dict[str, Any],
+            *, opening: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], str]:
         """The worker's reply to one query and the nonce of the worker's attestation; `source` is
-        called only when no warm worker holds the dataset."""
+        called only when no warm worker holds the dataset. `opening` runs once, just before data
+        is touched for this query: before a new worker receives the key, or before a warm worker
+        is asked (the ledger marks the spend decrypted there)."""
+        once = _Once(opening)
         for _ in range(2):  # a worker reaped between lookup and lock has seen nothing: start afresh once
-            warm = self._warm(dataset_id, source, workload)
+            warm = self._warm(dataset_id, source, workload, once)
             with warm.lock:
                 if warm.session.alive:
+                    once()
                     return self._ask_held(dataset_id, warm, query), warm.nonce
             self._drop(dataset_id, warm)
         raise WorkerFailed("worker")
+
+    def is_warm(self, dataset_id: str) -> bool:
+        with self._guard:
+            warm = self._workers.get(dataset_id)
+        return warm is not None and warm.session.alive
 
     def _ask_held(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
         """One query on a worker whose lock the caller holds."""
@@ -114,7 +133,7 @@ class StatsWorkerPool:
 
     # --- starting ------------------------------------------------------------------------------
 
-    def _warm(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str) -> _Warm:
+    def _warm(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str, opening: Callable[[], None]) -> _Warm:
         with self._guard:
             warm = self._workers.get(dataset_id)
         if warm is not None and warm.session.alive:  # the common case: no start lock to take
@@ -129,12 +148,12 @@ class StatsWorkerPool:
             started = source()
             if started.id != dataset_id:
                 raise ValueError("the source names another dataset")
-            warm = self._start(started, workload)
+            warm = self._start(started, workload, opening)
             with self._guard:
                 self._workers[dataset_id] = warm
             return warm
 
-    def _start(self, source: DatasetSource, workload: str) -> _Warm:
+    def _start(self, source: DatasetSource, workload: str, opening: Callable[[], None]) -> _Warm:
         self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         work = Path(tempfile.mkdtemp(prefix=f"stats-{source.id}-", dir=self._work_dir))
         try:
@@ -146,12 +165,14 @@ class StatsWorkerPool:
             hello = {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
                      "default_rows_per_patient": source.default_rows_per_patient, "public_group_keys": source.public_group_keys}
             try:
+                opening()  # the worker is about to receive the key: from here on the data counts as opened
                 ready = json.loads(session.call(json.dumps(hello).encode(), timeout=LOAD_SECONDS))
-            except (SessionBroken, ValueError):
+            except BaseException as failure:
                 session.close()
+                if not isinstance(failure, (SessionBroken, ValueError)):
+                    raise
                 log.warning("statistics worker did not start: %s", session.error_type())
-                self._on_start("failed")
-                raise WorkerFailed("worker") from None
+                ready = None
             if ready != {"ready": True}:
                 session.close()
                 self._on_start("failed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import enclave_sim
@@ -21,7 +22,7 @@ from cleanroom.domain.approvals import RequestState
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.identity import Principal
-from cleanroom.domain.privacy import Mechanism, Privacy
+from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
 from cleanroom.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService, Estimate
@@ -125,13 +126,15 @@ class StatsQueryService:
         epsilon, delta = estimate_cost(query, schema=schema)
         cost = Privacy.cost(epsilon, delta)
         reference = query_reference(dataset.id, query)
-        # The worker is about to read the data, so the spend counts as decrypted (spent whatever
-        # happens) from here on: an auto-approved reservation is born so, in its own transaction.
-        spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request)
-        if privacy_request:
-            self._ledger.mark_decrypted(spend_id)
+        # The spend counts as decrypted (spent whatever happens) once data is touched for it: before
+        # a new worker receives the key, or before a warm worker is asked. With a warm
+        # worker that is certain, so the reservation is born decrypted in its own transaction;
+        # otherwise it is marked just in time and a worker that never got the key costs nothing.
+        born_decrypted = not privacy_request and self._pool.is_warm(dataset.id)
+        spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
+        opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
         try:
-            answer, answer_json, nonce = self._answer(dataset, query)
+            answer, answer_json, nonce = self._answer(dataset, query, opening)
             self._gate(answer, cost)
             receipt = self._sign(dataset, answer, answer_json, nonce, query)
         except CleanroomError as error:
@@ -145,13 +148,14 @@ class StatsQueryService:
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, spend_id)
 
-    def _reserve(self, principal: Principal, dataset: Dataset, query: Query, cost: Privacy, reference: str, privacy_request: str) -> str:
+    def _reserve(self, principal: Principal, dataset: Dataset, query: Query, cost: Privacy, reference: str, privacy_request: str,
+                 *, decrypted: bool) -> str:
         if privacy_request:
             return self._approved_spend(principal, privacy_request, reference)
         mechanism = Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
         try:
             request = self._approvals.submit(principal, SpendRequest(dataset.id, principal.id, SPEND_KIND, reference, cost, mechanism,
-                                                                     stats_workload(dataset.id), decrypted_on_reserve=True))
+                                                                     stats_workload(dataset.id), decrypted_on_reserve=decrypted))
         except CleanroomError:
             self._metrics.stats_queries.labels(query.kind, "refused").inc()
             raise
@@ -170,17 +174,18 @@ class StatsQueryService:
             raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {request.state.value}, not approved")
         with self._db.read() as session:
             spend = privacy_repo.get_spend(session, request.spend_id)
-        if spend is None or spend.decrypted:
+        if spend is None or spend.decrypted or spend.state is not SpendState.RESERVED:
             raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that approval was already used; submit the query again")
         return spend.id
 
-    def _answer(self, dataset: Dataset, query: Query) -> tuple[Answer, bytes, str]:
+    def _answer(self, dataset: Dataset, query: Query, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
         try:  # the wrapped key is read only when a worker has to start
-            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(dataset), stats_workload(dataset.id), query_to_dict(query))
+            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(dataset), stats_workload(dataset.id), query_to_dict(query),
+                                          opening=opening)
         except WorkerFailed as failure:
             log.warning("statistics worker failed", extra={"reason": failure.reason})
-            raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is spent "
-                                 "because the data was opened. Try again later.") from None
+            raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is refunded "
+                                 "unless the data had already been opened for it. Try again later.") from None
         if "answer" not in reply:
             raise _worker_error(reply)
         answer = answer_from_dict(reply["answer"])
