@@ -32,8 +32,8 @@ from cleanroom.queries.pool import DatasetSource, StatsWorkerPool, WorkerFailed
 from cleanroom.stats import Answer, Query, estimate_cost, expected_error, validate_query
 from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT
 from cleanroom.stats.prepared import check_cells
-from cleanroom.stats.query import column_types, keyspace_is_public
 from cleanroom.stats.keys import public_dims
+from cleanroom.stats.query import column_types, keyspace_is_public
 from cleanroom.stats.wire import ANSWER_FILE, answer_from_dict, canonical_answer, canonical_query, query_to_dict, stats_workload
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
@@ -107,24 +107,24 @@ class StatsQueryService:
             check_cells(public_dims(query, types, None))
         return schema
 
-    def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
-        """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
+    def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> tuple[Dataset, Query, list[tuple[str, deid.ColumnType]], Privacy]:
+        """The dataset, the query with its per-patient bound settled, the stored schema, the cost."""
         dataset = self._dataset(principal, dataset_id)
         query = self._with_policy_bound(dataset, query)
         schema = self._checked(dataset, query)
         epsilon, delta = estimate_cost(query, schema=schema)
-        cost = Privacy.cost(epsilon, delta)
+        return dataset, query, schema, Privacy.cost(epsilon, delta)
+
+    def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
+        """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
+        dataset, query, schema, cost = self._priced(principal, dataset_id, query)
         errors = expected_error(query, schema=schema, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         return QueryEstimate(cost, errors, self._approvals.estimate(principal, dataset.id, principal.id, cost))
 
     # --- answering -----------------------------------------------------------------------------
 
     def run(self, principal: Principal, dataset_id: str | None, query: Query, *, privacy_request: str = "") -> QueryResult:
-        dataset = self._dataset(principal, dataset_id)
-        query = self._with_policy_bound(dataset, query)
-        schema = self._checked(dataset, query)
-        epsilon, delta = estimate_cost(query, schema=schema)
-        cost = Privacy.cost(epsilon, delta)
+        dataset, query, _, cost = self._priced(principal, dataset_id, query)
         reference = query_reference(dataset.id, query)
         # The spend counts as decrypted (spent whatever happens) once data is touched for it: before
         # a new worker receives the key, or before a warm worker is asked. With a warm
@@ -137,8 +137,9 @@ class StatsQueryService:
             answer, answer_json, nonce = self._answer(dataset, query, opening)
             self._gate(answer, cost)
             receipt = self._sign(dataset, answer, answer_json, nonce, query)
-        except CleanroomError as error:
-            self._ledger.fail(spend_id, reason=f"query failed: {error.code.value}")
+        except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
+            code = error.code.value if isinstance(error, CleanroomError) else ErrorCode.INTERNAL.value
+            self._ledger.fail(spend_id, reason=f"query failed: {code}")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
         with self._db.transaction() as session:  # the commit and its audit entry, together
