@@ -145,11 +145,13 @@ def run_statistics(manufacturer: Client, dataset: str, pinned_root: bytes) -> No
     """A few DP questions first: each priced by a dry run, answered by the warm statistics worker,
     charged to the share, and signed."""
     bundle = manufacturer.trust_bundle()
-    by_age = Query(kind="count", group_by="age", epsilon=0.3, delta=1e-6)
-    step("Manufacturer: DP statistics. Dry run of a count per age band (nothing is spent)")
-    print(cli_stats.render_estimate(manufacturer.estimate_query(dataset, by_age)))
-    step("Manufacturer: the count per age band (bands below the DP threshold are not released)")
-    print(cli_stats.render_answer(manufacturer.run_query(dataset, by_age)))
+    by_year = Query(kind="count", group_by="visit_date", epsilon=0.15, delta=1e-6)
+    step("Manufacturer: DP statistics. Dry run of a count per visit year (nothing is spent)")
+    print(cli_stats.render_estimate(manufacturer.estimate_query(dataset, by_year)))
+    step("Manufacturer: the count per visit year (years are data, so a year below the DP threshold would not appear)")
+    print(cli_stats.render_answer(manufacturer.run_query(dataset, by_year)))
+    step("Manufacturer: the count per age band (bands follow from the intake rule: all answered, no threshold, no δ)")
+    print(cli_stats.render_answer(manufacturer.run_query(dataset, Query(kind="count", group_by="age", epsilon=0.15))))
     step("Manufacturer: mean radius of malignant tumours, clamped to public bounds")
     answer = manufacturer.run_query(dataset, Query(kind="mean", column="mean_radius", bounds=(5.0, 30.0), epsilon=0.3,
                                                    filters=(Filter("malignant", "==", 1),)))

@@ -124,13 +124,22 @@ def test_a_worker_that_never_got_the_key_costs_nothing(world, monkeypatch) -> No
     assert maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2)).epsilon == pytest.approx(0.2)
 
 
-def test_grouped_counts_release_only_groups_that_exist(world) -> None:
-    answer = world["maker"].run_query(world["dataset"], Query(kind="count", group_by="age", epsilon=1.0, delta=1e-6))
-    keys = [tuple(c.key) for c in answer.cells]
-    assert keys, "the age bands of 569 patients are large enough to pass the threshold"
-    assert all(len(k) == 1 and (k[0].endswith("+") or "-" in k[0]) for k in keys)  # generalised bands, nothing else
+def test_groups_with_data_dependent_keys_are_released_only_above_the_threshold(world) -> None:
+    answer = world["maker"].run_query(world["dataset"], Query(kind="count", group_by="visit_date", epsilon=1.0, delta=1e-6))
+    keys = {tuple(c.key) for c in answer.cells}
+    assert keys and keys <= {("2023",), ("2024",)}  # generalised visit years, nothing else
+    assert answer.delta == pytest.approx(1e-6) and "threshold" in answer.mechanism
     assert sum(c.value for c in answer.cells) == pytest.approx(world["rows"], abs=60)
     _verify(world, answer)
+
+
+def test_age_bands_are_a_public_key_space_answered_whole_without_delta(world) -> None:
+    answer = world["maker"].run_query(world["dataset"], Query(kind="count", group_by="age", epsilon=0.5))
+    bands = ["0-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70-79", "80+"]  # width 10, top code 80
+    assert [c.key[0] for c in answer.cells] == bands  # empty bands too: their absence would tell nothing
+    assert answer.delta == 0 and "threshold" not in answer.mechanism
+    young = sum(c.value for c in answer.cells if c.key[0] in ("0-9", "10-19"))
+    assert abs(young) < 40  # the synthetic ages start at 25: only noise there
 
 
 def test_a_filtered_quantile_and_a_histogram_are_answered(world) -> None:
@@ -172,7 +181,7 @@ def test_a_dataset_not_shared_with_the_caller_looks_missing(world) -> None:
 
 def test_the_dry_run_shows_cost_and_error_and_spends_nothing(world) -> None:
     before = _reservations(world)
-    estimate = world["maker"].estimate_query(world["dataset"], Query(kind="count", group_by="age", epsilon=1.0, delta=1e-6))
+    estimate = world["maker"].estimate_query(world["dataset"], Query(kind="count", group_by="visit_date", epsilon=1.0, delta=1e-6))
     assert estimate.epsilon == pytest.approx(1.0) and estimate.delta == pytest.approx(1e-6)
     assert estimate.expected_error["count"] > 0 and estimate.expected_error["select.threshold"] > 1
     assert estimate.budget.decision == "auto_approve" and estimate.budget.fits

@@ -53,6 +53,14 @@ class AgeBand:
     def describe(self) -> str:
         return f"age band of {self.width} years, {self.top_code}+"
 
+    def labels(self) -> list[str]:
+        """Every band this rule can produce, in order: public, since it follows from the rule alone."""
+        bands = []
+        for lower in range(0, self.top_code, self.width):
+            upper = min(lower + self.width - 1, self.top_code - 1)
+            bands.append(str(lower) if lower == upper else f"{lower}-{upper}")
+        return [*bands, f"{self.top_code}+"]
+
 
 @dataclass(frozen=True)
 class DateTruncation:

@@ -101,10 +101,11 @@ class StatsQueryService:
 
     def _checked(self, dataset: Dataset, query: Query) -> list[tuple[str, deid.ColumnType]]:
         schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
-        validate_query(query, schema, patient_column=_patient_column(dataset))
+        public = public_group_keys(dataset)
+        validate_query(query, schema, patient_column=_patient_column(dataset), public_group_keys=public)
         types = column_types(schema)
-        if keyspace_is_public(query, types, None):
-            check_cells(public_dims(query, types, None))
+        if keyspace_is_public(query, types, public):
+            check_cells(public_dims(query, types, public))
         return schema
 
     def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> tuple[Dataset, Query, list[tuple[str, deid.ColumnType]], Privacy]:
@@ -112,13 +113,14 @@ class StatsQueryService:
         dataset = self._dataset(principal, dataset_id)
         query = self._with_policy_bound(dataset, query)
         schema = self._checked(dataset, query)
-        epsilon, delta = estimate_cost(query, schema=schema)
+        epsilon, delta = estimate_cost(query, schema=schema, public_group_keys=public_group_keys(dataset))
         return dataset, query, schema, Privacy.cost(epsilon, delta)
 
     def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
         """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
         dataset, query, schema, cost = self._priced(principal, dataset_id, query)
-        errors = expected_error(query, schema=schema, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+        errors = expected_error(query, schema=schema, public_group_keys=public_group_keys(dataset),
+                                default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         return QueryEstimate(cost, errors, self._approvals.estimate(principal, dataset.id, principal.id, cost))
 
     # --- answering -----------------------------------------------------------------------------
@@ -197,7 +199,8 @@ class StatsQueryService:
             wrapped = repos.wrapped_dataset_key(session, dataset.id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), DEFAULT_ROWS_PER_PATIENT)
+        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), DEFAULT_ROWS_PER_PATIENT,
+                             public_group_keys(dataset))
 
     @staticmethod
     def _gate(answer: Answer, cost: Privacy) -> None:
@@ -216,6 +219,13 @@ class StatsQueryService:
             dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
             dataset_commitment=dataset.ciphertext_sha256, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
         )
+
+
+def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
+    """Key spaces that follow from the schema alone. An age band's labels come from its rule, so a
+    grouping by it answers every band (empty ones too, with noise) without a τ-threshold or δ."""
+    return {c.name: c.generalization.labels() for c in dataset.columns
+            if c.role is deid.ColumnRole.QUASI_IDENTIFIER and isinstance(c.generalization, deid.AgeBand)}
 
 
 def _patient_column(dataset: Dataset) -> str:
