@@ -122,6 +122,8 @@ def render_answer(answer) -> str:  # type: ignore[no-untyped-def]
     lines = [render.table(headers, rows) if rows else "no group passed the release threshold (rare groups are never shown)"]
     lines.append(f"spent ε {answer.epsilon:g}, δ {answer.delta:.2g} · {answer.mechanism} · "
                  f"at most {answer.rows_per_patient} row(s) per patient")
+    if any(c.statistic == "count" and c.value < 0 for c in answer.cells):
+        lines.append("a negative count is noise around a true count near zero (left as drawn: clamping would bias sums)")
     if answer.HasField("bounds"):
         lines.append(f"values clamped to [{answer.bounds.lower:g}, {answer.bounds.upper:g}]")
     lines.append("receipt: signed by the enclave (check it with cleanroom.sdk.stats.verify_answer)")
