@@ -40,7 +40,7 @@ from cleanroom.metrics import Metrics
 from cleanroom.modelversions.service import ModelVersionService
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.sandbox import cgroups
-from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest
+from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, error_type
 from cleanroom.storage import job_repo, model_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
@@ -78,13 +78,6 @@ class _CancelWatch(threading.Thread):
                         return
             except Exception:  # noqa: BLE001 - a database hiccup must not end the watch
                 log.warning("cancel watch could not read the job", exc_info=True)
-
-
-def _error_type(stderr: bytes) -> str:
-    """Only the exception's class name: its message could quote a data value, so it is never logged."""
-    lines = stderr.decode("utf-8", "replace").strip().splitlines()
-    name = lines[-1].split(":", 1)[0].strip() if lines else ""
-    return name if name.replace(".", "").replace("_", "").isalnum() and len(name) < 100 else "unknown"
 
 
 class JobRunner:
@@ -200,18 +193,12 @@ class JobRunner:
         return self._work_dir
 
     def _attest_and_release_key(self, job: Job, wrapped_dataset_key: bytes) -> dict[str, str]:
-        quote, ephemeral = enclave_sim.make_quote(self._enclave.attestation_key, self._enclave.measurement, job.workload)
         self._ledger.mark_decrypted(job.spend_id)  # before the key leaves the broker: from now on it is spent
         dataset_key = self._keys.unwrap_dataset_key(job.dataset_id, wrapped_dataset_key)
         try:
-            wrapped = self._enclave.broker.release_key(quote.to_bytes(), dataset_key, context=job.dataset_id.encode("ascii"))
+            return self._enclave.release_to_sandbox(job.workload, job.dataset_id, dataset_key)
         except enclave_sim.AttestationError:
             raise JobFailed(FailureCode.ATTESTATION_REFUSED) from None
-        from cryptography.hazmat.primitives import serialization
-
-        raw = ephemeral.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-        return {"quote": quote.to_bytes().hex(), "ephemeral_private_key": raw.hex(), "wrapped_key": wrapped.to_bytes().hex(),
-                "nonce": quote.nonce}
 
     def _run_worker(self, job: Job, model: Any, dataset: Any, work: Path, secrets: dict[str, str],
                     cancel: threading.Event | None = None) -> dict[str, bytes]:
@@ -230,7 +217,7 @@ class JobRunner:
             raise JobFailed(FailureCode.RESOURCE_LIMIT)
         if not result.ok:
             log.warning("worker ended without a result", extra={
-                "outcome": result.outcome.value, "exit_code": result.exit_code, "error_type": _error_type(result.stderr)})
+                "outcome": result.outcome.value, "exit_code": result.exit_code, "error_type": error_type(result.stderr)})
             raise JobFailed(FailureCode.WORKER_FAILED)
         return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 

@@ -70,6 +70,14 @@ class SandboxResult:
         return self.outcome is Outcome.EXITED and self.exit_code == 0
 
 
+def error_type(stderr: bytes) -> str:
+    """The class name of the exception a sandboxed Python died with, from its last stderr line;
+    never its message, which could quote a data value, so this alone may be logged."""
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    name = lines[-1].split(":", 1)[0].strip() if lines else ""
+    return name if name.replace(".", "").replace("_", "").isalnum() and len(name) < 100 else "unknown"
+
+
 class SandboxLauncher(Protocol):
     name: str
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,10 +41,8 @@ class BubblewrapLauncher(ProbedLauncher):
         if not self.binary:
             return launch_failed(self.name, self.reason, "bwrap is not installed")
         with tempfile.TemporaryDirectory(prefix="cleanroom-bwrap-") as scratch:
-            output = request.output_dir or layout.scratch_output(Path(scratch))
             try:
-                args = self._bwrap_args(request, policy, output, Path(scratch))
-                cgroup = _cgroup(policy)
+                args, output, cgroup = self.prepare(request, policy, Path(scratch))
             except (layout.LayoutError, CgroupError) as exc:
                 return launch_failed(self.name, self.reason, str(exc))
             try:
@@ -52,17 +51,31 @@ class BubblewrapLauncher(ProbedLauncher):
                 if cgroup is not None:
                     cgroup.remove()
 
-    def _supervise(self, args: tuple[list[str], list[str]], request: SandboxRequest, policy: SandboxPolicy,
-                   output: Path, cgroup: Cgroup | None) -> SandboxResult:
+    def prepare(self, request: SandboxRequest, policy: SandboxPolicy,
+                scratch: Path) -> tuple[tuple[list[str], list[str]], Path, Cgroup | None]:
+        """bwrap's arguments, the output directory and the run's cgroup (shared by one-shot runs and
+        long-lived sessions); raises LayoutError or CgroupError when the sandbox cannot be set up."""
+        output = request.output_dir or layout.scratch_output(scratch)
+        return self._bwrap_args(request, policy, output, scratch), output, _cgroup(policy)
+
+    def command(self, args: tuple[list[str], list[str]], policy: SandboxPolicy, cgroup: Cgroup | None, *,
+                stdin: bytes = b"", cancel: threading.Event | None = None) -> tuple[Command, int]:
+        """The Command that starts bwrap, and the read end of the pipe holding its seccomp filter,
+        which the caller closes once the process has started."""
         filter_r, filter_w = os.pipe()
         os.write(filter_w, seccomp.filter_bytes())
         os.close(filter_w)
         cmd = Command(
             argv=[self.binary, *args[0], "--seccomp", str(filter_r), "--", *args[1]],
-            stdin=request.stdin, pass_fds=(filter_r,), rlimits=layout.rlimits(policy),
+            stdin=stdin, pass_fds=(filter_r,), rlimits=layout.rlimits(policy),
             cgroup_procs=cgroup.procs_files() if cgroup else [],
-            kill=cgroup.kill_all if cgroup else (lambda: None), cancel=request.cancel,
+            kill=cgroup.kill_all if cgroup else (lambda: None), cancel=cancel,
         )
+        return cmd, filter_r
+
+    def _supervise(self, args: tuple[list[str], list[str]], request: SandboxRequest, policy: SandboxPolicy,
+                   output: Path, cgroup: Cgroup | None) -> SandboxResult:
+        cmd, filter_r = self.command(args, policy, cgroup, stdin=request.stdin, cancel=request.cancel)
         try:
             exit = supervise(cmd, policy, output)
         finally:

@@ -20,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from cleanroom.sandbox import layout, seccomp
-from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
-from cleanroom.sandbox.bwrap import BubblewrapLauncher, _cgroup
+from cleanroom.sandbox import layout
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, error_type
+from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.cgroups import CgroupError
 from cleanroom.sandbox.supervise import Command, _Capture, _start
 
@@ -79,26 +79,19 @@ class SandboxSession:
         self._closed = False
         self.started = time.monotonic()
         try:
-            output = request.output_dir or layout.scratch_output(self._scratch)
-            args = launcher._bwrap_args(request, policy, output, self._scratch)  # noqa: SLF001 - same sandbox as a job
-            self._cgroup = _cgroup(policy)
+            args, _, self._cgroup = launcher.prepare(request, policy, self._scratch)  # the same sandbox as a job's
         except (layout.LayoutError, CgroupError) as exc:
             shutil.rmtree(self._scratch, ignore_errors=True)
             raise SessionBroken(f"cannot set up the sandbox: {exc}") from None
-        self._proc = self._launch(launcher, args, policy)
+        self._proc = self._launch(*launcher.command(args, policy, self._cgroup))
         self._stderr = _Capture(self._proc.stderr.fileno(), 0)  # drained so it never blocks; kept nowhere
         self._stderr.start()
         self._timer = threading.Timer(policy.wall_seconds, self.close)
         self._timer.daemon = True
         self._timer.start()
 
-    def _launch(self, launcher: BubblewrapLauncher, args: tuple[list[str], list[str]], policy: SandboxPolicy):  # type: ignore[no-untyped-def]
-        filter_r, filter_w = os.pipe()
-        os.write(filter_w, seccomp.filter_bytes())
-        os.close(filter_w)
+    def _launch(self, cmd: Command, filter_r: int):  # type: ignore[no-untyped-def]
         err_r, err_w = os.pipe()
-        cmd = Command(argv=[launcher.binary, *args[0], "--seccomp", str(filter_r), "--", *args[1]], pass_fds=(filter_r,),
-                      rlimits=layout.rlimits(policy), cgroup_procs=self._cgroup.procs_files() if self._cgroup else [])
         try:
             return _start(cmd, err_w)
         except OSError as exc:
@@ -109,11 +102,8 @@ class SandboxSession:
                 os.close(fd)
 
     def error_type(self) -> str:
-        """The class name of the exception the sandbox died with, if any (never its message,
-        which could quote a data value)."""
-        lines = bytes(self._stderr.tail).decode("utf-8", "replace").strip().splitlines()
-        name = lines[-1].split(":", 1)[0].strip() if lines else ""
-        return name if name.replace(".", "").replace("_", "").isalnum() and len(name) < 100 else "unknown"
+        """The class name of the exception the sandbox died with, if any (never its message)."""
+        return error_type(bytes(self._stderr.tail))
 
     @property
     def alive(self) -> bool:
