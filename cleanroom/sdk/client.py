@@ -12,8 +12,8 @@ import grpc
 
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.schema import Schema
-from cleanroom.sdk.stats import query_to_proto
 from cleanroom.stats.query import Query
+from cleanroom.statspec import query_to_proto
 from cleanroom.v1 import (
     common_pb2,
     datasets_pb2,
