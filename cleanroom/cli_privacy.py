@@ -94,12 +94,7 @@ def _set_policy(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
 
 def _estimate(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
-        e = client(a).estimate_cost(a.dataset, epsilon=a.epsilon, delta=a.delta, manufacturer=a.manufacturer)
-        print(f"cost ε {e.cost.epsilon:g}, δ {e.cost.delta:.2g}: {e.decision.replace('_', ' ')}; {'fits' if e.fits else 'does NOT fit'}")
-        for reason in e.reasons:
-            print(f"  - {reason}")
-        rows = [(now.name, f"{now.remaining.epsilon:g}", f"{then.remaining.epsilon:g}") for now, then in zip(e.remaining_before, e.remaining_after)]
-        print(render.table(("budget", "ε left now", "ε left after"), rows))
+        print(render.cost_estimate(client(a).estimate_cost(a.dataset, epsilon=a.epsilon, delta=a.delta, manufacturer=a.manufacturer)))
     return run
 
 

@@ -131,13 +131,7 @@ def render_answer(answer) -> str:  # type: ignore[no-untyped-def]
 
 
 def render_estimate(estimate) -> str:  # type: ignore[no-untyped-def]
-    budget = estimate.budget
-    lines = [f"cost ε {estimate.epsilon:g}, δ {estimate.delta:.2g}: {budget.decision.replace('_', ' ')}; "
-             f"{'fits' if budget.fits else 'does NOT fit'} your budget"]
-    lines += [f"  - {reason}" for reason in budget.reasons]
-    rows = [(now.name, f"{now.remaining.epsilon:g}", f"{then.remaining.epsilon:g}")
-            for now, then in zip(budget.remaining_before, budget.remaining_after)]
-    lines.append(render.table(("budget", "ε left now", "ε left after"), rows))
+    lines = [render.cost_estimate(estimate.budget)]
     errors = [(name, f"{value:.4g}") for name, value in sorted(estimate.expected_error.items())]
     lines.append(render.table(("noisy part", "expected 95% half-width"), errors))
     return "\n".join(lines)

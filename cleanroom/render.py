@@ -85,3 +85,14 @@ def budget_table(report: privacy_pb2.BudgetReport) -> str:
         f"auto-approve up to ε {policy.auto_approve_epsilon:g}\n"
     )
     return header + table(("budget", "ε left", "ε left / cap", "spent", "reserved", "δ left", "ε basic / RDP"), rows)
+
+
+def cost_estimate(estimate: privacy_pb2.CostEstimate) -> str:
+    """A dry run's verdict, its reasons, and each visible budget now and after."""
+    lines = [f"cost ε {estimate.cost.epsilon:g}, δ {estimate.cost.delta:.2g}: {estimate.decision.replace('_', ' ')}; "
+             f"{'fits' if estimate.fits else 'does NOT fit'}"]
+    lines += [f"  - {reason}" for reason in estimate.reasons]
+    rows = [(now.name, f"{now.remaining.epsilon:g}", f"{then.remaining.epsilon:g}")
+            for now, then in zip(estimate.remaining_before, estimate.remaining_after)]
+    lines.append(table(("budget", "ε left now", "ε left after"), rows))
+    return "\n".join(lines)
