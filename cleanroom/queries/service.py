@@ -29,11 +29,10 @@ from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.queries.pool import DatasetSource, StatsWorkerPool, WorkerFailed
-from cleanroom.stats import Answer, Query, estimate_cost, expected_error, validate_query
-from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT
-from cleanroom.stats.prepared import check_cells
-from cleanroom.stats.keys import public_dims
-from cleanroom.stats.query import column_types, keyspace_is_public
+from cleanroom.stats import Answer, Query, expected_error, validate_query
+from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT, make_plan
+from cleanroom.stats.keys import check_cells, public_dims
+from cleanroom.stats.query import column_types
 from cleanroom.stats.wire import ANSWER_FILE, answer_from_dict, canonical_answer, canonical_query, query_to_dict, stats_workload
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
@@ -48,6 +47,17 @@ def query_reference(dataset_id: str, query: Query) -> str:
     """The same query on the same dataset has the same reference (an approval names it)."""
     digest = hashlib.sha256(dataset_id.encode() + b"\x00" + canonical_query(query)).hexdigest()
     return f"queries/{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A query checked against its dataset and priced, before any budget moves."""
+
+    dataset: Dataset
+    query: Query               # with its per-patient row bound settled
+    schema: list[tuple[str, deid.ColumnType]]
+    public_keys: dict[str, list[str]]
+    cost: Privacy
 
 
 @dataclass(frozen=True)
@@ -84,49 +94,37 @@ class StatsQueryService:
 
     # --- before any budget moves ---------------------------------------------------------------
 
-    def _dataset(self, principal: Principal, dataset_id: str | None) -> Dataset:
+    def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> Priced:
+        """One read (the dataset, its share with the caller, its policy), then validation and the
+        price: a query that sets no per-patient row bound gets the dataset policy's."""
         with self._db.read() as session:
             dataset = repos.get_dataset(session, dataset_id) if dataset_id else None
             if dataset is None or not privacy_repo.is_shared(session, dataset.id, principal.id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return dataset
-
-    def _with_policy_bound(self, dataset: Dataset, query: Query) -> Query:
-        """A query that sets no per-patient row bound gets the dataset policy's."""
-        if query.max_rows_per_patient is not None:
-            return query
-        with self._db.read() as session:
-            rows = privacy_repo.get_policy(session, dataset.id).stats_rows_per_patient
-        return dataclasses.replace(query, max_rows_per_patient=rows)
-
-    def _checked(self, dataset: Dataset, query: Query) -> list[tuple[str, deid.ColumnType]]:
+            policy_rows = privacy_repo.get_policy(session, dataset.id).stats_rows_per_patient
+        if query.max_rows_per_patient is None:
+            query = dataclasses.replace(query, max_rows_per_patient=policy_rows)
         schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
         public = public_group_keys(dataset)
         validate_query(query, schema, patient_column=_patient_column(dataset), public_group_keys=public)
         types = column_types(schema)
-        if keyspace_is_public(query, types, public):
+        plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+        if plan.public_keys:
             check_cells(public_dims(query, types, public))
-        return schema
-
-    def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> tuple[Dataset, Query, list[tuple[str, deid.ColumnType]], Privacy]:
-        """The dataset, the query with its per-patient bound settled, the stored schema, the cost."""
-        dataset = self._dataset(principal, dataset_id)
-        query = self._with_policy_bound(dataset, query)
-        schema = self._checked(dataset, query)
-        epsilon, delta = estimate_cost(query, schema=schema, public_group_keys=public_group_keys(dataset))
-        return dataset, query, schema, Privacy.cost(epsilon, delta)
+        return Priced(dataset, query, schema, public, Privacy.cost(plan.epsilon, plan.delta))
 
     def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
         """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
-        dataset, query, schema, cost = self._priced(principal, dataset_id, query)
-        errors = expected_error(query, schema=schema, public_group_keys=public_group_keys(dataset),
+        priced = self._priced(principal, dataset_id, query)
+        errors = expected_error(priced.query, schema=priced.schema, public_group_keys=priced.public_keys,
                                 default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
-        return QueryEstimate(cost, errors, self._approvals.estimate(principal, dataset.id, principal.id, cost))
+        return QueryEstimate(priced.cost, errors, self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost))
 
     # --- answering -----------------------------------------------------------------------------
 
     def run(self, principal: Principal, dataset_id: str | None, query: Query, *, privacy_request: str = "") -> QueryResult:
-        dataset, query, _, cost = self._priced(principal, dataset_id, query)
+        priced = self._priced(principal, dataset_id, query)
+        dataset, query, cost = priced.dataset, priced.query, priced.cost
         reference = query_reference(dataset.id, query)
         # The spend counts as decrypted (spent whatever happens) once data is touched for it: before
         # a new worker receives the key, or before a warm worker is asked. With a warm
@@ -136,7 +134,7 @@ class StatsQueryService:
         spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
         opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
         try:
-            answer, answer_json, nonce = self._answer(dataset, query, opening)
+            answer, answer_json, nonce = self._answer(priced, opening)
             self._gate(answer, cost)
             receipt = self._sign(dataset, answer, answer_json, nonce, query)
         except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
@@ -181,9 +179,10 @@ class StatsQueryService:
             raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that approval was already used; submit the query again")
         return spend.id
 
-    def _answer(self, dataset: Dataset, query: Query, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
+    def _answer(self, priced: Priced, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
+        dataset, query = priced.dataset, priced.query
         try:  # the wrapped key is read only when a worker has to start
-            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(dataset), stats_workload(dataset.id), query_to_dict(query),
+            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(priced), stats_workload(dataset.id), query_to_dict(query),
                                           opening=opening)
         except WorkerFailed as failure:
             log.warning("statistics worker failed", extra={"reason": failure.reason})
@@ -194,13 +193,14 @@ class StatsQueryService:
         answer = answer_from_dict(reply["answer"])
         return answer, canonical_answer(answer), nonce
 
-    def _source(self, dataset: Dataset) -> DatasetSource:
+    def _source(self, priced: Priced) -> DatasetSource:
+        dataset = priced.dataset
         with self._db.read() as session:
             wrapped = repos.wrapped_dataset_key(session, dataset.id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), DEFAULT_ROWS_PER_PATIENT,
-                             public_group_keys(dataset))
+                             priced.public_keys)
 
     @staticmethod
     def _gate(answer: Answer, cost: Privacy) -> None:

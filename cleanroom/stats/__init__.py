@@ -7,7 +7,8 @@ Public API: build a `Query`, check it with `validate_query`, price it with `esti
 
 from cleanroom.stats.answer import Answer, Cell
 from cleanroom.stats.dryrun import estimate_cost, expected_error
-from cleanroom.stats.engine import run_query, schema_from_table
+from cleanroom.stats.engine import run_query
+from cleanroom.stats.prepared import schema_from_table
 from cleanroom.stats.query import Filter, Query, validate_query
 
 __all__ = [

@@ -23,7 +23,7 @@ from cleanroom.stats.answer import Answer
 from cleanroom.stats.bounds import estimate_bounds
 from cleanroom.stats.compute import COMPUTE, Cells
 from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT, Plan, make_plan
-from cleanroom.stats.prepared import PreparedTable, check_cells, schema_from_table  # noqa: F401 - re-exported
+from cleanroom.stats.prepared import PreparedTable
 from cleanroom.stats.query import Query, column_types, validate_query
 
 PublicKeys = Mapping[str, Sequence[str]]
@@ -47,7 +47,7 @@ def run_query(
     validate_query(query, list(types.items()), patient_column=patient_column, public_group_keys=public_group_keys)
     plan = make_plan(query, types=types, public_group_keys=public_group_keys, default_rows_per_patient=default_rows_per_patient)
     dims = keyspace.public_dims(query, types, public_group_keys) if plan.public_keys else None
-    check_cells(dims)
+    keyspace.check_cells(dims)
     cells, raw_keys = _cells(prepared, plan, dims)
     _clamp(cells)
     if not plan.public_keys:

@@ -7,12 +7,14 @@ joined by an ASCII unit separator so one Arrow string column can be encoded and 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.stats.query import Query
 
 SEPARATOR = "\x1f"
@@ -76,6 +78,13 @@ def public_dims(query: Query, types: Mapping[str, str], public_group_keys: Mappi
         else:
             dims.append(sorted({str(k) for k in public[query.column]}))
     return dims
+
+
+def check_cells(public_dims: list[list[str]] | None) -> None:
+    """A public key space answers every one of its cells: refuse one past MAX_PUBLIC_CELLS."""
+    cells = math.prod(len(d) for d in public_dims) if public_dims else 1
+    if cells > MAX_PUBLIC_CELLS:
+        raise bad_request("the query has too many cells", FieldViolation("group_by", f"at most {MAX_PUBLIC_CELLS} cells"))
 
 
 def public_keyspace(query: Query, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> list[str]:

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.stats import keys as keyspace
 from cleanroom.stats.bounding import fresh_rng
 from cleanroom.stats.plan import Plan
@@ -298,9 +297,3 @@ def _combine(dims: list[tuple[np.ndarray, tuple[str, ...]]]) -> tuple[np.ndarray
         return keyspace.SEPARATOR.join(reversed(parts))
 
     return np.where(inside, code, -1), name, math.prod(sizes)
-
-
-def check_cells(public_dims: list[list[str]] | None) -> None:
-    cells = math.prod(len(d) for d in public_dims) if public_dims else 1
-    if cells > keyspace.MAX_PUBLIC_CELLS:
-        raise bad_request("the query has too many cells", FieldViolation("group_by", f"at most {keyspace.MAX_PUBLIC_CELLS} cells"))
