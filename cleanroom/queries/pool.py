@@ -52,7 +52,6 @@ class DatasetSource:
     blob_path: Path
     wrapped_key: bytes
     patient_column: str
-    default_rows_per_patient: int
     public_group_keys: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -163,7 +162,7 @@ class StatsWorkerPool:
             secrets, nonce = self._release_key(source, workload)
             session = self._open(inputs, source.id)
             hello = {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
-                     "default_rows_per_patient": source.default_rows_per_patient, "public_group_keys": source.public_group_keys}
+                     "public_group_keys": source.public_group_keys}
             try:
                 opening()  # the worker is about to receive the key: from here on the data counts as opened
                 ready = json.loads(session.call(json.dumps(hello).encode(), timeout=LOAD_SECONDS))

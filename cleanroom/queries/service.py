@@ -199,8 +199,7 @@ class StatsQueryService:
             wrapped = repos.wrapped_dataset_key(session, dataset.id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), DEFAULT_ROWS_PER_PATIENT,
-                             priced.public_keys)
+        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), priced.public_keys)
 
     @staticmethod
     def _gate(answer: Answer, cost: Privacy) -> None:

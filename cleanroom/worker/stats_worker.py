@@ -52,8 +52,7 @@ def _answer(prepared: Any, settings: dict[str, Any], request: dict[str, Any]) ->
 
     try:
         answer = run_query(prepared, query_from_dict(request["query"]), patient_column=settings["patient_column"],
-                           public_group_keys=settings.get("public_group_keys") or None,
-                           default_rows_per_patient=settings["default_rows_per_patient"])
+                           public_group_keys=settings.get("public_group_keys") or None)
     except CleanroomError as error:
         return {"error": error.code.value, "message": error.message,
                 "violations": [[v.field, v.description] for v in error.violations]}
