@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,18 +12,19 @@ import pytest
 from safetensors.torch import load
 
 import enclave_sim
-from cleanroom import samples
+from cleanroom import cli, samples
 from cleanroom.domain.identity import Role
 from cleanroom.domain.jobs import JobState
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.verify import verify_job
 from cleanroom.storage import job_repo, privacy_repo
-from cleanroom.v1 import jobs_pb2
+from cleanroom.v1 import jobs_pb2, models_pb2
 from tests.conftest import make_config, start_server
 from tests.processes import alive
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
+MODELS = Path(__file__).resolve().parent / "models"
 FEATURES = samples.feature_names()
 
 
@@ -39,7 +41,7 @@ def world(tmp_path_factory):
     officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=5, delta=1e-4, reason="pilot")
     officer.set_approval_policy(dataset.name, max_epsilon=3, auto_approve_epsilon=1.5, reason="routine")
     model = maker.submit_model(EXAMPLE)
-    yield {"running": running, "maker": maker, "officer": officer, "dataset": dataset.name, "model": model.name}
+    yield {"running": running, "maker_token": maker_token, "maker": maker, "officer": officer, "dataset": dataset.name, "model": model.name}
     for client in (owner, maker, officer):
         client.close()
     running.server.stop(grace=0)
@@ -222,6 +224,35 @@ def test_cancelling_a_running_training_job_kills_its_sandbox_at_once(world) -> N
     assert spend.state.value == "committed" and spend.decrypted
     assert [e.kind.value for e in events] == ["reserve", "commit"]
     assert events[1].amount == spend.reserved
+
+
+def test_a_model_version_that_failed_intake_cannot_run_a_job(world) -> None:
+    rejected = world["maker"].submit_model(MODELS / "batch_norm")
+    assert rejected.state == models_pb2.MODEL_STATE_REJECTED
+    before = _reservations(world)
+    with pytest.raises(CleanroomClientError) as err:
+        world["maker"].evaluate(_evaluation(world, model=rejected.name))
+    assert err.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert [v.field for v in err.value.violations] == ["spec.model"] and _reservations(world) == before
+
+
+def test_the_cli_evaluates_watches_downloads_and_verifies(world, tmp_path, capsys) -> None:
+    app = world["running"].app
+    root = tmp_path / "root.pem"
+    root.write_bytes(app.enclave.root.public_key_pem())
+    base = ["--server", world["running"].address, "--token", world["maker_token"], "job"]
+    assert cli.main([*base, "evaluate", "--model", world["model"], "--dataset", world["dataset"], "--features", ",".join(FEATURES),
+                     "--label", "malignant", "--epsilon", "0.2", "--wait"]) == 0
+    out = capsys.readouterr().out
+    name = out.split(":", 1)[0]
+    assert name.startswith("jobs/") and out.rstrip().endswith("released")
+    assert cli.main([*base, "download", name, "--to", str(tmp_path / "files"), "--package", str(EXAMPLE), "--root-pem", str(root)]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["verified"] and sorted(verified["files"]) == sorted(p.name for p in (tmp_path / "files").iterdir())
+    other = tmp_path / "other.pem"  # a root the receipt was not signed under
+    other.write_bytes(enclave_sim.RootAuthority.load_or_create(tmp_path / "other-root").public_key_pem())
+    assert cli.main([*base, "download", name, "--to", str(tmp_path / "refused"), "--package", str(EXAMPLE), "--root-pem", str(other)]) == 6
+    assert "did NOT verify" in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
 def test_budget_exhaustion_is_refused_with_the_reason(world) -> None:
