@@ -40,8 +40,11 @@ class Cells:
     selected: list[int] | None = None          # noisy counts from the τ-threshold step
     select_noise: mechanisms.Noise | None = None
     trace: list[tuple[str, object]] = field(default_factory=list)  # (step, calibrated mechanism)
+    known_counts: np.ndarray | None = None     # rows per cell, when already counted (kept in step with codes)
 
     def counts(self) -> np.ndarray:
+        if self.known_counts is not None:
+            return self.known_counts
         if len(self.keys) == 1:  # one cell: every row is in it
             return np.array([self.codes.size], dtype=np.int64)
         return np.bincount(self.codes, minlength=len(self.keys)).astype(np.int64)
@@ -77,22 +80,29 @@ def noisy_counts(cells: Cells, *, alpha: float) -> tuple[list[int], list[float]]
 def noisy_sums(cells: Cells, values: np.ndarray, magnitude: float, step: Step, *, alpha: float) -> tuple[np.ndarray, float]:
     """Per-cell noisy sums of values within ±magnitude, via fixed point; and their half-width."""
     noise, bits = sum_noise(cells.plan, magnitude, step)
-    totals = _cell_totals(cells, mechanisms.to_fixed(values, bits))  # exact: |fixed| ≤ 2^24 per row
+    totals = _cell_totals(cells, values, bits)  # exact: |fixed| ≤ 2^24 per row
     cells.trace.append((step.name, noise))
     cells.trace.append((step.name + ".resolution", math.ldexp(1.0, -bits)))
     noisy = np.asarray(mechanisms.release(totals.tolist(), noise), dtype=np.float64)
     return np.ldexp(noisy, -bits), math.ldexp(noise.half_width(alpha=alpha), -bits)
 
 
-def _cell_totals(cells: Cells, fixed: np.ndarray) -> np.ndarray:
-    """Exact int64 sums of the fixed-point values per cell."""
+def _cell_totals(cells: Cells, values: np.ndarray, bits: int) -> np.ndarray:
+    """Exact int64 sums per cell of the values in fixed point, round(x·2^k) (ldexp is exact; rint
+    rounds half to even). Below _EXACT_FLOAT_ROWS rows every partial sum is an integer under
+    2^53, so float64 adds the rounded values exactly and no int64 copy is needed."""
+    scaled = np.ldexp(np.asarray(values, dtype=np.float64), bits)
+    np.rint(scaled, out=scaled)
+    if scaled.size > _EXACT_FLOAT_ROWS:
+        fixed = scaled.astype(np.int64)
+        if len(cells.keys) == 1:
+            return np.array([fixed.sum()], dtype=np.int64)
+        totals = np.zeros(len(cells.keys), dtype=np.int64)
+        np.add.at(totals, cells.codes, fixed)
+        return totals
     if len(cells.keys) == 1:
-        return np.array([fixed.sum()], dtype=np.int64)
-    if fixed.size <= _EXACT_FLOAT_ROWS:  # every partial sum is an integer below 2^53: float64 adds it exactly
-        return np.rint(np.bincount(cells.codes, weights=fixed, minlength=len(cells.keys))).astype(np.int64)
-    totals = np.zeros(len(cells.keys), dtype=np.int64)
-    np.add.at(totals, cells.codes, fixed)
-    return totals
+        return np.array([scaled.sum()], dtype=np.float64).astype(np.int64)
+    return np.bincount(cells.codes, weights=scaled, minlength=len(cells.keys)).astype(np.int64)
 
 
 def count_cells(cells: Cells) -> list[Cell]:

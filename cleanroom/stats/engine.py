@@ -71,7 +71,8 @@ def _cells(prepared: PreparedTable, plan: Plan, dims: list[list[str]] | None) ->
     values = prepared.column(query.column).values[selection.rows] if numeric else None
     integer = prepared.types.get(query.column or "") == "integer"
     keys = [keyspace.split_key(k, query) for k in selection.keys]
-    return Cells(plan, keys, selection.codes, values, query.bounds, integer), selection.keys
+    counts = None if selection.counts is None else selection.counts.astype(np.int64, copy=False)
+    return Cells(plan, keys, selection.codes, values, query.bounds, integer, known_counts=counts), selection.keys
 
 
 def _clamp(cells: Cells) -> None:
@@ -82,7 +83,7 @@ def _clamp(cells: Cells) -> None:
     if step is not None:
         cells.bounds = estimate_bounds(cells.values, rows=cells.plan.rows, epsilon=step.epsilon, integer=cells.integer)
         cells.trace.append(("bounds", mechanisms.calibrate(sensitivity=cells.plan.rows, epsilon=step.epsilon)))
-    cells.values = np.clip(cells.values, *cells.bounds)
+    cells.values = np.clip(cells.values, *cells.bounds, out=cells.values)  # a fresh gather: clamped in place
 
 
 def _select(cells: Cells, raw_keys: list[str]) -> None:
@@ -90,17 +91,19 @@ def _select(cells: Cells, raw_keys: list[str]) -> None:
     step = cells.plan.step("select")
     threshold = mechanisms.calibrate_threshold(rows=cells.plan.rows, epsilon=step.epsilon, delta=step.delta, gaussian=cells.plan.gaussian)
     cells.trace.append(("select", threshold))
-    released = mechanisms.release_above_threshold(dict(zip(raw_keys, cells.counts().tolist())), threshold)
+    counts = cells.counts()
+    released = mechanisms.release_above_threshold(dict(zip(raw_keys, counts.tolist())), threshold)
     kept = sorted(released)
-    position = {key: index for index, key in enumerate(raw_keys)}
-    remap = np.full(len(raw_keys), -1, dtype=np.int64)
-    remap[[position[k] for k in kept]] = np.arange(len(kept))
-    codes = remap[cells.codes]
-    if len(kept) < len(raw_keys):  # some rows fell in suppressed keys: drop them
+    if kept != raw_keys:  # keys were suppressed (their rows go) or come in another order: re-code
+        position = {key: index for index, key in enumerate(raw_keys)}
+        kept_positions = [position[k] for k in kept]
+        remap = np.full(len(raw_keys), -1, dtype=np.int64)
+        remap[kept_positions] = np.arange(len(kept))
+        codes = remap[cells.codes]
         inside = codes >= 0
-        codes = codes[inside]
+        cells.codes = codes[inside]
         cells.values = None if cells.values is None else cells.values[inside]
-    cells.codes = codes
+        cells.known_counts = counts[kept_positions]
     cells.keys = [keyspace.split_key(k, cells.plan.query) for k in kept]
     cells.selected = [released[k] for k in kept]
     cells.select_noise = threshold.noise

@@ -62,6 +62,7 @@ class Selection:
     rows: np.ndarray
     codes: np.ndarray
     keys: list[str]
+    counts: np.ndarray | None = None  # rows per key, when counted during selection
 
 
 class PreparedTable:
@@ -80,7 +81,7 @@ class PreparedTable:
         self.types = dict(self.schema)
         self.patient_column = patient_column
         self._columns: dict[str, Column] = {}
-        self._missing: dict[str, np.ndarray] = {}
+        self._incomplete: dict[str, bool] = {}  # column -> some row lacks a usable value
         self._kept_by_limit: dict[int, np.ndarray] = {}  # the bound over all rows, per L (same fixed order)
         if patient_column in self.types:
             self._order, patients, self._segment_start = _group_by_patient(table.column(patient_column))
@@ -97,30 +98,38 @@ class PreparedTable:
         """Filter, drop rows without a value or a cell, then keep ≤ L rows per patient.
 
         With `public_dims` every cell of their product is answered (public key space); without,
-        only the cells observed in the kept rows (to be τ-thresholded by the caller)."""
+        only the cells observed in the kept rows (to be τ-thresholded by the caller). A mask is
+        built only where something can drop a row: an unfiltered query over complete columns
+        reuses the bounded row set of its L as is."""
         query = plan.query
-        mask = np.ones(self.num_rows, dtype=bool)
+        mask: np.ndarray | None = None
         for flt in query.filters:
-            mask &= self._filter_mask(flt)
+            mask = _and(mask, self._filter_mask(flt))
         for name in (query.column, query.group_by):
-            if name is not None:
-                mask &= self._present(name)
+            if name is not None and not self._complete(name):
+                mask = _and(mask, ~self.column(name).missing)
         cell, labels, cells = self._cells(query, public_dims)
-        if cell is not None:
-            mask &= cell >= 0
+        if cell is not None and not self._cell_complete(query, public_dims):
+            mask = _and(mask, cell >= 0)
         rows = self._bound(mask, plan.rows)
         codes = cell[rows] if cell is not None else np.broadcast_to(np.int64(0), rows.shape)  # read-only zeros
         if public_dims is not None:
             space = [keyspace.SEPARATOR.join(parts) for parts in itertools.product(*public_dims)] if public_dims else [""]
             return Selection(rows, codes, space)
-        observed, codes = _observed(codes, cells)
-        return Selection(rows, codes, [labels(int(c)) for c in observed])
+        observed, codes, counts = _observed(codes, cells)
+        return Selection(rows, codes, [labels(int(c)) for c in observed], counts)
 
-    def _present(self, name: str) -> np.ndarray:
-        """Rows with a usable value in `name` (the complement of Column.missing), kept per column."""
-        if name not in self._missing:
-            self._missing[name] = ~self.column(name).missing
-        return self._missing[name]
+    def _complete(self, name: str) -> bool:
+        """Whether every row has a usable value in `name` (checked once per column)."""
+        if name not in self._incomplete:
+            self._incomplete[name] = bool(self.column(name).missing.any())
+        return not self._incomplete[name]
+
+    def _cell_complete(self, query: Query, public_dims: list[list[str]] | None) -> bool:
+        """Whether every row has a cell: one categorical dimension over a complete column (a
+        column's codes are -1 only where it is null); bins and public key spaces can drop rows."""
+        return (public_dims is None and query.kind != "histogram" and query.group_by is not None
+                and self._complete(query.group_by))
 
     # --- filters -----------------------------------------------------------------------------
 
@@ -167,15 +176,16 @@ class PreparedTable:
 
     # --- per-patient bound -------------------------------------------------------------------
 
-    def _bound(self, chosen: np.ndarray, limit: int) -> np.ndarray:
-        """Indices of the chosen rows kept: each patient's first `limit` (rows without a patient: none)."""
-        chosen &= self._has_patient
+    def _bound(self, mask: np.ndarray | None, limit: int) -> np.ndarray:
+        """Indices of the chosen rows kept (`mask` None: every row): each patient's first `limit`
+        (rows without a patient: none)."""
+        chosen = self._has_patient if mask is None else mask & self._has_patient
         if limit >= self._most_rows:  # nobody has more rows than the bound: nothing to drop
             return np.flatnonzero(chosen)
-        if np.array_equal(chosen, self._has_patient):  # nothing filtered out: the same rows every time
+        if mask is None or np.array_equal(chosen, self._has_patient):  # nothing filtered out: the same rows every time
             kept = self._kept_by_limit.get(limit)
             if kept is None:
-                kept = self._first_rows(chosen, limit)
+                kept = self._first_rows(self._has_patient, limit)
                 kept.setflags(write=False)  # shared by later queries
                 if len(self._kept_by_limit) < _KEPT_CACHE:
                     self._kept_by_limit[limit] = kept
@@ -237,7 +247,14 @@ def _prepare_column(column: pa.ChunkedArray, kind: str) -> Column:
     if kind == "string":
         encoded = pc.dictionary_encode(array)
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        return Column(kind, null, codes=codes, labels=tuple(encoded.dictionary.to_pylist()))
+        labels = encoded.dictionary.to_pylist()
+        # Codes in sorted label order: cells come out in the order answers list them, so a
+        # grouping whose keys all pass the threshold needs no re-coding of its rows.
+        order = sorted(range(len(labels)), key=labels.__getitem__)
+        rank = np.empty(len(labels) + 1, dtype=np.int64)
+        rank[order] = np.arange(len(labels))
+        rank[-1] = -1  # null stays -1
+        return Column(kind, null, codes=rank[codes], labels=tuple(labels[i] for i in order))
     return Column(kind, null)
 
 
@@ -265,16 +282,22 @@ def _onto_public(codes: np.ndarray, labels: tuple[str, ...], public: list[str]) 
     return table[codes], tuple(public)
 
 
-def _observed(codes: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct codes present (sorted) and each row's index among them."""
+def _observed(codes: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The distinct codes present (sorted), each row's index among them, and the row count of each
+    (None when not counted on the way)."""
     if cells <= 4 * codes.size + 1024:  # a counting pass beats a sort when the code space is small
-        present = np.bincount(codes, minlength=cells) > 0
+        counts = np.bincount(codes, minlength=cells)
+        present = counts > 0
         if present.all():  # every code occurs: each row's index among them is its code
-            return np.arange(cells), codes
+            return np.arange(cells), codes, counts
         remap = np.cumsum(present) - 1
-        return np.flatnonzero(present), remap[codes]
+        return np.flatnonzero(present), remap[codes], counts[present]
     observed, inverse = np.unique(codes, return_inverse=True)
-    return observed, inverse.astype(np.int64)
+    return observed, inverse.astype(np.int64), None
+
+
+def _and(mask: np.ndarray | None, other: np.ndarray) -> np.ndarray:
+    return other if mask is None else mask & other
 
 
 def _combine(dims: list[tuple[np.ndarray, tuple[str, ...]]]) -> tuple[np.ndarray, Callable[[int], str], int]:

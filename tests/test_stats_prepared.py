@@ -1,0 +1,77 @@
+"""The warm worker's prepared table: the shortcuts it takes must select exactly the reference rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cleanroom.stats import Filter, Query, compute, run_query
+from cleanroom.stats.plan import make_plan
+from cleanroom.stats.prepared import PreparedTable
+
+HUGE_EPSILON = 100.0  # at L = 1, discrete Laplace at scale 0.01: P(noise != 0) ≈ 2e^-100
+
+
+def _table(sites: list[str | None], values: list[float | None]) -> pa.Table:
+    patients = [f"p{i}" for i in range(len(sites))]  # one row each: the bound keeps every row
+    return pa.table({"patient": patients, "site": pa.array(sites, pa.string()), "value": pa.array(values, pa.float64())})
+
+
+def _selection(table: pa.Table, query: Query):
+    prepared = PreparedTable(table, patient_column="patient")
+    types = dict(prepared.types)
+    plan = make_plan(query, types=types, public_group_keys=None, default_rows_per_patient=1)
+    return prepared.select(plan, None)
+
+
+@pytest.mark.parametrize("sites", [
+    ["west", "east", "north", "east", "west", "central"],          # first appearance is not sorted order
+    ["west", None, "east", "north", None, "east", "west"],          # nulls leave the grouping
+])
+def test_grouped_cells_come_in_sorted_order_with_their_counts(sites) -> None:
+    selection = _selection(_table(sites, [1.0] * len(sites)), Query(kind="count", group_by="site", epsilon=1.0, delta=1e-6))
+    expected = Counter(s for s in sites if s is not None)
+    assert selection.keys == sorted(expected)
+    assert selection.counts.tolist() == [expected[k] for k in selection.keys]
+    grouped = [selection.keys[c] for c in selection.codes]
+    assert sorted(grouped) == sorted(s for s in sites if s is not None)
+    kept_sites = {sites[int(r)] for r in selection.rows}
+    assert None not in kept_sites
+
+
+def test_rows_and_codes_agree_under_a_filter_and_missing_values() -> None:
+    sites = ["b", "a", "c", "a", None, "b", "c", "a"]
+    values = [1.0, None, 3.0, float("nan"), 5.0, 6.0, 7.0, 8.0]
+    query = Query(kind="mean", column="value", bounds=(0.0, 10.0), group_by="site", epsilon=1.0, delta=1e-6,
+                  filters=(Filter("site", "!=", "c"),))
+    selection = _selection(_table(sites, values), query)
+    prepared = PreparedTable(_table(sites, values), patient_column="patient")
+    kept = sorted(prepared.column("value").values[selection.rows].tolist())
+    assert kept == [1.0, 6.0, 8.0]  # no null, no NaN, no "c", no row without a site
+    assert selection.keys == ["a", "b"] and selection.counts.tolist() == [1, 2]
+
+
+def test_exact_grouped_counts_match_the_rows() -> None:
+    rng = np.random.default_rng(5)
+    sites = rng.choice(["north", "east", "west"], size=3000).tolist()
+    answer = run_query(_table(sites, [1.0] * 3000), Query(kind="count", group_by="site", epsilon=HUGE_EPSILON, delta=1e-6,
+                                                          max_rows_per_patient=1), patient_column="patient")
+    truth = Counter(sites)
+    assert [c.key for c in answer.cells] == [("east",), ("north",), ("west",)]
+    assert [c.value for c in answer.cells] == [truth["east"], truth["north"], truth["west"]]
+
+
+@pytest.mark.parametrize("cells", [1, 4])
+def test_fixed_point_totals_are_exact(cells) -> None:
+    rng = np.random.default_rng(cells)
+    values = rng.uniform(-250, 250, size=200_000)
+    bits = 24 - 8  # |x| ≤ 256
+    codes = rng.integers(0, cells, size=values.size)
+    holder = compute.Cells(plan=None, keys=[("k",)] * cells, codes=codes)  # type: ignore[arg-type]
+    totals = compute._cell_totals(holder, values, bits)
+    fixed = np.rint(np.ldexp(values, bits)).astype(np.int64)
+    expected = [int(fixed[codes == c].sum()) for c in range(cells)]
+    assert totals.dtype == np.int64 and totals.tolist() == expected
