@@ -295,10 +295,10 @@ def _instrument(timings: dict[str, list[float]]) -> None:
     """Wrap each server-side step of a query with a timer (in this process only)."""
     from cleanroom.api import idempotency
     from cleanroom.api import stats_servicers
-    from cleanroom.privacy import approvals, ledger
-    from cleanroom.queries import pool, service
+    from cleanroom.privacy import ledger
+    from cleanroom.queries import allowance, pool, service
     from cleanroom.sandbox import session
-    from cleanroom.storage import audit_repo, db
+    from cleanroom.storage import db, group_commit
 
     def wrap(owner: Any, attribute: str, label: str) -> None:
         original = getattr(owner, attribute)
@@ -329,22 +329,21 @@ def _instrument(timings: dict[str, list[float]]) -> None:
     wrap_context(db.Database, "transaction", "every write transaction, BEGIN to COMMIT")
     wrap_context(db.Database, "read", "every read transaction")
     wrap(stats_servicers.StatsServicer, "RunQuery", "RunQuery handler (all below)")
-    wrap(idempotency.Idempotency, "_claim", "idempotency claim (tx)")
+    wrap(idempotency.JournalledIdempotency, "run", "idempotency (memory, one read) and all below")
     wrap(stats_servicers, "answer_to_proto", "answer_to_proto")
     wrap(service.StatsQueryService, "run", "service.run")
     wrap(service.StatsQueryService, "_priced", "  dataset, share and policy (read), validate, price")
-    wrap(approvals.ApprovalService, "submit", "  submit + reserve (tx)")
-    wrap(ledger.Ledger, "mark_decrypted", "  mark_decrypted (tx)")
-    wrap(ledger.Ledger, "release", "  release/commit (tx)")
-    wrap(ledger.Ledger, "release_in", "  release/commit (in the audit's tx)")
-    wrap(idempotency.Idempotency, "run", "idempotency.run (all, incl. 2 tx)")
+    wrap(allowance.Allowances, "draw", "  draw on the allowance")
+    wrap(ledger.Ledger, "reserve_sized", "    reserve a new allowance (tx)")
+    wrap(allowance.Allowances, "open_data", "  open data (marks a new allowance decrypted)")
     wrap(service.StatsQueryService, "_source", "  wrapped key (read)")
     wrap(pool.StatsWorkerPool, "ask", "  worker ask (all)")
     wrap(session.SandboxSession, "call", "    worker round trip (pipe + run_query)")
     wrap(service, "answer_from_dict", "  answer_from_dict")
     wrap(service, "canonical_answer", "  canonical_answer")
     wrap(service.StatsQueryService, "_sign", "  sign receipt")
-    wrap(audit_repo, "append", "  audit append (in a tx)")
+    wrap(group_commit.GroupCommit, "_write", "group commit batches (writer thread)")
+    wrap(ledger.Ledger, "settle_in", "  close an allowance (in a batch)")
 
 
 def profile(world: World, timings: dict[str, list[float]], repeats: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cleanroom.api.idempotency import Idempotency
+from cleanroom.api.idempotency import Idempotency, JournalledIdempotency
 from cleanroom.attestation import Enclave
 from cleanroom.config import ServerConfig
 from cleanroom.crypto import LocalKeyFileProvider
@@ -26,11 +26,13 @@ from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.metered import MeteredLauncher
 from cleanroom.sandbox.session import SessionBroken
+from cleanroom.queries.allowance import Allowances
 from cleanroom.queries.pool import StatsWorkerPool
 from cleanroom.queries.service import StatsQueryService
 from cleanroom.storage import job_repo, model_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
+from cleanroom.storage.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class App:
     principals: PrincipalService
     datasets: DatasetService
     idempotency: Idempotency
+    answered_idempotency: JournalledIdempotency   # for answers whose records trail them (statistics)
     ledger: Ledger
     budgets: BudgetService
     approvals: ApprovalService
@@ -54,8 +57,10 @@ class App:
     runner: JobRunner
     stats: StatsQueryService
     stats_pool: StatsWorkerPool
+    stats_journal: GroupCommit    # the trailing records of statistics answers
 
     def close(self) -> None:
+        self.stats.close()  # closes allowances and writes trailing records while the database is open
         self.stats_pool.close()
         self.db.dispose()
 
@@ -81,10 +86,13 @@ def build_app(config: ServerConfig) -> App:
                        launcher=phase_b_launcher(config, metrics), policy=policy, metrics=metrics,
                        work_dir=config.work_dir, concurrency=config.job_workers)
     stats_pool = stats_worker_pool(config, enclave, keys, policy, metrics)
-    stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics)
+    journal = GroupCommit(db, name="stats-records")
+    allowances = Allowances(ledger, journal, queries=config.stats_allowance, idle_seconds=config.stats_allowance_idle)
+    stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics,
+                              journal=journal, allowances=allowances)
     return App(
-        config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db),
-        ledger, BudgetService(db), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool,
+        config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db), JournalledIdempotency(db, journal),
+        ledger, BudgetService(db), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool, journal,
     )
 
 

@@ -44,6 +44,10 @@ SETTINGS = (
     Setting("--job-timeout", "CLEANROOM_JOB_TIMEOUT", "3600", "wall-clock limit of one DP job, in seconds"),
     Setting("--stats-idle", "CLEANROOM_STATS_IDLE", "300",
             "seconds a warm statistics worker keeps a dataset decrypted after its last query"),
+    Setting("--stats-allowance", "CLEANROOM_STATS_ALLOWANCE", "64",
+            "auto-approved statistics queries one ledger reservation may pay for (at most a quarter of the dataset budget left)"),
+    Setting("--stats-allowance-idle", "CLEANROOM_STATS_ALLOWANCE_IDLE", "2",
+            "seconds after its last query that a statistics allowance is closed and its unused budget refunded"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -72,6 +76,8 @@ class ServerConfig:
     job_workers: int = 1
     job_timeout: float = 3600.0
     stats_idle: float = 300.0
+    stats_allowance: int = 64
+    stats_allowance_idle: float = 2.0
 
     @property
     def blob_dir(self) -> Path:
@@ -126,6 +132,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         job_workers=int(raw["job_workers"] or 1),
         job_timeout=float(raw["job_timeout"] or 3600),
         stats_idle=float(raw["stats_idle"] or 300),
+        stats_allowance=int(raw["stats_allowance"] or 64),
+        stats_allowance_idle=float(raw["stats_allowance_idle"] or 2),
     )
     _check(config)
     return config
@@ -142,5 +150,7 @@ def _check(config: ServerConfig) -> None:
         raise SystemExit("--work-dir must not be inside the state directory: sandboxes may never see it")
     if config.sandbox not in ("auto", "runsc", "bwrap", "kubernetes"):
         raise SystemExit("--sandbox must be auto, runsc, bwrap or kubernetes")
+    if not 1 <= config.stats_allowance <= 10_000 or not 0 < config.stats_allowance_idle <= 3600:
+        raise SystemExit("--stats-allowance must be 1 to 10000 queries and --stats-allowance-idle 0 to 3600 seconds")
     if not 2 <= config.k_anonymity <= 1000:
         raise SystemExit("--k-anonymity must be between 2 and 1000")

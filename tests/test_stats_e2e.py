@@ -16,7 +16,10 @@ from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.stats import verify_answer
 from cleanroom.stats import Filter, Query
+from cleanroom.api.idempotency import JournalledIdempotency, fingerprint
+from cleanroom.statspec import query_to_proto
 from cleanroom.storage import audit_repo, privacy_repo
+from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import stats_pb2
 from tests.conftest import make_config, start_server
 
@@ -37,7 +40,7 @@ def world(tmp_path_factory):
     officer.set_approval_policy(dataset.name, max_epsilon=5, auto_approve_epsilon=2, reason="routine")
     with source.open() as handle:
         radius = [float(row["mean_radius"]) for row in csv.DictReader(handle)]
-    yield {"running": running, "maker_token": maker_token, "maker": maker, "stranger": stranger, "officer": officer, "dataset": dataset.name,
+    yield {"running": running, "maker_token": maker_token, "maker_id": maker_id, "maker": maker, "stranger": stranger, "officer": officer, "dataset": dataset.name,
            "true_mean_radius": statistics.fmean(radius), "rows": len(radius)}
     for client in (owner, maker, stranger, officer):
         client.close()
@@ -47,6 +50,19 @@ def world(tmp_path_factory):
 def _reservations(world) -> int:
     with world["running"].app.db.read() as session:
         return sum(1 for e in privacy_repo.events(session) if e.kind.value == "reserve")
+
+
+def _answers(world) -> list:
+    """Every answered query's audit entry, once the trailing records are written."""
+    world["running"].app.stats.settle()
+    with world["running"].app.db.read() as session:
+        return [e for e in audit_repo.entries(session) if e.action == "stats.answer"]
+
+
+def _settled_events(world) -> list:
+    world["running"].app.stats.settle()  # closes open allowances: commits what they paid for
+    with world["running"].app.db.read() as session:
+        return privacy_repo.events(session)
 
 
 def _key_releases(world) -> int:
@@ -69,6 +85,7 @@ MEAN = Query(kind="mean", column="mean_radius", bounds=(0.0, 40.0), epsilon=0.5)
 
 def test_a_mean_is_answered_charged_once_and_carries_a_verifiable_receipt(world) -> None:
     maker = world["maker"]
+    world["running"].app.stats.settle()
     answered = _metric(world, "mean", "answered")
     answer = maker.run_query(world["dataset"], MEAN)
     assert _metric(world, "mean", "answered") == answered + 1
@@ -77,9 +94,10 @@ def test_a_mean_is_answered_charged_once_and_carries_a_verifiable_receipt(world)
     assert cell.statistic == "mean" and 0 < cell.half_width < 40
     assert abs(cell.value - world["true_mean_radius"]) <= max(3 * cell.half_width, 0.5)
     assert float(_verify(world, answer).report.epsilon_spent) == pytest.approx(0.5)
-    with world["running"].app.db.read() as session:
-        commits = [e for e in privacy_repo.events(session) if e.kind.value == "commit"]
-    assert commits and commits[-1].amount.epsilon_value == pytest.approx(0.5)
+    commits = [e for e in _settled_events(world) if e.kind.value == "commit"]
+    assert commits and commits[-1].amount.epsilon_value == pytest.approx(0.5)  # its allowance paid for this answer only
+    recorded = _answers(world)[-1]
+    assert recorded.details["spend"] == commits[-1].spend_id and recorded.details["epsilon"] == pytest.approx(0.5)
     tampered = stats_pb2.QueryAnswer()
     tampered.CopyFrom(answer)
     tampered.cells[0].value += 1.0
@@ -108,6 +126,7 @@ def test_the_warm_worker_answers_later_queries_without_a_new_key_release(world) 
 
 def test_a_worker_that_never_got_the_key_costs_nothing(world, monkeypatch) -> None:
     app, maker = world["running"].app, world["maker"]
+    app.stats.settle()
     app.stats_pool.reap(now=float("inf"))  # no warm worker: the next query must start one
 
     def refuse(*args, **kwargs):
@@ -117,9 +136,9 @@ def test_a_worker_that_never_got_the_key_costs_nothing(world, monkeypatch) -> No
     with pytest.raises(CleanroomClientError) as caught:
         maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2))
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-    with app.db.read() as session:
-        last = privacy_repo.events(session)[-2:]
+    last = _settled_events(world)[-2:]
     assert [e.kind.value for e in last] == ["reserve", "refund"] and last[0].spend_id == last[1].spend_id
+    assert last[0].amount == last[1].amount  # refunded whole: the data was never opened
     monkeypatch.undo()
     assert maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2)).epsilon == pytest.approx(0.2)
 
@@ -189,10 +208,15 @@ def test_the_dry_run_shows_cost_and_error_and_spends_nothing(world) -> None:
 
 
 def test_a_retried_request_gets_the_first_answer_and_is_charged_once(world) -> None:
-    before = _reservations(world)
+    before = len(_answers(world))
     first = world["maker"].run_query(world["dataset"], MEAN, request_id="stats-retry-1")
-    again = world["maker"].run_query(world["dataset"], MEAN, request_id="stats-retry-1")
-    assert first == again and _reservations(world) == before + 1
+    again = world["maker"].run_query(world["dataset"], MEAN, request_id="stats-retry-1")  # from memory
+    assert first == again and len(_answers(world)) == before + 1
+    restarted = JournalledIdempotency(world["running"].app.db, world["running"].app.stats_journal)
+    key = RequestKey(world["maker_id"], "RunQuery", "stats-retry-1")
+    fingerprint_of = stats_pb2.RunQueryRequest(dataset=world["dataset"], query=query_to_proto(MEAN))
+    stored = restarted.run(key, fingerprint(fingerprint_of), stats_pb2.QueryAnswer, lambda: pytest.fail("answered twice"))
+    assert stored == first  # from the database, as after a restart
 
 
 def test_a_query_above_the_auto_approve_threshold_waits_for_an_officer(world) -> None:
@@ -253,6 +277,7 @@ def test_the_dataset_policy_sets_the_per_patient_bound_when_a_query_does_not(wor
 # Last: it leaves the share nearly spent.
 def test_an_exhausted_budget_refuses_with_resource_exhausted_and_reserves_nothing(world) -> None:
     maker, officer, dataset = world["maker"], world["officer"], world["dataset"]
+    world["running"].app.stats.settle()  # no allowance holds budget: what is left is what the cap says
     share = next(b for b in maker.get_budgets(dataset).budgets if b.manufacturer)
     used = share.spent.epsilon + share.reserved.epsilon
     officer.set_budget(dataset, epsilon=used + 0.3, delta=1e-4, reason="nearly spent", manufacturer=share.manufacturer)

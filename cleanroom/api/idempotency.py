@@ -8,6 +8,8 @@ retried. The same id with a different request is refused rather than silently an
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -16,10 +18,12 @@ from google.protobuf.message import Message
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.storage import repos
 from cleanroom.storage.db import Database
+from cleanroom.storage.group_commit import Answered, GroupCommit
 
 M = TypeVar("M", bound=Message)
 
 MAX_REQUEST_ID = 128
+RECENT_ANSWERS = 10_000  # answers kept in memory; far more than one group commit can leave unwritten
 
 
 def fingerprint(request: Message, request_id_path: tuple[str, ...] = ("request_id",)) -> str:
@@ -69,11 +73,59 @@ class Idempotency:
             existing = repos.claim_request(session, key, request_fingerprint)
             if existing is None:
                 return None
-            stored_fingerprint, stored = existing.fingerprint, existing.response
-        if stored_fingerprint != request_fingerprint:
-            raise CleanroomError(
-                ErrorCode.REQUEST_ID_REUSED, "this request_id was already used for a different request"
-            )
-        if stored is None:
-            raise CleanroomError(ErrorCode.REQUEST_IN_PROGRESS, "a request with this request_id is in progress")
-        return response_type.FromString(stored)
+            earlier = (existing.fingerprint, existing.response)
+        return _first_answer(earlier, request_fingerprint, response_type)
+
+
+class JournalledIdempotency:
+    """The same contract for calls whose records trail their answer (statistics queries), without
+    a write before the answer: the claim is held in memory, a retry finds a recent answer in
+    memory and an older one in the database, and the first answer is stored by the group commit.
+
+    What this gives up: two servers sharing a database could each answer one request_id once (two
+    answers, each paid for: never less privacy accounting, only more), and a crash before the
+    group commit writes the answer lets a retry be answered and paid for again.
+    """
+
+    def __init__(self, db: Database, journal: GroupCommit) -> None:
+        self._db, self._journal = db, journal
+        self._lock = threading.Lock()
+        self._in_flight: set[repos.RequestKey] = set()
+        self._recent: OrderedDict[repos.RequestKey, tuple[str, bytes]] = OrderedDict()
+
+    def run(self, key: repos.RequestKey, request_fingerprint: str, response_type: type[M], compute: Callable[[], M]) -> M:
+        if not key.request_id:
+            return compute()
+        with self._lock:
+            recent = self._recent.get(key)
+            if recent is None and key in self._in_flight:
+                raise CleanroomError(ErrorCode.REQUEST_IN_PROGRESS, "a request with this request_id is in progress")
+            if recent is None:
+                self._in_flight.add(key)
+        if recent is not None:
+            return _first_answer(recent, request_fingerprint, response_type)
+        try:
+            with self._db.read() as session:
+                earlier = repos.stored_request(session, key)
+            if earlier is not None:
+                return _first_answer(earlier, request_fingerprint, response_type)
+            response = compute()
+            data = response.SerializeToString()
+            with self._lock:
+                self._recent[key] = (request_fingerprint, data)
+                if len(self._recent) > RECENT_ANSWERS:
+                    self._recent.popitem(last=False)
+            self._journal.submit(Answered(key, request_fingerprint, data))
+            return response
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
+
+
+def _first_answer(earlier: tuple[str, bytes | None], request_fingerprint: str, response_type: type[M]) -> M:
+    stored_fingerprint, stored = earlier
+    if stored_fingerprint != request_fingerprint:
+        raise CleanroomError(ErrorCode.REQUEST_ID_REUSED, "this request_id was already used for a different request")
+    if stored is None:
+        raise CleanroomError(ErrorCode.REQUEST_IN_PROGRESS, "a request with this request_id is in progress")
+    return response_type.FromString(stored)

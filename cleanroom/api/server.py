@@ -89,7 +89,7 @@ class Server:
         models_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(app.enclave), self._grpc)
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app.models, app.idempotency), self._grpc)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app.jobs, app.idempotency), self._grpc)
-        stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(app.stats, app.idempotency), self._grpc)
+        stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(app.stats, app.answered_idempotency), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cleanroom.api import convert
 from cleanroom.api.guard import CallContext
-from cleanroom.api.idempotency import Idempotency, check_request_id, fingerprint
+from cleanroom.api.idempotency import JournalledIdempotency, check_request_id, fingerprint
 from cleanroom.api.privacy_servicers import cost_estimate_to_proto
 from cleanroom.queries.service import QueryResult, StatsQueryService
 from cleanroom.statspec import KIND_ENUMS, query_from_proto
@@ -27,7 +27,7 @@ def answer_to_proto(dataset_id: str, result: QueryResult) -> stats_pb2.QueryAnsw
 
 
 class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
-    def __init__(self, stats: StatsQueryService, idempotency: Idempotency) -> None:
+    def __init__(self, stats: StatsQueryService, idempotency: JournalledIdempotency) -> None:
         self._stats = stats
         self._idempotency = idempotency
 

@@ -4,7 +4,9 @@ the same transaction as the balance it moves."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -13,13 +15,16 @@ from cleanroom.domain.approvals import new_spend_id
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.privacy import (
     ZERO,
+    Balance,
     EventKind,
     LedgerEvent,
     Mechanism,
     Privacy,
     Spend,
     SpendState,
+    dataset_budget_id,
     settlement_after_crash,
+    share_budget_id,
 )
 from cleanroom.metrics import BudgetSnapshot, Metrics
 from cleanroom.storage import audit_repo, privacy_repo, repos
@@ -108,6 +113,19 @@ class Ledger:
         with self._db.transaction() as session:
             return self.reserve_in(session, request, actor_id=actor_id)
 
+    def reserve_sized(self, request: SpendRequest, size: Callable[[Balance, Balance], Privacy], *, actor_id: str) -> Spend:
+        """A reservation whose amount depends on what is left: `size(dataset_balance, share_balance)`
+        is read and reserved in one transaction (a statistics allowance)."""
+        with self._db.transaction() as session:
+            dataset = privacy_repo.get_balance(session, dataset_budget_id(request.dataset_id))
+            share = privacy_repo.get_balance(session, share_budget_id(request.dataset_id, request.manufacturer_id))
+            if dataset is None or share is None:
+                self._count("exhausted")
+                missing = (dataset_budget_id(request.dataset_id), share_budget_id(request.dataset_id, request.manufacturer_id))
+                raise BudgetExhausted(missing)
+            sized = dataclasses.replace(request, cost=size(dataset, share))
+            return self.reserve_in(session, sized, actor_id=actor_id)
+
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.reservations.labels(outcome).inc()
@@ -125,6 +143,10 @@ class Ledger:
     def release_in(self, session: Session, spend_id: str, actual: Privacy, *, actor_id: str = SYSTEM) -> Spend:
         """`release` inside the caller's transaction (so the caller's own audit entry commits with it)."""
         return self._close_in(session, spend_id, actual, released=True, actor_id=actor_id)
+
+    def settle_in(self, session: Session, spend_id: str, actual: Privacy, *, reason: str) -> Spend:
+        """Closes a reservation inside the caller's transaction at `actual` (released when above zero)."""
+        return self._close_in(session, spend_id, actual, released=actual != ZERO, actor_id=SYSTEM, reason=reason)
 
     def fail(self, spend_id: str, *, actor_id: str = SYSTEM, reason: str = "") -> Spend:
         """No release: refund if no data was ever decrypted, otherwise the reservation is spent."""

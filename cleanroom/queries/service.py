@@ -1,10 +1,13 @@
-"""DP statistics queries: validate, price, reserve, answer in the warm worker, commit, sign.
+"""DP statistics queries: validate, price, pay, answer in the warm worker, sign, record.
 
-Everything that can be checked without data is checked before a reservation exists (the stored
-schema is enough: columns, types, bounds, ε and δ), so a rejected query costs nothing. Once the
-query goes to the worker its reservation is marked decrypted: from then on it is spent whatever
-happens, per the ledger rules. The answer is committed for exactly the ε and δ it states (never
-above the reservation) and carries a receipt signed by the enclave's attestation key.
+Everything that can be checked without data is checked before any budget moves (the stored
+schema is enough: columns, types, bounds, ε and δ), so a rejected query costs nothing. A query
+within the dataset's auto-approve threshold is paid from the caller's statistics allowance
+(cleanroom.queries.allowance: one ledger reservation for a burst of queries, its records written
+by the group commit); a query above it needs an officer's approval and then has its own
+reservation, committed with its audit entry in one transaction. Either way the cost counts as
+spent once the query's data is touched, an answer never claims more than was paid, and every
+answer carries a receipt signed by the enclave's attestation key.
 """
 
 from __future__ import annotations
@@ -15,19 +18,22 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 import enclave_sim
 from cleanroom.attestation import Enclave
 from cleanroom.domain import deid
-from cleanroom.domain.approvals import RequestState
+from cleanroom.domain.approvals import ApprovalPolicy, Decision, RequestState, check_against_policy
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.identity import Principal
-from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
+from cleanroom.domain.privacy import ZERO, Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
 from cleanroom.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
+from cleanroom.queries.allowance import Allowances
 from cleanroom.queries.pool import DatasetSource, StatsWorkerPool, WorkerFailed
 from cleanroom.stats import Answer, Query, expected_error, validate_query
 from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT, make_plan
@@ -37,10 +43,14 @@ from cleanroom.stats.wire import ANSWER_FILE, answer_from_dict, canonical_answer
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
+from cleanroom.storage.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
 SPEND_KIND = "statistics"
+DATASET_CACHE = 256
+# An allowance pays for queries of every kind; each answer's own mechanism is in its receipt and audit entry.
+ALLOWANCE_MECHANISM = Mechanism(name="statistics-allowance", accountant="basic")
 
 
 def query_reference(dataset_id: str, query: Query) -> str:
@@ -58,6 +68,7 @@ class Priced:
     schema: list[tuple[str, deid.ColumnType]]
     public_keys: dict[str, list[str]]
     cost: Privacy
+    policy: ApprovalPolicy
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,11 @@ class ApprovalRequired(CleanroomError):
 
 class StatsQueryService:
     def __init__(self, *, db: Database, approvals: ApprovalService, ledger: Ledger, enclave: Enclave,
-                 blobs: BlobStore, pool: StatsWorkerPool, metrics: Metrics) -> None:
+                 blobs: BlobStore, pool: StatsWorkerPool, metrics: Metrics, journal: GroupCommit, allowances: Allowances) -> None:
         self._db, self._approvals, self._ledger, self._enclave = db, approvals, ledger, enclave
         self._blobs, self._pool, self._metrics = blobs, pool, metrics
+        self._journal, self._allowances = journal, allowances
+        self._datasets: dict[str, Dataset] = {}
 
     # --- before any budget moves ---------------------------------------------------------------
 
@@ -98,12 +111,12 @@ class StatsQueryService:
         """One read (the dataset, its share with the caller, its policy), then validation and the
         price: a query that sets no per-patient row bound gets the dataset policy's."""
         with self._db.read() as session:
-            dataset = repos.get_dataset(session, dataset_id) if dataset_id else None
-            if dataset is None or not privacy_repo.is_shared(session, dataset.id, principal.id):
-                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-            policy_rows = privacy_repo.get_policy(session, dataset.id).stats_rows_per_patient
+            policy = privacy_repo.shared_policy(session, dataset_id, principal.id) if dataset_id else None
+            dataset = self._dataset(session, dataset_id) if policy is not None and dataset_id else None
+        if dataset is None or policy is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         if query.max_rows_per_patient is None:
-            query = dataclasses.replace(query, max_rows_per_patient=policy_rows)
+            query = dataclasses.replace(query, max_rows_per_patient=policy.stats_rows_per_patient)
         schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
         public = public_group_keys(dataset)
         validate_query(query, schema, patient_column=_patient_column(dataset), public_group_keys=public)
@@ -111,19 +124,68 @@ class StatsQueryService:
         plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         if plan.public_keys:
             check_cells(public_dims(query, types, public))
-        return Priced(dataset, query, schema, public, Privacy.cost(plan.epsilon, plan.delta))
+        return Priced(dataset, query, schema, public, Privacy.cost(plan.epsilon, plan.delta), policy)
+
+    def _dataset(self, session: Session, dataset_id: str) -> Dataset | None:
+        """A dataset's description never changes after intake, so it is read once; whether it still
+        exists (and is shared) is checked on every query by `shared_policy`."""
+        dataset = self._datasets.get(dataset_id)
+        if dataset is None:
+            dataset = repos.get_dataset(session, dataset_id)
+            if dataset is not None:
+                if len(self._datasets) >= DATASET_CACHE:
+                    self._datasets.clear()
+                self._datasets[dataset_id] = dataset
+        return dataset
 
     def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
         """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
         priced = self._priced(principal, dataset_id, query)
         errors = expected_error(priced.query, schema=priced.schema, public_group_keys=priced.public_keys,
                                 default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
-        return QueryEstimate(priced.cost, errors, self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost))
+        budget = self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost)
+        held = self._allowances.unused(priced.dataset.id, principal.id)
+        if held != ZERO:  # budget this caller's open allowance holds is still the caller's to spend
+            remaining = {k: v + held for k, v in budget.remaining_before.items()}
+            budget = dataclasses.replace(budget, remaining_before=remaining, fits=budget.fits or priced.cost.fits_in(held))
+        return QueryEstimate(priced.cost, errors, budget)
 
     # --- answering -----------------------------------------------------------------------------
 
     def run(self, principal: Principal, dataset_id: str | None, query: Query, *, privacy_request: str = "") -> QueryResult:
         priced = self._priced(principal, dataset_id, query)
+        decision = check_against_policy(priced.policy, priced.cost, priced.dataset.patient_count).decision
+        if privacy_request or decision is not Decision.AUTO_APPROVE:
+            return self._run_reserved(principal, priced, privacy_request)
+        return self._run_drawn(principal, priced)
+
+    def _run_drawn(self, principal: Principal, priced: Priced) -> QueryResult:
+        """An auto-approved query: paid from the caller's allowance, recorded by the group commit."""
+        dataset, query = priced.dataset, priced.query
+        request = SpendRequest(dataset.id, principal.id, SPEND_KIND, query_reference(dataset.id, query), priced.cost,
+                               ALLOWANCE_MECHANISM, stats_workload(dataset.id))
+        try:
+            draw = self._allowances.draw(request, warm=self._pool.is_warm(dataset.id))
+        except CleanroomError:
+            self._metrics.stats_queries.labels(query.kind, "refused").inc()
+            raise
+        try:
+            answer, answer_json, receipt = self._answered(priced, lambda: self._allowances.open_data(draw))
+        except Exception as error:  # noqa: BLE001 - whatever failed, the draw is settled before the error leaves
+            if draw.opened:  # the data was touched for it: spent, and recorded as such
+                self._journal.submit(self._record(principal, priced, "stats.failed", draw.cost, draw.spend_id,
+                                                  outcome=_error_code(error)))
+            self._allowances.finish(draw, spent=draw.opened)
+            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            raise
+        spent = Privacy.cost(answer.epsilon, answer.delta)
+        self._journal.submit(self._record(principal, priced, "stats.answer", spent, draw.spend_id))
+        self._allowances.finish(draw, spent=True)
+        self._metrics.stats_queries.labels(query.kind, "answered").inc()
+        return QueryResult(answer, answer_json, receipt, draw.spend_id)
+
+    def _run_reserved(self, principal: Principal, priced: Priced, privacy_request: str) -> QueryResult:
+        """An officer-approved query, or one the policy sends to an officer: its own reservation."""
         dataset, query, cost = priced.dataset, priced.query, priced.cost
         reference = query_reference(dataset.id, query)
         # The spend counts as decrypted (spent whatever happens) once data is touched for it: before
@@ -134,20 +196,37 @@ class StatsQueryService:
         spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
         opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
         try:
-            answer, answer_json, nonce = self._answer(priced, opening)
-            self._gate(answer, cost)
-            receipt = self._sign(dataset, answer, answer_json, nonce, query)
+            answer, answer_json, receipt = self._answered(priced, opening)
         except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
-            code = error.code.value if isinstance(error, CleanroomError) else ErrorCode.INTERNAL.value
-            self._ledger.fail(spend_id, reason=f"query failed: {code}")
+            self._ledger.fail(spend_id, reason=f"query failed: {_error_code(error)}")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
+        spent = Privacy.cost(answer.epsilon, answer.delta)
         with self._db.transaction() as session:  # the commit and its audit entry, together
-            self._ledger.release_in(session, spend_id, Privacy.cost(answer.epsilon, answer.delta))
-            audit_repo.append(session, actor=principal.resource_name, action="stats.answer", target=f"{dataset.resource_name}/{reference}",
-                              details={"kind": query.kind, "epsilon": answer.epsilon, "delta": answer.delta, "spend": spend_id})
+            self._ledger.release_in(session, spend_id, spent)
+            audit_repo.append_many(session, [self._record(principal, priced, "stats.answer", spent, spend_id)])
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, spend_id)
+
+    def _answered(self, priced: Priced, opening: Callable[[], None]) -> tuple[Answer, bytes, bytes]:
+        """The worker's answer, checked against its price and signed: (answer, its canonical bytes, receipt)."""
+        answer, answer_json, nonce = self._answer(priced, opening)
+        self._gate(answer, priced.cost)
+        return answer, answer_json, self._sign(priced.dataset, answer, answer_json, nonce, priced.query)
+
+    @staticmethod
+    def _record(principal: Principal, priced: Priced, action: str, spent: Privacy, spend_id: str, **extra: str) -> audit_repo.Record:
+        target = f"{priced.dataset.resource_name}/{query_reference(priced.dataset.id, priced.query)}"
+        details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id, **extra}
+        return audit_repo.Record(principal.resource_name, action, target, details)
+
+    def settle(self) -> None:
+        """Closes open allowances and writes every trailing record (tests; shutdown)."""
+        self._allowances.settle()
+
+    def close(self) -> None:
+        self._allowances.close()
+        self._journal.close()
 
     def _reserve(self, principal: Principal, dataset: Dataset, query: Query, cost: Privacy, reference: str, privacy_request: str,
                  *, decrypted: bool) -> str:
@@ -229,6 +308,10 @@ def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
 
 def _patient_column(dataset: Dataset) -> str:
     return next(c.name for c in dataset.columns if c.role is deid.ColumnRole.PATIENT_KEY)
+
+
+def _error_code(error: BaseException) -> str:
+    return error.code.value if isinstance(error, CleanroomError) else ErrorCode.INTERNAL.value
 
 
 def _worker_error(reply: dict) -> CleanroomError:

@@ -4,11 +4,12 @@ locks), and takes the head row's lock, so appends are serialised on PostgreSQL a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.audit import Anchor, AuditEntry, seal
@@ -17,18 +18,39 @@ from cleanroom.storage.tables import AuditEntryRow, AuditHeadRow
 PAGE = 1000
 
 
+@dataclass(frozen=True)
+class Record:
+    """An entry to append: who did what to which resource, with its details."""
+
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 def append(session: Session, *, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> AuditEntry:
+    return append_many(session, [Record(actor, action, target, details or {})])[0]
+
+
+def append_many(session: Session, records: Sequence[Record]) -> list[AuditEntry]:
+    """Appends in order under one lock of the head row, as one multi-row insert (a group commit's batch)."""
     head = session.scalars(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).one()
-    at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    entry = seal(AuditEntry(head.seq + 1, at, actor, action, target, details or {}, head.hash))
-    session.add(
-        AuditEntryRow(
-            seq=entry.seq, at=entry.at, actor=entry.actor, action=entry.action, target=entry.target,
-            details_json=json.dumps(entry.details, sort_keys=True), prev_hash=entry.prev_hash, hash=entry.hash,
-        )
-    )
-    session.execute(update(AuditHeadRow).where(AuditHeadRow.id == 1).values(seq=entry.seq, hash=entry.hash))
-    return entry
+    seq, previous, entries = head.seq, head.hash, []
+    for record in records:
+        at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        seq += 1
+        entry = seal(AuditEntry(seq, at, record.actor, record.action, record.target, record.details, previous))
+        entries.append(entry)
+        previous = entry.hash
+    if not entries:
+        return entries
+    session.execute(insert(AuditEntryRow), [
+        {"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
+         "details_json": json.dumps(e.details, sort_keys=True), "prev_hash": e.prev_hash, "hash": e.hash}
+        for e in entries
+    ])
+    session.execute(update(AuditHeadRow).where(AuditHeadRow.id == 1).values(seq=seq, hash=previous))
+    return entries
 
 
 def _entry(row: AuditEntryRow) -> AuditEntry:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
+from typing import Any
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, select, update
@@ -256,6 +258,41 @@ def complete_request(session: Session, key: RequestKey, response: bytes) -> None
         )
         .values(response=response)
     )
+
+
+def stored_request(session: Session, key: RequestKey) -> tuple[str, bytes | None] | None:
+    """(fingerprint, response) of a request_id seen before; one indexed read, no ORM objects."""
+    row = session.execute(
+        select(IdempotencyRow.fingerprint, IdempotencyRow.response).where(
+            IdempotencyRow.principal_id == key.principal_id,
+            IdempotencyRow.method == key.method,
+            IdempotencyRow.request_id == key.request_id,
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def store_answered(session: Session, answered: Sequence[tuple[RequestKey, str, bytes]]) -> None:
+    """Records first answers written after the fact (key, fingerprint, response), as one statement;
+    a key already recorded keeps its first answer."""
+    if not answered:
+        return
+    statement = _insert_ignoring_duplicates(session, IdempotencyRow)
+    at = now()
+    session.execute(statement, [
+        {"principal_id": key.principal_id, "method": key.method, "request_id": key.request_id,
+         "fingerprint": fingerprint, "response": response, "created_at": at}
+        for key, fingerprint, response in answered
+    ])
+
+
+def _insert_ignoring_duplicates(session: Session, table: type) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING in the dialect of the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def release_request(session: Session, key: RequestKey) -> None:

@@ -1,0 +1,122 @@
+"""Group commit: records that may trail what they record, written in batches by one thread.
+
+A statistics answer leaves as soon as its records are queued here; a writer thread commits all
+that has queued meanwhile in one transaction (audit entries as one multi-row insert under one
+lock of the chain's head), so under load the per-transaction cost is paid once per batch rather
+than once per answer. What a crash can lose is the record of an answer, never its privacy cost:
+the budget the answer drew on is held by a reservation committed in the ledger beforehand, and
+start-up reconciliation commits that reservation in full (cleanroom.queries.allowance).
+
+Items are written in the order submitted. Three kinds: an audit `Record`, an `Answered` first
+answer for the idempotency table, or any callable taking the session (a ledger settlement).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+from sqlalchemy.orm import Session
+
+from cleanroom.storage import audit_repo, repos
+from cleanroom.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1024
+LINGER_SECONDS = 0.02  # after the first item, wait this long for more: fewer, larger transactions
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The first answer to a request_id, stored after it was returned."""
+
+    key: repos.RequestKey
+    fingerprint: str
+    response: bytes
+
+
+Item = Union[audit_repo.Record, Answered, Callable[[Session], None]]
+
+
+class GroupCommit:
+    def __init__(self, db: Database, *, name: str = "group-commit", linger: float = LINGER_SECONDS) -> None:
+        self._db, self._linger = db, linger
+        self._flushing = 0    # callers waiting in flush(): write at once, no lingering
+        self._queue: deque[Item] = deque()
+        self._changed = threading.Condition()
+        self._submitted = 0   # items ever queued
+        self._written = 0     # items ever settled (committed, or given up on and logged)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, *items: Item) -> None:
+        with self._changed:
+            if self._stopping:
+                raise RuntimeError("the group commit is closed")
+            self._queue.extend(items)
+            self._submitted += len(items)
+            self._changed.notify_all()
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Waits until everything submitted so far is written; False if that took too long."""
+        with self._changed:
+            target = self._submitted
+            self._flushing += 1
+            self._changed.notify_all()
+            try:
+                return self._changed.wait_for(lambda: self._written >= target, timeout)
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout: float = 60.0) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue or self._stopping)
+                if not self._queue:
+                    return  # stopping, and nothing left
+                # Linger for company unless someone waits, we are stopping, or the batch is full.
+                self._changed.wait_for(lambda: self._flushing or self._stopping or len(self._queue) >= MAX_BATCH, self._linger)
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+            self._write(batch)
+            with self._changed:
+                self._written += len(batch)
+                self._changed.notify_all()
+
+    def _write(self, batch: list[Item]) -> None:
+        try:
+            with self._db.transaction() as session:
+                write_in(session, batch)
+        except Exception as error:  # noqa: BLE001 - one bad item must not lose the rest
+            log.warning("a group commit failed; writing its items one by one", extra={"error_type": type(error).__name__})
+            for item in batch:
+                try:
+                    with self._db.transaction() as session:
+                        write_in(session, [item])
+                except Exception as single:  # noqa: BLE001 - logged by type only: never a data value
+                    log.error("a trailing record could not be written", extra={"error_type": type(single).__name__})
+
+
+def write_in(session: Session, items: Sequence[Item]) -> None:
+    """Writes items in order, each run of one kind in one statement where it can."""
+    for kind, run in itertools.groupby(items, key=type):
+        group = list(run)
+        if kind is audit_repo.Record:
+            audit_repo.append_many(session, group)  # type: ignore[arg-type]
+        elif kind is Answered:
+            repos.store_answered(session, [(a.key, a.fingerprint, a.response) for a in group])  # type: ignore[union-attr]
+        else:
+            for write in group:
+                write(session)  # type: ignore[operator]
