@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Mapping
 
 from cleanroom import logs
@@ -12,12 +13,17 @@ from cleanroom.config import build_config
 from cleanroom.domain.identity import Role
 from cleanroom.storage import repos
 
+SWITCH_INTERVAL_SECONDS = 0.001
+
 
 def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from cleanroom.api.server import serve_forever
 
     config = build_config(args, env)
     logs.configure(config.log_level)
+    # Many short calls share one interpreter: a thread whose I/O finished should get the GIL back
+    # within a millisecond, not after the default 5 ms of another thread's Python.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     app = build_app(config)
     recover(app)
     serve_forever(app)

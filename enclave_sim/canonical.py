@@ -31,6 +31,11 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
+def plain_copy(value: Any) -> Any:
+    """A detached copy of `value` as dicts, lists and scalars; TypeError for what has no canonical form."""
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
     """`value` as dicts, lists and scalars only, refusing what has no canonical form."""
     if value is None or isinstance(value, (bool, int, str)):

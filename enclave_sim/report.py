@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from enclave_sim._schema import FieldReader, check_relative_path
-from enclave_sim.canonical import canonical_json, decimal_text, format_time, is_hex, parse_canonical, sha256_hex, utc_now
+from enclave_sim.canonical import decimal_text, format_time, is_hex, parse_canonical, plain_copy, sha256_hex, utc_now
 from enclave_sim.keys import AttestationCertificate, AttestationKey
 from enclave_sim.quote import NONCE_BYTES
 from enclave_sim.signing import envelope_bytes, parse_envelope_bytes, signature_valid
@@ -98,7 +98,7 @@ def sign_report(
     unsigned = ResultReport(
         measurement=measurement,
         workload=workload,
-        dp_parameters=parse_canonical(canonical_json(dict(dp_parameters))),  # a plain, detached copy
+        dp_parameters=plain_copy(dict(dp_parameters)),  # a plain, detached copy
         epsilon_spent=decimal_text(epsilon_spent),
         accountant=accountant,
         dataset_commitment=dataset_commitment,

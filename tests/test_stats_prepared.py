@@ -75,3 +75,20 @@ def test_fixed_point_totals_are_exact(cells) -> None:
     fixed = np.rint(np.ldexp(values, bits)).astype(np.int64)
     expected = [int(fixed[codes == c].sum()) for c in range(cells)]
     assert totals.dtype == np.int64 and totals.tolist() == expected
+
+
+def test_the_bounded_rows_reused_across_queries_match_a_fresh_selection() -> None:
+    rng = np.random.default_rng(11)
+    patients = rng.integers(0, 300, size=4000).astype(str).tolist()  # ~13 rows each: the bound drops rows
+    sites = rng.choice(["north", "east", "west"], size=4000).tolist()
+    prepared = PreparedTable(pa.table({"patient": patients, "site": sites}), patient_column="patient")
+    query = Query(kind="count", group_by="site", epsilon=1.0, delta=1e-6, max_rows_per_patient=3)
+    plan = make_plan(query, types=dict(prepared.types), public_group_keys=None, default_rows_per_patient=1)
+    first, again = prepared.select(plan, None), prepared.select(plan, None)  # the second from the kept rows and codes
+    everything = Query(kind="count", group_by="site", epsilon=1.0, delta=1e-6, max_rows_per_patient=3,
+                       filters=(Filter("site", "!=", "south"),))  # keeps every row, through the masked path
+    masked = prepared.select(make_plan(everything, types=dict(prepared.types), public_group_keys=None, default_rows_per_patient=1), None)
+    assert first.counts.sum() == sum(min(3, n) for n in Counter(patients).values())
+    for other in (again, masked):
+        assert other.keys == first.keys and other.counts.tolist() == first.counts.tolist()
+        assert np.array_equal(other.rows, first.rows) and np.array_equal(other.codes, first.codes)

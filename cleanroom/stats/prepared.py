@@ -83,6 +83,7 @@ class PreparedTable:
         self._columns: dict[str, Column] = {}
         self._incomplete: dict[str, bool] = {}  # column -> some row lacks a usable value
         self._kept_by_limit: dict[int, np.ndarray] = {}  # the bound over all rows, per L (same fixed order)
+        self._codes_by_limit: dict[tuple[str, int], np.ndarray] = {}  # a column's codes over those rows
         if patient_column in self.types:
             self._order, patients, self._segment_start = _group_by_patient(table.column(patient_column))
             self._has_patient = patients >= 0
@@ -112,12 +113,29 @@ class PreparedTable:
         if cell is not None and not self._cell_complete(query, public_dims):
             mask = _and(mask, cell >= 0)
         rows = self._bound(mask, plan.rows)
-        codes = cell[rows] if cell is not None else np.broadcast_to(np.int64(0), rows.shape)  # read-only zeros
+        if cell is None:
+            codes = np.broadcast_to(np.int64(0), rows.shape)  # read-only zeros
+        elif mask is None and self._cell_complete(query, public_dims) and rows is self._kept_by_limit.get(plan.rows):
+            codes = self._bounded_codes(query.group_by, plan.rows, rows)  # type: ignore[arg-type]
+        else:
+            codes = cell[rows]
         if public_dims is not None:
             space = [keyspace.SEPARATOR.join(parts) for parts in itertools.product(*public_dims)] if public_dims else [""]
             return Selection(rows, codes, space)
         observed, codes, counts = _observed(codes, cells)
         return Selection(rows, codes, [labels(int(c)) for c in observed], counts)
+
+    def _bounded_codes(self, name: str, limit: int, kept: np.ndarray) -> np.ndarray:
+        """A categorical column's codes over the unfiltered bounded rows of `limit`, gathered once
+        (like the row set itself, they are the same for every query at that bound)."""
+        key = (name, limit)
+        if key not in self._codes_by_limit:
+            codes = self.column(name).codes[kept]  # type: ignore[index]
+            codes.setflags(write=False)
+            if len(self._codes_by_limit) >= _KEPT_CACHE * 4:
+                self._codes_by_limit.clear()
+            self._codes_by_limit[key] = codes
+        return self._codes_by_limit[key]
 
     def _complete(self, name: str) -> bool:
         """Whether every row has a usable value in `name` (checked once per column)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.audit import Anchor, AuditEntry, seal
@@ -32,10 +32,17 @@ def append(session: Session, *, actor: str, action: str, target: str, details: d
     return append_many(session, [Record(actor, action, target, details or {})])[0]
 
 
+# Built once: the statements of every append (statement objects cache their compiled form).
+_HEAD_FOR_UPDATE = select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == 1).with_for_update()
+_MOVE_HEAD = update(AuditHeadRow.__table__).where(AuditHeadRow.__table__.c.id == 1).values(
+    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+_INSERT_ENTRIES = insert(AuditEntryRow.__table__)
+
+
 def append_many(session: Session, records: Sequence[Record]) -> list[AuditEntry]:
     """Appends in order under one lock of the head row, as one multi-row insert (a group commit's batch)."""
-    head = session.scalars(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).one()
-    seq, previous, entries = head.seq, head.hash, []
+    seq, previous = session.execute(_HEAD_FOR_UPDATE).one()
+    entries = []
     for record in records:
         at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         seq += 1
@@ -44,12 +51,12 @@ def append_many(session: Session, records: Sequence[Record]) -> list[AuditEntry]
         previous = entry.hash
     if not entries:
         return entries
-    session.execute(insert(AuditEntryRow), [
+    session.execute(_INSERT_ENTRIES, [
         {"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
          "details_json": json.dumps(e.details, sort_keys=True), "prev_hash": e.prev_hash, "hash": e.hash}
         for e in entries
     ])
-    session.execute(update(AuditHeadRow).where(AuditHeadRow.id == 1).values(seq=seq, hash=previous))
+    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": previous})
     return entries
 
 

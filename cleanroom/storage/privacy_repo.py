@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
@@ -293,16 +293,19 @@ def get_policy(session: Session, dataset_id: str) -> ApprovalPolicy:
     return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon, row.stats_rows_per_patient)
 
 
+_SHARED_POLICY = (
+    select(DatasetRow.id, ApprovalPolicyRow.max_epsilon, ApprovalPolicyRow.max_delta,
+           ApprovalPolicyRow.auto_approve_epsilon, ApprovalPolicyRow.stats_rows_per_patient)
+    .join(ShareRow, (ShareRow.dataset_id == DatasetRow.id) & (ShareRow.manufacturer_id == bindparam("manufacturer_id")))
+    .outerjoin(ApprovalPolicyRow, ApprovalPolicyRow.dataset_id == DatasetRow.id)
+    .where(DatasetRow.id == bindparam("dataset_id"), DatasetRow.deleted_at.is_(None))
+)
+
+
 def shared_policy(session: Session, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
     """The dataset's approval policy, if the dataset exists and is shared with the manufacturer
-    (None otherwise): one statement on the statistics hot path."""
-    row = session.execute(
-        select(DatasetRow.id, ApprovalPolicyRow.max_epsilon, ApprovalPolicyRow.max_delta,
-               ApprovalPolicyRow.auto_approve_epsilon, ApprovalPolicyRow.stats_rows_per_patient)
-        .join(ShareRow, (ShareRow.dataset_id == DatasetRow.id) & (ShareRow.manufacturer_id == manufacturer_id))
-        .outerjoin(ApprovalPolicyRow, ApprovalPolicyRow.dataset_id == DatasetRow.id)
-        .where(DatasetRow.id == dataset_id, DatasetRow.deleted_at.is_(None))
-    ).first()
+    (None otherwise): one prepared statement on the statistics hot path."""
+    row = session.execute(_SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id}).first()
     if row is None:
         return None
     return ApprovalPolicy() if row[1] is None else ApprovalPolicy(row[1], row[2], row[3], row[4])

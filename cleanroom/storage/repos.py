@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -260,15 +260,17 @@ def complete_request(session: Session, key: RequestKey, response: bytes) -> None
     )
 
 
+_STORED_REQUEST = select(IdempotencyRow.fingerprint, IdempotencyRow.response).where(
+    IdempotencyRow.principal_id == bindparam("principal_id"),
+    IdempotencyRow.method == bindparam("method"),
+    IdempotencyRow.request_id == bindparam("request_id"),
+)
+
+
 def stored_request(session: Session, key: RequestKey) -> tuple[str, bytes | None] | None:
-    """(fingerprint, response) of a request_id seen before; one indexed read, no ORM objects."""
-    row = session.execute(
-        select(IdempotencyRow.fingerprint, IdempotencyRow.response).where(
-            IdempotencyRow.principal_id == key.principal_id,
-            IdempotencyRow.method == key.method,
-            IdempotencyRow.request_id == key.request_id,
-        )
-    ).first()
+    """(fingerprint, response) of a request_id seen before; one indexed read with a prepared statement."""
+    row = session.execute(_STORED_REQUEST, {"principal_id": key.principal_id, "method": key.method,
+                                            "request_id": key.request_id}).first()
     return None if row is None else (row[0], row[1])
 
 
@@ -286,13 +288,20 @@ def store_answered(session: Session, answered: Sequence[tuple[RequestKey, str, b
     ])
 
 
+_INSERTS_IGNORING_DUPLICATES: dict[tuple[str, str], Any] = {}
+
+
 def _insert_ignoring_duplicates(session: Session, table: type) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING in the dialect of the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table).on_conflict_do_nothing()
+    """INSERT … ON CONFLICT DO NOTHING in the dialect of the session's database (built once)."""
+    dialect = session.get_bind().dialect.name
+    key = (dialect, table.__name__)
+    if key not in _INSERTS_IGNORING_DUPLICATES:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        _INSERTS_IGNORING_DUPLICATES[key] = dialect_insert(table.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
+    return _INSERTS_IGNORING_DUPLICATES[key]
 
 
 def release_request(session: Session, key: RequestKey) -> None:
