@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from enclave_sim._schema import FieldReader
 from enclave_sim.canonical import canonical_json, format_time, parse_canonical, sha256_hex, utc_now
 from enclave_sim.errors import EnclaveSimError, Reason
-from enclave_sim.signing import envelope, open_envelope, sign_payload, signature_valid
+from enclave_sim.signing import envelope, open_envelope, sign_payload, signature_valid, signed_envelope_bytes
 
 ROOT_KEY_FILE = "root-ed25519.pem"
 ATTESTATION_KEY_FILE = "attestation-ed25519.pem"
@@ -256,6 +256,9 @@ class AttestationKey:
 
     def sign(self, payload: dict[str, Any]) -> str:
         return sign_payload(self._private_key, payload)
+
+    def signed_envelope(self, payload: dict[str, Any]) -> bytes:
+        return signed_envelope_bytes(self._private_key, payload)
 
 
 def _read_certificate(path: Path) -> AttestationCertificate | None:

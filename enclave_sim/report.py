@@ -9,7 +9,6 @@ against the pinned root (see verify.py).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,7 +107,7 @@ def sign_report(
         certificate=attestation_key.certificate,
         signature="",
     )
-    return dataclasses.replace(unsigned, signature=attestation_key.sign(unsigned.payload())).to_bytes()
+    return attestation_key.signed_envelope(unsigned.payload())
 
 
 def parse_report(data: bytes) -> ResultReport:

@@ -22,7 +22,7 @@ SIGNATURE_BYTES = 64
 
 
 def _message(statement_type: str, payload: Mapping[str, Any]) -> bytes:
-    return _SIGNATURE_DOMAIN + statement_type.encode("ascii") + b"\x00" + canonical_json(payload)
+    return _SIGNATURE_DOMAIN + statement_type.encode("ascii") + b"\x00" + canonical_json(payload)  # as signed_envelope_bytes
 
 
 def sign_payload(private_key: Ed25519PrivateKey, payload: Mapping[str, Any]) -> str:
@@ -67,4 +67,14 @@ def parse_envelope_bytes(data: bytes, statement_type: str) -> tuple[dict[str, An
 
 def envelope_bytes(payload: Mapping[str, Any], signature: str) -> bytes:
     return canonical_json(envelope(payload, signature))
+
+
+def signed_envelope_bytes(private_key: Ed25519PrivateKey, payload: Mapping[str, Any]) -> bytes:
+    """`envelope_bytes(payload, sign_payload(private_key, payload))`, serialising the payload once:
+    in canonical form the envelope is exactly `{"payload":<payload>,"signature":"<hex>"}`."""
+    if payload.get("simulated") is not True:
+        raise ValueError("every simulated statement must say simulated: true")
+    body = canonical_json(payload)
+    signature = private_key.sign(_SIGNATURE_DOMAIN + payload["type"].encode("ascii") + b"\x00" + body).hex()
+    return b'{"payload":' + body + b',"signature":"' + signature.encode("ascii") + b'"}'
 

@@ -94,3 +94,15 @@ def test_decimal_text_of_a_float_round_trips_exactly(value: float) -> None:
 def test_decimal_text_refuses_what_is_not_a_finite_non_negative_number(value: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         decimal_text(value)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(st.integers(), st.text(max_size=12), st.lists(st.booleans(), max_size=3)),
+                       max_size=6))
+def test_the_one_pass_signed_envelope_is_the_canonical_envelope(fields: dict) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from enclave_sim.signing import envelope_bytes, sign_payload, signed_envelope_bytes
+
+    key = Ed25519PrivateKey.generate()
+    payload = {**fields, "type": "report", "simulated": True}
+    assert signed_envelope_bytes(key, payload) == envelope_bytes(payload, sign_payload(key, payload))

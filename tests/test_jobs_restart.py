@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,28 +23,10 @@ from cleanroom.sdk.schema import Schema
 from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.storage.db import Database, default_url
 from cleanroom.v1 import jobs_pb2
-from tests.processes import alive
+from tests.processes import alive, cli_argv as _cli, serve as _serve
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 FEATURES = samples.feature_names()
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cleanroom.cli", *args]
-
-
-def _serve(state: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = state.parent / "port"
-    port_file.unlink(missing_ok=True)
-    with log.open("ab") as out:  # a file, not a pipe nobody reads: a chatty server must never block
-        process = subprocess.Popen(_cli("serve", "--state-dir", str(state), "--listen", "127.0.0.1:0", "--port-file",
-                                        str(port_file), "--metrics-listen", ""), stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    return process, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
 def _tree(pid: int) -> dict[int, str]:

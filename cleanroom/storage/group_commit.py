@@ -29,7 +29,7 @@ from cleanroom.storage.db import Database
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024
-LINGER_SECONDS = 0.02  # after the first item, wait this long for more: fewer, larger transactions
+LINGER_SECONDS = 0.05  # after the first item, wait this long for more: fewer, larger transactions
 
 
 @dataclass(frozen=True)
