@@ -19,11 +19,10 @@ import pytest
 
 from cleanroom import samples
 from cleanroom.sdk import Client
-from cleanroom.sdk.schema import Schema
 from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.storage.db import Database, default_url
 from cleanroom.v1 import jobs_pb2
-from tests.processes import alive, cli_argv as _cli, serve as _serve
+from tests.processes import alive, serve as _serve, serve_shared_dataset
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 FEATURES = samples.feature_names()
@@ -45,20 +44,10 @@ def _training(model: str, dataset: str, **changes) -> jobs_pb2.TrainingSpec:
 
 @pytest.mark.timeout(900)
 def test_sigkill_while_a_job_runs_then_restart(tmp_path: Path) -> None:
-    state, log = tmp_path / "state", tmp_path / "server.log"
-    admin_token = subprocess.run(_cli("admin", "bootstrap", "--state-dir", str(state)), check=True, capture_output=True,
-                                 text=True, timeout=120).stdout.strip()
-    server, address = _serve(state, log)
+    world = serve_shared_dataset(tmp_path, budget=6, share=5, max_epsilon=3, auto_approve=1.5)
+    state, log, server, address = world.state, world.log, world.server, world.address
+    maker, officer, dataset = world.maker, world.officer, world.dataset
     try:
-        with Client(address, admin_token) as admin:
-            owner, maker, officer = (admin.create_principal(f"{role} one", role) for role in ("data_owner", "manufacturer", "privacy_officer"))
-        with Client(address, owner.token) as hospital:
-            dataset = hospital.upload_dataset(samples.write_breast_cancer_csv(tmp_path / "bc.csv"),
-                                              Schema(samples.breast_cancer_schema(), 5)).name
-        with Client(address, officer.token) as office:
-            office.set_budget(dataset, epsilon=6, delta=1e-4, reason="total")
-            office.share_dataset(dataset, maker.principal.name, epsilon=5, delta=1e-4, reason="pilot")
-            office.set_approval_policy(dataset, max_epsilon=3, auto_approve_epsilon=1.5, reason="routine")
         with Client(address, maker.token) as manufacturer:
             model = manufacturer.submit_model(EXAMPLE).name
             # About a minute of training: the server is killed long before it could finish.

@@ -6,47 +6,30 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from cleanroom import samples
 from cleanroom.domain.audit import verify_chain
 from cleanroom.domain.privacy import SpendState
 from cleanroom.sdk import Client
-from cleanroom.sdk.schema import Schema
 from cleanroom.stats import Query
 from cleanroom.storage import audit_repo, privacy_repo
 from cleanroom.storage.db import Database, default_url
-from tests.processes import alive, cli_argv, serve
+from tests.processes import alive, serve, serve_shared_dataset
 
 COUNT = Query(kind="count", epsilon=0.1)
 ANSWERS = 5
 
 
 def _world(tmp_path: Path) -> tuple[Path, Path, str, str]:
-    """A bootstrapped state directory with a shared dataset; (state, log, maker token, dataset)."""
-    state, log = tmp_path / "state", tmp_path / "server.log"
-    admin_token = subprocess.run(cli_argv("admin", "bootstrap", "--state-dir", str(state)), check=True, capture_output=True,
-                                 text=True, timeout=120).stdout.strip()
-    server, address = serve(state, log)
-    try:
-        with Client(address, admin_token) as admin:
-            owner, maker, officer = (admin.create_principal(f"{role} one", role) for role in ("data_owner", "manufacturer", "privacy_officer"))
-        with Client(address, owner.token) as hospital:
-            dataset = hospital.upload_dataset(samples.write_breast_cancer_csv(tmp_path / "bc.csv"),
-                                              Schema(samples.breast_cancer_schema(), 5)).name
-        with Client(address, officer.token) as office:
-            office.set_budget(dataset, epsilon=20, delta=1e-4, reason="total")
-            office.share_dataset(dataset, maker.principal.name, epsilon=10, delta=1e-4, reason="pilot")
-            office.set_approval_policy(dataset, max_epsilon=3, auto_approve_epsilon=1, reason="routine")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
-    return state, log, maker.token, dataset
+    """A bootstrapped state directory with a shared dataset, its server stopped; (state, log, maker token, dataset)."""
+    world = serve_shared_dataset(tmp_path, budget=20, share=10, max_epsilon=3, auto_approve=1)
+    world.server.send_signal(signal.SIGTERM)
+    world.server.wait(timeout=60)
+    return world.state, world.log, world.maker.token, world.dataset
 
 
 def _answer(address: str, token: str, dataset: str) -> list[float]:

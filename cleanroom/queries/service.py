@@ -53,9 +53,9 @@ DATASET_CACHE = 256
 ALLOWANCE_MECHANISM = Mechanism(name="statistics-allowance", accountant="basic")
 
 
-def query_reference(dataset_id: str, query: Query) -> str:
+def query_reference(dataset_id: str, canonical: bytes) -> str:
     """The same query on the same dataset has the same reference (an approval names it)."""
-    digest = hashlib.sha256(dataset_id.encode() + b"\x00" + canonical_query(query)).hexdigest()
+    digest = hashlib.sha256(dataset_id.encode() + b"\x00" + canonical).hexdigest()
     return f"queries/{digest[:32]}"
 
 
@@ -69,6 +69,24 @@ class Priced:
     public_keys: dict[str, list[str]]
     cost: Privacy
     policy: ApprovalPolicy
+    query_sha256: str          # of the canonical query: the receipt names it
+    reference: str            # the same query on the same dataset has the same reference
+
+
+@dataclass(frozen=True)
+class _Described:
+    """What validation needs of a dataset, derived once from its stored description."""
+
+    dataset: Dataset
+    schema: list[tuple[str, deid.ColumnType]]
+    types: dict[str, str]
+    public_keys: dict[str, list[str]]
+    patient_column: str
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> _Described:
+        schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
+        return cls(dataset, schema, column_types(schema), public_group_keys(dataset), _patient_column(dataset))
 
 
 @dataclass(frozen=True)
@@ -103,40 +121,42 @@ class StatsQueryService:
         self._db, self._approvals, self._ledger, self._enclave = db, approvals, ledger, enclave
         self._blobs, self._pool, self._metrics = blobs, pool, metrics
         self._journal, self._allowances = journal, allowances
-        self._datasets: dict[str, Dataset] = {}
+        self._datasets: dict[str, _Described] = {}
 
     # --- before any budget moves ---------------------------------------------------------------
 
     def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> Priced:
-        """One read (the dataset, its share with the caller, its policy), then validation and the
-        price: a query that sets no per-patient row bound gets the dataset policy's."""
+        """One read (whether the dataset is shared with the caller, and its policy), then validation
+        and the price: a query that sets no per-patient row bound gets the dataset policy's."""
         with self._db.read() as session:
             policy = privacy_repo.shared_policy(session, dataset_id, principal.id) if dataset_id else None
-            dataset = self._dataset(session, dataset_id) if policy is not None and dataset_id else None
-        if dataset is None or policy is None:
+            described = self._described(session, dataset_id) if policy is not None and dataset_id else None
+        if described is None or policy is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         if query.max_rows_per_patient is None:
             query = dataclasses.replace(query, max_rows_per_patient=policy.stats_rows_per_patient)
-        schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
-        public = public_group_keys(dataset)
-        validate_query(query, schema, patient_column=_patient_column(dataset), public_group_keys=public)
-        types = column_types(schema)
+        public, types = described.public_keys, described.types
+        validate_query(query, described.schema, patient_column=described.patient_column, public_group_keys=public)
         plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         if plan.public_keys:
             check_cells(public_dims(query, types, public))
-        return Priced(dataset, query, schema, public, Privacy.cost(plan.epsilon, plan.delta), policy)
+        canonical = canonical_query(query)
+        return Priced(described.dataset, query, described.schema, public, Privacy.cost(plan.epsilon, plan.delta), policy,
+                      hashlib.sha256(canonical).hexdigest(), query_reference(described.dataset.id, canonical))
 
-    def _dataset(self, session: Session, dataset_id: str) -> Dataset | None:
+    def _described(self, session: Session, dataset_id: str) -> _Described | None:
         """A dataset's description never changes after intake, so it is read once; whether it still
         exists (and is shared) is checked on every query by `shared_policy`."""
-        dataset = self._datasets.get(dataset_id)
-        if dataset is None:
+        described = self._datasets.get(dataset_id)
+        if described is None:
             dataset = repos.get_dataset(session, dataset_id)
-            if dataset is not None:
-                if len(self._datasets) >= DATASET_CACHE:
-                    self._datasets.clear()
-                self._datasets[dataset_id] = dataset
-        return dataset
+            if dataset is None:
+                return None
+            described = _Described.of(dataset)
+            if len(self._datasets) >= DATASET_CACHE:
+                self._datasets.clear()
+            self._datasets[dataset_id] = described
+        return described
 
     def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
         """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
@@ -162,7 +182,7 @@ class StatsQueryService:
     def _run_drawn(self, principal: Principal, priced: Priced) -> QueryResult:
         """An auto-approved query: paid from the caller's allowance, recorded by the group commit."""
         dataset, query = priced.dataset, priced.query
-        request = SpendRequest(dataset.id, principal.id, SPEND_KIND, query_reference(dataset.id, query), priced.cost,
+        request = SpendRequest(dataset.id, principal.id, SPEND_KIND, priced.reference, priced.cost,
                                ALLOWANCE_MECHANISM, stats_workload(dataset.id))
         try:
             draw = self._allowances.draw(request, warm=self._pool.is_warm(dataset.id))
@@ -178,8 +198,7 @@ class StatsQueryService:
             self._allowances.finish(draw, spent=draw.opened)
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
-        spent = Privacy.cost(answer.epsilon, answer.delta)
-        self._journal.submit(self._record(principal, priced, "stats.answer", spent, draw.spend_id))
+        self._journal.submit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))  # what the allowance paid
         self._allowances.finish(draw, spent=True)
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, draw.spend_id)
@@ -187,7 +206,7 @@ class StatsQueryService:
     def _run_reserved(self, principal: Principal, priced: Priced, privacy_request: str) -> QueryResult:
         """An officer-approved query, or one the policy sends to an officer: its own reservation."""
         dataset, query, cost = priced.dataset, priced.query, priced.cost
-        reference = query_reference(dataset.id, query)
+        reference = priced.reference
         # The spend counts as decrypted (spent whatever happens) once data is touched for it: before
         # a new worker receives the key, or before a warm worker is asked. With a warm
         # worker that is certain, so the reservation is born decrypted in its own transaction;
@@ -212,11 +231,11 @@ class StatsQueryService:
         """The worker's answer, checked against its price and signed: (answer, its canonical bytes, receipt)."""
         answer, answer_json, nonce = self._answer(priced, opening)
         self._gate(answer, priced.cost)
-        return answer, answer_json, self._sign(priced.dataset, answer, answer_json, nonce, priced.query)
+        return answer, answer_json, self._sign(priced, answer, answer_json, nonce)
 
     @staticmethod
     def _record(principal: Principal, priced: Priced, action: str, spent: Privacy, spend_id: str, **extra: str) -> audit_repo.Record:
-        target = f"{priced.dataset.resource_name}/{query_reference(priced.dataset.id, priced.query)}"
+        target = f"{priced.dataset.resource_name}/{priced.reference}"
         details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id, **extra}
         return audit_repo.Record(principal.resource_name, action, target, details)
 
@@ -287,9 +306,9 @@ class StatsQueryService:
         if not spent.fits_in(cost):
             raise CleanroomError(ErrorCode.INTERNAL, "the answer was withheld: it did not match its reservation")
 
-    def _sign(self, dataset: Dataset, answer: Answer, answer_json: bytes, nonce: str, query: Query) -> bytes:
-        enclave = self._enclave
-        parameters = {"query_sha256": hashlib.sha256(canonical_query(query)).hexdigest(), "delta": answer.delta,
+    def _sign(self, priced: Priced, answer: Answer, answer_json: bytes, nonce: str) -> bytes:
+        enclave, dataset = self._enclave, priced.dataset
+        parameters = {"query_sha256": priced.query_sha256, "delta": answer.delta,
                       "mechanism": answer.mechanism.name, "rows_per_patient": answer.rows_per_patient,
                       **{k: v for k, v in answer.mechanism.parameters}}
         return enclave_sim.sign_report(
