@@ -77,7 +77,9 @@ def build_app(config: ServerConfig) -> App:
     )
     ledger = Ledger(db, metrics)
     metrics.watch_budgets(lambda: budget_snapshots(db))
-    approvals = ApprovalService(db, ledger)
+    journal = GroupCommit(db, name="stats-records")
+    allowances = Allowances(ledger, journal, queries=config.stats_allowance, idle_seconds=config.stats_allowance_idle)
+    approvals = ApprovalService(db, ledger, release_held=allowances.release_dataset)
     policy = phase_b_policy(config)
     enclave = Enclave(config.state_dir, db, ledger, metrics, policy)
     models = ModelVersionService(db, blobs, keys, model_intake(config, metrics), metrics, config.work_dir)
@@ -86,13 +88,11 @@ def build_app(config: ServerConfig) -> App:
                        launcher=phase_b_launcher(config, metrics), policy=policy, metrics=metrics,
                        work_dir=config.work_dir, concurrency=config.job_workers)
     stats_pool = stats_worker_pool(config, enclave, keys, policy, metrics)
-    journal = GroupCommit(db, name="stats-records")
-    allowances = Allowances(ledger, journal, queries=config.stats_allowance, idle_seconds=config.stats_allowance_idle)
     stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics,
                               journal=journal, allowances=allowances)
     return App(
         config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db), JournalledIdempotency(db, journal),
-        ledger, BudgetService(db), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool, journal,
+        ledger, BudgetService(db, release_held=allowances.release_dataset), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool, journal,
     )
 
 

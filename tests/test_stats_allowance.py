@@ -8,8 +8,12 @@ import threading
 
 import pytest
 
+from cleanroom.domain.approvals import ApprovalPolicy, RequestState
 from cleanroom.domain.audit import verify_chain
+from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.privacy import ZERO, Balance, EventKind, Privacy, share_budget_id
+from cleanroom.privacy.approvals import ApprovalService
+from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.queries.allowance import Allowances, allowance_size
 from cleanroom.storage import audit_repo, privacy_repo, repos
@@ -218,3 +222,27 @@ def test_a_reservation_refused_outright_leaves_no_trace(world, journal) -> None:
     assert _events(world) == [] and _share(world).reserved == ZERO
     with world.db.read() as session:
         assert privacy_repo.open_spends(session) == []
+
+
+def test_a_job_reservation_is_not_refused_for_budget_an_allowance_holds(world, journal) -> None:
+    world.budgets.set_cap(world.officer, world.dataset_id, None, Privacy.cap(0.3, 1e-5), "tight")
+    world.budgets.set_policy(world.officer, world.dataset_id, ApprovalPolicy(auto_approve_epsilon=Privacy.cost(1, 0).epsilon), "routine")
+    allowances = _allowances(world, journal)
+    approvals = ApprovalService(world.db, world.ledger, release_held=allowances.release_dataset)
+    _answer(allowances, world, Privacy.cost(0.04, 0), maker=0)  # holds 0.075: a quarter of what was left
+    job = SpendRequest(world.dataset_id, world.makers[1].id, "training", "jobs/j", Privacy.cost(0.25, 0))
+    assert approvals.estimate(world.officer, world.dataset_id, world.makers[1].id, job.cost).fits is False
+    assert approvals.submit(world.makers[1], job).state is RequestState.APPROVED  # once the allowance gave back 0.035
+    (commit,) = _events(world, EventKind.COMMIT)
+    assert commit.amount == Privacy.cost(0.04, 0)
+
+
+def test_a_cap_lowered_to_what_is_spent_is_not_refused_for_budget_an_allowance_holds(world, journal) -> None:
+    allowances = _allowances(world, journal)
+    budgets = BudgetService(world.db, release_held=allowances.release_dataset)
+    _answer(allowances, world, maker=0)  # holds 64 queries' worth
+    assert _share(world).reserved.epsilon == 64 * QUERY.epsilon
+    lowered = budgets.set_cap(world.officer, world.dataset_id, world.makers[0].id, Privacy.cost(0.05, 1e-6), "lowered")
+    assert lowered.spent == QUERY and lowered.reserved == ZERO
+    with pytest.raises(CleanroomError):  # below what is really spent: still refused
+        budgets.set_cap(world.officer, world.dataset_id, world.makers[0].id, Privacy.cost(0.005, 1e-6), "too low")

@@ -8,7 +8,9 @@ so an approved request always holds its budget.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cleanroom.domain.approvals import (
     Decision,
@@ -24,9 +26,11 @@ from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import Balance, Privacy, dataset_budget_id, share_budget_id
 from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason
-from cleanroom.privacy.ledger import Ledger, SpendRequest
+from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,12 @@ class Estimate:
 
 
 class ApprovalService:
-    def __init__(self, db: Database, ledger: Ledger) -> None:
+    def __init__(self, db: Database, ledger: Ledger, release_held: Callable[[str], bool] = lambda dataset_id: False) -> None:
         self._db = db
         self._ledger = ledger
+        # Frees budget this server holds but has not used on a dataset (statistics allowances);
+        # True when it freed some, and a reservation that found the budget short is tried again.
+        self._release_held = release_held
 
     def estimate(self, principal: Principal, dataset_id: str, manufacturer_id: str, cost: Privacy) -> Estimate:
         """What a request would cost and what would remain. Manufacturers may ask about themselves only."""
@@ -64,6 +71,17 @@ class ApprovalService:
 
     def submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         """Refused by policy -> error; within auto-approval -> approved and reserved; else pending."""
+        return self._retrying(request.dataset_id, lambda: self._submit(manufacturer, request))
+
+    def _retrying(self, dataset_id: str, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except BudgetExhausted:
+            if not self._release_held(dataset_id):
+                raise
+            return action()
+
+    def _submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         with self._db.transaction() as session:
             dataset = load_dataset(session, request.dataset_id)
             if not privacy_repo.is_shared(session, request.dataset_id, manufacturer.id):
@@ -90,6 +108,12 @@ class ApprovalService:
 
     def _decide(self, officer: Principal, request_id: str, state: RequestState, reason: str) -> PrivacyRequest:
         reason = require_reason(reason)
+        with self._db.read() as session:
+            request = privacy_repo.get_request(session, request_id)
+        dataset_id = request.dataset_id if request is not None else ""
+        return self._retrying(dataset_id, lambda: self._decide_once(officer, request_id, state, reason))
+
+    def _decide_once(self, officer: Principal, request_id: str, state: RequestState, reason: str) -> PrivacyRequest:
         with self._db.transaction() as session:
             request = privacy_repo.get_request(session, request_id)
             if request is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -17,6 +19,7 @@ from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database
 
 NOT_FOUND = "dataset not found"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,36 @@ def load_manufacturer(session: Session, manufacturer_id: str) -> Principal:
     return principal
 
 
+class CapBelowUse(CleanroomError):
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorCode.FAILED_PRECONDITION,
+            "the new cap is below what this budget has already spent or reserved",
+            violations=[FieldViolation("cap", "at least the spent plus reserved amount")],
+        )
+
+
 class BudgetService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, release_held: Callable[[str], bool] = lambda dataset_id: False) -> None:
         self._db = db
+        # Frees budget this server holds but has not used on a dataset (statistics allowances),
+        # so a cap lowered to what is really spent is not refused for it.
+        self._release_held = release_held
+
+    def _retrying(self, dataset_id: str, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except CapBelowUse:
+            if not self._release_held(dataset_id):
+                raise
+            return action()
 
     def share(self, officer: Principal, dataset_id: str, manufacturer_id: str, cap: Privacy, reason: str) -> None:
         """Shares a dataset with a manufacturer and sets that pair's cap, in one transaction."""
         reason = require_reason(reason)
+        self._retrying(dataset_id, lambda: self._share(officer, dataset_id, manufacturer_id, cap, reason))
+
+    def _share(self, officer: Principal, dataset_id: str, manufacturer_id: str, cap: Privacy, reason: str) -> None:
         with self._db.transaction() as session:
             load_dataset(session, dataset_id)
             load_manufacturer(session, manufacturer_id)
@@ -74,6 +100,9 @@ class BudgetService:
     def set_cap(self, officer: Principal, dataset_id: str, manufacturer_id: str | None, cap: Privacy, reason: str) -> Balance:
         """manufacturer_id None sets the dataset-wide cap (the hospital's total leakage)."""
         reason = require_reason(reason)
+        return self._retrying(dataset_id, lambda: self._set_cap_alone(officer, dataset_id, manufacturer_id, cap, reason))
+
+    def _set_cap_alone(self, officer: Principal, dataset_id: str, manufacturer_id: str | None, cap: Privacy, reason: str) -> Balance:
         with self._db.transaction() as session:
             load_dataset(session, dataset_id)
             if manufacturer_id is not None and not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
@@ -83,11 +112,7 @@ class BudgetService:
     def _set_cap(self, session: Session, officer: Principal, dataset_id: str, manufacturer_id: str | None, cap: Privacy, reason: str) -> Balance:
         budget_id = share_budget_id(dataset_id, manufacturer_id) if manufacturer_id else dataset_budget_id(dataset_id)
         if not privacy_repo.set_cap(session, budget_id, dataset_id, manufacturer_id, cap):
-            raise CleanroomError(
-                ErrorCode.FAILED_PRECONDITION,
-                "the new cap is below what this budget has already spent or reserved",
-                violations=[FieldViolation("cap", "at least the spent plus reserved amount")],
-            )
+            raise CapBelowUse()
         event = LedgerEvent(EventKind.CAP, (budget_id,), cap, officer.id, repos.now(), reason=reason)
         record(session, event, None, dataset_id=dataset_id, manufacturer_id=manufacturer_id)
         return privacy_repo.get_balance(session, budget_id)  # type: ignore[return-value]

@@ -119,8 +119,7 @@ class Allowances:
             except BudgetExhausted:
                 # Budget this server holds in open allowances on the dataset may be what is
                 # missing: close them (committing what they drew), then try once more.
-                self._retire_dataset(request.dataset_id)
-                self._journal.flush()
+                self.release_dataset(request.dataset_id)
                 allowance = self._reserve(key, request, warm=warm)
             with self._lock:
                 self._open[key] = allowance
@@ -200,6 +199,17 @@ class Allowances:
             keys = [k for k in self._open if k[0] == dataset_id]
         for key in keys:
             self._retire(key)
+
+    def release_dataset(self, dataset_id: str) -> bool:
+        """Closes this server's allowances on a dataset and waits until the ledger has them, so the
+        budget they hold but did not use is free again; False when there were none (a job's
+        reservation or an officer's cap change that found the budget short calls this, then retries)."""
+        with self._lock:
+            held = any(k[0] == dataset_id for k in self._open)
+        if held:
+            self._retire_dataset(dataset_id)
+            self._journal.flush()
+        return held
 
     def _submit_close(self, allowance: Allowance) -> None:
         used, spend_id = allowance.used, allowance.spend_id
