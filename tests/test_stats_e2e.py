@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import threading
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import enclave_sim
 from cleanroom import cli, samples
 from cleanroom.domain.identity import Role
+from cleanroom.domain.privacy import Privacy
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.stats import verify_answer
@@ -181,6 +183,9 @@ def test_a_filtered_quantile_and_a_histogram_are_answered(world) -> None:
     (Query(kind="count", group_by="mean_radius", epsilon=0.5, delta=1e-6), "group_by"),
 ])
 def test_bad_queries_are_refused_before_any_reservation(world, query, field) -> None:
+    app, dataset_id = world["running"].app, world["dataset"].removeprefix("datasets/")
+    world["maker"].run_query(world["dataset"], Query(kind="count", epsilon=0.01))  # an allowance is open
+    held = app.stats.held(dataset_id, world["maker_id"])
     before = _reservations(world)
     refused = _metric(world, query.kind, "answered")
     with pytest.raises(CleanroomClientError) as caught:
@@ -188,6 +193,7 @@ def test_bad_queries_are_refused_before_any_reservation(world, query, field) -> 
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in {v.field for v in caught.value.violations}
     assert _reservations(world) == before and _metric(world, query.kind, "answered") == refused
+    assert app.stats.held(dataset_id, world["maker_id"]) == held  # nothing drawn either
 
 
 def test_a_dataset_not_shared_with_the_caller_looks_missing(world) -> None:
@@ -217,6 +223,30 @@ def test_a_retried_request_gets_the_first_answer_and_is_charged_once(world) -> N
     fingerprint_of = stats_pb2.RunQueryRequest(dataset=world["dataset"], query=query_to_proto(MEAN))
     stored = restarted.run(key, fingerprint(fingerprint_of), stats_pb2.QueryAnswer, lambda: pytest.fail("answered twice"))
     assert stored == first  # from the database, as after a restart
+
+
+def test_concurrent_callers_are_each_charged_exactly_once(world) -> None:
+    running, dataset = world["running"], world["dataset"]
+    events_before, answers_before = len(_settled_events(world)), len(_answers(world))
+    clients = [running.client(world["maker_token"]) for _ in range(4)]
+    answers: list = []
+
+    def ask(client) -> None:
+        answers.extend(client.run_query(dataset, Query(kind="count", epsilon=0.01)) for _ in range(5))
+
+    threads = [threading.Thread(target=ask, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for client in clients:
+        client.close()
+    assert len(answers) == 20
+    new_events = _settled_events(world)[events_before:]
+    committed = sum(e.amount.epsilon for e in new_events if e.kind.value == "commit")
+    assert committed == 20 * Privacy.cost(0.01, 0).epsilon  # the allowances paid for exactly these answers
+    assert len([e for e in new_events if e.kind.value == "reserve"]) < 20  # and not one reservation each
+    assert len(_answers(world)) == answers_before + 20
 
 
 def test_a_query_above_the_auto_approve_threshold_waits_for_an_officer(world) -> None:

@@ -164,7 +164,7 @@ class StatsQueryService:
         errors = expected_error(priced.query, schema=priced.schema, public_group_keys=priced.public_keys,
                                 default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         budget = self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost)
-        held = self._allowances.unused(priced.dataset.id, principal.id)
+        held = self.held(priced.dataset.id, principal.id)
         if held != ZERO:  # budget this caller's open allowance holds is still the caller's to spend
             remaining = {k: v + held for k, v in budget.remaining_before.items()}
             budget = dataclasses.replace(budget, remaining_before=remaining, fits=budget.fits or priced.cost.fits_in(held))
@@ -238,6 +238,10 @@ class StatsQueryService:
         target = f"{priced.dataset.resource_name}/{priced.reference}"
         details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id, **extra}
         return audit_repo.Record(principal.resource_name, action, target, details)
+
+    def held(self, dataset_id: str, manufacturer_id: str) -> Privacy:
+        """Budget the caller's open allowance on the dataset holds and has not drawn."""
+        return self._allowances.unused(dataset_id, manufacturer_id)
 
     def settle(self) -> None:
         """Closes open allowances and writes every trailing record (tests; shutdown)."""
