@@ -246,3 +246,15 @@ def test_a_cap_lowered_to_what_is_spent_is_not_refused_for_budget_an_allowance_h
     assert lowered.spent == QUERY and lowered.reserved == ZERO
     with pytest.raises(CleanroomError):  # below what is really spent: still refused
         budgets.set_cap(world.officer, world.dataset_id, world.makers[0].id, Privacy.cost(0.005, 1e-6), "too low")
+
+
+def test_the_access_check_reads_the_policy_of_a_shared_dataset_only(world) -> None:
+    with world.db.lookup() as connection:
+        assert privacy_repo.shared_policy(connection, world.dataset_id, world.makers[0].id) == ApprovalPolicy()  # none set: defaults
+        assert privacy_repo.shared_policy(connection, world.dataset_id, world.officer.id) is None  # not shared with
+        assert privacy_repo.shared_policy(connection, "other", world.makers[0].id) is None
+    policy = ApprovalPolicy(auto_approve_epsilon=Privacy.cost(0.5, 0).epsilon, stats_rows_per_patient=3)
+    world.budgets.set_policy(world.officer, world.dataset_id, policy, "routine")
+    with world.db.lookup() as connection:
+        assert privacy_repo.shared_policy(connection, world.dataset_id, world.makers[0].id) == policy
+        assert repos.stored_request(connection, repos.RequestKey(world.makers[0].id, "RunQuery", "never")) is None

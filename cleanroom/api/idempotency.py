@@ -105,8 +105,8 @@ class JournalledIdempotency:
         if recent is not None:
             return _first_answer(recent, request_fingerprint, response_type)
         try:
-            with self._db.read() as session:
-                earlier = repos.stored_request(session, key)
+            with self._db.lookup() as connection:
+                earlier = repos.stored_request(connection, key)
             if earlier is not None:
                 return _first_answer(earlier, request_fingerprint, response_type)
             response = compute()

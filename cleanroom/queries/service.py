@@ -18,8 +18,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
 import enclave_sim
 from cleanroom.attestation import Enclave
 from cleanroom.domain import deid
@@ -128,9 +126,9 @@ class StatsQueryService:
     def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> Priced:
         """One read (whether the dataset is shared with the caller, and its policy), then validation
         and the price: a query that sets no per-patient row bound gets the dataset policy's."""
-        with self._db.read() as session:
-            policy = privacy_repo.shared_policy(session, dataset_id, principal.id) if dataset_id else None
-            described = self._described(session, dataset_id) if policy is not None and dataset_id else None
+        with self._db.lookup() as connection:
+            policy = privacy_repo.shared_policy(connection, dataset_id, principal.id) if dataset_id else None
+        described = self._described(dataset_id) if policy is not None and dataset_id else None
         if described is None or policy is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         if query.max_rows_per_patient is None:
@@ -144,12 +142,13 @@ class StatsQueryService:
         return Priced(described.dataset, query, described.schema, public, Privacy.cost(plan.epsilon, plan.delta), policy,
                       hashlib.sha256(canonical).hexdigest(), query_reference(described.dataset.id, canonical))
 
-    def _described(self, session: Session, dataset_id: str) -> _Described | None:
+    def _described(self, dataset_id: str) -> _Described | None:
         """A dataset's description never changes after intake, so it is read once; whether it still
         exists (and is shared) is checked on every query by `shared_policy`."""
         described = self._datasets.get(dataset_id)
         if described is None:
-            dataset = repos.get_dataset(session, dataset_id)
+            with self._db.read() as session:
+                dataset = repos.get_dataset(session, dataset_id)
             if dataset is None:
                 return None
             described = _Described.of(dataset)

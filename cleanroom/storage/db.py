@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -76,6 +76,16 @@ class Database:
                 yield session
             finally:
                 session.rollback()
+
+    @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A read on a bare connection, no ORM session: for single-statement lookups on hot paths
+        (a third of a session's cost); nothing written in it is kept."""
+        with self._read_engine.connect() as connection:
+            try:
+                yield connection
+            finally:
+                connection.rollback()
 
     def dispose(self) -> None:
         self.engine.dispose()

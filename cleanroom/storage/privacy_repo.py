@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
@@ -302,7 +302,7 @@ _SHARED_POLICY = (
 )
 
 
-def shared_policy(session: Session, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
+def shared_policy(session: Session | Connection, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
     """The dataset's approval policy, if the dataset exists and is shared with the manufacturer
     (None otherwise): one prepared statement on the statistics hot path."""
     row = session.execute(_SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id}).first()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 from datetime import datetime, timezone
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -267,7 +267,7 @@ _STORED_REQUEST = select(IdempotencyRow.fingerprint, IdempotencyRow.response).wh
 )
 
 
-def stored_request(session: Session, key: RequestKey) -> tuple[str, bytes | None] | None:
+def stored_request(session: Session | Connection, key: RequestKey) -> tuple[str, bytes | None] | None:
     """(fingerprint, response) of a request_id seen before; one indexed read with a prepared statement."""
     row = session.execute(_STORED_REQUEST, {"principal_id": key.principal_id, "method": key.method,
                                             "request_id": key.request_id}).first()
