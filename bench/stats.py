@@ -373,7 +373,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--patients", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=30, help="sequential calls per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=100, help="sequential calls per measurement (median)")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of the concurrent run")
     parser.add_argument("--profile", action="store_true", help="in-process server with per-step timers instead")
     args = parser.parse_args()
