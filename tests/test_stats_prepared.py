@@ -92,3 +92,18 @@ def test_the_bounded_rows_reused_across_queries_match_a_fresh_selection() -> Non
     for other in (again, masked):
         assert other.keys == first.keys and other.counts.tolist() == first.counts.tolist()
         assert np.array_equal(other.rows, first.rows) and np.array_equal(other.codes, first.codes)
+
+
+def test_a_clamp_never_changes_the_values_later_queries_share() -> None:
+    rng = np.random.default_rng(3)
+    patients = rng.integers(0, 500, size=5000).astype(str).tolist()
+    values = rng.uniform(0, 100, size=5000)
+    prepared = PreparedTable(pa.table({"patient": patients, "value": values}), patient_column="patient")
+
+    def total(bounds: tuple[float, float]) -> float:
+        query = Query(kind="sum", column="value", bounds=bounds, epsilon=HUGE_EPSILON, max_rows_per_patient=2)
+        return run_query(prepared, query, patient_column="patient").cells[0].value
+
+    wide = total((0.0, 100.0))
+    assert total((0.0, 10.0)) < wide / 3  # clamped hard...
+    assert total((0.0, 100.0)) == pytest.approx(wide, abs=1e-3 * wide)  # ...and the shared values are untouched

@@ -68,7 +68,7 @@ def _cells(prepared: PreparedTable, plan: Plan, dims: list[list[str]] | None) ->
     query = plan.query
     selection = prepared.select(plan, dims)
     numeric = query.kind in ("sum", "mean", "variance", "quantile")
-    values = prepared.column(query.column).values[selection.rows] if numeric else None
+    values = prepared.values_at(query.column, selection.rows) if numeric else None
     integer = prepared.types.get(query.column or "") == "integer"
     keys = [keyspace.split_key(k, query) for k in selection.keys]
     counts = None if selection.counts is None else selection.counts.astype(np.int64, copy=False)
@@ -83,7 +83,8 @@ def _clamp(cells: Cells) -> None:
     if step is not None:
         cells.bounds = estimate_bounds(cells.values, rows=cells.plan.rows, epsilon=step.epsilon, integer=cells.integer)
         cells.trace.append(("bounds", mechanisms.calibrate(sensitivity=cells.plan.rows, epsilon=step.epsilon)))
-    cells.values = np.clip(cells.values, *cells.bounds, out=cells.values)  # a fresh gather: clamped in place
+    shared = not cells.values.flags.writeable  # the table's own bounded values: clamp into a copy
+    cells.values = np.clip(cells.values, *cells.bounds, out=None if shared else cells.values)
 
 
 def _select(cells: Cells, raw_keys: list[str]) -> None:

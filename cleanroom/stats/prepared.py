@@ -83,7 +83,7 @@ class PreparedTable:
         self._columns: dict[str, Column] = {}
         self._incomplete: dict[str, bool] = {}  # column -> some row lacks a usable value
         self._kept_by_limit: dict[int, np.ndarray] = {}  # the bound over all rows, per L (same fixed order)
-        self._codes_by_limit: dict[tuple[str, int], np.ndarray] = {}  # a column's codes over those rows
+        self._by_limit: dict[tuple[str, str, int], np.ndarray] = {}  # a column's codes or values over those rows
         if patient_column in self.types:
             self._order, patients, self._segment_start = _group_by_patient(table.column(patient_column))
             self._has_patient = patients >= 0
@@ -125,17 +125,27 @@ class PreparedTable:
         observed, codes, counts = _observed(codes, cells)
         return Selection(rows, codes, [labels(int(c)) for c in observed], counts)
 
+    def values_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """A numeric column's values at `rows`. Over the unfiltered bounded rows of a bound they are
+        gathered once and shared (read-only: the caller copies before changing them)."""
+        limit = next((L for L, kept in self._kept_by_limit.items() if kept is rows), None)
+        if limit is None:
+            return self.column(name).values[rows]  # type: ignore[index]
+        return self._gathered(("values", name, limit), lambda: self.column(name).values[rows])  # type: ignore[index]
+
     def _bounded_codes(self, name: str, limit: int, kept: np.ndarray) -> np.ndarray:
         """A categorical column's codes over the unfiltered bounded rows of `limit`, gathered once
         (like the row set itself, they are the same for every query at that bound)."""
-        key = (name, limit)
-        if key not in self._codes_by_limit:
-            codes = self.column(name).codes[kept]  # type: ignore[index]
-            codes.setflags(write=False)
-            if len(self._codes_by_limit) >= _KEPT_CACHE * 4:
-                self._codes_by_limit.clear()
-            self._codes_by_limit[key] = codes
-        return self._codes_by_limit[key]
+        return self._gathered(("codes", name, limit), lambda: self.column(name).codes[kept])  # type: ignore[index]
+
+    def _gathered(self, key: tuple[str, str, int], gather: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._by_limit:
+            array = gather()
+            array.setflags(write=False)
+            if len(self._by_limit) >= _KEPT_CACHE * 4:
+                self._by_limit.clear()
+            self._by_limit[key] = array
+        return self._by_limit[key]
 
     def _complete(self, name: str) -> bool:
         """Whether every row has a usable value in `name` (checked once per column)."""
