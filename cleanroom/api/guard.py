@@ -85,12 +85,18 @@ class GuardInterceptor(grpc.ServerInterceptor):
     def __init__(self, authenticate: Authenticator, observe: Observer | None = None) -> None:
         self._authenticate = authenticate
         self._observe = observe or (lambda method, code, seconds: None)
+        self._wrapped: dict[str, Any] = {}  # method -> guarded handler: handlers never change once serving
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(details)
-        if handler is None or auth.is_public(details.method):
+        if handler is None or auth.is_public(method):
             return handler
-        return _wrap(handler, details.method, self._call_context, self._observe)
+        wrapped = self._wrapped[method] = _wrap(handler, method, self._call_context, self._observe)
+        return wrapped
 
     def _call_context(self, method: str, context: grpc.ServicerContext) -> CallContext:
         metadata = context.invocation_metadata()
