@@ -6,7 +6,8 @@ on a dataset reserves an *allowance* of up to `queries` times its cost in one le
 and later queries draw on it in memory. Each draw is recorded (its audit entry) by the group
 commit shortly after the answer; the allowance is closed, committing exactly what was drawn and
 refunding the rest, when it cannot cover the next query, after `idle_seconds` without a query,
-and at shutdown.
+and at shutdown. While a burst keeps using allowances up, each next one is twice as large (up to
+MAX_GROWTH times); an idle close starts the pair small again.
 
 Why this never under-charges: a query draws before its data is touched, and the whole allowance
 is a reservation in the ledger from the start. After a crash the allowance is still open, so
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "system"
 DATASET_SHARE = 4  # an allowance takes at most 1/4 of what the dataset-wide budget has left
+MAX_GROWTH = 16    # a sustained burst's allowances grow to at most 16 times the configured size
 SWEEP_SECONDS = 0.25
 
 
@@ -92,6 +94,7 @@ class Allowances:
         self._queries, self._idle, self._clock = max(queries, 1), idle_seconds, clock
         self._open: dict[tuple[str, str], Allowance] = {}
         self._shape: dict[tuple[str, str], Privacy] = {}   # the largest query cost seen per pair
+        self._growth: dict[tuple[str, str], int] = {}      # doublings earned by a burst that used allowances up
         self._lock = threading.Lock()
         self._opening: dict[tuple[str, str], threading.Lock] = {}
         self._stop = threading.Event()
@@ -113,6 +116,9 @@ class Allowances:
             drawn = self._draw_open(key, request.cost)
             if drawn is not None:
                 return drawn
+            with self._lock:
+                if key in self._open:  # used up by a burst still going on: the next one is larger
+                    self._growth[key] = min(self._growth.get(key, 1) * 2, MAX_GROWTH)
             self._retire(key)
             try:
                 allowance = self._reserve(key, request, warm=warm)
@@ -143,10 +149,11 @@ class Allowances:
         with self._lock:
             shape = _larger(self._shape.get(key, ZERO), request.cost)
             self._shape[key] = shape
+            queries = self._queries * self._growth.get(key, 1)
         sized = SpendRequest(request.dataset_id, request.manufacturer_id, request.kind, "allowances/statistics", request.cost,
                              request.mechanism, request.workload, decrypted_on_reserve=warm)
         spend = self._ledger.reserve_sized(
-            sized, lambda dataset, share: allowance_size(request.cost, shape=shape, queries=self._queries, dataset=dataset, share=share),
+            sized, lambda dataset, share: allowance_size(request.cost, shape=shape, queries=queries, dataset=dataset, share=share),
             actor_id=request.manufacturer_id)
         return Allowance(spend.id, request.dataset_id, request.manufacturer_id, spend.reserved, decrypted=warm, last_used=self._clock())
 
@@ -220,6 +227,8 @@ class Allowances:
         now = self._clock() if now is None else now
         with self._lock:
             idle = [k for k, a in self._open.items() if a.in_flight == 0 and now - a.last_used >= self._idle]
+            for key in idle:
+                self._growth.pop(key, None)  # the burst is over: the next allowance starts small
         for key in idle:
             self._retire(key)
         return len(idle)
