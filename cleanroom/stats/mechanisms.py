@@ -48,20 +48,23 @@ class Noise:
         return "discrete-gaussian" if self.gaussian else "discrete-laplace"
 
     def half_width(self, *, alpha: float = 1 - CONFIDENCE) -> float:
-        """Half-width of the (1 - alpha) interval of one noisy integer, from OpenDP's utilities.
+        """Half-width of the (1 - alpha) interval of one noisy integer, from OpenDP's utilities."""
+        return _half_width(self.scale, alpha, self.gaussian)
 
-        OpenDP defines accuracy as P[|noise| >= a] = alpha; for integer noise the floor keeps the
-        coverage (documented by OpenDP), and is the honest integer half-width.
-        """
-        if not self.gaussian:
-            return float(math.floor(dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha)))
-        if self.scale <= EXACT_GAUSSIAN_ACCURACY_MAX_SCALE:
-            return float(math.floor(dp.discrete_gaussian_scale_to_accuracy(self.scale, alpha)))
-        # OpenDP's discrete-Gaussian accuracy sums the pmf, in time linear in the scale (minutes at
-        # fixed-point scales). Past 1000 the discrete tail beyond k matches the continuous one beyond
-        # k - 1/2 to far below alpha's precision, so the continuous accuracy, rounded up, plus one,
-        # is conservative (at 1000 it equals the exact 1961).
-        return float(math.ceil(dp.gaussian_scale_to_accuracy(self.scale, alpha)) + 1)
+
+@lru_cache(maxsize=1024)  # a warm worker asks the same few (scale, alpha) again and again
+def _half_width(scale: float, alpha: float, gaussian: bool) -> float:
+    """OpenDP defines accuracy as P[|noise| >= a] = alpha; for integer noise the floor keeps the
+    coverage (documented by OpenDP), and is the honest integer half-width."""
+    if not gaussian:
+        return float(math.floor(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)))
+    if scale <= EXACT_GAUSSIAN_ACCURACY_MAX_SCALE:
+        return float(math.floor(dp.discrete_gaussian_scale_to_accuracy(scale, alpha)))
+    # OpenDP's discrete-Gaussian accuracy sums the pmf, in time linear in the scale (minutes at
+    # fixed-point scales). Past 1000 the discrete tail beyond k matches the continuous one beyond
+    # k - 1/2 to far below alpha's precision, so the continuous accuracy, rounded up, plus one,
+    # is conservative (at 1000 it equals the exact 1961).
+    return float(math.ceil(dp.gaussian_scale_to_accuracy(scale, alpha)) + 1)
 
 
 def internal_failure() -> CleanroomError:
