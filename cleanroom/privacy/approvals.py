@@ -25,7 +25,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import Balance, Privacy, dataset_budget_id, share_budget_id
-from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason
+from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database
@@ -74,12 +74,7 @@ class ApprovalService:
         return self._retrying(request.dataset_id, lambda: self._submit(manufacturer, request))
 
     def _retrying(self, dataset_id: str, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except BudgetExhausted:
-            if not self._release_held(dataset_id):
-                raise
-            return action()
+        return retry_after_release(action, refused=BudgetExhausted, release=lambda: self._release_held(dataset_id))
 
     def _submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         with self._db.transaction() as session:

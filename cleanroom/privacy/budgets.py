@@ -38,6 +38,17 @@ class BudgetView:
     policy: ApprovalPolicy
 
 
+def retry_after_release(action: Callable[[], T], *, refused: type[Exception], release: Callable[[], bool]) -> T:
+    """Runs `action`; if budget held but unused on this server (statistics allowances) may be why
+    it was `refused`, frees it and runs `action` once more."""
+    try:
+        return action()
+    except refused:
+        if not release():
+            raise
+        return action()
+
+
 def require_reason(reason: str) -> str:
     reason = reason.strip()
     if not reason or len(reason) > 1000:
@@ -76,12 +87,7 @@ class BudgetService:
         self._release_held = release_held
 
     def _retrying(self, dataset_id: str, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except CapBelowUse:
-            if not self._release_held(dataset_id):
-                raise
-            return action()
+        return retry_after_release(action, refused=CapBelowUse, release=lambda: self._release_held(dataset_id))
 
     def share(self, officer: Principal, dataset_id: str, manufacturer_id: str, cap: Privacy, reason: str) -> None:
         """Shares a dataset with a manufacturer and sets that pair's cap, in one transaction."""
