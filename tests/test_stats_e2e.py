@@ -29,7 +29,8 @@ from tests.conftest import make_config, start_server
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("stats")
-    running = start_server(make_config(base / "state", work_dir=base / "work"))
+    # Allowances close when a test settles them, not on a slow machine's pause between two calls.
+    running = start_server(make_config(base / "state", work_dir=base / "work", stats_allowance_idle=600.0))
     _, owner_token = running.principal(Role.DATA_OWNER)
     maker_id, maker_token = running.principal(Role.MANUFACTURER)
     _, stranger_token = running.principal(Role.MANUFACTURER)
