@@ -14,6 +14,7 @@ import enclave_sim
 from cleanroom import cli, samples
 from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy
+from cleanroom.queries.pool import WorkerFailed
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.stats import verify_answer
@@ -144,6 +145,27 @@ def test_a_worker_that_never_got_the_key_costs_nothing(world, monkeypatch) -> No
     assert last[0].amount == last[1].amount  # refunded whole: the data was never opened
     monkeypatch.undo()
     assert maker.run_query(world["dataset"], Query(kind="count", epsilon=0.2)).epsilon == pytest.approx(0.2)
+
+
+def test_a_query_that_fails_after_its_data_was_opened_is_charged_and_recorded(world, monkeypatch) -> None:
+    app, maker = world["running"].app, world["maker"]
+    app.stats.settle()
+
+    def opened_then_failed(dataset_id, source, workload, query, *, opening):
+        opening()  # the data is touched for this query...
+        raise WorkerFailed("worker")  # ...and then the worker dies
+
+    monkeypatch.setattr(app.stats_pool, "ask", opened_then_failed)
+    with pytest.raises(CleanroomClientError) as caught:
+        maker.run_query(world["dataset"], Query(kind="count", epsilon=0.05))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.undo()
+    events = _settled_events(world)
+    commit = events[-1] if events[-1].kind.value == "commit" else events[-2]
+    assert commit.kind.value == "commit" and commit.amount.epsilon_value == pytest.approx(0.05)  # spent: the data was opened
+    with app.db.read() as session:
+        failed = [e for e in audit_repo.entries(session) if e.action == "stats.failed"][-1]
+    assert failed.details["spend"] == commit.spend_id and failed.details["outcome"] == "UNAVAILABLE"
 
 
 def test_groups_with_data_dependent_keys_are_released_only_above_the_threshold(world) -> None:

@@ -191,14 +191,18 @@ class StatsQueryService:
         try:
             answer, answer_json, receipt = self._answered(priced, lambda: self._allowances.open_data(draw))
         except Exception as error:  # noqa: BLE001 - whatever failed, the draw is settled before the error leaves
-            if draw.opened:  # the data was touched for it: spent, and recorded as such
-                self._journal.submit(self._record(principal, priced, "stats.failed", draw.cost, draw.spend_id,
-                                                  outcome=_error_code(error)))
-            self._allowances.finish(draw, spent=draw.opened)
+            try:
+                if draw.opened:  # the data was touched for it: spent, and recorded as such
+                    self._journal.submit(self._record(principal, priced, "stats.failed", draw.cost, draw.spend_id,
+                                                      outcome=_error_code(error)))
+            finally:
+                self._allowances.finish(draw, spent=draw.opened)
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
-        self._journal.submit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))  # what the allowance paid
-        self._allowances.finish(draw, spent=True)
+        try:  # the record first, so it precedes the allowance's close in the journal
+            self._journal.submit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))  # what it paid
+        finally:
+            self._allowances.finish(draw, spent=True)
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, draw.spend_id)
 
