@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +97,62 @@ def test_the_session_is_killed_at_the_wall_clock_with_every_process(tmp_path) ->
     assert not running(pid)
     with pytest.raises(SessionBroken):
         session.call(b"{}", timeout=1)
+
+
+# Echoes each frame after a pause given in it: answers come back in the order frames were written.
+ECHO = """
+import json, os, time
+from cleanroom.sandbox.session import read_frame, write_frame
+out = os.dup(1)
+while (frame := read_frame(0)) is not None:
+    time.sleep(json.loads(frame)["pause"])
+    write_frame(out, frame)
+"""
+
+
+def _echo(tmp_path: Path) -> SandboxSession:
+    request = SandboxRequest(argv=("python3", "-c", ECHO), inputs={})
+    return SandboxSession(BubblewrapLauncher(deny=[tmp_path / "state"]), request, SandboxPolicy(wall_seconds=60))
+
+
+def test_overlapping_calls_each_get_their_own_answer(tmp_path) -> None:
+    session = _echo(tmp_path)
+    answers: dict[int, dict] = {}
+    try:
+        def ask(n: int) -> None:
+            answers[n] = json.loads(session.call(json.dumps({"n": n, "pause": 0.01 * (n % 3)}).encode(), timeout=30))
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {n: a["n"] for n, a in answers.items()} == {n: n for n in range(24)}
+    finally:
+        session.close()
+
+
+def test_a_late_answer_closes_the_session_and_fails_every_call_waiting(tmp_path) -> None:
+    session = _echo(tmp_path)
+    failures: list[str] = []
+
+    def ask(pause: float, timeout: float) -> None:
+        try:
+            session.call(json.dumps({"pause": pause}).encode(), timeout=timeout)
+        except SessionBroken as error:
+            failures.append(str(error))
+
+    try:
+        slow = threading.Thread(target=ask, args=(30, 0.5))  # times out: the sandbox is killed
+        behind = threading.Thread(target=ask, args=(0, 30))  # queued behind it: must not wait 30 s
+        slow.start()
+        time.sleep(0.1)
+        behind.start()
+        started = time.monotonic()
+        slow.join()
+        behind.join()
+        assert time.monotonic() - started < 10 and len(failures) == 2 and not session.alive
+        with pytest.raises(SessionBroken):
+            session.call(b'{"pause": 0}', timeout=5)
+    finally:
+        session.close()

@@ -3,8 +3,9 @@
 Starting a worker is the expensive part (sandbox, key release, decryption, column preparation);
 answering is cheap. So the first query on a dataset starts one, later queries reuse it, and it
 is closed once idle for `idle_seconds` and, whatever happens, at the sandbox policy's wall clock:
-that is the bounded time decrypted columns may live. Queries on one dataset run one at a time
-(the worker is single-threaded); different datasets run side by side.
+that is the bounded time decrypted columns may live. Queries on one dataset are answered one at a
+time by its single-threaded worker, but sent without waiting (the next one is already queued when
+it finishes the current one); different datasets run side by side.
 
 The key leaves the broker only against a fresh quote for the statistics workload of the dataset,
 and only while a statistics reservation on that dataset is open (the query that started it).
@@ -60,7 +61,21 @@ class _Warm:
     session: SandboxSession
     nonce: str                       # the quote's: every receipt from this worker carries it
     last_used: float
+    in_flight: int = 0               # queries sent and not yet answered (the session pipelines them)
+    retired: bool = False            # being reaped: takes no more queries
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> bool:
+        with self.lock:
+            if self.retired or not self.session.alive:
+                return False
+            self.in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
 
 
 class _Once:
@@ -94,12 +109,14 @@ class StatsWorkerPool:
         is touched for this query: before a new worker receives the key, or before a warm worker
         is asked (the ledger marks the spend decrypted there)."""
         once = _Once(opening)
-        for _ in range(2):  # a worker reaped between lookup and lock has seen nothing: start afresh once
+        for _ in range(2):  # a worker reaped between lookup and entry has seen nothing: start afresh once
             warm = self._warm(dataset_id, source, workload, once)
-            with warm.lock:
-                if warm.session.alive:
+            if warm.enter():
+                try:
                     once()
-                    return self._ask_held(dataset_id, warm, query), warm.nonce
+                    return self._ask_live(dataset_id, warm, query), warm.nonce
+                finally:
+                    warm.leave()
             self._drop(dataset_id, warm)
         raise WorkerFailed("worker")
 
@@ -108,16 +125,14 @@ class StatsWorkerPool:
             warm = self._workers.get(dataset_id)
         return warm is not None and warm.session.alive
 
-    def _ask_held(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
-        """One query on a worker whose lock the caller holds."""
+    def _ask_live(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
+        """One query on a worker the caller has entered (queries on one worker are pipelined)."""
         try:
-            reply = json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
+            return json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
         except (SessionBroken, ValueError):
             self._drop(dataset_id, warm)
             log.warning("statistics worker stopped: %s", warm.session.error_type())
             raise WorkerFailed("worker") from None
-        warm.last_used = time.monotonic()
-        return reply
 
     def warm_datasets(self) -> list[str]:
         with self._guard:
@@ -218,10 +233,10 @@ class StatsWorkerPool:
             stale = [(d, w) for d, w in self._workers.items() if not w.session.alive or now - w.last_used > self._idle]
         closed = 0
         for dataset_id, warm in stale:
-            if warm.lock.acquire(blocking=False):  # never under a query in flight
-                try:
-                    self._drop(dataset_id, warm)
-                    closed += 1
-                finally:
-                    warm.lock.release()
+            with warm.lock:  # never under a query in flight
+                idle = warm.in_flight == 0
+                warm.retired = warm.retired or idle
+            if idle:
+                self._drop(dataset_id, warm)
+                closed += 1
         return closed

@@ -10,6 +10,7 @@ decrypted data can live in it.
 
 from __future__ import annotations
 
+import collections
 import os
 import select
 import shutil
@@ -68,14 +69,26 @@ def _read_exactly(fd: int, size: int, deadline: float | None, *, allow_eof: bool
     return b"".join(chunks)
 
 
+class _Reply:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.frame: bytes | None = None  # None once done: the sandbox ended first
+
+
 class SandboxSession:
-    """One sandboxed process; `call` sends a request frame and waits for the answer frame."""
+    """One sandboxed process; `call` sends a request frame and waits for its answer frame.
+
+    Calls may overlap: frames are written in turn and the process answers them in order, so the
+    next request already waits in its input while it computes the current one, and a reader thread
+    hands each answer to its caller (first written, first answered)."""
 
     def __init__(self, launcher: BubblewrapLauncher, request: SandboxRequest, policy: SandboxPolicy) -> None:
         if not launcher.binary:
             raise SessionBroken("bwrap is not installed")
         self._scratch = Path(tempfile.mkdtemp(prefix="cleanroom-session-"))
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()   # writes, and the order of the callers waiting
+        self._waiting: collections.deque[_Reply] = collections.deque()
+        self._closing = threading.Lock()
         self._closed = False
         self.started = time.monotonic()
         try:
@@ -86,6 +99,8 @@ class SandboxSession:
         self._proc = self._launch(*launcher.command(args, policy, self._cgroup))
         self._stderr = _Capture(self._proc.stderr.fileno(), 0)  # drained so it never blocks; kept nowhere
         self._stderr.start()
+        self._reader = threading.Thread(target=self._read_answers, name="sandbox-answers", daemon=True)
+        self._reader.start()
         self._timer = threading.Timer(policy.wall_seconds, self.close)
         self._timer.daemon = True
         self._timer.start()
@@ -110,26 +125,54 @@ class SandboxSession:
         return not self._closed and self._proc.poll() is None
 
     def call(self, payload: bytes, *, timeout: float) -> bytes:
-        """Send one request, return the answer; any failure closes the session and raises."""
+        """Send one request, return its answer; a failure or a late answer closes the session
+        (and so fails every call waiting on it) and raises."""
+        reply = _Reply()
         with self._lock:
             if not self.alive:
                 raise SessionBroken("the sandbox has ended")
+            self._waiting.append(reply)  # before the write: answers come back in write order
             try:
                 write_frame(self._proc.stdin.fileno(), payload)
-                answer = read_frame(self._proc.stdout.fileno(), deadline=time.monotonic() + timeout)
-            except (OSError, SessionBroken):
-                self.close()
-                raise SessionBroken("the sandbox stopped answering") from None
-            if answer is None:
-                self.close()
-                raise SessionBroken("the sandbox has ended")
-            return answer
+            except OSError:
+                self._waiting.remove(reply)
+                broken = True
+            else:
+                broken = False
+        if broken:
+            self.close()
+            raise SessionBroken("the sandbox stopped reading")
+        if not reply.done.wait(timeout):
+            self.close()
+            raise SessionBroken("no answer in time")
+        if reply.frame is None:
+            raise SessionBroken("the sandbox has ended")
+        return reply.frame
+
+    def _read_answers(self) -> None:
+        """Hands each answer frame to the caller waiting longest; at the end, fails the rest."""
+        try:
+            while (frame := read_frame(self._proc.stdout.fileno())) is not None:
+                with self._lock:
+                    reply = self._waiting.popleft() if self._waiting else None
+                if reply is None:
+                    break  # an answer nobody asked for: the worker is out of turn
+                reply.frame = frame
+                reply.done.set()
+        except (OSError, ValueError, SessionBroken):
+            pass  # the pipe closed under us, or a malformed frame: the session is over either way
+        with self._lock:
+            left, self._waiting = list(self._waiting), collections.deque()
+        for reply in left:
+            reply.done.set()  # frame None: ended
+        threading.Thread(target=self.close, daemon=True).start()  # never join ourselves
 
     def close(self) -> None:
         """Kill the whole sandbox (its cgroup and process group) and remove its scratch space."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
         self._timer.cancel()
         if self._cgroup is not None:
             self._cgroup.kill_all()
