@@ -177,14 +177,18 @@ def test_delete_shreds_key_and_blob(running, owner, tmp_path) -> None:
     assert err.value.code is grpc.StatusCode.NOT_FOUND
 
 
-def test_parquet_upload(running, owner, tmp_path) -> None:
-    rows = _rows()
+def _write_parquet(rows: list[list[object]], path: Path) -> Path:
+    """The rows as a Parquet file with typed columns (dates as dates), in row groups of 10."""
     columns = list(zip(*rows))
     types = [pa.string(), pa.string(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.float64(), pa.int64()]
     table = pa.table({name: pa.array(values, type=t) for name, values, t in zip(HEADER, columns, types)})
     table = table.set_column(4, "visit", pa.array(columns[4]).cast(pa.date32()))
-    path = tmp_path / "upload.parquet"
     pq.write_table(table, path, row_group_size=10)
+    return path
+
+
+def test_parquet_upload(running, owner, tmp_path) -> None:
+    path = _write_parquet(_rows(), tmp_path / "upload.parquet")
     dataset = owner.upload_dataset(path, _schema())
     assert (dataset.row_count, dataset.patient_count) == (36, 12)
     assert _stored_table(running, dataset.name).num_rows == 36

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import grpc
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from cleanroom.datasets.deidentify import Pseudonymizer, deidentify_batch
@@ -14,7 +13,7 @@ from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.identity import Role
 from cleanroom.sdk.schema import SchemaError, parse_schema
 from cleanroom.storage import repos
-from tests.test_datasets_api import HEADER, _expect_error, _nothing_stored, _rows, _schema, _upload
+from tests.test_datasets_api import HEADER, _expect_error, _nothing_stored, _rows, _schema, _upload, _write_parquet
 
 OUTCOME = HEADER.index("outcome")
 CANARY_LABEL = 7331  # an out-of-domain label value that must never be echoed
@@ -68,13 +67,7 @@ def test_undeclared_classes_accept_any_integer_label(running, owner, tmp_path) -
 
 
 def test_parquet_labels_are_checked_as_well(running, owner, tmp_path) -> None:
-    rows = _with_label(5)
-    columns = list(zip(*rows))
-    types = [pa.string(), pa.string(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.float64(), pa.int64()]
-    table = pa.table({name: pa.array(values, type=t) for name, values, t in zip(HEADER, columns, types)})
-    table = table.set_column(4, "visit", pa.array(columns[4]).cast(pa.date32()))
-    path = tmp_path / "upload.parquet"
-    pq.write_table(table, path, row_group_size=10)
+    path = _write_parquet(_with_label(5), tmp_path / "upload.parquet")
     error = _expect_error(lambda: owner.upload_dataset(path, _schema(outcome={"label_classes": 3})),
                           grpc.StatusCode.INVALID_ARGUMENT)
     assert [(v.field, v.description) for v in error.violations] == [

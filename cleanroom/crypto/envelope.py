@@ -25,6 +25,7 @@ from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, IntegrityError
+from cleanroom.fsync import fsync_dir
 
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -240,7 +241,7 @@ class LocalKeyFileProvider(KeyProvider):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
 
 def _new_state() -> dict:
@@ -262,11 +263,3 @@ def _decode_kek(state: dict, key_id: str) -> bytes:
     if len(kek) != 32:
         raise KeyFileError("key file holds a KEK of the wrong length")
     return kek
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.fsync import fsync_dir
 
 _BLOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -22,14 +23,6 @@ def _check_id(blob_id: str) -> str:
     if not isinstance(blob_id, str) or not _BLOB_ID.fullmatch(blob_id):
         raise ValueError("blob id must match [A-Za-z0-9_-]{1,64}")
     return blob_id
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _private_dir(path: Path) -> None:
@@ -66,7 +59,7 @@ class PendingBlob:
         self.file.close()
         os.replace(self.path, self._final)
         self._done = True
-        _fsync_dir(self._final.parent)
+        fsync_dir(self._final.parent)
         return self._final
 
     def abort(self) -> None:
@@ -123,7 +116,7 @@ class BlobStore:
             path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def sweep_temporary(self) -> int:
         """Remove leftover .part files (e.g. after a crash). Call at startup, before any writer
