@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import os
-import select
 import shutil
 import signal
 import struct
@@ -41,24 +40,21 @@ def write_frame(fd: int, payload: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def read_frame(fd: int, *, deadline: float | None = None) -> bytes | None:
-    """One frame, or None at a clean end of stream before any header byte."""
-    header = _read_exactly(fd, HEADER.size, deadline, allow_eof=True)
+def read_frame(fd: int) -> bytes | None:
+    """One frame, or None at a clean end of stream before any header byte. Blocks: a caller that
+    needs a time limit waits for its answer elsewhere (SandboxSession.call)."""
+    header = _read_exactly(fd, HEADER.size, allow_eof=True)
     if header is None:
         return None
     (size,) = HEADER.unpack(header)
     if size > MAX_FRAME_BYTES:
         raise SessionBroken("frame too large")
-    return _read_exactly(fd, size, deadline, allow_eof=False) or b""
+    return _read_exactly(fd, size, allow_eof=False) or b""
 
 
-def _read_exactly(fd: int, size: int, deadline: float | None, *, allow_eof: bool) -> bytes | None:
+def _read_exactly(fd: int, size: int, *, allow_eof: bool) -> bytes | None:
     chunks, left = [], size
     while left:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
-                raise SessionBroken("no answer in time")
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
             if allow_eof and left == size:
