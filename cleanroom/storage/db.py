@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import sqlite3
+import time
 from pathlib import Path
 
 from alembic import command
@@ -35,10 +37,27 @@ def make_engine(url: str, *, writer: bool = True) -> Engine:
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     dbapi_connection.isolation_level = None  # type: ignore[attr-defined]  # we issue BEGIN ourselves
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    _use_wal(cursor)
     cursor.close()
+
+
+def _use_wal(cursor: sqlite3.Cursor, patience_s: float = 30.0) -> None:
+    """Switches the file to WAL (persistent, so only its first opener does the work). The switch
+    needs the file to itself and SQLite answers "locked" at once instead of waiting, so replicas
+    opening a new database together retry here."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def migrate(engine: Engine) -> None:
