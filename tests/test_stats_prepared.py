@@ -10,7 +10,7 @@ import pytest
 
 from cleanroom.stats import Filter, Query, compute, run_query
 from cleanroom.stats.plan import make_plan
-from cleanroom.stats.prepared import PreparedTable
+from cleanroom.stats.prepared import PreparedTable, code_dtype, count_codes
 
 HUGE_EPSILON = 100.0  # at L = 1, discrete Laplace at scale 0.01: P(noise != 0) ≈ 2e^-100
 
@@ -107,3 +107,19 @@ def test_a_clamp_never_changes_the_values_later_queries_share() -> None:
     wide = total((0.0, 100.0))
     assert total((0.0, 10.0)) < wide / 3  # clamped hard...
     assert total((0.0, 100.0)) == pytest.approx(wide, abs=1e-3 * wide)  # ...and the shared values are untouched
+
+
+@pytest.mark.parametrize("labels", [1, 5, 32, 127, 128, 300, 40_000])
+def test_counting_codes_agrees_with_bincount_whatever_their_width(labels: int) -> None:
+    rng = np.random.default_rng(labels)
+    codes = rng.integers(0, labels, 10_000).astype(code_dtype(labels))
+    assert codes.dtype.itemsize == (1 if labels <= 127 else 2 if labels <= 32_767 else 4)
+    assert count_codes(codes, labels).tolist() == np.bincount(codes.astype(np.int64), minlength=labels).tolist()
+
+
+def test_many_labels_keep_distinct_codes() -> None:
+    """A column with more labels than int8 holds gets wider codes, never wrapped ones."""
+    sites = [f"s{i:03d}" for i in range(200)] * 2
+    selection = _selection(_table(sites, [1.0] * len(sites)), Query(kind="count", group_by="site", epsilon=1.0, delta=1e-6))
+    assert selection.keys == sorted(set(sites))
+    assert selection.counts.tolist() == [2] * 200

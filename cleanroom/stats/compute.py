@@ -21,6 +21,7 @@ import numpy as np
 from cleanroom.stats import mechanisms
 from cleanroom.stats.answer import Cell
 from cleanroom.stats.plan import Plan, Step
+from cleanroom.stats.prepared import count_codes
 
 ALPHA = 1 - mechanisms.CONFIDENCE
 QUANTILE_CANDIDATES = 1024
@@ -47,7 +48,7 @@ class Cells:
             return self.known_counts
         if len(self.keys) == 1:  # one cell: every row is in it
             return np.array([self.codes.size], dtype=np.int64)
-        return np.bincount(self.codes, minlength=len(self.keys)).astype(np.int64)
+        return count_codes(self.codes, len(self.keys))
 
 
 def component_alpha(kind: str) -> float:
