@@ -23,6 +23,7 @@ from enclave_sim.errors import EnclaveSimError, Reason
 _TIME_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _DECIMAL_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -79,7 +80,7 @@ def sha256_hex(data: bytes) -> str:
 
 def is_hex(value: Any, nbytes: int) -> bool:
     """Lower-case hex of exactly `nbytes` bytes (upper case would give a second spelling)."""
-    return isinstance(value, str) and len(value) == 2 * nbytes and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and len(value) == 2 * nbytes and _LOWER_HEX.fullmatch(value) is not None
 
 
 def format_time(moment: datetime) -> str:

@@ -223,6 +223,7 @@ def test_the_group_commit_keeps_order_and_survives_a_bad_item(world, journal) ->
         chain = verify_chain(audit_repo.entries(session), stored_head=audit_repo.head(session))
     assert actions == ["test.one", "test.two"]  # the bad item was dropped alone, in order
     assert stored == ("f" * 64, b"answer")
+    assert repos.stored_request(world.db.lookup(), key) == stored  # the hot path's driver read agrees
     assert chain.ok
 
 
@@ -260,12 +261,12 @@ def test_a_cap_lowered_to_what_is_spent_is_not_refused_for_budget_an_allowance_h
 
 
 def test_the_access_check_reads_the_policy_of_a_shared_dataset_only(world) -> None:
-    with world.db.lookup() as connection:
-        assert privacy_repo.shared_policy(connection, world.dataset_id, world.makers[0].id) == ApprovalPolicy()  # none set: defaults
-        assert privacy_repo.shared_policy(connection, world.dataset_id, world.officer.id) is None  # not shared with
-        assert privacy_repo.shared_policy(connection, "other", world.makers[0].id) is None
+    reads = world.db.lookup()
+    assert privacy_repo.shared_policy(reads, world.dataset_id, world.makers[0].id) == ApprovalPolicy()  # none set: defaults
+    assert privacy_repo.shared_policy(reads, world.dataset_id, world.officer.id) is None  # not shared with
+    assert privacy_repo.shared_policy(reads, "other", world.makers[0].id) is None
     policy = ApprovalPolicy(auto_approve_epsilon=Privacy.cost(0.5, 0).epsilon, stats_rows_per_patient=3)
     world.budgets.set_policy(world.officer, world.dataset_id, policy, "routine")
-    with world.db.lookup() as connection:
-        assert privacy_repo.shared_policy(connection, world.dataset_id, world.makers[0].id) == policy
-        assert repos.stored_request(connection, repos.RequestKey(world.makers[0].id, "RunQuery", "never")) is None
+    reads = world.db.lookup()
+    assert privacy_repo.shared_policy(reads, world.dataset_id, world.makers[0].id) == policy
+    assert repos.stored_request(reads, repos.RequestKey(world.makers[0].id, "RunQuery", "never")) is None

@@ -105,8 +105,7 @@ class JournalledIdempotency:
         if recent is not None:
             return _first_answer(recent, request_fingerprint, response_type)
         try:
-            with self._db.lookup() as connection:
-                earlier = repos.stored_request(connection, key)
+            earlier = repos.stored_request(self._db.lookup(), key)
             if earlier is not None:
                 return _first_answer(earlier, request_fingerprint, response_type)
             response = compute()

@@ -126,8 +126,7 @@ class StatsQueryService:
     def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> Priced:
         """One read (whether the dataset is shared with the caller, and its policy), then validation
         and the price: a query that sets no per-patient row bound gets the dataset policy's."""
-        with self._db.lookup() as connection:
-            policy = privacy_repo.shared_policy(connection, dataset_id, principal.id) if dataset_id else None
+        policy = privacy_repo.shared_policy(self._db.lookup(), dataset_id, principal.id) if dataset_id else None
         described = self._described(dataset_id) if policy is not None and dataset_id else None
         if described is None or policy is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)

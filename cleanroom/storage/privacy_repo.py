@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Mechanism, Privacy, Spend, SpendState
+from cleanroom.storage.db import DriverReads, first_row
 from cleanroom.storage.repos import now
 from cleanroom.storage.tables import (
     ApprovalPolicyRow,
@@ -302,10 +303,10 @@ _SHARED_POLICY = (
 )
 
 
-def shared_policy(session: Session | Connection, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
+def shared_policy(source: Session | Connection | DriverReads, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
     """The dataset's approval policy, if the dataset exists and is shared with the manufacturer
     (None otherwise): one prepared statement on the statistics hot path."""
-    row = session.execute(_SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id}).first()
+    row = first_row(source, _SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id})
     if row is None:
         return None
     return ApprovalPolicy() if row[1] is None else ApprovalPolicy(row[1], row[2], row[3], row[4])

@@ -17,6 +17,7 @@ from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.storage.tables import DatasetRow, IdempotencyRow, PrincipalRow, SecretRow
+from cleanroom.storage.db import DriverReads, first_row
 
 _RULES = {cls.__name__: cls for cls in (deid.AgeBand, deid.DateTruncation, deid.PrefixTruncation, deid.Suppress)}
 
@@ -267,11 +268,11 @@ _STORED_REQUEST = select(IdempotencyRow.fingerprint, IdempotencyRow.response).wh
 )
 
 
-def stored_request(session: Session | Connection, key: RequestKey) -> tuple[str, bytes | None] | None:
+def stored_request(source: Session | Connection | DriverReads, key: RequestKey) -> tuple[str, bytes | None] | None:
     """(fingerprint, response) of a request_id seen before; one indexed read with a prepared statement."""
-    row = session.execute(_STORED_REQUEST, {"principal_id": key.principal_id, "method": key.method,
-                                            "request_id": key.request_id}).first()
-    return None if row is None else (row[0], row[1])
+    row = first_row(source, _STORED_REQUEST, {"principal_id": key.principal_id, "method": key.method,
+                                               "request_id": key.request_id})
+    return None if row is None else (row[0], None if row[1] is None else bytes(row[1]))
 
 
 def store_answered(session: Session, answered: Sequence[tuple[RequestKey, str, bytes]]) -> None:
