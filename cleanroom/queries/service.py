@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SPEND_KIND = "statistics"
 DATASET_CACHE = 256
+CHECKED_QUERIES = 1024  # per dataset
 # An allowance pays for queries of every kind; each answer's own mechanism is in its receipt and audit entry.
 ALLOWANCE_MECHANISM = Mechanism(name="statistics-allowance", accountant="basic")
 
@@ -81,10 +82,45 @@ class _Described:
     public_keys: dict[str, list[str]]
     patient_column: str
 
+    checks: dict[Query, _Checked] = dataclasses.field(default_factory=dict)
+
     @classmethod
     def of(cls, dataset: Dataset) -> _Described:
         schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
         return cls(dataset, schema, column_types(schema), public_group_keys(dataset), _patient_column(dataset))
+
+    def checked(self, query: Query) -> _Checked:
+        """Validation and price of a query with its row bound settled. They follow from the query and
+        the dataset's schema alone, so a query seen before on this dataset is not checked again."""
+        try:
+            known = self.checks.get(query)
+        except TypeError:  # a filter with a list value: not hashable, checked every time
+            return self._check(query)
+        if known is None:
+            known = self._check(query)
+            if len(self.checks) >= CHECKED_QUERIES:
+                self.checks.clear()
+            self.checks[query] = known
+        return known
+
+    def _check(self, query: Query) -> _Checked:
+        public, types = self.public_keys, self.types
+        validate_query(query, self.schema, patient_column=self.patient_column, public_group_keys=public)
+        plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+        if plan.public_keys:
+            check_cells(public_dims(query, types, public))
+        canonical = canonical_query(query)
+        return _Checked(Privacy.cost(plan.epsilon, plan.delta), hashlib.sha256(canonical).hexdigest(),
+                        query_reference(self.dataset.id, canonical))
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A valid query's price and names (the receipt's query digest and the approval reference)."""
+
+    cost: Privacy
+    query_sha256: str
+    reference: str
 
 
 @dataclass(frozen=True)
@@ -132,14 +168,9 @@ class StatsQueryService:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         if query.max_rows_per_patient is None:
             query = dataclasses.replace(query, max_rows_per_patient=policy.stats_rows_per_patient)
-        public, types = described.public_keys, described.types
-        validate_query(query, described.schema, patient_column=described.patient_column, public_group_keys=public)
-        plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
-        if plan.public_keys:
-            check_cells(public_dims(query, types, public))
-        canonical = canonical_query(query)
-        return Priced(described.dataset, query, described.schema, public, Privacy.cost(plan.epsilon, plan.delta), policy,
-                      hashlib.sha256(canonical).hexdigest(), query_reference(described.dataset.id, canonical))
+        checked = described.checked(query)
+        return Priced(described.dataset, query, described.schema, described.public_keys, checked.cost, policy,
+                      checked.query_sha256, checked.reference)
 
     def _described(self, dataset_id: str) -> _Described | None:
         """A dataset's description never changes after intake, so it is read once; whether it still
