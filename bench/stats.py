@@ -16,7 +16,8 @@ service's own engine (`cleanroom.stats.run_query` on a warm `PreparedTable` of t
 is what the worker runs per query.
 
 Over gRPC: one query of each kind warms the worker (decryption and preparation happen once), then
-the median latency of sequential RunQuery calls. Targets: gRPC latency within 2x of in-process;
+the median latency of sequential RunQuery calls, sampled in rounds that alternate with the
+in-process baseline's so that both sides of each ratio see the same machine. Targets: gRPC latency within 2x of in-process;
 at least 200 queries/s sustained from 8 concurrent clients (each its own Client). A filtered mean
 is timed too, without a target: the worker keeps the bounded rows of each bound (and the columns
 gathered over them) for unfiltered queries, and a filter means building them afresh.
@@ -74,6 +75,7 @@ DELTA = 1e-9
 ROWS_PER_PATIENT = 5
 BOUNDS = (0.0, 250.0)
 CLIENTS = 8
+ROUNDS = 5  # the latency medians alternate baseline and gRPC samples in this many rounds
 MEAN = Query(kind="mean", column="sbp", bounds=BOUNDS, epsilon=EPSILON, max_rows_per_patient=ROWS_PER_PATIENT)
 GROUPED = Query(kind="count", group_by="site", epsilon=EPSILON, delta=DELTA, max_rows_per_patient=ROWS_PER_PATIENT)
 QUERIES = {"mean": MEAN, "grouped count": GROUPED}
@@ -116,14 +118,18 @@ def schema() -> Schema:
 # --- in-process baseline -------------------------------------------------------------------------
 
 
-def _median_ms(action: Callable[[], Any], repeats: int) -> float:
+def _samples_ms(action: Callable[[], Any], repeats: int) -> list[float]:
     action()  # warm: caches, page faults
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _median_ms(action: Callable[[], Any], repeats: int) -> float:
+    return statistics.median(_samples_ms(action, repeats))
 
 
 def baselines(data: dict[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
@@ -230,6 +236,24 @@ class World:
         if self.server is not None:
             self.server.stop(grace=0)
             self.app.close()
+
+
+def interleaved_ms(world: World, data: dict[str, np.ndarray], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Medians of the in-process baseline and of sequential RunQuery calls, sampled in alternating
+    rounds: this machine's speed drifts by up to 1.5x within a minute, and a drift between two
+    separate measurements would land on one side of the ratio only."""
+    floors, client = baselines(data), world.client()
+    local: dict[str, list[float]] = defaultdict(list)
+    remote: dict[str, list[float]] = defaultdict(list)
+    try:
+        for _ in range(ROUNDS):
+            for name, query in QUERIES.items():
+                local[name] += _samples_ms(floors[name], max(1, repeats // ROUNDS))
+                remote[name] += _samples_ms(lambda q=query: client.run_query(world.dataset, q), max(1, repeats // ROUNDS))
+    finally:
+        client.close()
+    return ({name: statistics.median(times) for name, times in local.items()},
+            {name: statistics.median(times) for name, times in remote.items()})
 
 
 def sequential_ms(world: World, query: Query, repeats: int) -> float:
@@ -410,14 +434,13 @@ def main() -> None:
             if args.profile:
                 profile(world, timings, args.repeats)
                 return
-            floors = {name: _median_ms(action, args.repeats) for name, action in baselines(data).items()}
             engine = engine_times(data, args.repeats)
-            grpc_ms = {name: sequential_ms(world, query, args.repeats) for name, query in QUERIES.items()}
+            floors, grpc_ms = interleaved_ms(world, data, args.repeats)
             grpc_ms["filtered mean"] = sequential_ms(world, FILTERED, args.repeats)
             qps, answered, p50, cpu = concurrent_qps(world, args.seconds)
         finally:
             world.close()
-    print(f"\nLatency, median of {args.repeats} (ms)")
+    print(f"\nLatency, median of {args.repeats} in {ROUNDS} alternating rounds (ms)")
     print(f"{'query':<14} {'in-process':>10} {'engine':>8} {'gRPC':>8} {'ratio':>6}   target <= 2x")
     for name in QUERIES:
         ratio = grpc_ms[name] / floors[name]
