@@ -16,8 +16,8 @@ from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
-from cleanroom.storage.tables import DatasetRow, IdempotencyRow, PrincipalRow, SecretRow
 from cleanroom.storage.db import DriverReads, first_row
+from cleanroom.storage.tables import DatasetRow, IdempotencyRow, PrincipalRow, SecretRow
 
 _RULES = {cls.__name__: cls for cls in (deid.AgeBand, deid.DateTruncation, deid.PrefixTruncation, deid.Suppress)}
 
