@@ -60,9 +60,13 @@ class GroupCommit:
         with self._changed:
             if self._stopping:
                 raise RuntimeError("the group commit is closed")
+            was_empty = not self._queue
             self._queue.extend(items)
             self._submitted += len(items)
-            self._changed.notify_all()
+            # Only a first item or a full batch changes what the writer does: waking it for each
+            # item while it lingers would cost a thread switch (and the interpreter lock) per item.
+            if was_empty or len(self._queue) >= MAX_BATCH:
+                self._changed.notify_all()
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Waits until everything submitted so far is written; False if that took too long."""
