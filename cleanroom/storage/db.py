@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -143,8 +143,8 @@ class DriverReads:
         return compiled
 
 
-def first_row(source: Session | Connection | DriverReads, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    """The first row of `statement` from a session, a connection or the hot-path driver reads."""
+def first_row(source: Session | DriverReads, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The first row of `statement` from a session or the hot-path driver reads."""
     if isinstance(source, DriverReads):
         return source.first(statement, params)
     row = source.execute(statement, dict(params)).first()

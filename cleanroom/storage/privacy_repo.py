@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
@@ -303,7 +303,7 @@ _SHARED_POLICY = (
 )
 
 
-def shared_policy(source: Session | Connection | DriverReads, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
+def shared_policy(source: Session | DriverReads, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
     """The dataset's approval policy, if the dataset exists and is shared with the manufacturer
     (None otherwise): one prepared statement on the statistics hot path."""
     row = first_row(source, _SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -268,7 +268,7 @@ _STORED_REQUEST = select(IdempotencyRow.fingerprint, IdempotencyRow.response).wh
 )
 
 
-def stored_request(source: Session | Connection | DriverReads, key: RequestKey) -> tuple[str, bytes | None] | None:
+def stored_request(source: Session | DriverReads, key: RequestKey) -> tuple[str, bytes | None] | None:
     """(fingerprint, response) of a request_id seen before; one indexed read with a prepared statement."""
     row = first_row(source, _STORED_REQUEST, {"principal_id": key.principal_id, "method": key.method,
                                                "request_id": key.request_id})
