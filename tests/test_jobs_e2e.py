@@ -18,6 +18,7 @@ from cleanroom.domain.jobs import JobState
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.verify import verify_job
+from cleanroom.stats import Filter, Query
 from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.v1 import jobs_pb2, models_pb2
 from tests.conftest import make_config, start_server
@@ -131,6 +132,39 @@ def test_bad_requests_are_refused_before_any_reservation(world, change, field) -
     assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert field in [v.field for v in err.value.violations]
     assert _reservations(world) == before
+
+
+# "age" is declared INTEGER but is a quasi-identifier generalised to age bands: stored as text.
+AGE_AS_TEXT = "age is a quasi-identifier stored as age-band labels (age band of 10 years, 80+), not as numbers"
+
+
+def _refused(call, *args) -> list[tuple[str, str]]:
+    with pytest.raises(CleanroomClientError) as err:
+        call(*args)
+    assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    return [(v.field, v.description) for v in err.value.violations]
+
+
+def test_a_generalised_quasi_identifier_as_numeric_input_is_refused_before_any_reservation(world) -> None:
+    maker, dataset = world["maker"], world["dataset"]
+    ledger = list(world["officer"].ledger(dataset=dataset))
+    reservations = _reservations(world)
+    for submit, spec in ((maker.train, _training(world)), (maker.evaluate, _evaluation(world))):
+        spec.ClearField("feature_columns")
+        spec.feature_columns.extend([*FEATURES[:-1], "age"])
+        assert ("spec.feature_columns[age]", f"{AGE_AS_TEXT}: it cannot be a numeric feature") in _refused(submit, spec)
+    queries = [
+        (Query(kind="mean", column="age", bounds=(0.0, 120.0), epsilon=0.1),
+         ("column", f"{AGE_AS_TEXT}: a mean needs a numeric (integer or float) column")),
+        (Query(kind="histogram", column="age", bins=(0, 50, 120), epsilon=0.1, delta=1e-6),
+         ("bins", f"{AGE_AS_TEXT}: only a histogram over a numeric column takes bins")),
+        (Query(kind="count", filters=(Filter("age", ">=", 60),), epsilon=0.1),
+         ("filters[0].op", f"{AGE_AS_TEXT}: a string column takes only ==, != or in")),
+    ]
+    for query, violation in queries:
+        assert violation in _refused(maker.run_query, dataset, query)
+        assert violation in _refused(maker.estimate_query, dataset, query)
+    assert list(world["officer"].ledger(dataset=dataset)) == ledger and _reservations(world) == reservations
 
 
 def test_unshared_dataset_and_unknown_model_are_not_found(world) -> None:

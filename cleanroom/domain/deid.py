@@ -252,6 +252,16 @@ def stored_columns(policy: DeidPolicy) -> tuple[ColumnSpec, ...]:
     return stored_schema(policy.columns)
 
 
+def stored_as_labels(column: ColumnSpec) -> str | None:
+    """Why a generalised quasi-identifier is no number any more (None for every other column):
+    intake stores its generalised values as text labels, whatever type the owner declared."""
+    rule = column.generalization
+    if column.role is not ColumnRole.QUASI_IDENTIFIER or rule is None:
+        return None
+    labels = "age-band labels" if isinstance(rule, AgeBand) else "text labels"
+    return f"{column.name} is a quasi-identifier stored as {labels} ({rule.describe()}), not as numbers"
+
+
 def stored_schema(columns: Iterable[ColumnSpec]) -> tuple[ColumnSpec, ...]:
     """Declared columns as stored: direct identifiers dropped, pseudonyms and generalised values as text."""
     stored = []

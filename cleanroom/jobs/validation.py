@@ -16,18 +16,30 @@ CLASS_LABELS = {deid.ColumnType.INTEGER, deid.ColumnType.BOOLEAN}
 
 
 def _stored(dataset: Dataset) -> dict[str, deid.ColumnSpec]:
-    return {c.name: c for c in dataset.columns if c.role is not deid.ColumnRole.DIRECT_IDENTIFIER}
+    """The columns as the worker will read them: with their stored types, not their declared ones
+    (a generalised quasi-identifier declared INTEGER is stored as band labels)."""
+    return {c.name: c for c in deid.stored_schema(dataset.columns)}
+
+
+def _feature_violation(name: str, spec: deid.ColumnSpec | None) -> FieldViolation | None:
+    field = f"spec.feature_columns[{name}]"
+    if spec is None:
+        return FieldViolation(field, "no such column in the dataset")
+    generalised = deid.stored_as_labels(spec)
+    if generalised:
+        return FieldViolation(field, f"{generalised}: it cannot be a numeric feature")
+    if spec.role is deid.ColumnRole.PATIENT_KEY or spec.type not in NUMERIC:
+        return FieldViolation(field, "features must be numeric columns (integer, float or boolean)")
+    return None
 
 
 def column_violations(params: dict[str, Any], model: ModelVersion, dataset: Dataset) -> list[FieldViolation]:
     columns, out = _stored(dataset), []
     features = params["feature_columns"]
     for name in features:
-        spec = columns.get(name)
-        if spec is None:
-            out.append(FieldViolation(f"spec.feature_columns[{name}]", "no such column in the dataset"))
-        elif spec.role is deid.ColumnRole.PATIENT_KEY or spec.type not in NUMERIC:
-            out.append(FieldViolation(f"spec.feature_columns[{name}]", "features must be numeric columns (integer, float or boolean)"))
+        violation = _feature_violation(name, columns.get(name))
+        if violation is not None:
+            out.append(violation)
     if len(set(features)) != len(features):
         out.append(FieldViolation("spec.feature_columns", "a column is named twice"))
     expected = math.prod(model.input_shape)
@@ -42,6 +54,9 @@ def _label_violations(label: str, model: ModelVersion, columns: dict[str, deid.C
     if spec is None:
         return [FieldViolation("spec.label_column", "no such column in the dataset")]
     classification = model.task != "regression"
+    generalised = deid.stored_as_labels(spec)
+    if generalised:
+        return [FieldViolation("spec.label_column", f"{generalised}: it cannot be a label")]
     if classification and spec.type not in CLASS_LABELS:
         return [FieldViolation("spec.label_column", "a classification label must be an integer or boolean column")]
     if not classification and spec.type not in NUMERIC:

@@ -81,13 +81,16 @@ class _Described:
     types: dict[str, str]
     public_keys: dict[str, list[str]]
     patient_column: str
+    stored_as_labels: dict[str, str]  # generalised column -> why it is text, for clearer refusals
 
     checks: dict[Query, _Checked] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, dataset: Dataset) -> _Described:
-        schema = [(c.name, c.type) for c in deid.stored_schema(dataset.columns)]
-        return cls(dataset, schema, column_types(schema), public_group_keys(dataset), _patient_column(dataset))
+        stored = deid.stored_schema(dataset.columns)
+        schema = [(c.name, c.type) for c in stored]
+        labelled = {c.name: reason for c in stored if (reason := deid.stored_as_labels(c))}
+        return cls(dataset, schema, column_types(schema), public_group_keys(dataset), _patient_column(dataset), labelled)
 
     def checked(self, query: Query) -> _Checked:
         """Validation and price of a query with its row bound settled. They follow from the query and
@@ -105,7 +108,8 @@ class _Described:
 
     def _check(self, query: Query) -> _Checked:
         public, types = self.public_keys, self.types
-        validate_query(query, self.schema, patient_column=self.patient_column, public_group_keys=public)
+        validate_query(query, self.schema, patient_column=self.patient_column, public_group_keys=public,
+                       stored_as_labels=self.stored_as_labels)
         plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         if plan.public_keys:
             check_cells(public_dims(query, types, public))

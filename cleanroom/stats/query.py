@@ -71,9 +71,15 @@ class Query:
 @dataclass
 class _Violations:
     items: list[FieldViolation] = field(default_factory=list)
+    labelled: Mapping[str, str] = field(default_factory=dict)  # generalised column -> why it is text
 
     def add(self, name: str, rule: str) -> None:
         self.items.append(FieldViolation(name, rule))
+
+    def add_not_numeric(self, name: str, column: str | None, rule: str) -> None:
+        """A refusal of numeric use, led by the reason when the column is a generalised one."""
+        reason = self.labelled.get(column or "")
+        self.add(name, f"{reason}: {rule}" if reason else rule)
 
 
 def column_types(schema: Schema) -> dict[str, str]:
@@ -106,14 +112,18 @@ def validate_query(
     *,
     patient_column: str | None = None,
     public_group_keys: Mapping[str, Sequence[str]] | None = None,
+    stored_as_labels: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise BAD_REQUEST with one FieldViolation per problem; names fields, never values."""
+    """Raise BAD_REQUEST with one FieldViolation per problem; names fields, never values.
+
+    `stored_as_labels` says, per generalised column, why it is text although declared a number
+    (cleanroom.domain.deid.stored_as_labels): refusals of numeric use then give that reason."""
     types = column_types(schema)
-    v = _Violations()
-    _check_kind(query, types, patient_column, v)
+    v = _Violations(labelled=stored_as_labels or {})
+    _check_kind(query, types, patient_column, public_group_keys, v)
     _check_privacy(query, types, public_group_keys, v)
     _check_bounds(query, types, v)
-    _check_shape(query, types, v)
+    _check_shape(query, types, public_group_keys, v)
     for index, flt in enumerate(query.filters):
         _check_filter(index, flt, types, patient_column, v)
     if v.items:
@@ -130,7 +140,13 @@ def _check_column(name: str, column: object, types: Mapping[str, str], patient: 
     return True
 
 
-def _check_kind(query: Query, types: Mapping[str, str], patient: str | None, v: _Violations) -> None:
+def is_categorical(column: str, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> bool:
+    """A string column, or one whose key list the data owner declared (e.g. sex coded 0/1)."""
+    return types.get(column) == "string" or column in (public_group_keys or {})
+
+
+def _check_kind(query: Query, types: Mapping[str, str], patient: str | None,
+                public_keys: Mapping[str, Sequence[str]] | None, v: _Violations) -> None:
     if query.kind not in KINDS:
         v.add("kind", "must be one of " + ", ".join(KINDS))
         return
@@ -140,12 +156,13 @@ def _check_kind(query: Query, types: Mapping[str, str], patient: str | None, v: 
     elif _check_column("column", query.column, types, patient, v):
         kind = types[query.column]
         if query.kind in NUMERIC_KINDS and kind not in NUMERIC_TYPES:
-            v.add("column", f"a {query.kind} needs a numeric (integer or float) column")
+            v.add_not_numeric("column", query.column, f"a {query.kind} needs a numeric (integer or float) column")
         if query.kind == "histogram" and kind not in (*NUMERIC_TYPES, "string", "boolean"):
             v.add("column", "a histogram needs a string, boolean or numeric column")
     if query.group_by is not None and _check_column("group_by", query.group_by, types, patient, v):
-        if types[query.group_by] != "string":
-            v.add("group_by", "must name a categorical (string) column")
+        if not is_categorical(query.group_by, types, public_keys):
+            v.add("group_by", "must name a categorical column: a string column, or one whose categories "
+                              "the data owner declared at upload")
 
 
 def _finite(value: object) -> bool:
@@ -194,15 +211,17 @@ def _check_bounds(query: Query, types: Mapping[str, str], v: _Violations) -> Non
         v.add("bounds", "must lie within ±2^60")
 
 
-def _check_shape(query: Query, types: Mapping[str, str], v: _Violations) -> None:
+def _check_shape(query: Query, types: Mapping[str, str], public_keys: Mapping[str, Sequence[str]] | None, v: _Violations) -> None:
     numeric_histogram = query.kind == "histogram" and types.get(query.column or "") in NUMERIC_TYPES
-    if numeric_histogram:
+    if numeric_histogram and query.bins is None and query.column in (public_keys or {}):
+        pass  # a declared categorical integer column: one bar per declared category
+    elif numeric_histogram:
         bins = query.bins
         ok = isinstance(bins, (tuple, list)) and 2 <= len(bins) <= MAX_BINS + 1 and all(_finite(b) for b in bins)
         if not ok or any(a >= b for a, b in zip(bins, bins[1:])):
             v.add("bins", f"a numeric histogram needs 2 to {MAX_BINS + 1} finite, increasing edges")
     elif query.bins is not None:
-        v.add("bins", "only a histogram over a numeric column takes bins")
+        v.add_not_numeric("bins", query.column, "only a histogram over a numeric column takes bins")
     if query.kind == "quantile":
         levels = query.quantiles
         ok = isinstance(levels, (tuple, list)) and 1 <= len(levels) <= MAX_QUANTILES and all(_finite(q) and 0 < q < 1 for q in levels)
@@ -223,7 +242,7 @@ def _check_filter(index: int, flt: object, types: Mapping[str, str], patient: st
     elif flt.op not in OPS:
         v.add(name + ".op", "must be one of " + " ".join(OPS))
     elif kind in ("string", "boolean") and flt.op not in ("==", "!=", "in"):
-        v.add(name + ".op", f"a {kind} column takes only ==, != or in")
+        v.add_not_numeric(name + ".op", flt.column, f"a {kind} column takes only ==, != or in")
     elif not _filter_value_ok(flt, kind):
         v.add(name + ".value", f"must be a {kind} value" + (" list (1 to 1000 items)" if flt.op == "in" else ""))
 
