@@ -6,7 +6,7 @@ DEPS := $(VENV)/.installed
 STUBS := cleanroom/v1/.stamp
 PROTOS := $(wildcard proto/cleanroom/v1/*.proto)
 
-.PHONY: all demo test test-fast bench proto clean
+.PHONY: all demo test bench proto clean setup-demo setup-test
 
 all: $(STUBS)
 
@@ -22,16 +22,23 @@ $(STUBS): $(PROTOS) $(DEPS) cleanroom/codegen.py
 
 proto: $(STUBS)
 
+## setup-demo, setup-test: install the system tools each needs (see scripts/setup; idempotent)
+setup-demo:
+	scripts/setup demo
+
+setup-test:
+	scripts/setup test
+
 ## demo: start a server on a fresh state directory and run the whole flow on embedded defaults
-demo: $(STUBS)
+demo: setup-demo $(STUBS)
 	$(PY) -m cleanroom.demo
 
-## test: the whole suite; starts a throw-away PostgreSQL (when installed) for the storage tests
-test: $(STUBS)
+## test: the whole suite; starts a throw-away PostgreSQL for the storage tests
+test: setup-test $(STUBS)
 	scripts/with-services $(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## bench: performance targets, each measured against its baseline in the same run
-bench: $(STUBS)
+bench: setup-test $(STUBS)
 	$(PY) bench/ingest.py
 	scripts/with-services $(PY) bench/ledger.py
 	$(PY) bench/intake.py

@@ -37,6 +37,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_server(args, os.environ)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from cleanroom.config import build_config
+    from cleanroom.server.selfcheck import run_checks
+
+    checks = run_checks(build_config(args, os.environ))
+    print(render.table(("check", "status", "detail"), [(c.name, c.status, c.detail) for c in checks]))
+    failed = [c.name for c in checks if c.required and not c.ok]
+    if failed:
+        print(f"\n`cleanroom serve` would refuse to start: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from cleanroom.serve import bootstrap_admin
 
@@ -135,8 +147,11 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     _client_options(parser, env)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = _add(sub, "serve", cmd_serve, "run the clean-room gRPC server")
+    serve = _add(sub, "serve", cmd_serve, "run the clean-room gRPC server (after the checks `doctor` prints; refuses to start if a required one fails)")
     add_arguments(serve)
+    doctor = _add(sub, "doctor", cmd_doctor, "check this host for `serve` with the same settings: sandbox backends for each "
+                  "workload, cgroups, database and migrations, key file permissions, metrics port (exit 1 if serve would refuse)")
+    add_arguments(doctor)
 
     admin = sub.add_parser("admin", help="principals and keys (admin role)").add_subparsers(dest="admin", required=True, metavar="ACTION")
     bootstrap = _add(admin, "bootstrap", cmd_bootstrap, "create the first admin directly in the state directory (run on the server host)")

@@ -11,6 +11,7 @@ from cleanroom import logs
 from cleanroom.app import build_app, recover
 from cleanroom.config import build_config
 from cleanroom.domain.identity import Role
+from cleanroom.server import selfcheck
 from cleanroom.storage import repos
 
 SWITCH_INTERVAL_SECONDS = 0.001
@@ -21,6 +22,13 @@ def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     config = build_config(args, env)
     logs.configure(config.log_level)
+    try:
+        passed = selfcheck.require_passing(selfcheck.run_checks(config))
+    except selfcheck.StartupRefused as refused:
+        print(f"cleanroom serve: {refused}", file=sys.stderr)
+        return 2
+    for check in passed:
+        logging.getLogger(__name__).info("self-check %s: %s: %s", check.status, check.name, check.detail)
     # Many short calls share one interpreter: a thread whose I/O finished should get the GIL back
     # within a millisecond, not after the default 5 ms of another thread's Python.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)

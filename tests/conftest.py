@@ -17,17 +17,50 @@ from cleanroom.config import ServerConfig
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.storage.db import default_url
+from tests import tools
 
 POSTGRES_ENV = "CLEANROOM_TEST_POSTGRES_URL"
+_NOT_TESTED = pytest.StashKey[list[str]]()  # the tools whose tests were skipped by an opt-out
+
+
+# --- no silent skips: a missing tool fails the test unless the run opted out of it (tests/tools.py)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(*tools): system tools the test needs (tests/tools.py)")
+    config.stash[_NOT_TESTED] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("needs"):
+        for tool in marker.args:
+            tools.check_present(tool)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if reason.removeprefix("Skipped: ").startswith(tools.OPTED_OUT):
+            item.config.stash[_NOT_TESTED].append(reason.split(tools.OPTED_OUT, 1)[1].split()[0])
+        else:  # only an explicit opt-out may skip
+            report.outcome = "failed"
+            report.longrepr = f"skipped without an opt-out ({reason}); a test must fail when what it needs is missing"
+    return report
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    not_tested = config.stash.get(_NOT_TESTED, [])
+    if not_tested:
+        counts = ", ".join(f"{tool} ({not_tested.count(tool)} tests)" for tool in sorted(set(not_tested)))
+        print(f"\nNOT TESTED, opted out through {tools.OPT_OUT_ENV}: {counts}")
+
 
 
 def _postgres_admin_url() -> str:
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail(f"{POSTGRES_ENV} is not set: CI must run the PostgreSQL tests (see scripts/with-services)")
-        pytest.skip("PostgreSQL not available here; run through `make test` to start one")
-    return url
+    tools.check_present("postgresql")
+    return os.environ[POSTGRES_ENV]
 
 
 @pytest.fixture

@@ -3,19 +3,17 @@
 `metric_names` pulls the metric names out of a PromQL expression without a full parser: it removes
 strings, label matchers, ranges and grouping clauses, then keeps the identifiers that are neither
 keywords nor function calls. `exported_names` is every series name the service can expose, built
-from cleanroom.metrics itself. `promtool` finds the binary (missing: a failure under CI, a skip
-elsewhere).
+from cleanroom.metrics itself. `promtool` finds the binary (missing: a failure, see tests/tools.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
 
 from cleanroom.metrics import BudgetSnapshot, Metrics
+from tests import tools
 
 # Grafana's variables, replaced by something Prometheus would accept in the same place.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m", "$dataset": ".*"}
@@ -80,12 +78,7 @@ def _series_names(name: str, kind: str) -> set[str]:
 
 
 def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed: CI must run this test (apt-get install prometheus)")
-        pytest.skip(f"{name} is not installed here")
-    return path
+    return tools.binary(name)
 
 
 @pytest.mark.parametrize("expr, expected", [

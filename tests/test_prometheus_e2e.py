@@ -1,6 +1,6 @@
 """Prometheus end to end: a real scrape of a running server passes `promtool check metrics`, and a
 real Prometheus (the Debian binary) scrapes the server through a demo flow and evaluates the real
-alert rules. Without the binaries the tests skip locally and fail under CI."""
+alert rules. Without the binaries the tests fail (tests/tools.py)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import threading
 import time
@@ -15,8 +14,9 @@ from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.session import SandboxSession, SessionBroken
 from tests.processes import running
+from tests.tools import needs
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (CI installs it)")
+pytestmark = needs("bwrap")
 
 CANARY = "CANARY-7f3e9a1c-state-secret"
 

@@ -6,11 +6,14 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +22,12 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def default_url(state_dir: Path) -> str:
     return f"sqlite:///{state_dir / 'cleanroom.db'}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) and len(url) > len(prefix) else None
 
 
 def make_engine(url: str, *, writer: bool = True) -> Engine:
@@ -61,16 +70,41 @@ def _use_wal(cursor: sqlite3.Cursor, patience_s: float = 30.0) -> None:
             time.sleep(0.01)
 
 
-def migrate(engine: Engine) -> None:
-    """Applies every pending Alembic migration (run at start-up)."""
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Applies every pending Alembic migration (run at start-up)."""
+    config = _alembic_config()
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Replicas starting together on an empty database take turns (SQLite locks the file).
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(424242)")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    current: str | None   # None: an empty database
+    head: str
+    known: frozenset[str]
+
+
+def migration_state(url: str) -> MigrationState:
+    """Where a database stands against this code's migrations, without changing it."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    engine = make_engine(url, writer=False)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    known = frozenset(revision.revision for revision in script.walk_revisions())
+    return MigrationState(current, script.get_current_head() or "", known)
 
 
 class Database:

@@ -1,0 +1,1 @@
+"""The server program: start-up checks (and, as the layout moves, app wiring, serve, config)."""
