@@ -413,7 +413,8 @@ def test_conversion_error_names_column_and_row_not_value():
 
 
 @pytest.mark.parametrize("column, cell, expected", [
-    ("n", "4.5", "not a valid integer"),
+    ("n", "4.5", "not a valid integer: the value has a fractional part"),
+    ("n", "4.5e1", "not a valid integer"),
     ("seen", "2024-02-30", "not a valid date (YYYY-MM-DD)"),
     ("ok", "maybe", "not a valid boolean (true/false)"),
 ])
@@ -423,6 +424,23 @@ def test_conversion_errors_for_each_type(column, cell, expected):
     values[column] = cell
     error = raised(read_csv, HEADER + good + ",".join(values.values()) + "\n")
     assert violations(error) == {(f"columns[{column}]", f"row 2: {expected}")}
+    assert_no_leak(error, cell)
+
+
+@pytest.mark.parametrize("block_size", [1 << 20, 64])  # in the one block, or in a later one
+def test_integral_decimals_in_an_integer_column_are_integers(block_size):
+    cells = ["97.0", "97.00", "-3.", "0.000", "12"]
+    rows = "".join(f"a,true,p{i},1,{cell},2024-01-01\n" for i, cell in enumerate(cells))
+    table = pa.Table.from_batches(read_csv(HEADER + rows, block_size=block_size))
+    assert table.column("n").type == pa.int64()
+    assert table.column("n").to_pylist() == [97, 97, -3, 0, 12]
+
+
+@pytest.mark.parametrize("cell", ["97.5", "97.05", ".5", "-0.25"])
+def test_a_fractional_integer_is_refused_saying_why_but_not_what(cell):
+    text = HEADER + "a,true,p,1,97.0,2024-01-01\n" + f"a,true,p,1,{cell},2024-01-01\n"
+    error = raised(read_csv, text)
+    assert violations(error) == {("columns[n]", "row 2: not a valid integer: the value has a fractional part")}
     assert_no_leak(error, cell)
 
 
@@ -483,6 +501,25 @@ def test_parquet_value_out_of_range_names_row_not_value():
     error = raised(read_parquet_batches, parquet_file(table), CSV_POLICY)
     assert violations(error) == {("columns[n]", "row 2: not a valid integer")}
     assert_no_leak(error, "18446744073709551615")
+
+
+def test_parquet_float_column_feeds_an_integer_column_when_integral():
+    table = PARQUET_TABLE.set_column(1, "n", pa.array([97.0, None]))  # pandas' ints with a gap
+    batches = list(read_parquet_batches(parquet_file(table), CSV_POLICY))
+    assert pa.Table.from_batches(batches).column("n").to_pylist() == [97, None]
+
+
+@pytest.mark.parametrize("value, rule", [
+    (97.5, "not a valid integer: the value has a fractional part"),
+    (math.nan, "not a valid integer"),
+    (math.inf, "not a valid integer"),
+    (1e30, "not a valid integer"),
+])
+def test_parquet_float_that_is_no_integer_names_row_and_rule(value, rule):
+    table = PARQUET_TABLE.set_column(1, "n", pa.array([1.0, value]))
+    error = raised(read_parquet_batches, parquet_file(table), CSV_POLICY)
+    assert violations(error) == {("columns[n]", f"row 2: {rule}")}
+    assert_no_leak(error, "97.5")
 
 
 def test_parquet_columns_must_match():

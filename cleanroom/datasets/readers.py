@@ -253,7 +253,9 @@ def read_csv_batches(
 # ---------------------------------------------------------------- Parquet
 
 _PARQUET_COMPATIBLE = {
-    ColumnType.INTEGER: pa.types.is_integer,
+    # Float columns too: pandas writes an integer column with a missing value as floats. Each
+    # value must still be integral (transforms.cast_column refuses a fractional part).
+    ColumnType.INTEGER: lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
     ColumnType.FLOAT: lambda t: any(is_(t) for is_ in (pa.types.is_floating, pa.types.is_integer,
                                                        pa.types.is_decimal)),
     ColumnType.STRING: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
