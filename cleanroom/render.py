@@ -31,13 +31,23 @@ def _column_rule(column: datasets_pb2.ColumnSpec) -> str:
     return "suppressed" if kind == "suppress" else ""
 
 
+def _column_domain(column: datasets_pb2.ColumnSpec) -> str:
+    """What a column's values can be: its generalisation, label classes or declared categories."""
+    parts = [_column_rule(column)]
+    if column.label_classes:
+        parts.append(f"{column.label_classes} classes (0..{column.label_classes - 1})")
+    if column.categories:
+        shown = ", ".join(column.categories[:10]) + (", …" if len(column.categories) > 10 else "")
+        parts.append(f"categories {shown}")
+    return "; ".join(p for p in parts if p)
+
+
 def columns_table(dataset: datasets_pb2.Dataset) -> str:
     rows = [
-        (c.name, datasets_pb2.ColumnType.Name(c.type).lower(), datasets_pb2.ColumnRole.Name(c.role).lower(),
-         _column_rule(c) or (f"{c.label_classes} classes (0..{c.label_classes - 1})" if c.label_classes else ""))
+        (c.name, datasets_pb2.ColumnType.Name(c.type).lower(), datasets_pb2.ColumnRole.Name(c.role).lower(), _column_domain(c))
         for c in dataset.columns
     ]
-    return table(("column", "type", "role", "generalisation / classes"), rows)
+    return table(("column", "type", "role", "generalisation / classes / categories"), rows)
 
 
 def intake_report(dataset: datasets_pb2.Dataset) -> str:

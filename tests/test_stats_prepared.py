@@ -64,6 +64,19 @@ def test_exact_grouped_counts_match_the_rows() -> None:
     assert [c.value for c in answer.cells] == [truth["east"], truth["north"], truth["west"]]
 
 
+def test_an_integer_column_with_declared_categories_groups_exactly_and_drops_missing_values() -> None:
+    rng = np.random.default_rng(9)
+    codes = rng.choice([0, 1, 2], size=3000).tolist()
+    codes[:7] = [None] * 7
+    table = pa.table({"patient": [f"p{i}" for i in range(3000)], "sex": pa.array(codes, pa.int64()), "value": [1.0] * 3000})
+    filters = (Filter("sex", "!=", 2),)  # still filtered as a number
+    answer = run_query(table, Query(kind="count", group_by="sex", epsilon=HUGE_EPSILON, filters=filters, max_rows_per_patient=1),
+                       patient_column="patient", public_group_keys={"sex": ["0", "1", "2", "3"]})
+    truth = Counter(c for c in codes if c is not None)
+    assert [c.key for c in answer.cells] == [("0",), ("1",), ("2",), ("3",)]
+    assert [c.value for c in answer.cells] == [truth[0], truth[1], 0, 0]
+
+
 @pytest.mark.parametrize("cells", [1, 4])
 def test_fixed_point_totals_are_exact(cells) -> None:
     rng = np.random.default_rng(cells)

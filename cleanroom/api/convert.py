@@ -94,6 +94,7 @@ def column_from_proto(message: datasets_pb2.ColumnSpec) -> deid.ColumnSpec:
         role=deid.ColumnRole[datasets_pb2.ColumnRole.Name(message.role)] if message.role else None,  # type: ignore[arg-type]
         generalization=_rule_from_proto(message.generalization),
         label_classes=message.label_classes,
+        categories=tuple(message.categories),
     )
 
 
@@ -104,6 +105,7 @@ def column_to_proto(column: deid.ColumnSpec) -> datasets_pb2.ColumnSpec:
         role=datasets_pb2.ColumnRole.Value(column.role.name),
         generalization=_rule_to_proto(column.generalization),
         label_classes=column.label_classes,
+        categories=list(column.categories),
     )
 
 

@@ -313,6 +313,19 @@ def _check_label_domain(values: pa.Array, column: ColumnSpec, first_row: int) ->
                           FieldViolation(column_field(column.name), rule))
 
 
+def _check_categories(values: pa.Array, column: ColumnSpec, first_row: int) -> None:
+    """A column with declared categories holds only those (missing values pass: statistics drop
+    them); the error names the column, the row and the rule, never the value."""
+    kind = pa.int64() if column.type is ColumnType.INTEGER else pa.string()
+    declared = pa.array([int(c) if column.type is ColumnType.INTEGER else c for c in column.categories], kind)
+    outside = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=declared)))
+    row = _first_row_where(outside)
+    if row is not None:
+        rule = f"row {first_row + row}: not one of the {len(declared)} categories declared for this column"
+        raise bad_request("a value is outside the categories declared for its column; nothing was stored",
+                          FieldViolation(column_field(column.name), rule))
+
+
 def deidentify_batch(
     batch: pa.RecordBatch, policy: DeidPolicy, pseudonymizer: Pseudonymizer, *, first_row: int = 1
 ) -> DeidBatchResult:
@@ -332,6 +345,8 @@ def deidentify_batch(
             arrays.append(cast_column(values, column.name, column.type, first_row))
             if column.label_classes:
                 _check_label_domain(arrays[-1], column, first_row)
+            if column.categories:
+                _check_categories(arrays[-1], column, first_row)
     result = pa.RecordBatch.from_arrays(arrays, schema=stored_arrow_schema(policy))
     keys = batch.column(policy.patient_key.name)
     if keys.null_count == 0:

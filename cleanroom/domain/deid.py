@@ -8,6 +8,7 @@ Error messages name columns and rules only; a policy holds no data value.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal, Union
@@ -18,6 +19,8 @@ MIN_K = 2
 MAX_K = 1000
 DEFAULT_K = 5
 MAX_LABEL_CLASSES = 10000
+MAX_CATEGORIES = 1000
+MAX_CATEGORY_LENGTH = 256
 
 
 class ColumnType(enum.Enum):
@@ -112,6 +115,10 @@ class ColumnSpec:
     # LABEL columns of a classification dataset: values are integers 0..label_classes-1
     # (booleans 0/1), checked at intake; 0 = not declared.
     label_classes: int = 0
+    # FEATURE or LABEL columns (INTEGER or STRING): the data owner's public list of the values the
+    # column may hold, as text ("0", "1"), checked at intake; () = not declared. A public key space:
+    # statistics group by it without a threshold, since the keys come from here, never the data.
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,8 @@ def _column_violations(column: ColumnSpec) -> list[FieldViolation]:
         violations.append(FieldViolation(_field(column), "the column type is unspecified"))
     if not isinstance(column.role, ColumnRole):
         violations.append(FieldViolation(_field(column), "the column role is unspecified"))
-    return violations + _generalization_violations(column) + _label_classes_violations(column)
+    return (violations + _generalization_violations(column) + _label_classes_violations(column)
+            + _categories_violations(column))
 
 
 # The types whose values can be class indices (booleans as 0/1).
@@ -193,6 +201,35 @@ def _label_classes_violations(column: ColumnSpec) -> list[FieldViolation]:
     if isinstance(column.type, ColumnType) and column.type not in CLASS_LABEL_TYPES:
         return [FieldViolation(field, f"class labels are INTEGER or BOOLEAN, not {column.type.name}")]
     return []
+
+
+CATEGORY_TYPES = frozenset({ColumnType.INTEGER, ColumnType.STRING})
+_CATEGORY_ROLES = frozenset({ColumnRole.FEATURE, ColumnRole.LABEL})
+# How Arrow writes an int64 as text, so that declared keys match the stored values cast to text.
+_PLAIN_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,18})")
+
+
+def _categories_violations(column: ColumnSpec) -> list[FieldViolation]:
+    categories, field = column.categories, f"{_field(column)}.categories"
+    if not categories:
+        return []
+    if not isinstance(categories, tuple) or len(categories) > MAX_CATEGORIES:
+        return [FieldViolation(field, f"at most {MAX_CATEGORIES} categories")]
+    if column.role not in _CATEGORY_ROLES:
+        return [FieldViolation(field, "only FEATURE or LABEL columns declare categories")]
+    if isinstance(column.type, ColumnType) and column.type not in CATEGORY_TYPES:
+        return [FieldViolation(field, f"categories are declared for INTEGER or STRING columns, not {column.type.name}")]
+    if len(set(categories)) != len(categories):
+        return [FieldViolation(field, "a category is declared twice")]
+    if column.type is ColumnType.INTEGER and not all(_is_plain_integer(c) for c in categories):
+        return [FieldViolation(field, "an INTEGER column's categories are whole numbers written plainly (0, 1, -2)")]
+    if not all(isinstance(c, str) and 0 < len(c) <= MAX_CATEGORY_LENGTH for c in categories):
+        return [FieldViolation(field, f"each category is 1 to {MAX_CATEGORY_LENGTH} characters of text")]
+    return []
+
+
+def _is_plain_integer(text: object) -> bool:
+    return isinstance(text, str) and _PLAIN_INTEGER.fullmatch(text) is not None and -2**63 <= int(text) < 2**63
 
 
 def _generalization_violations(column: ColumnSpec) -> list[FieldViolation]:

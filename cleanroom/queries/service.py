@@ -360,10 +360,14 @@ class StatsQueryService:
 
 
 def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
-    """Key spaces that follow from the schema alone. An age band's labels come from its rule, so a
-    grouping by it answers every band (empty ones too, with noise) without a τ-threshold or δ."""
-    return {c.name: c.generalization.labels() for c in dataset.columns
-            if c.role is deid.ColumnRole.QUASI_IDENTIFIER and isinstance(c.generalization, deid.AgeBand)}
+    """Key spaces that follow from the schema alone. An age band's labels come from its rule, and a
+    column's declared categories from the data owner's declaration (intake refused any other
+    value), so a grouping by either answers every key (empty ones too, with noise) without a
+    τ-threshold or δ. Never from the data: a key list read from the rows would reveal them."""
+    bands = {c.name: c.generalization.labels() for c in dataset.columns
+             if c.role is deid.ColumnRole.QUASI_IDENTIFIER and isinstance(c.generalization, deid.AgeBand)}
+    declared = {c.name: list(c.categories) for c in deid.stored_schema(dataset.columns) if c.categories}
+    return {**bands, **declared}
 
 
 def _patient_column(dataset: Dataset) -> str:

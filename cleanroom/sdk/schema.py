@@ -15,6 +15,11 @@
     type = "integer"
     role = "label"
     label_classes = 2                     # classification labels: values 0..label_classes-1
+    [[columns]]
+    name = "sex"
+    type = "integer"
+    role = "feature"
+    categories = [0, 1]                   # the public list of values: statistics may group by it
 """
 
 from __future__ import annotations
@@ -74,7 +79,18 @@ def column_spec(entry: dict[str, Any]) -> datasets_pb2.ColumnSpec:
         if isinstance(classes, bool) or not isinstance(classes, int) or not -2**31 <= classes < 2**31:
             raise SchemaError(f"column {name}: label_classes must be a whole number of classes")
         spec.label_classes = classes
+    if "categories" in entry:
+        spec.categories.extend(_categories(entry["categories"], name))
     return spec
+
+
+def _categories(values: object, column: str) -> list[str]:
+    """Declared categories as the server takes them: text, integers written plainly."""
+    if not isinstance(values, list) or not values:
+        raise SchemaError(f"column {column}: categories must be a non-empty list")
+    if not all(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+        raise SchemaError(f"column {column}: categories must be whole numbers or strings")
+    return [str(v) for v in values]
 
 
 def parse_schema(data: dict[str, Any]) -> Schema:

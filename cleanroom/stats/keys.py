@@ -65,19 +65,24 @@ def with_row_keys(table: pa.Table, query: Query) -> pa.Table:
 
 
 def public_dims(query: Query, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> list[list[str]]:
-    """The public labels of each key dimension (group, then bin), in key-space order."""
+    """The public labels of each key dimension (group, then bin), in key-space order: a public key
+    list's own order (age bands ascending, declared categories as declared)."""
     public = public_group_keys or {}
     dims: list[list[str]] = []
     if query.group_by is not None:
-        dims.append(sorted({str(k) for k in public[query.group_by]}))
+        dims.append(_in_order(public[query.group_by]))
     if query.kind == "histogram":
         if query.bins is not None:
             dims.append(bin_labels(query.bins))
         elif types.get(query.column or "") == "boolean":
             dims.append(["false", "true"])
         else:
-            dims.append(sorted({str(k) for k in public[query.column]}))
+            dims.append(_in_order(public[query.column]))
     return dims
+
+
+def _in_order(keys: Sequence[object]) -> list[str]:
+    return list(dict.fromkeys(str(k) for k in keys))
 
 
 def check_cells(public_dims: list[list[str]] | None) -> None:

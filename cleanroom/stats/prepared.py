@@ -84,6 +84,7 @@ class PreparedTable:
         self.types = dict(self.schema)
         self.patient_column = patient_column
         self._columns: dict[str, Column] = {}
+        self._as_text: dict[str, Column] = {}  # integer columns grouped by (declared categories)
         self._incomplete: dict[str, bool] = {}  # column -> some row lacks a usable value
         self._kept_by_limit: dict[int, np.ndarray] = {}  # the bound over all rows, per L (same fixed order)
         self._by_limit: dict[tuple[str, str, int], np.ndarray] = {}  # a column's codes or values over those rows
@@ -139,7 +140,7 @@ class PreparedTable:
     def _bounded_codes(self, name: str, limit: int, kept: np.ndarray) -> np.ndarray:
         """A categorical column's codes over the unfiltered bounded rows of `limit`, gathered once
         (like the row set itself, they are the same for every query at that bound)."""
-        return self._gathered(("codes", name, limit), lambda: self.column(name).codes[kept])  # type: ignore[index]
+        return self._gathered(("codes", name, limit), lambda: self._categorical_dim(name)[0][kept])
 
     def _gathered(self, key: tuple[str, str, int], gather: Callable[[], np.ndarray]) -> np.ndarray:
         if key not in self._by_limit:
@@ -195,7 +196,17 @@ class PreparedTable:
 
     def _categorical_dim(self, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
         column = self.column(name)
-        return column.codes, column.labels
+        if column.codes is None:  # an integer column with declared categories: its values as text keys
+            column = self._text_column(name)
+        return column.codes, column.labels  # type: ignore[return-value]
+
+    def _text_column(self, name: str) -> Column:
+        """A column's values cast to text and coded like a string column ("0", "1": as declared
+        categories are written), prepared once beside its numeric form."""
+        if name not in self._as_text:
+            text = pc.cast(self._table.column(name), pa.string())
+            self._as_text[name] = _prepare_column(text, "string").reordered(self._order)
+        return self._as_text[name]
 
     def _bin_dim(self, query: Query) -> tuple[np.ndarray, tuple[str, ...]]:
         edges = np.asarray(query.bins, dtype=np.float64)

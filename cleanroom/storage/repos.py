@@ -77,6 +77,7 @@ def _column_to_json(column: deid.ColumnSpec) -> dict[str, object]:
         "role": column.role.name,
         "rule": None if rule is None else {"kind": type(rule).__name__, **dataclasses.asdict(rule)},
         "label_classes": column.label_classes,
+        "categories": list(column.categories),
     }
 
 
@@ -92,6 +93,7 @@ def _column_from_json(data: dict[str, object]) -> deid.ColumnSpec:
         role=deid.ColumnRole[str(data["role"])],
         generalization=rule,
         label_classes=int(data.get("label_classes", 0)),  # absent in rows stored before it existed
+        categories=tuple(str(c) for c in data.get("categories", ())),  # likewise (migration 0007)
     )
 
 
