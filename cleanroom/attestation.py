@@ -36,6 +36,11 @@ def trainer_code() -> dict[str, bytes]:
     return files
 
 
+def root_directory(state_dir: Path) -> Path:
+    """Where the server keeps the simulated root's private key (`cleanroom trust export` reads it)."""
+    return state_dir / "enclave" / "root"
+
+
 def locked_dependencies() -> dict[str, str]:
     return enclave_sim.parse_locked_requirements((ROOT / "requirements.txt").read_text())
 
@@ -70,9 +75,8 @@ class TrustBundle:
 
 class Enclave:
     def __init__(self, state_dir: Path, db: Database, ledger: Ledger, metrics: Metrics, policy: SandboxPolicy) -> None:
-        directory = state_dir / "enclave"
-        self.root = enclave_sim.RootAuthority.load_or_create(directory / "root")
-        self.attestation_key = enclave_sim.AttestationKey.load_or_create(directory / "launcher", self.root)
+        self.root = enclave_sim.RootAuthority.load_or_create(root_directory(state_dir))
+        self.attestation_key = enclave_sim.AttestationKey.load_or_create(state_dir / "enclave" / "launcher", self.root)
         self.policy = policy
         self.measurement = measurement_for(policy)
         self._db = db

@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 import enclave_sim
 
-from cleanroom import cli_jobs, cli_models, cli_privacy, cli_stats, render
+from cleanroom import cli_jobs, cli_models, cli_privacy, cli_stats, cli_trust, render
 from cleanroom.sdk import Client, CleanroomClientError, load_schema
 from cleanroom.sdk.client import ROLES
 from cleanroom.sdk.schema import SchemaError
@@ -186,6 +186,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     cli_models.register(sub, _client)
     cli_jobs.register(sub, _client)
     cli_stats.register(sub, _client)
+    cli_trust.register(sub, _client)
     return parser
 
 
@@ -196,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CleanroomClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except cli_trust.TrustError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     except (SchemaError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

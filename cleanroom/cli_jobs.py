@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cleanroom import render
+from cleanroom.cli_trust import read_pinned_root
 from cleanroom.sdk import Client
 from cleanroom.sdk.verify import verify_job
 from cleanroom.v1 import jobs_pb2
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  #
     download.add_argument("job", help="jobs/{id}")
     download.add_argument("--to", default=".", help="directory for the files")
     download.add_argument("--package", required=True, help="your model package directory (to recompute the workload)")
-    download.add_argument("--root-pem", required=True, help="the attestation root public key you pinned (PEM file)")
+    download.add_argument("--root-pem", required=True, help="the attestation root public key you pinned (PEM file; see `cleanroom trust --help`)")
     download.set_defaults(handler=lambda a: _download(client(a), a))
 
 
@@ -115,10 +116,11 @@ def _cancel(client: Client, name: str) -> int:
 
 
 def _download(client: Client, a: argparse.Namespace) -> int:
+    pinned = read_pinned_root(a.root_pem)  # before any download: a wrong file is a one-line error
     job = client.get_job(a.job)
     files = client.download_all(job)
     bundle = client.trust_bundle()
-    verified = verify_job(job, files, package_directory=a.package, pinned_root_pem=Path(a.root_pem).read_bytes(),
+    verified = verify_job(job, files, package_directory=a.package, pinned_root_pem=pinned,
                           allowed_measurements=bundle.allowed_measurements)
     target = Path(a.to)
     target.mkdir(parents=True, exist_ok=True)

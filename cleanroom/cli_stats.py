@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Callable
 
 from google.protobuf.json_format import MessageToDict
 
-from cleanroom import render
+from cleanroom import cli_trust, render
 from cleanroom.sdk import Client
 from cleanroom.stats import Filter, Query
 from cleanroom.stats.query import KINDS
@@ -23,17 +24,30 @@ EXAMPLES = """examples:
   cleanroom stats count datasets/d1 --group-by age --epsilon 1 --delta 1e-6 --dry-run
   cleanroom stats histogram datasets/d1 --column mean_radius --bins 0,10,15,20,40 --epsilon 0.5 --json
   cleanroom stats quantile datasets/d1 --column mean_radius --bounds 0 40 --quantiles 0.25,0.5,0.75 --epsilon 1
+  cleanroom stats count datasets/d1 --epsilon 0.5 --root-pem root.pem --save answer.json   # verify now, keep the receipt
+  cleanroom stats verify answer.json --root-pem root.pem                                   # verify later (auditors too)
 
 Every answer is noisy (differential privacy) and comes with a 95% interval; each run spends its ε
 (and δ) from your share of the dataset's budget. --dry-run shows the cost and expected error first.
+The root to pin: see `cleanroom trust --help` (prefer the operator's `trust export` to `trust show --pem`).
 Groups of a --group-by whose keys are not public need δ > 0: rare groups are then left out entirely."""
 
 
 def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("stats", help="DP statistics on a dataset shared with you (manufacturer)",
-                            description="Ask a differentially private question of a dataset shared with you.",
-                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=KINDS, help="the statistic")
+    stats = sub.add_parser("stats", help="DP statistics on a dataset shared with you (manufacturer); verify a saved answer",
+                           description="Ask a differentially private question of a dataset shared with you, or verify a saved answer.",
+                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = stats.add_subparsers(dest="kind", required=True, metavar="KIND")
+    options = _query_options()
+    for kind in KINDS:
+        query = kinds.add_parser(kind, parents=[options], help=f"a DP {kind}", epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        query.set_defaults(handler=lambda a: _run(client(a), a))
+    cli_trust.add_verify_command(kinds, client, render_answer)
+
+
+def _query_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("dataset", help="datasets/{id}")
     parser.add_argument("--column", help="the measured column (not needed for a plain count)")
     parser.add_argument("--epsilon", type=float, required=True, help="ε this query spends, e.g. 0.5")
@@ -51,17 +65,25 @@ def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  #
     parser.add_argument("--privacy-request", default="", help="privacyRequests/{id}: an officer's approval of this very query")
     parser.add_argument("--dry-run", action="store_true", help="show the cost, the expected error and the budget; spend nothing")
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
-    parser.set_defaults(handler=lambda a: _run(client(a), a))
+    parser.add_argument("--root-pem", help="verify the answer's receipt against this pinned root public key (PEM file)")
+    parser.add_argument("--save", metavar="FILE", help="write the answer with its receipt, for `cleanroom stats verify FILE`")
+    return parser
 
 
 def _run(client: Client, args: argparse.Namespace) -> int:
+    pinned = cli_trust.read_pinned_root(args.root_pem) if args.root_pem else None  # a bad PEM costs no ε
     query = build_query(args, _column_types(client, args.dataset))
     if args.dry_run:
         estimate = client.estimate_query(args.dataset, query)
         print(json.dumps(MessageToDict(estimate), indent=2) if args.json else render_estimate(estimate))
         return 0
     answer = client.run_query(args.dataset, query, privacy_request=args.privacy_request)
-    print(answer.answer_json.decode() if args.json else render_answer(answer))
+    print(answer.answer_json.decode() if args.json else render_answer(answer, receipt_hint=pinned is None))  # paid for: shown first
+    if args.save:
+        cli_trust.save_answer(answer, args.save)  # before the check: a failing receipt is evidence too
+    if pinned is not None:
+        verdict = cli_trust.verify_statistics(answer, pinned, client.trust_bundle().allowed_measurements)
+        print(verdict, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -111,7 +133,7 @@ def _typed(raw: str, kind: str) -> object:
     return raw
 
 
-def render_answer(answer) -> str:  # type: ignore[no-untyped-def]
+def render_answer(answer, *, receipt_hint: bool = True) -> str:  # type: ignore[no-untyped-def]
     grouped = any(c.key for c in answer.cells)
     headers = (*(["group"] if grouped else []), "statistic", "value", "± (95%)")
     rows = []
@@ -126,7 +148,8 @@ def render_answer(answer) -> str:  # type: ignore[no-untyped-def]
         lines.append("a negative count is noise around a true count near zero (left as drawn: clamping would bias sums)")
     if answer.HasField("bounds"):
         lines.append(f"values clamped to [{answer.bounds.lower:g}, {answer.bounds.upper:g}]")
-    lines.append("receipt: signed by the enclave (check it with cleanroom.sdk.stats.verify_answer)")
+    if receipt_hint:  # left out where the verdict on the receipt follows
+        lines.append("receipt: signed by the enclave (check it with --root-pem, or --save FILE and `cleanroom stats verify FILE`)")
     return "\n".join(lines)
 
 

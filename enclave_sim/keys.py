@@ -107,6 +107,10 @@ def _load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         _write_file(path, pem, replace=False)
+    return _load_private_key(path)
+
+
+def _load_private_key(path: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(_read_private_file(path), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path.name} does not hold an Ed25519 private key")
@@ -191,6 +195,12 @@ class RootAuthority:
     @classmethod
     def load_or_create(cls, directory: Path) -> RootAuthority:
         return cls(_load_or_create_private_key(Path(directory) / ROOT_KEY_FILE))
+
+    @classmethod
+    def load(cls, directory: Path) -> RootAuthority:
+        """The root already in `directory`, never a new one: an operator exporting the public key
+        from a mistyped directory must get an error, not a freshly minted root nobody uses."""
+        return cls(_load_private_key(Path(directory) / ROOT_KEY_FILE))
 
     def public_key_pem(self) -> bytes:
         return public_key_pem(self.public_key)

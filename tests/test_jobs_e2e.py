@@ -271,10 +271,13 @@ def test_a_model_version_that_failed_intake_cannot_run_a_job(world) -> None:
 
 
 def test_the_cli_evaluates_watches_downloads_and_verifies(world, tmp_path, capsys) -> None:
-    app = world["running"].app
+    """Also the trust root's round trip: `trust show --pem` pins the root that a job receipt and a
+    statistics receipt then both verify against, from the CLI alone."""
+    connection = ["--server", world["running"].address, "--token", world["maker_token"]]
     root = tmp_path / "root.pem"
-    root.write_bytes(app.enclave.root.public_key_pem())
-    base = ["--server", world["running"].address, "--token", world["maker_token"], "job"]
+    assert cli.main([*connection, "trust", "show", "--pem"]) == 0
+    root.write_text(capsys.readouterr().out)
+    base = [*connection, "job"]
     assert cli.main([*base, "evaluate", "--model", world["model"], "--dataset", world["dataset"], "--features", ",".join(FEATURES),
                      "--label", "malignant", "--epsilon", "0.2", "--wait"]) == 0
     out = capsys.readouterr().out
@@ -287,6 +290,14 @@ def test_the_cli_evaluates_watches_downloads_and_verifies(world, tmp_path, capsy
     other.write_bytes(enclave_sim.RootAuthority.load_or_create(tmp_path / "other-root").public_key_pem())
     assert cli.main([*base, "download", name, "--to", str(tmp_path / "refused"), "--package", str(EXAMPLE), "--root-pem", str(other)]) == 6
     assert "did NOT verify" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    answer = tmp_path / "answer.json"
+    assert cli.main([*connection, "stats", "count", world["dataset"], "--epsilon", "0.1", "--root-pem", str(root), "--save", str(answer)]) == 0
+    assert "receipt verified" in capsys.readouterr().out
+    assert cli.main([*connection, "stats", "verify", str(answer), "--root-pem", str(root)]) == 0
+    assert "receipt verified" in capsys.readouterr().out
+    answer.write_text(answer.read_text().replace('"epsilon": 0.1', '"epsilon": 0.01'))  # a tampered answer
+    assert cli.main([*connection, "stats", "verify", str(answer), "--root-pem", str(root)]) == 6
+    assert "did NOT verify: EPSILON_MISMATCH" in capsys.readouterr().err
 
 
 def test_budget_exhaustion_is_refused_with_the_reason(world) -> None:

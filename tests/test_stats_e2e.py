@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import statistics
@@ -313,6 +314,61 @@ def test_the_cli_prints_a_table_json_and_a_dry_run(world, capsys) -> None:
     assert cli.main(_cli(world, "mean", dataset, "--column", "postcode", "--bounds", "0", "1", "--epsilon", "0.3")) == 1
     error = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in error and "numeric" in error and "Traceback" not in error
+
+
+def _edit_base64(field: str, old: bytes, new: bytes):
+    def edit(saved: dict) -> None:
+        decoded = base64.b64decode(saved[field])
+        assert old in decoded
+        saved[field] = base64.b64encode(decoded.replace(old, new, 1)).decode()
+    return edit
+
+
+TAMPERINGS = {
+    "a shown value": lambda saved: saved["cells"][0].update(value=saved["cells"][0]["value"] + 1),
+    "the shown δ": lambda saved: saved.update(delta=0.5),  # outside the cells: unchecked before
+    "the shown bound per patient": lambda saved: saved.update(rows_per_patient=50),
+    "the signed bytes": _edit_base64("answer_json", b'"value":', b'"value":1'),
+    "the receipt": _edit_base64("receipt", b'"accountant":"', b'"accountant":"x'),
+    "the receipt, gone": lambda saved: saved.pop("receipt"),
+}
+
+
+def test_the_cli_verifies_a_statistics_receipt_now_and_later_and_refuses_a_tampered_one(world, tmp_path, capsys) -> None:
+    running, root, saved = world["running"], tmp_path / "root.pem", tmp_path / "answer.json"
+    assert cli.main(["--server", running.address, "--token", world["maker_token"], "trust", "show", "--pem"]) == 0
+    root.write_text(capsys.readouterr().out)
+    assert cli.main(_cli(world, "mean", world["dataset"], "--column", "mean_radius", "--bounds", "0", "40", "--epsilon", "0.2",
+                         "--root-pem", str(root), "--save", str(saved))) == 0
+    assert "receipt verified (simulated attestation)" in capsys.readouterr().out
+    _, auditor = running.principal(Role.AUDITOR)  # an auditor checks what the manufacturer got
+    verify = ["--server", running.address, "--token", auditor, "stats", "verify", "--root-pem", str(root)]
+    assert cli.main([*verify, str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "mean" in out and "receipt verified (simulated attestation): chains to the pinned root" in out
+    answer = json.loads(saved.read_text())
+    for what, change in TAMPERINGS.items():
+        edited = json.loads(json.dumps(answer))
+        change(edited)
+        (tmp_path / "tampered.json").write_text(json.dumps(edited))
+        assert cli.main([*verify, str(tmp_path / "tampered.json")]) == 6, what
+        err = capsys.readouterr().err
+        assert err.startswith("error: the receipt did NOT verify: ") and err.count("\n") == 1, (what, err)
+
+
+def test_a_statistics_receipt_refuses_another_root_another_measurement_and_a_foreign_file(world, tmp_path, capsys) -> None:
+    saved, other = tmp_path / "answer.json", tmp_path / "other.pem"
+    assert cli.main(_cli(world, "count", world["dataset"], "--epsilon", "0.1", "--save", str(saved))) == 0
+    other.write_bytes(enclave_sim.RootAuthority.load_or_create(tmp_path / "other-root").public_key_pem())
+    root = tmp_path / "root.pem"
+    root.write_bytes(world["running"].app.enclave.root.public_key_pem())
+    (tmp_path / "foreign.json").write_text('{"not": "an answer"}')
+    capsys.readouterr()
+    for args, reason in (((str(saved), "--root-pem", str(other)), "UNTRUSTED_CERTIFICATE"),
+                         ((str(saved), "--root-pem", str(root), "--measurement", "00" * 32), "WRONG_MEASUREMENT"),
+                         ((str(tmp_path / "foreign.json"), "--root-pem", str(root)), "MALFORMED")):
+        assert cli.main(_cli(world, "verify", *args)) == 6
+        assert f"did NOT verify: {reason}" in capsys.readouterr().err
 
 
 def test_the_dataset_policy_sets_the_per_patient_bound_when_a_query_does_not(world) -> None:

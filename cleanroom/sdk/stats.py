@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import enclave_sim
 from cleanroom.stats.wire import ANSWER_FILE, stats_workload
+from cleanroom.statspec import KINDS
 from cleanroom.v1 import stats_pb2
 
 
@@ -22,7 +24,22 @@ def verify_answer(answer: stats_pb2.QueryAnswer, *, pinned_root_pem: bytes, allo
     signed = json.loads(answer.answer_json)
     if abs(float(verified.report.epsilon_spent) - answer.epsilon) > 1e-9 or signed["epsilon"] != answer.epsilon:
         raise enclave_sim.VerificationError(enclave_sim.Reason.EPSILON_MISMATCH, "the answer states another ε than its receipt")
-    shown = [(list(c.key), c.statistic, c.value, c.half_width) for c in answer.cells]
-    if shown != [(c["key"], c["statistic"], c["value"], c["half_width"]) for c in signed["cells"]]:
+    if _shown(answer) != _signed(signed):
         raise enclave_sim.VerificationError(enclave_sim.Reason.RELEASED_FILES_MISMATCH, "the answer's values differ from the signed ones")
     return verified
+
+
+def _shown(answer: stats_pb2.QueryAnswer) -> tuple[object, ...]:
+    """Every field a reader of the answer sees (a saved answer file can be edited anywhere, not only in its cells)."""
+    cells = [(list(c.key), c.statistic, c.value, c.half_width, c.unit, c.level if c.HasField("level") else None) for c in answer.cells]
+    bounds = [answer.bounds.lower, answer.bounds.upper] if answer.HasField("bounds") else None
+    return (KINDS.get(answer.kind), answer.delta, answer.confidence, answer.mechanism, answer.rows_per_patient, bounds, cells)
+
+
+def _signed(signed: dict[str, Any]) -> tuple[object, ...]:
+    try:
+        cells = [(c["key"], c["statistic"], c["value"], c["half_width"], c["unit"], c["level"]) for c in signed["cells"]]
+        return (signed["kind"], signed["delta"], signed["confidence"], signed["mechanism"]["name"], signed["rows_per_patient"],
+                signed["bounds"], cells)
+    except (KeyError, TypeError) as error:
+        raise enclave_sim.VerificationError(enclave_sim.Reason.MALFORMED, "the signed answer lacks a field") from error
