@@ -23,7 +23,7 @@ from torch import nn
 
 from cleanroom.intake import IntakeLimits, IntakeRejected, Reason, parse_manifest
 from cleanroom.intake.artifact import FORMAT, artifact_bytes, read_artifact, read_untrusted_file
-from cleanroom.intake.ops import check_target
+from cleanroom.intake.ops import check_target, is_assertion, strip_assertions
 from cleanroom.intake.validate import validate_program
 
 LIMITS = IntakeLimits()
@@ -230,6 +230,44 @@ def test_good_models_pass_with_trainable_names_resolved(tmp_path: Path) -> None:
     for out_shape in ([1], [1, 1]):
         head = nn.Sequential(nn.Linear(4, 1), nn.Flatten(0)) if out_shape == [1] else nn.Linear(4, 1)
         assert check(head, tmp_path, task="regression", classes=None).accepted
+
+
+class Casting(nn.Module):
+    """Ordinary casts: torch 2.13's export keeps an aten._assert_tensor_metadata node for each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc((x.to(torch.float64) * 2).float()).to(dtype=torch.float32)
+
+
+def test_a_model_that_casts_is_accepted_and_its_assertions_are_stripped(tmp_path: Path) -> None:
+    exported = export(Casting())
+    asserted = [n for n in exported.graph.nodes if n.target is torch.ops.aten._assert_tensor_metadata.default]
+    assert len(asserted) >= 2  # the premise: export keeps them, so the reader must deal with them
+    loaded = roundtrip(exported, tmp_path)
+    result = validate_program(loaded, manifest(), LIMITS)
+    assert result.accepted, result.findings
+    assert not any("_assert" in name for name in result.op_histogram)
+    assert result.op_histogram["aten._to_copy.default"] == 2  # the casts themselves stay
+    x = torch.randn(1, 4)
+    torch.testing.assert_close(loaded.module()(x), exported.module()(x))
+
+
+def test_only_unused_pure_assertions_are_stripped() -> None:
+    ep = export(mlp())
+    graph = ep.graph_module.graph
+    x = next(n for n in graph.nodes if n.op == "placeholder" and n.name == ep.graph_signature.user_inputs[0])
+    with graph.inserting_after(x):
+        graph.call_function(torch.ops.aten._assert_async.msg, (x, "checked"))
+    assert strip_assertions(ep) == 1
+    assert [n.target for n in graph.nodes if n.op == "call_function"] == [
+        torch.ops.aten.permute.default, torch.ops.aten.addmm.default, torch.ops.aten.relu.default,
+        torch.ops.aten.permute.default, torch.ops.aten.addmm.default]
+    assert is_assertion(torch.ops.aten._assert_tensor_metadata.default) and is_assertion(torch.ops.aten._assert_scalar.default)
+    assert not is_assertion(torch.ops.aten._to_copy.default) and not is_assertion(torch.ops.aten.relu_.default)
 
 
 class Stash(nn.Module):

@@ -47,6 +47,27 @@ def test_submit_accepts_a_good_package_and_stores_its_program(running, maker, tm
         assert artifact.read_bytes()[:64] not in path.read_bytes()
 
 
+def test_a_model_that_casts_passes_real_intake_and_runs_in_the_trainer(running, maker, tmp_path) -> None:
+    """`.to(dtype)` leaves aten._assert_tensor_metadata in torch 2.13's export; intake strips it
+    (an assertion computes nothing) and the stored program trains like any other."""
+    import torch
+
+    from cleanroom.trainer.graph import ExportedModel, Task
+
+    client, _ = maker
+    version = client.submit_model(MODELS / "casting")
+    assert version.state == models_pb2.MODEL_STATE_ACCEPTED, version.intake_report.findings
+    assert "aten._to_copy.default" in version.intake_report.op_histogram
+    assert not any("_assert" in op for op in version.intake_report.op_histogram)
+    artifact = tmp_path / "artifact.safetensors"
+    artifact.write_bytes(running.app.models.artifact_bytes(version.name.removeprefix("models/")))
+    program = read_artifact(artifact, max_bytes=1 << 26, max_header_bytes=1 << 20, max_tensors=100, max_nodes=500)
+    model = ExportedModel(program, task=Task("binary-classification", 2), trainable=["*"])
+    grads = model.per_example_grads(model.initial_trainable(), torch.randn(5, 30), torch.tensor([0, 1, 1, 0, 1]))
+    assert set(grads) == {"hidden.weight", "hidden.bias", "out.weight", "out.bias"}
+    assert all(g.shape[0] == 5 and bool(torch.isfinite(g).all()) for g in grads.values())
+
+
 def _batch_norm_package(directory: Path) -> Path:
     directory.mkdir()
     (directory / "cleanroom-model.toml").write_text(

@@ -126,3 +126,30 @@ def test_a_nan_row_in_the_traced_batch_keeps_the_fast_graph() -> None:
     grads = model.per_example_grads_factored(model.initial_trainable(), X, y)
     assert isinstance(grads["l1.weight"], Outer) and isinstance(grads["l2.weight"], Outer)
     assert torch.isnan(grads["l2.weight"].dense()[0]).any() and torch.isfinite(grads["l2.weight"].dense()[1:]).all()
+
+
+def test_a_casting_model_read_back_like_intake_trains_like_autograd(tmp_path) -> None:
+    """Phase B's path for a model whose forward casts: the artifact intake stores (read back,
+    assertion nodes stripped, validated) gives the same per-example gradients as plain autograd."""
+    import importlib.util
+    from pathlib import Path
+
+    from cleanroom.intake import IntakeLimits, parse_manifest
+    from cleanroom.intake.artifact import artifact_bytes, read_artifact
+    from cleanroom.intake.validate import validate_program
+
+    package = Path(__file__).parent / "models" / "casting"
+    spec = importlib.util.spec_from_file_location("casting_model", package / "model.py")
+    source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(source)
+    (tmp_path / "a.safetensors").write_bytes(artifact_bytes(export(source.build_model())))
+    program = read_artifact(tmp_path / "a.safetensors", max_bytes=1 << 26, max_header_bytes=1 << 20, max_tensors=64, max_nodes=500)
+    manifest = parse_manifest((package / "cleanroom-model.toml").read_text())
+    assert validate_program(program, manifest, IntakeLimits()).accepted
+    torch.manual_seed(7)
+    model = ExportedModel(program, task=BINARY, trainable=["*"])
+    X, y = torch.randn(37, 30), torch.randint(0, 2, (37,))
+    params = model.initial_trainable()
+    fast, slow = model.per_example_grads(params, X, y), _loop_grads(program, params, X, y)
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-6)

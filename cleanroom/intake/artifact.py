@@ -32,6 +32,7 @@ from torch._export.serde.serialize import (
     _to_json_bytes,
 )
 
+from cleanroom.intake.ops import strip_assertions
 from cleanroom.intake.program_json import vet_program_json
 from cleanroom.intake.reasons import IntakeRejected, Reason
 from cleanroom.intake.safetensors_check import check_safetensors
@@ -93,7 +94,8 @@ def read_untrusted_file(path: Path, max_bytes: int, *, truncate: bool = False) -
 
 def read_artifact(path: Path, *, max_bytes: int, max_header_bytes: int, max_tensors: int, max_nodes: int
                   ) -> torch.export.ExportedProgram:
-    """Load an artifact written by an untrusted process; IntakeRejected when anything is off."""
+    """Load an artifact written by an untrusted process; IntakeRejected when anything is off.
+    Pure assertion nodes are stripped here, so validation and phase B see the same graph."""
     try:
         data = read_untrusted_file(path, max_bytes)
         info = check_safetensors(data, max_header_bytes=max_header_bytes, max_tensors=max_tensors)
@@ -103,7 +105,9 @@ def read_artifact(path: Path, *, max_bytes: int, max_header_bytes: int, max_tens
         raise IntakeRejected(Reason.ARTIFACT_INVALID, f"exported program is not in the {FORMAT} format")
     program = vet_program_json(info.metadata["program"], max_nodes=max_nodes)
     state, constants = _split_tensors(safetensors.torch.load(data), program)
-    return _deserialize(program, state, constants)
+    loaded = _deserialize(program, state, constants)
+    strip_assertions(loaded)
+    return loaded
 
 
 def _split_tensors(tensors: dict[str, torch.Tensor], program: dict[str, Any]

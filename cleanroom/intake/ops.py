@@ -3,6 +3,10 @@
 Used twice: on the serialized target strings before torch's deserializer sees them, and on the
 deserialized graph's real targets. Batch norm gets its own reason so the manufacturer learns to
 use GroupNorm (its running statistics are a buffer mutation and mix examples in a batch).
+
+Pure assertion ops are neither allowed nor refused: `strip_assertions` removes them from every
+program the service reads (intake and phase B), so ordinary code such as `x.to(torch.float32)`,
+for which torch 2.13's export keeps an `aten._assert_tensor_metadata` node, is accepted.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ BATCH_NORM_OPS = frozenset({
 BATCH_NORM_ADVICE = ("BatchNorm mixes the examples of a batch and mutates running statistics, which breaks "
                      "per-example differential privacy; replace it with GroupNorm (e.g. nn.GroupNorm(num_groups, "
                      "num_channels)) and resubmit. Intake never rewrites a model for you.")
+# Ops that return nothing and only check what the graph already computes. Dropping one cannot
+# change an output; keeping one in phase B would let a data-dependent check fail a job on a value.
+ASSERTION_OPS = frozenset({
+    "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range", "sym_constrain_range_for_size",
+})
 _SERIALIZED = re.compile(r"torch\.ops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -57,6 +66,23 @@ def _check_aten(op: torch._ops.OpOverload, name: str) -> Finding | None:
     if op._schema.is_mutable:
         return Finding(Reason.OP_NOT_ALLOWED, f"{name}: mutates its arguments")
     return None
+
+
+def is_assertion(target: object) -> bool:
+    """An ATen assertion that returns nothing (see ASSERTION_OPS)."""
+    return (isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
+            and target._schema.name.split("::")[-1] in ASSERTION_OPS and not target._schema.returns)
+
+
+def strip_assertions(program: torch.export.ExportedProgram) -> int:
+    """Removes the assertion nodes nothing uses from `program`'s graph, in place; returns how many."""
+    graph = program.graph_module.graph
+    doomed = [n for n in graph.nodes if n.op == "call_function" and is_assertion(n.target) and not n.users]
+    for node in doomed:
+        graph.erase_node(node)
+    if doomed:
+        program.graph_module.recompile()
+    return len(doomed)
 
 
 def resolve_serialized(text: str) -> tuple[object | None, Finding | None]:
