@@ -5,18 +5,24 @@ hospital, a manufacturer and a privacy officer, uploads the breast-cancer data w
 identifiers, prints the intake report, and shows what each role can and cannot see; then the
 officer's budgets, a few DP statistics, model intake, DP validation and fine-tuning with verified
 receipts, and the refusals on the way.
+
+The server's state lives in a temporary folder removed at exit; what the demo tells you to open
+(the privacy-utility plot, each job's HTML report) goes to an output folder that stays
+(`--output`, default ./demo-output), named at the end of the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,6 +37,7 @@ from cleanroom.v1 import datasets_pb2, jobs_pb2
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 PLOT_NAME = "privacy-utility.png"
+DEFAULT_OUTPUT = Path("demo-output")
 # Fixed in advance, not tuned on the hospital's data: chosen at ε = 1 for this example package (raw
 # features; its own log1p and LayerNorm) on a validation split inside bench/utility.py's training
 # split, by `bench/demo_recipe.py --select`. The old recipe (SGD lr 0.5, 10 epochs) left the model at
@@ -71,7 +78,44 @@ def upload(client: Client, path: Path, schema: Schema, name: str) -> object:
         return client.upload_dataset(path, schema, display_name=name, progress=lambda sent, _t: bar.update(sent - bar.n))
 
 
-def run(workdir: Path) -> None:
+@dataclass
+class DemoOutput:
+    """The folder that outlives the demo: the plot and each job's HTML report, with stable names
+    (a rerun overwrites them instead of piling up)."""
+
+    directory: Path
+    written: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def prepare(cls, directory: Path) -> DemoOutput:
+        directory = directory.expanduser().resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(directory)
+
+    def job_report(self, step_number: int, title: str, epsilon: float, files: dict[str, bytes]) -> Path | None:
+        """Saves a downloaded job's report.html (None when the job released none)."""
+        if "report.html" not in files:
+            return None
+        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+        return self._write(f"job-{step_number}-{slug}-eps{epsilon:g}-report.html", files["report.html"])
+
+    def plot(self, points: list[tuple[str, float, dict | None]]) -> Path:
+        path = plot_utility(points, self.directory / PLOT_NAME)
+        self.written.append(path)
+        return path
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.directory / name
+        path.write_bytes(data)
+        self.written.append(path)
+        return path
+
+    def summary(self) -> str:
+        names = "\n".join(f"  {p.name}" for p in self.written) or "  (nothing: the run stopped before its jobs)"
+        return f"demo output, kept after exit: {self.directory}\n{names}"
+
+
+def run(workdir: Path, output: DemoOutput) -> None:
     state_dir = workdir / "state"
     step("Bootstrap: the first admin is created locally, with access to the state directory")
     admin_token = subprocess.run(
@@ -81,14 +125,14 @@ def run(workdir: Path) -> None:
     server, address = start_server(state_dir)
     try:
         # The manufacturer pins the attestation root once, out of band (here: read from the state directory).
-        story(address, admin_token, workdir, _root_pem(state_dir))
+        story(address, admin_token, workdir, _root_pem(state_dir), output)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         print(f"\nserver stopped gracefully (exit {server.returncode})")
 
 
-def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes) -> None:
+def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes, output: DemoOutput) -> None:
     with Client(address, admin_token) as admin:
         step("Admin creates the principals")
         hospital = admin.create_principal("Seoul National University Hospital - data team", "data_owner")
@@ -135,7 +179,7 @@ def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes) -> 
             print(error)
         run_statistics(manufacturer, dataset.name, pinned_root)
         model = submit_model(manufacturer)
-        run_jobs(manufacturer, model, dataset.name, pinned_root, plot_to=workdir / PLOT_NAME)
+        run_jobs(manufacturer, model, dataset.name, pinned_root, output)
     with Client(address, officer.token) as privacy_office:
         step("Privacy officer: what remains")
         print(render.budget_table(privacy_office.get_budgets(dataset.name)))
@@ -172,7 +216,7 @@ def submit_model(manufacturer: Client) -> str:
     return version.name
 
 
-def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes, plot_to: Path | None = None) -> None:
+def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes, output: DemoOutput) -> None:
     bundle = manufacturer.trust_bundle()
     print(f"\ntrust bundle (simulated={bundle.simulated}): root {bundle.root_fingerprint[:16]}…, "
           f"{len(bundle.allowed_measurements)} allowed trainer measurement(s)")
@@ -181,7 +225,7 @@ def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes,
             ("fine-tune", jobs_pb2.TrainingSpec(target_epsilon=1.0, **base, **TRAINING)),
             ("fine-tune", jobs_pb2.TrainingSpec(target_epsilon=3.0, **base, **TRAINING))]
     rows, points = [], []
-    for title, spec in plan:
+    for number, (title, spec) in enumerate(plan, start=1):
         step(f"Manufacturer: {title} at ε={spec.target_epsilon:g} (phase B: service code in bubblewrap, key from the broker)")
         job = manufacturer.evaluate(spec) if isinstance(spec, jobs_pb2.EvaluationSpec) else manufacturer.train(spec)
         done = manufacturer.wait_job(job.name, timeout=900)
@@ -191,12 +235,14 @@ def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes,
                               allowed_measurements=bundle.allowed_measurements, spec=spec)
         print(f"receipt verified: signature chain to the pinned root, measurement, workload, {len(files) - 1} file digests, "
               f"ε {float(verified.report.epsilon_spent):.3f} recomputed with {verified.report.accountant}")
+        report = output.job_report(number, title, spec.target_epsilon, files)
+        if report is not None:
+            print(f"HTML report: {report}")
         rows.append(_metrics_row(title, spec.target_epsilon, files))
         points.append((title, spec.target_epsilon, json.loads(files["metrics.json"])["evaluation"]["metrics"].get("accuracy")))
     step("DP metrics (95% intervals account for the noise)")
     print(render.table(("job", "ε", "accuracy", "sensitivity", "specificity", "AUROC"), rows))
-    if plot_to is not None:
-        print(f"privacy-utility plot: {plot_utility(points, plot_to)}")
+    print(f"privacy-utility plot: {output.plot(points)}")
     step("Bad input: a second fine-tune at ε=3 would exceed the share's budget")
     try:
         manufacturer.train(jobs_pb2.TrainingSpec(target_epsilon=3.0, **base, **TRAINING))
@@ -259,22 +305,24 @@ def _as_feature(column: datasets_pb2.ColumnSpec) -> datasets_pb2.ColumnSpec:
     return copy
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keep", action="store_true", help="keep the state directory afterwards and print its path")
-    parser.add_argument("--plot", type=Path, help=f"copy the privacy-utility plot ({PLOT_NAME}) here")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cleanroom.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, metavar="DIR",
+                        help=f"folder for the privacy-utility plot and each job's HTML report; kept after the run "
+                             f"(default: ./{DEFAULT_OUTPUT}; files of an earlier run with the same names are overwritten)")
+    parser.add_argument("--keep", action="store_true", help="also keep the server's state directory and print its path")
+    args = parser.parse_args(argv)
+    output = DemoOutput.prepare(args.output)
     workdir = Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
     try:
-        run(workdir)
-        if args.plot and (workdir / PLOT_NAME).exists():
-            shutil.copyfile(workdir / PLOT_NAME, args.plot)
-            print(f"plot copied to {args.plot}")
+        run(workdir, output)
     finally:
         if args.keep:
             print(f"state kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\n{output.summary()}")
     return 0
 
 
