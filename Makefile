@@ -33,8 +33,14 @@ setup-test:
 demo: setup-demo $(STUBS)
 	$(PY) -m cleanroom.demo
 
+## the Node.js client test's packages, exactly as tests/node/package-lock.json pins them
+NODE_DEPS := tests/node/node_modules/.installed
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json | setup-test
+	@if echo " $$CLEANROOM_TEST_WITHOUT " | tr , ' ' | grep -Eq ' (node|all) '; then echo "setup: node opted out; tests/node not installed"; \
+	else npm ci --ignore-scripts --no-audit --no-fund --prefix tests/node && touch $@; fi
+
 ## test: the whole suite; starts a throw-away PostgreSQL for the storage tests
-test: setup-test $(STUBS)
+test: setup-test $(STUBS) $(NODE_DEPS)
 	scripts/with-services $(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## bench: performance targets, each measured against its baseline in the same run
