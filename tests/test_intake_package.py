@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import stat
 import struct
 import subprocess
@@ -132,6 +133,29 @@ def test_pack_is_deterministic_and_digest_is_independent_of_zip_metadata(tmp_pat
     files = {p.name: p.read_bytes() for p in (MODELS / "cnn").iterdir()}
     restored = raw_zip([(name, files[name]) for name in reversed(sorted(files))])  # other order, other times
     assert load_package(first, IntakeLimits()).digest == load_package(restored, IntakeLimits()).digest == model_package_digest(files)
+
+
+def test_a_zip_of_the_folder_itself_is_read_from_inside_it(tmp_path: Path) -> None:
+    """`zip -r pkg.zip pkg/` puts every entry under `pkg/`: same files, same digest as the SDK's zip."""
+    package = copy_fixture("cnn", tmp_path)
+    folder_zip = Path(shutil.make_archive(str(tmp_path / "folder"), "zip", root_dir=tmp_path, base_dir=package.name))
+    assert f"{package.name}/cleanroom-model.toml" in zipfile.ZipFile(folder_zip).namelist()
+    loaded = load_package(folder_zip.read_bytes(), IntakeLimits())
+    assert sorted(loaded.files) == ["cleanroom-model.toml", "layers.py", "model.py"]
+    assert loaded.digest == load_package(pack_package(package), IntakeLimits()).digest
+
+
+@pytest.mark.parametrize("names", [
+    ["a/b/cleanroom-model.toml", "a/b/model.py"],                     # two levels deep
+    ["pkg/cleanroom-model.toml", "pkg/model.py", "notes.txt"],        # a folder and a file beside it
+    ["pkg/cleanroom-model.toml", "other/model.py"],                   # two top-level folders
+    ["../cleanroom-model.toml", "../model.py"],                       # not a plain folder name
+])
+def test_a_manifest_away_from_the_package_root_is_refused_saying_so(names: list[str]) -> None:
+    entries = dict(minimal_package_entries())
+    exc = rejected(load_package, raw_zip([(name, entries.get(name.rsplit("/", 1)[-1], b"")) for name in names]), IntakeLimits())
+    assert code(exc) is Reason.ARCHIVE_PATH
+    assert "manifest must be at the package root" in exc.findings[0].message or "'..'" in exc.findings[0].message
 
 
 def test_pack_refuses_links_outside_files_and_pickles(tmp_path: Path) -> None:

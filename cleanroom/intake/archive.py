@@ -38,6 +38,9 @@ def classify_name(name: str) -> str:
         raise IntakeRejected(Reason.WEIGHTS_NOT_SAFETENSORS, f"{name}: weights must be safetensors; {path.suffix} is refused unread")
     if path.suffix in SOURCE_SUFFIXES or name in TEXT_NAMES:
         return "source"
+    if path.name == MANIFEST_NAME:
+        raise IntakeRejected(Reason.ARCHIVE_PATH, f"{name}: the manifest must be at the package root (the zip's root, "
+                                                  f"or one top-level folder that holds every entry)")
     raise IntakeRejected(Reason.ARCHIVE_FILE_TYPE, f"{name}: only .py, .safetensors, the manifest and .md/.txt files are allowed")
 
 
@@ -51,8 +54,28 @@ def read_package_zip(data: bytes, limits: IntakeLimits) -> dict[str, bytes]:
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
         raise IntakeRejected(Reason.ARCHIVE_INVALID, f"not a readable zip: {exc}") from None
     with archive:
-        files = [info for info in _check_directory(infos, limits) if not info.is_dir()]
+        files = [info for info in _check_directory(_inside_single_folder(infos), limits) if not info.is_dir()]
         return {info.filename: _read_entry(archive, info) for info in files}
+
+
+def _inside_single_folder(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """`zip -r pkg.zip pkg/` puts every entry under `pkg/`: read the package from inside that folder.
+
+    Only when the root has no manifest, every entry sits under one plainly named folder and that
+    folder holds the manifest; the names are then relative to it, so the digest is the same as for
+    the same files zipped at the root. Anything else is left for the checks to judge as it is.
+    """
+    names = [info.filename for info in infos]
+    top = names[0].split("/", 1)[0] if names else ""
+    prefix = top + "/"
+    if MANIFEST_NAME in names or prefix + MANIFEST_NAME not in names or not all(n.startswith(prefix) for n in names):
+        return infos
+    if not is_normalised_relative(top) or top.startswith(".") or top == "__pycache__":
+        return infos
+    inner = [info for info in infos if info.filename != prefix]
+    for info in inner:
+        info.filename = info.filename[len(prefix):]  # zipfile reads by orig_filename, which stays
+    return inner
 
 
 def _check_directory(infos: list[zipfile.ZipInfo], limits: IntakeLimits) -> list[zipfile.ZipInfo]:
