@@ -34,6 +34,7 @@ from tests.test_intake_support import (
     tree_text,
     weights_for,
 )
+from tests.tools import needs
 
 # case -> (fixture package, with generated weights)
 CASES = {
@@ -50,7 +51,7 @@ LOOP_WALL_FLOOR_SECONDS = 20.0
 LOOP_WALL_FACTOR = 2.0
 BASE = IntakeLimits()
 # The shared fixture intakes every package before the first test; torch warns about itself.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
+pytestmark = [needs("bwrap"), pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
 LIMITS = replace(BASE, sandbox=replace(BASE.sandbox, wall_seconds=120.0, cpu_seconds=120))
 
 

@@ -23,6 +23,9 @@ from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.v1 import jobs_pb2, models_pb2
 from tests.conftest import make_config, start_server
 from tests.processes import alive
+from tests.tools import needs
+
+pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 MODELS = Path(__file__).resolve().parent / "models"

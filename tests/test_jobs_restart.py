@@ -23,6 +23,9 @@ from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.storage.db import Database, default_url
 from cleanroom.v1 import jobs_pb2
 from tests.processes import alive, serve as _serve, serve_shared_dataset
+from tests.tools import needs
+
+pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
 FEATURES = samples.feature_names()

@@ -12,6 +12,7 @@ from cleanroom.intake.artifact import read_artifact
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.v1 import models_pb2
 from tests.test_server_process import cli
+from tests.tools import needs
 
 MODELS = Path(__file__).parent / "models"
 
@@ -23,6 +24,7 @@ def maker(running):
         yield client, token
 
 
+@needs("bwrap")
 def test_submit_accepts_a_good_package_and_stores_its_program(running, maker, tmp_path) -> None:
     client, _ = maker
     progress: list[int] = []
@@ -47,6 +49,7 @@ def test_submit_accepts_a_good_package_and_stores_its_program(running, maker, tm
         assert artifact.read_bytes()[:64] not in path.read_bytes()
 
 
+@needs("bwrap")
 def test_a_model_that_casts_passes_real_intake_and_runs_in_the_trainer(running, maker, tmp_path) -> None:
     """`.to(dtype)` leaves aten._assert_tensor_metadata in torch 2.13's export; intake strips it
     (an assertion computes nothing) and the stored program trains like any other."""
@@ -81,6 +84,7 @@ def _batch_norm_package(directory: Path) -> Path:
     return directory
 
 
+@needs("bwrap")
 def test_rejected_package_is_stored_with_its_reasons(maker, tmp_path) -> None:
     client, _ = maker
     version = client.submit_model(_batch_norm_package(tmp_path / "bn"))
@@ -100,6 +104,7 @@ def test_other_manufacturers_cannot_see_a_model(running, maker) -> None:
         assert list(rival.list_models()) == []
 
 
+@needs("bwrap")
 def test_cli_submit_and_show(running, maker, tmp_path) -> None:
     _, token = maker
     env = {"CLEANROOM_SERVER": running.address, "CLEANROOM_TOKEN": token}

@@ -19,6 +19,7 @@ from cleanroom.privacy.ledger import SpendRequest
 from cleanroom.sdk import Client, CleanroomClientError
 from tests.test_datasets_api import _rows, _schema, _write_csv
 from tests.test_server_process import _spawn_server, cli
+from tests.tools import needs
 
 
 @pytest.fixture
@@ -155,6 +156,7 @@ def test_cli_budget_table(parties) -> None:
     assert "audit log intact" in cli("audit", "verify", env=env).stdout
 
 
+@needs("bwrap")
 def test_sigkill_between_reserve_and_commit_reconciles_on_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
     admin_token = cli("admin", "bootstrap", "--state-dir", str(state)).stdout.strip()

@@ -16,12 +16,14 @@ from cleanroom.storage import repos
 from tests.conftest import make_config
 from tests.test_datasets_api import _rows, _schema, _write_csv
 from tests.test_server_process import _spawn_server, cli
+from tests.tools import needs
 
 
 def _files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob("*") if p.is_file())
 
 
+@needs("bwrap")
 def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
     admin_token = cli("admin", "bootstrap", "--state-dir", str(state)).stdout.strip()

@@ -22,6 +22,7 @@ from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client, CleanroomClientError
 from tests.conftest import make_config, start_server
 from tests.test_datasets_api import SCHEMA, _rows, _write_csv
+from tests.tools import needs
 
 
 def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -45,6 +46,7 @@ def _spawn_server(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], 
     return process, f"127.0.0.1:{port_file.read_text()}"
 
 
+@needs("bwrap")
 def test_cli_bootstrap_serve_and_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "state"
     token = cli("admin", "bootstrap", "--state-dir", str(state)).stdout.strip()

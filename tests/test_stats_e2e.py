@@ -26,6 +26,9 @@ from cleanroom.storage import audit_repo, privacy_repo
 from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import stats_pb2
 from tests.conftest import make_config, start_server
+from tests.tools import needs
+
+pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,9 @@ from cleanroom.stats import Query
 from cleanroom.storage import audit_repo, privacy_repo
 from cleanroom.storage.db import Database, default_url
 from tests.processes import alive, serve, serve_shared_dataset
+from tests.tools import needs
+
+pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 COUNT = Query(kind="count", epsilon=0.1)
 ANSWERS = 5
