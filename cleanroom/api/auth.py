@@ -68,9 +68,13 @@ def is_public(method: str) -> bool:
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    """The token of `authorization: Bearer <token>`; the scheme is case-insensitive, as in HTTP."""
     for key, value in metadata:
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer "):].strip()
+        if key != "authorization" or not isinstance(value, str):
+            continue
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
     return None
 
 

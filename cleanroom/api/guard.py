@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -107,6 +107,20 @@ class GuardInterceptor(grpc.ServerInterceptor):
         return CallContext(context, auth.authorize(method, principal))
 
 
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def _with_request_id(status: grpc.Status) -> grpc.Status:
+    """abort_with_status replaces the trailing metadata with the status's own (its details), which
+    would drop the x-request-id set at the start of the call: carry it along."""
+    request_id = logs.request_id.get()
+    extra = (("x-request-id", request_id),) if request_id else ()
+    return _Status(status.code, status.details, (*tuple(status.trailing_metadata or ()), *extra))  # type: ignore[return-value]
+
+
 def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerContext], CallContext], observe: Observer) -> Any:
     streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
     behaviour = {
@@ -131,7 +145,7 @@ def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerC
         except Exception as exc:  # noqa: BLE001 - the one place where anything becomes INTERNAL
             status = internal_status(exc, method)
         observe(method, status.code.name, time.perf_counter() - started)
-        context.abort_with_status(status)
+        context.abort_with_status(_with_request_id(status))
 
     def stream_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         started = time.perf_counter()
@@ -144,7 +158,7 @@ def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerC
         except Exception as exc:  # noqa: BLE001
             status = internal_status(exc, method)
         observe(method, status.code.name, time.perf_counter() - started)
-        context.abort_with_status(status)
+        context.abort_with_status(_with_request_id(status))
 
     factory = {
         (False, False): grpc.unary_unary_rpc_method_handler,

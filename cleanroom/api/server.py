@@ -11,8 +11,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from cleanroom.api import reflection
 from cleanroom.api.guard import GuardInterceptor
 from cleanroom.api.job_servicers import JobServicer
 from cleanroom.api.stats_servicers import StatsServicer
@@ -91,7 +91,7 @@ class Server:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app.jobs, app.idempotency), self._grpc)
         stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(app.stats, app.answered_idempotency), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), self._grpc)  # v1 and v1alpha
 
     def _bind(self, config: ServerConfig) -> int:
         if not config.tls_enabled:
