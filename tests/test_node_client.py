@@ -3,7 +3,8 @@ Node.js (protos loaded at run time, no generated code) and verifies a statistics
 receipt from the rules of docs/api alone. The hospital and officer side is set up here in Python.
 
 Then tests/node/verify.js re-checks the receipts it saved, offline: untouched they pass, and any one
-tampered byte, file, request field, pinned root or allow-list makes it exit non-zero.
+tampered byte, file, request field, pinned root or allow-list makes it exit non-zero. And
+tests/node/vectors.js reproduces every test vector of docs/api/vectors with the same Node code.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from cleanroom.sdk.schema import Schema
 from tests.conftest import make_config, start_server
 from tests.tools import binary, missing, needs
 
-pytestmark = [needs("node", "bwrap"), pytest.mark.timeout(900)]
+pytestmark = [needs("node"), pytest.mark.timeout(900)]
+SERVER = needs("bwrap")  # the server's statistics worker and phase B run in bubblewrap
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "breast-cancer-mlp"
@@ -33,6 +35,13 @@ def _node() -> str:
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         missing("node", f"{NODE_DIR / 'node_modules'} is not installed (npm ci --ignore-scripts --prefix tests/node)")
     return node
+
+
+def test_the_node_implementation_reproduces_the_documented_test_vectors() -> None:
+    result = subprocess.run([_node(), str(NODE_DIR / "vectors.js")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    for name in ("canonical-json", "decimal-text", "workload", "model-package", "receipts"):
+        assert f"ok {name}.json:" in result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +72,11 @@ def flow(tmp_path_factory):
         running.server.stop(grace=0)
 
 
+@SERVER
 def test_the_node_client_runs_the_manufacturer_flow_and_verifies_both_receipts(flow) -> None:
     result = flow["result"]
     assert result.returncode == 0, f"node flow.js failed:\n{result.stdout}\n{result.stderr}"
+    print(result.stdout)  # what the Node client checked, for `pytest -s`
     lines = result.stdout.splitlines()
     for expected in ("ok who-am-I:", "ok trust bundle:", "ok datasets shared:", "ok statistics receipt verified:", "ok model submitted:",
                      "ok error path: SubmitEvaluation with ε -1 -> INVALID_ARGUMENT, ErrorInfo reason BAD_REQUEST, BadRequest field spec.target_epsilon",
@@ -76,6 +87,7 @@ def test_the_node_client_runs_the_manufacturer_flow_and_verifies_both_receipts(f
     assert "JOB_STATE_RUNNING" in watched and watched.endswith("JOB_STATE_RELEASED")
     hashed = next(line for line in lines if line.startswith("ok job parameters as hashed:"))
     assert '"target_epsilon":"1.0"' in hashed and '"target_delta":"0.00001"' in hashed  # the number-to-text rule
+    assert "(zcdp-rdp: recomputed from ρ" in next(line for line in lines if line.startswith("ok job receipt verified:"))
     assert lines[-1] == "node client: every check passed"
 
 
@@ -92,6 +104,7 @@ def saved(flow, tmp_path) -> Path:
     return copy
 
 
+@SERVER
 def test_saved_receipts_verify_offline(flow, saved) -> None:
     result = _verify(flow, saved)
     assert result.returncode == 0, result.stderr
@@ -104,6 +117,7 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
+@SERVER
 @pytest.mark.parametrize("receipt", ["stats/receipt.json", "job/files/receipt.json"])
 def test_any_one_flipped_byte_of_a_receipt_fails(flow, saved, receipt) -> None:
     original = (saved / receipt).read_bytes()
@@ -121,6 +135,7 @@ def _replace(path: Path, old: bytes, new: bytes) -> None:
     path.write_bytes(data.replace(old, new, 1))
 
 
+@SERVER
 @pytest.mark.parametrize("tamper, check", [
     (lambda d: _flip(d / "job" / "files" / "metrics.json", 10), "RELEASED_FILES_MISMATCH"),
     (lambda d: (d / "job" / "files" / "report.html").unlink(), "RELEASED_FILES_MISMATCH"),
@@ -134,6 +149,7 @@ def test_tampered_files_or_requests_fail(flow, saved, tamper, check) -> None:
     assert result.returncode != 0 and check in result.stderr, result.stderr
 
 
+@SERVER
 def test_another_root_or_measurement_fails(flow, saved, tmp_path) -> None:
     other = tmp_path / "other-root.pem"
     other.write_bytes(enclave_sim.RootAuthority.generate().public_key_pem())

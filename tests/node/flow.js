@@ -19,6 +19,7 @@ const contract = require('./lib/contract');
 const { readPackageFiles, zipFiles } = require('./lib/zip');
 const { verifyStatsAnswer, verifyJobRelease } = require('./lib/receipts');
 
+const FRESH_SECONDS = 900; // a receipt issued during this run
 const FINAL_STATES = new Set(['JOB_STATE_RELEASED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED', 'JOB_STATE_REJECTED']);
 
 function env(name, fallback) {
@@ -86,10 +87,10 @@ async function findDataset(client, wanted) {
 async function statistics(client, dataset, trustInfo, column, bounds, out) {
   const query = { kind: 'STATISTIC_KIND_MEAN', column, bounds: { lower: bounds[0], upper: bounds[1] }, epsilon: 0.5 };
   const answer = await client.call('StatsService', 'RunQuery', { request_id: crypto.randomUUID(), dataset: dataset.name, query });
-  const { report, expectedWorkload } = verifyStatsAnswer(answer, trustInfo);
+  const { report, expectedWorkload } = verifyStatsAnswer(answer, { ...trustInfo, maxAgeSeconds: FRESH_SECONDS });
   const cell = answer.cells[0];
   ok(`statistics: mean(${column}) = ${cell.value.toFixed(3)} ± ${cell.half_width.toFixed(3)}, ε ${answer.epsilon}`);
-  ok(`statistics receipt verified: signature chain to the pinned root, measurement allowed, workload ${expectedWorkload.slice(0, 16)}... = sha256("cleanroom.stats.v1\\0" + dataset id), answer.json digest, ε ${report.payload.epsilon_spent} (${report.payload.accountant})`);
+  ok(`statistics receipt verified: signature chain to the pinned root, measurement allowed, workload ${expectedWorkload.slice(0, 16)}... = sha256("cleanroom.stats.v1\\0" + dataset id), issued ${report.payload.issued_at}, answer.json digest, the values shown = the values signed, ε ${report.payload.epsilon_spent} = the answer's (${report.epsilon.how})`);
   if (out) {
     const dir = path.join(out, 'stats');
     fs.mkdirSync(dir, { recursive: true });
@@ -174,10 +175,10 @@ async function main() {
     await errorPaths(client, spec);
     const job = await evaluate(client, spec);
     const files = await download(client, job);
-    const { report, parameters, expectedWorkload } = verifyJobRelease({ kind: 'evaluation', spec, files, packageFiles, ...trustInfo });
+    const { report, parameters, expectedWorkload } = verifyJobRelease({ kind: 'evaluation', spec, files, packageFiles, ...trustInfo, maxAgeSeconds: FRESH_SECONDS });
     expect(job.workload === expectedWorkload, 'the job shows the workload this client recomputed');
     ok(`job parameters as hashed: ${contract.canonicalJson(parameters).toString()}`);
-    ok(`job receipt verified: signature chain to the pinned root, measurement allowed, workload ${expectedWorkload.slice(0, 16)}... from the package digest, the spec sent and the dataset id, digests of ${Object.keys(report.payload.released_files).sort().join(', ')}, ε ${report.payload.epsilon_spent} (${report.payload.accountant})`);
+    ok(`job receipt verified: signature chain to the pinned root, measurement allowed, workload ${expectedWorkload.slice(0, 16)}... from the package digest, the spec sent and the dataset id, issued ${report.payload.issued_at}, digests of ${Object.keys(report.payload.released_files).sort().join(', ')}, ε ${report.payload.epsilon_spent} (${report.payload.accountant}: ${report.epsilon.how})`);
     if (out) saveJob(out, { spec, files, modelDir });
     console.log('node client: every check passed');
   } finally {

@@ -78,37 +78,25 @@ function parseCanonical(bytes) {
 // --------------------------------------------------------------------------- numbers as text
 
 /**
- * A finite, non-negative double as the decimal text the server writes: the shortest decimal that
- * reads back as the same double (as Python's repr finds it), written out without an exponent.
- * Python's repr keeps a ".0" on whole numbers below 10^16 and uses an exponent below 10^-4 and
- * from 10^16 on; written out, an exponent form has no ".0". So 3 -> "3.0", 0.5 -> "0.5",
- * 1e-5 -> "0.00001", 1e16 -> "10000000000000000", -0 -> "0".
+ * A finite, non-negative double as decimal text (receipts.md "Numbers as decimal text"):
+ * 1. its shortest round-trip digits (String(x) and toExponential() give them);
+ * 2. written positionally, no exponent: 1e-5 -> "0.00001", 1.5e16 -> "15000000000000000";
+ * 3. with ".0" appended when there is no "." and x < 10^16: 3 -> "3.0" (String(3) is "3": the trap);
+ * 4. 0 -> "0.0", negative zero -> "0"; negative, NaN and infinite values are refused.
  */
 function decimalText(value) {
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
     throw new RangeError('number must be finite and non-negative');
   }
   if (value === 0) return Object.is(value, -0) ? '0' : '0.0';
-  // Shortest round-trip digits and exponent: JavaScript and Python both pick the shortest digit
-  // string that reads back as the same double (ties never differ for shortest output).
-  const [mantissa, exp] = value.toExponential().split('e');
+  const [mantissa, exponent] = value.toExponential().split('e'); // e.g. "1.5", "+16"
   const digits = mantissa.replace('.', '');
-  const point = Number(exp) + 1; // digits before the decimal point
-  const pythonUsesExponent = Number(exp) < -4 || Number(exp) >= 16;
-  let whole;
-  let fraction;
-  if (point <= 0) {
-    whole = '0';
-    fraction = '0'.repeat(-point) + digits;
-  } else if (point >= digits.length) {
-    whole = digits + '0'.repeat(point - digits.length);
-    fraction = '';
-  } else {
-    whole = digits.slice(0, point);
-    fraction = digits.slice(point);
-  }
-  if (fraction === '' && !pythonUsesExponent) fraction = '0';
-  return fraction === '' ? whole : `${whole}.${fraction}`;
+  const point = Number(exponent) + 1; // how many digits stand before the decimal point
+  let text;
+  if (point <= 0) text = `0.${'0'.repeat(-point)}${digits}`;
+  else if (point >= digits.length) text = digits + '0'.repeat(point - digits.length);
+  else text = `${digits.slice(0, point)}.${digits.slice(point)}`;
+  return !text.includes('.') && value < 1e16 ? `${text}.0` : text;
 }
 
 const isDecimalText = (value) => typeof value === 'string' && /^(0|[1-9][0-9]*)(\.[0-9]+)?$/.test(value);
@@ -267,13 +255,64 @@ function parseReport(bytes) {
   return { payload, signature: obj.signature, issuedAt: parseTime(payload.issued_at, 'issued_at'), certificate: readCertificate(payload.certificate) };
 }
 
+// --------------------------------------------------------------------------- ε
+
+// The RDP orders of the zcdp-rdp conversion: 1 + k/20 (k = 1..99), 6 + k/2 (k = 0..59), 36, 40, ..., 256.
+const RDP_ORDERS = [
+  ...Array.from({ length: 99 }, (_, i) => 1 + (i + 1) / 20),
+  ...Array.from({ length: 60 }, (_, k) => 6 + k / 2),
+  ...Array.from({ length: 56 }, (_, k) => 36 + 4 * k),
+];
+
+/** (ε, δ) of a ρ-zCDP mechanism: min over α of α·ρ − (ln δ + ln α)/(α − 1) + ln((α − 1)/α). */
+function zcdpEpsilon(rho, delta) {
+  let best = Infinity;
+  for (const a of RDP_ORDERS) {
+    const eps = a * rho - (Math.log(delta) + Math.log(a)) / (a - 1) + Math.log((a - 1) / a);
+    if (eps < best) best = eps;
+  }
+  return best;
+}
+
 /**
- * Every check a client runs on a receipt, in order; throws VerificationError naming the first that
- * fails. `releasedFiles`: name -> bytes the client received. Returns the parsed report.
+ * Step 7 as far as Node can go without an accountant library: zcdp-rdp is recomputed from ρ and δ;
+ * prv is bounded by the RDP ε the report also states (the document's fallback for a verifier
+ * without PRV); basic (statistics) is checked against the answer by the caller. Returns
+ * {recomputed, how}.
  */
-function verifyReport(bytes, { root, allowedMeasurements, expectedWorkload, releasedFiles }) {
-  const report = parseReport(bytes);
-  const cert = report.certificate;
+function checkEpsilon(report, tolerance = 1e-6) {
+  const { accountant, dp_parameters: params, epsilon_spent: spent } = report.payload;
+  const stated = Number(spent);
+  const number = (key) => {
+    if (!isDecimalText(params[key])) throw new VerificationError('EPSILON_MISMATCH', `dp_parameters.${key} is not decimal text`);
+    return Number(params[key]);
+  };
+  if (accountant === 'zcdp-rdp') {
+    const recomputed = zcdpEpsilon(number('rho'), number('delta'));
+    if (!Number.isFinite(recomputed) || Math.abs(recomputed - stated) > tolerance) {
+      throw new VerificationError('EPSILON_MISMATCH', `stated ε ${spent}, recomputed ${recomputed}`);
+    }
+    return { recomputed, how: `recomputed from ρ ${params.rho} and δ ${params.delta}` };
+  }
+  if (accountant === 'prv' || accountant === 'rdp') {
+    if (!(stated <= number('rdp_epsilon') + tolerance)) throw new VerificationError('EPSILON_MISMATCH', `stated ε ${spent} above its RDP bound ${params.rdp_epsilon}`);
+    return { recomputed: null, how: `at most its RDP bound ${params.rdp_epsilon} (not recomputed: no ${accountant} accountant in Node)` };
+  }
+  if (accountant === 'basic') return { recomputed: null, how: 'basic composition, checked against the answer' };
+  throw new VerificationError('EPSILON_MISMATCH', `unknown accountant ${accountant}`);
+}
+
+// --------------------------------------------------------------------------- verification
+
+/**
+ * Every check of docs/api/receipts.md "Verification order", in that order; throws
+ * VerificationError naming the first that fails. `releasedFiles`: name -> bytes received.
+ * Optional: expectedNonce, maxAgeSeconds with now (ms; default Date.now()), checkEpsilon (default true).
+ * Returns {payload, signature, epsilon: {recomputed, how}}.
+ */
+function verifyReport(bytes, { root, allowedMeasurements, expectedWorkload, releasedFiles, expectedNonce, maxAgeSeconds, now, epsilon = true }) {
+  const report = parseReport(bytes); // 1
+  const cert = report.certificate; // 2
   if (cert.payload.issuer !== root.fingerprint || !signatureValid(root.key, cert.payload, cert.signature)) {
     throw new VerificationError('UNTRUSTED_CERTIFICATE', 'certificate is not signed by the pinned root');
   }
@@ -283,13 +322,20 @@ function verifyReport(bytes, { root, allowedMeasurements, expectedWorkload, rele
   if (!(cert.notBefore <= report.issuedAt && report.issuedAt <= cert.notAfter)) {
     throw new VerificationError('CERTIFICATE_EXPIRED', `certificate valid ${cert.payload.not_before}..${cert.payload.not_after}, report issued ${report.payload.issued_at}`);
   }
-  if (!allowedMeasurements.includes(report.payload.measurement)) {
+  if (!allowedMeasurements.includes(report.payload.measurement)) { // 3
     throw new VerificationError('WRONG_MEASUREMENT', 'measurement is not in the published allow-list');
   }
-  if (!isHex(expectedWorkload, 32) || report.payload.workload !== expectedWorkload) {
+  if (!isHex(expectedWorkload, 32) || report.payload.workload !== expectedWorkload) { // 4
     throw new VerificationError('WORKLOAD_MISMATCH', `report is for workload ${report.payload.workload}, expected ${expectedWorkload}`);
   }
-  const received = releasedFileDigests(releasedFiles);
+  if (expectedNonce !== undefined && report.payload.nonce !== expectedNonce) { // 5
+    throw new VerificationError('NONCE_MISMATCH', 'report answers another request');
+  }
+  if (maxAgeSeconds !== undefined) {
+    const age = ((now ?? Date.now()) - report.issuedAt) / 1000;
+    if (!(age >= -30 && age <= maxAgeSeconds)) throw new VerificationError('STALE_REPORT', `report age ${age} s outside [-30, ${maxAgeSeconds}]`);
+  }
+  const received = releasedFileDigests(releasedFiles); // 6
   const signed = report.payload.released_files;
   const missing = Object.keys(signed).filter((n) => !(n in received));
   const extra = Object.keys(received).filter((n) => !(n in signed));
@@ -297,7 +343,7 @@ function verifyReport(bytes, { root, allowedMeasurements, expectedWorkload, rele
   if (missing.length || extra.length || altered.length) {
     throw new VerificationError('RELEASED_FILES_MISMATCH', `missing [${missing}], not in report [${extra}], altered [${altered}]`);
   }
-  return report;
+  return { ...report, epsilon: epsilon ? checkEpsilon(report) : null }; // 7
 }
 
 module.exports = {
@@ -319,5 +365,8 @@ module.exports = {
   signatureValid,
   parseReport,
   verifyReport,
+  zcdpEpsilon,
+  checkEpsilon,
+  parseTime,
   compareCodePoints,
 };

@@ -17,14 +17,13 @@ function same(a, b) {
 /**
  * A statistics answer: the receipt against the pinned root, the statistics workload of the
  * answer's dataset, answer.json as the one released file; then the ε charged and every value shown
- * must be the signed ones. `answer` is a QueryAnswer (proto field names).
+ * must be the signed ones. `answer` is a QueryAnswer (proto field names); `options` those of
+ * contract.verifyReport (root, allowedMeasurements, and optionally expectedNonce, maxAgeSeconds, now).
  */
-function verifyStatsAnswer(answer, { root, allowedMeasurements }) {
+function verifyStatsAnswer(answer, options) {
   const datasetId = answer.dataset.replace(/^datasets\//, '');
   const expectedWorkload = contract.statsWorkload(datasetId);
-  const report = contract.verifyReport(answer.receipt, {
-    root, allowedMeasurements, expectedWorkload, releasedFiles: { 'answer.json': answer.answer_json },
-  });
+  const report = contract.verifyReport(answer.receipt, { ...options, expectedWorkload, releasedFiles: { 'answer.json': answer.answer_json } });
   const signed = JSON.parse(Buffer.from(answer.answer_json).toString('utf8'));
   if (Math.abs(Number(report.payload.epsilon_spent) - answer.epsilon) > 1e-9 || signed.epsilon !== answer.epsilon) {
     throw new VerificationError('EPSILON_MISMATCH', `the answer states ε ${answer.epsilon}, its receipt ${report.payload.epsilon_spent}`);
@@ -57,16 +56,17 @@ function verifyStatsAnswer(answer, { root, allowedMeasurements }) {
 
 /**
  * A released job: `files` are the downloaded artefacts (receipt.json among them), `packageFiles`
- * the files this client zipped, `spec` the EvaluationSpec or TrainingSpec it sent.
+ * the files this client zipped, `spec` the EvaluationSpec or TrainingSpec it sent; the rest are
+ * contract.verifyReport's options.
  */
-function verifyJobRelease({ kind, spec, files, packageFiles, root, allowedMeasurements }) {
+function verifyJobRelease({ kind, spec, files, packageFiles, ...options }) {
   if (!files['receipt.json']) throw new VerificationError('RELEASED_FILES_MISMATCH', 'no receipt.json was downloaded');
   const released = Object.fromEntries(Object.entries(files).filter(([name]) => name !== 'receipt.json'));
   const packageDigest = contract.packageDigest(packageFiles);
   const parameters = kind === 'training' ? contract.trainingParameters(spec) : contract.evaluationParameters(spec);
   const datasetId = spec.dataset.replace(/^datasets\//, '');
   const expectedWorkload = contract.jobWorkload(packageDigest, parameters, datasetId);
-  const report = contract.verifyReport(files['receipt.json'], { root, allowedMeasurements, expectedWorkload, releasedFiles: released });
+  const report = contract.verifyReport(files['receipt.json'], { ...options, expectedWorkload, releasedFiles: released });
   return { report, packageDigest, parameters, expectedWorkload };
 }
 
