@@ -83,6 +83,7 @@ def test_the_node_client_runs_the_manufacturer_flow_and_verifies_both_receipts(f
                      "ok error path: GetJob of an unknown job -> NOT_FOUND", "ok downloaded metrics.json, receipt.json, report.html",
                      "ok job receipt verified:"):
         assert any(line.startswith(expected) for line in lines), f"{expected!r} not in:\n{result.stdout}"
+    assert sum("x-request-id echoed" in line for line in lines) == 3  # on success and on both errors
     watched = next(line for line in lines if line.startswith("ok evaluation job"))
     assert "JOB_STATE_RUNNING" in watched and watched.endswith("JOB_STATE_RELEASED")
     hashed = next(line for line in lines if line.startswith("ok job parameters as hashed:"))

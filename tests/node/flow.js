@@ -50,15 +50,19 @@ async function expectError(promise, code, reason) {
     expect(info && info.reason === reason && info.domain === 'cleanroom.v1',
       `ErrorInfo {reason: ${reason}, domain: cleanroom.v1} in grpc-status-details-bin, got ${JSON.stringify(error.detailMessages)}`);
     expect(error.status.code === error.numericCode && error.status.message === error.details, 'google.rpc.Status repeats the status code and message');
+    const echoed = error.metadata.get('x-request-id');
+    expect(echoed.length === 1 && echoed[0] === error.requestIdSent, `the x-request-id sent (${error.requestIdSent}) comes back in the error's trailers, got ${echoed}`);
     return error;
   }
   throw new Error(`expected ${code}, the call succeeded`);
 }
 
 async function whoAmI(client) {
-  const me = await client.call('IdentityService', 'WhoAmI', {});
+  let echoed = null;
+  const me = await client.call('IdentityService', 'WhoAmI', {}, undefined, (sent, trailers) => { echoed = [sent, trailers.get('x-request-id')]; });
+  expect(echoed && echoed[1].length === 1 && echoed[1][0] === echoed[0], `the x-request-id sent comes back in the trailers, got ${echoed}`);
   expect(me.role === 'MANUFACTURER', `WhoAmI says MANUFACTURER, got ${me.role}`);
-  ok(`who-am-I: ${me.name} (${me.display_name}), role ${me.role}`);
+  ok(`who-am-I: ${me.name} (${me.display_name}), role ${me.role}; x-request-id echoed in the trailers`);
   return me;
 }
 
@@ -119,9 +123,9 @@ async function errorPaths(client, spec) {
     'INVALID_ARGUMENT', 'BAD_REQUEST');
   const fields = (bad.detail('google.rpc.BadRequest') || { field_violations: [] }).field_violations.map((v) => v.field);
   expect(fields.includes('spec.target_epsilon'), `BadRequest names spec.target_epsilon, got ${fields}`);
-  ok(`error path: SubmitEvaluation with ε -1 -> INVALID_ARGUMENT, ErrorInfo reason BAD_REQUEST, BadRequest field ${fields.join(', ')}`);
+  ok(`error path: SubmitEvaluation with ε -1 -> INVALID_ARGUMENT, ErrorInfo reason BAD_REQUEST, BadRequest field ${fields.join(', ')}, x-request-id echoed`);
   await expectError(client.call('JobService', 'GetJob', { name: 'jobs/0123456789abcdef' }), 'NOT_FOUND', 'NOT_FOUND');
-  ok('error path: GetJob of an unknown job -> NOT_FOUND, ErrorInfo reason NOT_FOUND');
+  ok('error path: GetJob of an unknown job -> NOT_FOUND, ErrorInfo reason NOT_FOUND, x-request-id echoed');
 }
 
 async function evaluate(client, spec) {

@@ -76,13 +76,26 @@ class Client {
     return new Date(Date.now() + seconds * 1000);
   }
 
-  /** A unary call: resolves to the response; rejects with RpcError. */
-  call(service, method, request, seconds) {
+  /** The call's metadata: the token and a fresh `x-request-id` for tracing. */
+  callMetadata() {
+    const metadata = this.metadata.clone();
+    metadata.set('x-request-id', crypto.randomUUID());
+    return metadata;
+  }
+
+  /**
+   * A unary call: resolves to the response; rejects with RpcError. `onTrailers(requestIdSent,
+   * trailers)` sees the trailing metadata of a successful call.
+   */
+  call(service, method, request, seconds, onTrailers = () => {}) {
     return new Promise((resolve, reject) => {
-      this.stubs[service][method](request, this.metadata, { deadline: this.deadline(seconds) }, (error, response) => {
-        if (error) reject(new RpcError(error, `${service}.${method}`));
+      const metadata = this.callMetadata();
+      const sent = metadata.get('x-request-id')[0];
+      const call = this.stubs[service][method](request, metadata, { deadline: this.deadline(seconds) }, (error, response) => {
+        if (error) reject(Object.assign(new RpcError(error, `${service}.${method}`), { requestIdSent: sent }));
         else resolve(response);
       });
+      call.on('status', (status) => { if (status.code === grpc.status.OK) onTrailers(sent, status.metadata); });
     });
   }
 
@@ -90,7 +103,7 @@ class Client {
   collect(service, method, request, seconds, onMessage = () => {}) {
     return new Promise((resolve, reject) => {
       const messages = [];
-      const stream = this.stubs[service][method](request, this.metadata, { deadline: this.deadline(seconds) });
+      const stream = this.stubs[service][method](request, this.callMetadata(), { deadline: this.deadline(seconds) });
       stream.on('data', (message) => { messages.push(message); onMessage(message); });
       stream.on('error', (error) => reject(new RpcError(error, `${service}.${method}`)));
       stream.on('end', () => resolve(messages));
@@ -100,7 +113,7 @@ class Client {
   /** SubmitModel: metadata, the zip in chunks of at most 1 MiB, a trailer with size and SHA-256. */
   submitModel(zipBytes, seconds = 600) {
     return new Promise((resolve, reject) => {
-      const stream = this.stubs.ModelService.SubmitModel(this.metadata, { deadline: this.deadline(seconds) }, (error, response) => {
+      const stream = this.stubs.ModelService.SubmitModel(this.callMetadata(), { deadline: this.deadline(seconds) }, (error, response) => {
         if (error) reject(new RpcError(error, 'ModelService.SubmitModel'));
         else resolve(response);
       });
