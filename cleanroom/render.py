@@ -81,7 +81,7 @@ def bar(used: float, total: float, width: int = 20) -> str:
 def budget_table(report: privacy_pb2.BudgetReport) -> str:
     rows = []
     for b in report.budgets:
-        who = b.manufacturer_display_name or "(whole dataset)"
+        who = f"{b.manufacturer_display_name} ({b.manufacturer})" if b.manufacturer else "(whole dataset)"
         used = b.reserved.epsilon + b.spent.epsilon
         rdp = f"{b.rdp_composition_epsilon:.3g}" if b.rdp_composition_epsilon else "-"
         rows.append((
@@ -94,14 +94,31 @@ def budget_table(report: privacy_pb2.BudgetReport) -> str:
         f"policy: at most ε {policy.max_epsilon_per_request:g} and δ {policy.effective_max_delta:.2g} per request; "
         f"auto-approve up to ε {policy.auto_approve_epsilon:g}\n"
     )
-    return header + table(("budget", "ε left", "ε left / cap", "spent", "reserved", "δ left", "ε basic / RDP"), rows)
+    lines = [table(("budget", "ε left", "ε left / cap", "spent", "reserved", "δ left", "ε basic / RDP"), rows)] if rows else []
+    return header + "\n".join(lines + _missing_budgets(report))
+
+
+def _missing_budgets(report: privacy_pb2.BudgetReport) -> list[str]:
+    """Plain words for what an empty or partial table would leave unsaid."""
+    notes = []
+    if not report.dataset_cap_set:
+        notes.append(f"whole dataset: NO CAP SET, so nothing can be spent on this dataset until a privacy officer sets one "
+                     f"(cleanroom privacy budget {report.dataset} --epsilon E --delta D --reason …)")
+    if not any(b.manufacturer for b in report.budgets):
+        notes.append(f"shares: none; a manufacturer can use this dataset only once it is shared "
+                     f"(cleanroom privacy share {report.dataset} principals/ID --epsilon E --delta D --reason …)")
+    return notes
 
 
 def cost_estimate(estimate: privacy_pb2.CostEstimate) -> str:
     """A dry run's verdict, its reasons, and each visible budget now and after."""
     lines = [f"cost ε {estimate.cost.epsilon:g}, δ {estimate.cost.delta:.2g}: {estimate.decision.replace('_', ' ')}; "
              f"{'fits' if estimate.fits else 'does NOT fit'}"]
-    lines += [f"  - {reason}" for reason in estimate.reasons]
+    for reason in estimate.details:
+        lines.append(f"  - {reason.outcome.replace('_', ' ')}: {reason.message}")
+        lines.append(f"      to go ahead: {reason.remedy}")
+    if not estimate.details:  # a server from before structured reasons
+        lines += [f"  - {reason}" for reason in estimate.reasons]
     rows = [(now.name, f"{now.remaining.epsilon:g}", f"{then.remaining.epsilon:g}")
             for now, then in zip(estimate.remaining_before, estimate.remaining_after)]
     lines.append(table(("budget", "ε left now", "ε left after"), rows))

@@ -108,7 +108,7 @@ def test_auto_approval_within_threshold(parties) -> None:
     assert small.state.value == "approved" and small.spend_id
     with pytest.raises(CleanroomError) as refused:
         app.approvals.submit(maker, SpendRequest(parties["dataset_id"], maker.id, "training", "jobs/big", Privacy.cost(3.5, 1e-6)))
-    assert refused.value.code is ErrorCode.POLICY_REFUSED and "per-job limit" in refused.value.message
+    assert refused.value.code is ErrorCode.POLICY_REFUSED and "per-request limit" in refused.value.message
 
 
 @pytest.mark.parametrize("epsilon, delta, field", [

@@ -18,6 +18,7 @@ from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState
 from cleanroom.domain.model_versions import ModelState, ModelVersion
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest
 from cleanroom.domain.audit import ChainVerdict
+from cleanroom.domain.cost_reasons import CostReason
 from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, MAX_EPSILON, LedgerEvent, Privacy
 from cleanroom.stats.query import MAX_ROWS_PER_PATIENT
 from cleanroom.privacy.budgets import BudgetLine
@@ -208,6 +209,17 @@ def budget_to_proto(line: BudgetLine, composition: tuple[float, float | None] | 
     if composition is not None:
         message.basic_composition_epsilon = composition[0]
         message.rdp_composition_epsilon = composition[1] or 0.0
+    return message
+
+
+def cost_reason_to_proto(reason: CostReason) -> privacy_pb2.CostReason:
+    message = privacy_pb2.CostReason(
+        rule=reason.rule.value, outcome=reason.outcome.value, budget=reason.budget_id, cap_set=reason.cap_set,
+        requested=amount_to_proto(reason.requested), message=reason.message, remedy=reason.remedy,
+    )
+    for field, amount in (("left", reason.left), ("limit", reason.limit), ("fits_with", reason.fits_with)):
+        if amount is not None:
+            getattr(message, field).CopyFrom(amount_to_proto(amount))
     return message
 
 

@@ -27,6 +27,7 @@ def _report(view: BudgetView) -> privacy_pb2.BudgetReport:
         dataset_display_name=view.dataset.display_name,
         budgets=[convert.budget_to_proto(line, (line.basic_epsilon, line.rdp_epsilon)) for line in view.lines],
         policy=convert.policy_to_proto(view.dataset.id, view.policy, view.dataset.patient_count),
+        dataset_cap_set=view.dataset_cap_set,
     )
 
 
@@ -36,7 +37,8 @@ def _remaining_lines(remaining: dict[str, Privacy], minus: Privacy = Privacy()) 
 
 def cost_estimate_to_proto(estimate: Estimate) -> privacy_pb2.CostEstimate:
     return privacy_pb2.CostEstimate(
-        cost=convert.amount_to_proto(estimate.cost), decision=estimate.check.decision.value, reasons=estimate.check.reasons,
+        cost=convert.amount_to_proto(estimate.cost), decision=estimate.check.decision.value,
+        reasons=[r.sentence for r in estimate.reasons], details=[convert.cost_reason_to_proto(r) for r in estimate.reasons],
         fits=estimate.fits, remaining_before=_remaining_lines(estimate.remaining_before),
         remaining_after=_remaining_lines(estimate.remaining_before, estimate.cost),
     )

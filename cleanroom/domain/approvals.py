@@ -6,8 +6,12 @@ import enum
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, Mechanism, Privacy
+
+if TYPE_CHECKING:
+    from cleanroom.domain.cost_reasons import CostReason
 
 DEFAULT_MAX_EPSILON = 10 * EPSILON_SCALE
 
@@ -22,8 +26,13 @@ class ApprovalPolicy:
     stats_rows_per_patient: int = 1  # statistics: rows one patient contributes unless a query says
 
     def delta_limit(self, patients: int) -> int:
-        default = DELTA_SCALE // (10 * max(patients, 1))
+        default = default_delta_limit(patients)
         return min(self.max_delta, default) if self.max_delta else default
+
+
+def default_delta_limit(patients: int) -> int:
+    """1 / (10 x patients): the largest δ any request may spend, whatever the policy says."""
+    return DELTA_SCALE // (10 * max(patients, 1))
 
 
 class Decision(enum.Enum):
@@ -35,21 +44,22 @@ class Decision(enum.Enum):
 @dataclass(frozen=True)
 class PolicyCheck:
     decision: Decision
-    reasons: tuple[str, ...] = ()
+    details: tuple[CostReason, ...] = ()  # why it is refused or must wait, with the remedy
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(d.sentence for d in self.details)
 
 
 def check_against_policy(policy: ApprovalPolicy, cost: Privacy, patients: int) -> PolicyCheck:
-    reasons = []
-    if cost.epsilon > policy.max_epsilon:
-        reasons.append(f"ε {cost.epsilon_value:g} is above this dataset's per-job limit {policy.max_epsilon / EPSILON_SCALE:g}")
-    delta_limit = policy.delta_limit(patients)
-    if cost.delta > delta_limit:
-        reasons.append(f"δ {cost.delta_value:.3g} is above this dataset's per-job limit {delta_limit / DELTA_SCALE:.3g}")
-    if reasons:
-        return PolicyCheck(Decision.REFUSED, tuple(reasons))
-    if cost.epsilon <= policy.auto_approve_epsilon:
-        return PolicyCheck(Decision.AUTO_APPROVE)
-    return PolicyCheck(Decision.NEEDS_APPROVAL)
+    from cleanroom.domain.cost_reasons import Outcome, policy_reasons  # the reasons module builds on this one
+
+    details = tuple(policy_reasons(policy, cost, patients))
+    if any(d.outcome is Outcome.REFUSED for d in details):
+        return PolicyCheck(Decision.REFUSED, details)
+    if details:
+        return PolicyCheck(Decision.NEEDS_APPROVAL, details)
+    return PolicyCheck(Decision.AUTO_APPROVE)
 
 
 class RequestState(enum.Enum):

@@ -21,10 +21,11 @@ from cleanroom.domain.approvals import (
     new_request_id,
     new_spend_id,
 )
+from cleanroom.domain.cost_reasons import CostReason, Rule, budget_reason
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
-from cleanroom.domain.privacy import Balance, Privacy, dataset_budget_id, share_budget_id
+from cleanroom.domain.privacy import ZERO, Balance, Privacy, dataset_budget_id, share_budget_id
 from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.storage import audit_repo, privacy_repo, repos
@@ -39,6 +40,12 @@ class Estimate:
     check: PolicyCheck
     remaining_before: dict[str, Privacy]   # budget id -> remaining now
     fits: bool
+    budget_reasons: tuple[CostReason, ...] = ()  # the budgets that would refuse, and what would make it fit
+
+    @property
+    def reasons(self) -> tuple[CostReason, ...]:
+        """Every rule that refuses or makes the request wait: budgets first, then the policy."""
+        return self.budget_reasons + self.check.details
 
 
 class ApprovalService:
@@ -49,8 +56,11 @@ class ApprovalService:
         # True when it freed some, and a reservation that found the budget short is tried again.
         self._release_held = release_held
 
-    def estimate(self, principal: Principal, dataset_id: str, manufacturer_id: str, cost: Privacy) -> Estimate:
-        """What a request would cost and what would remain. Manufacturers may ask about themselves only."""
+    def estimate(self, principal: Principal, dataset_id: str, manufacturer_id: str, cost: Privacy, *, held: Privacy = ZERO) -> Estimate:
+        """What a request would cost, what would remain, and every rule that would refuse it or make
+        it wait. Manufacturers may ask about themselves only, and never see the dataset-wide numbers
+        (they would reveal what others spent). `held`: budget the pair's open statistics allowance
+        holds unused, which the request may still draw on."""
         if principal.role is Role.MANUFACTURER and manufacturer_id != principal.id:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         with self._db.read() as session:
@@ -58,16 +68,15 @@ class ApprovalService:
             if not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
             check = check_against_policy(privacy_repo.get_policy(session, dataset_id), cost, dataset.patient_count)
-            budgets = self._balances(session, dataset_id, manufacturer_id)
-        visible = budgets if principal.role is not Role.MANUFACTURER else {k: v for k, v in budgets.items() if "/manufacturers/" in k}
-        fits = all(b.admits(cost) for b in budgets.values()) and len(budgets) == 2
-        return Estimate(cost, check, {k: b.remaining for k, b in visible.items()}, fits)
-
-    @staticmethod
-    def _balances(session: object, dataset_id: str, manufacturer_id: str) -> dict[str, Balance]:
-        ids = (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id))
-        found = {i: privacy_repo.get_balance(session, i) for i in ids}  # type: ignore[arg-type]
-        return {i: b for i, b in found.items() if b is not None}
+            whole, share = (_unheld(privacy_repo.get_balance(session, budget_id), held)
+                            for budget_id in (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id)))
+        officer = principal.role is not Role.MANUFACTURER
+        refusals = (budget_reason(Rule.DATASET_BUDGET, dataset_budget_id(dataset_id), whole, cost, show_numbers=officer),
+                    budget_reason(Rule.SHARE_BUDGET, share_budget_id(dataset_id, manufacturer_id), share, cost))
+        visible = {share_budget_id(dataset_id, manufacturer_id): share, **({dataset_budget_id(dataset_id): whole} if officer else {})}
+        remaining = {k: b.remaining for k, b in visible.items() if b is not None}
+        reasons = tuple(r for r in refusals if r is not None)
+        return Estimate(cost, check, remaining, not reasons, reasons)
 
     def submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         """Refused by policy -> error; within auto-approval -> approved and reserved; else pending."""
@@ -83,7 +92,7 @@ class ApprovalService:
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
             check = check_against_policy(privacy_repo.get_policy(session, dataset.id), request.cost, dataset.patient_count)
             if check.decision is Decision.REFUSED:
-                raise CleanroomError(ErrorCode.POLICY_REFUSED, "the dataset's approval policy refuses this request: " + "; ".join(check.reasons))
+                raise CleanroomError(ErrorCode.POLICY_REFUSED, "the dataset's approval policy refuses this request: " + ". ".join(check.reasons))
             pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
                                      request.cost, RequestState.PENDING, repos.now(), request.mechanism, workload=request.workload)
             privacy_repo.add_request(session, pending)
@@ -137,3 +146,10 @@ class ApprovalService:
         if request is None or (principal.role is Role.MANUFACTURER and request.manufacturer_id != principal.id):
             raise CleanroomError(ErrorCode.NOT_FOUND, "privacy request not found")
         return request
+
+
+def _unheld(balance: Balance | None, held: Privacy) -> Balance | None:
+    """The balance as it would be once the unused `held` part of its reservations went back."""
+    if balance is None or held == ZERO:
+        return balance
+    return Balance(balance.cap, balance.reserved - held, balance.spent)

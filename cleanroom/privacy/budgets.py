@@ -36,6 +36,7 @@ class BudgetView:
     dataset: Dataset
     lines: tuple[BudgetLine, ...]
     policy: ApprovalPolicy
+    dataset_cap_set: bool = True  # False: no dataset-wide cap yet, so nothing can be spent
 
 
 def retry_after_release(action: Callable[[], T], *, refused: type[Exception], release: Callable[[], bool]) -> T:
@@ -141,14 +142,16 @@ class BudgetService:
             if principal.role is Role.MANUFACTURER and not privacy_repo.is_shared(session, dataset_id, principal.id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
             lines = []
-            for budget_id, (manufacturer_id, balance) in privacy_repo.dataset_balances(session, dataset_id).items():
+            balances = privacy_repo.dataset_balances(session, dataset_id)
+            for budget_id, (manufacturer_id, balance) in balances.items():
                 if principal.role is Role.MANUFACTURER and manufacturer_id != principal.id:
                     continue
                 who = repos.get_principal(session, manufacturer_id) if manufacturer_id else None
                 lines.append(BudgetLine(budget_id, who, balance))
             commits = privacy_repo.events(session, privacy_repo.EventFilter(dataset_id=dataset_id, kind=EventKind.COMMIT))
             policy = privacy_repo.get_policy(session, dataset_id)
-        return BudgetView(dataset, tuple(_with_composition(line, commits) for line in lines), policy)
+        return BudgetView(dataset, tuple(_with_composition(line, commits) for line in lines), policy,
+                          dataset_cap_set=dataset_budget_id(dataset_id) in balances)
 
 
 def _with_composition(line: BudgetLine, commits: list[LedgerEvent]) -> BudgetLine:

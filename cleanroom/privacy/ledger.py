@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import new_spend_id
+from cleanroom.domain.cost_reasons import CostReason, Outcome, Rule, amount_text, budget_reason
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.privacy import (
     ZERO,
@@ -36,15 +37,33 @@ SYSTEM = "system"
 
 
 class BudgetExhausted(CleanroomError):
-    """Not enough budget left; `budget_ids` names the budgets that refused (for QuotaFailure)."""
+    """Not enough budget left. Each refusing budget is named in words with what would make the
+    request fit; `budget_ids` are the QuotaFailure subjects."""
 
-    def __init__(self, budget_ids: tuple[str, ...]) -> None:
+    def __init__(self, reasons: tuple[CostReason, ...]) -> None:
         super().__init__(
             ErrorCode.PRIVACY_BUDGET_EXHAUSTED,
-            "the privacy budget left on this dataset does not cover this request",
-            violations=[FieldViolation(b, "not enough ε or δ left") for b in budget_ids],
+            "not enough privacy budget: " + ". ".join(r.message for r in reasons),
+            violations=[FieldViolation(r.budget_id, f"to go ahead, {r.remedy}") for r in reasons],
         )
-        self.budget_ids = budget_ids
+        self.budget_ids = tuple(r.budget_id for r in reasons)
+        self.reasons = reasons
+
+
+def _budget_rule(budget_id: str) -> Rule:
+    return Rule.SHARE_BUDGET if "/manufacturers/" in budget_id else Rule.DATASET_BUDGET
+
+
+def refusal(budget_id: str, balance: Balance | None, cost: Privacy) -> CostReason:
+    """Why `budget_id` refused `cost`. The dataset-wide numbers stay out: the caller may be a
+    manufacturer, to whom they would reveal what others spent."""
+    rule = _budget_rule(budget_id)
+    reason = budget_reason(rule, budget_id, balance, cost, show_numbers=rule is Rule.SHARE_BUDGET)
+    if reason is not None:
+        return reason
+    return CostReason(rule, Outcome.REFUSED, cost, budget_id=budget_id,  # it changed since the refusal: a race
+                      message=f"the budget {budget_id} did not have {amount_text(cost)} left at that moment",
+                      remedy="try again")
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,7 @@ class Ledger:
         refused = tuple(b for b in sorted(spend.budget_ids) if not privacy_repo.try_reserve(session, b, request.cost))
         if refused:
             self._count("exhausted")
-            raise BudgetExhausted(refused)
+            raise BudgetExhausted(tuple(refusal(b, privacy_repo.get_balance(session, b), request.cost) for b in refused))
         self._count("reserved")
         privacy_repo.add_spend(session, spend)
         if request.decrypted_on_reserve:
@@ -121,8 +140,8 @@ class Ledger:
             share = privacy_repo.get_balance(session, share_budget_id(request.dataset_id, request.manufacturer_id))
             if dataset is None or share is None:
                 self._count("exhausted")
-                missing = (dataset_budget_id(request.dataset_id), share_budget_id(request.dataset_id, request.manufacturer_id))
-                raise BudgetExhausted(missing)
+                ids = (dataset_budget_id(request.dataset_id), share_budget_id(request.dataset_id, request.manufacturer_id))
+                raise BudgetExhausted(tuple(refusal(i, None, request.cost) for i, b in zip(ids, (dataset, share)) if b is None))
             sized = dataclasses.replace(request, cost=size(dataset, share))
             return self.reserve_in(session, sized, actor_id=actor_id)
 

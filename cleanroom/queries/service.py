@@ -25,7 +25,7 @@ from cleanroom.domain.approvals import ApprovalPolicy, Decision, RequestState, c
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.identity import Principal
-from cleanroom.domain.privacy import ZERO, Mechanism, Privacy, SpendState
+from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
 from cleanroom.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService, Estimate
@@ -196,11 +196,9 @@ class StatsQueryService:
         priced = self._priced(principal, dataset_id, query)
         errors = expected_error(priced.query, schema=priced.schema, public_group_keys=priced.public_keys,
                                 default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
-        budget = self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost)
-        held = self.held(priced.dataset.id, principal.id)
-        if held != ZERO:  # budget this caller's open allowance holds is still the caller's to spend
-            remaining = {k: v + held for k, v in budget.remaining_before.items()}
-            budget = dataclasses.replace(budget, remaining_before=remaining, fits=budget.fits or priced.cost.fits_in(held))
+        # Budget this caller's open allowance holds unused is still the caller's to spend.
+        budget = self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost,
+                                          held=self.held(priced.dataset.id, principal.id))
         return QueryEstimate(priced.cost, errors, budget)
 
     # --- answering -----------------------------------------------------------------------------
