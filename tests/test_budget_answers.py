@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from cleanroom import cli
+from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy
 from cleanroom.privacy.ledger import SpendRequest
@@ -147,3 +148,15 @@ def test_a_refused_approval_names_the_share_with_its_numbers(study) -> None:
     assert "the manufacturer's share budget" in error.message and "has ε 4, δ 1e-5 left of its cap ε 4, δ 1e-5" in error.message
     assert [v.field for v in error.violations] == [f"{study['dataset']}/manufacturers/{study['maker_id']}"]
     assert "raise that cap to at least ε 5" in error.violations[0].description
+
+
+def test_a_policy_refusal_names_the_limit_and_the_way_through(study) -> None:
+    study["officer"].set_approval_policy(study["dataset"], max_epsilon=2, reason="small requests only")
+    app = study["running"].app
+    maker = app.principals.get(study["maker_id"])
+    with pytest.raises(CleanroomError) as refused:
+        app.approvals.submit(maker, SpendRequest(study["dataset"].removeprefix("datasets/"), maker.id, "training", "jobs/y",
+                                                 Privacy.cost(3, 1e-6)))
+    assert refused.value.message == (
+        "the dataset's approval policy refuses this request: ε 3 is above this dataset's per-request limit ε 2. "
+        "To go ahead: request at most ε 2, or ask a privacy officer to raise the per-request limit to at least ε 3")

@@ -92,7 +92,7 @@ class ApprovalService:
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
             check = check_against_policy(privacy_repo.get_policy(session, dataset.id), request.cost, dataset.patient_count)
             if check.decision is Decision.REFUSED:
-                raise CleanroomError(ErrorCode.POLICY_REFUSED, "the dataset's approval policy refuses this request: " + ". ".join(check.reasons))
+                raise CleanroomError(ErrorCode.POLICY_REFUSED, policy_refusal(check))
             pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
                                      request.cost, RequestState.PENDING, repos.now(), request.mechanism, workload=request.workload)
             privacy_repo.add_request(session, pending)
@@ -146,6 +146,12 @@ class ApprovalService:
         if request is None or (principal.role is Role.MANUFACTURER and request.manufacturer_id != principal.id):
             raise CleanroomError(ErrorCode.NOT_FOUND, "privacy request not found")
         return request
+
+
+def policy_refusal(check: PolicyCheck) -> str:
+    """The rule's numbers, then what would let the request through."""
+    return (f"the dataset's approval policy refuses this request: {'; '.join(d.message for d in check.details)}. "
+            f"To go ahead: {'; and '.join(d.remedy for d in check.details)}")
 
 
 def _unheld(balance: Balance | None, held: Privacy) -> Balance | None:

@@ -43,7 +43,7 @@ class BudgetExhausted(CleanroomError):
     def __init__(self, reasons: tuple[CostReason, ...]) -> None:
         super().__init__(
             ErrorCode.PRIVACY_BUDGET_EXHAUSTED,
-            "not enough privacy budget: " + ". ".join(r.message for r in reasons),
+            "not enough privacy budget: " + "; ".join(r.message for r in reasons),
             violations=[FieldViolation(r.budget_id, f"to go ahead, {r.remedy}") for r in reasons],
         )
         self.budget_ids = tuple(r.budget_id for r in reasons)
