@@ -308,6 +308,9 @@ def test_budget_exhaustion_is_refused_with_the_reason(world) -> None:
         for _ in range(8):  # auto-approved spends of 1.5 until the share's cap of 5 is used up
             world["maker"].evaluate(_evaluation(world, epsilon=1.5))
     assert err.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and err.value.reason == "PRIVACY_BUDGET_EXHAUSTED"
+    # The share (cap 5) is always shorter than the dataset-wide cap (6): it is named, in words, with the way through.
+    assert "the manufacturer's share budget" in err.value.message and "this request needs ε 1.5" in err.value.message
+    assert any("raise that cap to at least" in v.description for v in err.value.violations)
 
 
 @pytest.mark.parametrize("classes, message", [
