@@ -142,7 +142,8 @@ def test_a_casting_model_read_back_like_intake_trains_like_autograd(tmp_path) ->
     spec = importlib.util.spec_from_file_location("casting_model", package / "model.py")
     source = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(source)
-    (tmp_path / "a.safetensors").write_bytes(artifact_bytes(export(source.build_model())))
+    raw = export(source.build_model())
+    (tmp_path / "a.safetensors").write_bytes(artifact_bytes(raw))
     program = read_artifact(tmp_path / "a.safetensors", max_bytes=1 << 26, max_header_bytes=1 << 20, max_tensors=64, max_nodes=500)
     manifest = parse_manifest((package / "cleanroom-model.toml").read_text())
     assert validate_program(program, manifest, IntakeLimits()).accepted
@@ -153,3 +154,8 @@ def test_a_casting_model_read_back_like_intake_trains_like_autograd(tmp_path) ->
     fast, slow = model.per_example_grads(params, X, y), _loop_grads(program, params, X, y)
     for name in slow:
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-6)
+    # Defence in depth: a program that still held the assertions would run them as no-ops.
+    assert any(n.target is torch.ops.aten._assert_tensor_metadata.default for n in raw.graph.nodes)
+    unstripped = ExportedModel(raw, task=BINARY, trainable=["*"]).per_example_grads(params, X, y)
+    for name in slow:
+        torch.testing.assert_close(unstripped[name], slow[name], rtol=1e-5, atol=1e-6)
