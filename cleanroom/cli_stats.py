@@ -51,8 +51,10 @@ def _query_options() -> argparse.ArgumentParser:
     parser.add_argument("dataset", help="datasets/{id}")
     parser.add_argument("--column", help="the measured column (not needed for a plain count)")
     parser.add_argument("--epsilon", type=float, required=True, help="ε this query spends, e.g. 0.5")
-    parser.add_argument("--delta", type=float, default=0.0, help="δ; needed for --group-by and for --noise gaussian")
-    parser.add_argument("--group-by", help="a categorical column; groups below a DP threshold are not released")
+    parser.add_argument("--delta", type=float, default=0.0,
+                        help="δ; needed for --noise gaussian and for a --group-by whose keys are not public")
+    parser.add_argument("--group-by", help="a categorical column. Keys the hospital declared (categories, age bands) are all "
+                        "released, zero counts included; other groups below a DP threshold are left out")
     parser.add_argument("--where", action="append", default=[], metavar="'COLUMN OP VALUE'",
                         help="filter rows, e.g. 'age == 40-49' or 'site in a,b'; OP is == != < <= > >= in; repeatable")
     parser.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"), help="public clamping bounds for sum, mean, variance, quantile")
