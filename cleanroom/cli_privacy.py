@@ -111,8 +111,8 @@ def _pending(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
         rows = []
         for r in client(a).pending_requests():
-            after = min((b.remaining.epsilon for b in r.remaining_after), default=0.0)
-            rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", f"{after:g}"))
+            after = f"{min(b.remaining.epsilon for b in r.remaining_after):g}" if r.remaining_after else "does not fit"
+            rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", after))
         print(render.table(("request", "dataset", "manufacturer", "kind", "ε", "ε left after"), rows))
     return run
 

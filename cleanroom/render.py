@@ -119,7 +119,9 @@ def cost_estimate(estimate: privacy_pb2.CostEstimate) -> str:
         lines.append(f"      to go ahead: {reason.remedy}")
     if not estimate.details:  # a server from before structured reasons
         lines += [f"  - {reason}" for reason in estimate.reasons]
-    rows = [(now.name, f"{now.remaining.epsilon:g}", f"{then.remaining.epsilon:g}")
-            for now, then in zip(estimate.remaining_before, estimate.remaining_after)]
+    after = {b.name: b for b in estimate.remaining_after}  # none when it cannot be reserved
+    absent = "does not fit" if not estimate.fits else "refused"
+    rows = [(now.name, f"{now.remaining.epsilon:g}", f"{after[now.name].remaining.epsilon:g}" if now.name in after else absent)
+            for now in estimate.remaining_before]
     lines.append(table(("budget", "ε left now", "ε left after"), rows))
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from cleanroom.domain.audit import Anchor
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Role
 from cleanroom.domain.pagination import next_page_token, parse_page
-from cleanroom.domain.privacy import Balance, EventKind, Privacy
+from cleanroom.domain.privacy import EventKind
 from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetLine, BudgetService, BudgetView
@@ -31,16 +31,16 @@ def _report(view: BudgetView) -> privacy_pb2.BudgetReport:
     )
 
 
-def _remaining_lines(remaining: dict[str, Privacy], minus: Privacy = Privacy()) -> list[privacy_pb2.Budget]:
-    return [convert.budget_to_proto(BudgetLine(budget_id, None, Balance(left - minus))) for budget_id, left in sorted(remaining.items())]
+def _budget_lines(lines: tuple[BudgetLine, ...]) -> list[privacy_pb2.Budget]:
+    """Budgets as GetBudgets shows them: cap, reserved, spent, remaining and manufacturer."""
+    return [convert.budget_to_proto(line) for line in lines]
 
 
 def cost_estimate_to_proto(estimate: Estimate) -> privacy_pb2.CostEstimate:
     return privacy_pb2.CostEstimate(
-        cost=convert.amount_to_proto(estimate.cost), decision=estimate.check.decision.value,
+        cost=convert.amount_to_proto(estimate.cost), decision=estimate.decision.value,
         reasons=[r.sentence for r in estimate.reasons], details=[convert.cost_reason_to_proto(r) for r in estimate.reasons],
-        fits=estimate.fits, remaining_before=_remaining_lines(estimate.remaining_before),
-        remaining_after=_remaining_lines(estimate.remaining_before, estimate.cost),
+        fits=estimate.fits, remaining_before=_budget_lines(estimate.balances), remaining_after=_budget_lines(estimate.balances_after()),
     )
 
 
@@ -122,8 +122,8 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         for item in pending:
             message = convert.request_to_proto(item)
             estimate = self._approvals.estimate(context.principal, item.dataset_id, item.manufacturer_id, item.cost)
-            message.remaining_before.extend(_remaining_lines(estimate.remaining_before))
-            message.remaining_after.extend(_remaining_lines(estimate.remaining_before, item.cost))
+            message.remaining_before.extend(_budget_lines(estimate.balances))
+            message.remaining_after.extend(_budget_lines(estimate.balances_after()))
             messages.append(message)
         return privacy_pb2.ListPendingRequestsResponse(requests=messages, next_page_token=next_page_token([p.id for p in pending], page.size))
 

@@ -9,7 +9,7 @@ so an approved request always holds its budget.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cleanroom.domain.approvals import (
@@ -26,7 +26,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import ZERO, Balance, Privacy, dataset_budget_id, share_budget_id
-from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason, retry_after_release
+from cleanroom.privacy.budgets import NOT_FOUND, BudgetLine, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database
@@ -38,7 +38,7 @@ T = TypeVar("T")
 class Estimate:
     cost: Privacy
     check: PolicyCheck
-    remaining_before: dict[str, Privacy]   # budget id -> remaining now
+    balances: tuple[BudgetLine, ...]   # the budgets the caller may see, now, as GetBudgets shows them
     fits: bool
     budget_reasons: tuple[CostReason, ...] = ()  # the budgets that would refuse, and what would make it fit
 
@@ -46,6 +46,21 @@ class Estimate:
     def reasons(self) -> tuple[CostReason, ...]:
         """Every rule that refuses or makes the request wait: budgets first, then the policy."""
         return self.budget_reasons + self.check.details
+
+    @property
+    def decision(self) -> Decision:
+        """What submitting it now would do: within auto-approval but beyond a budget it is refused
+        (PRIVACY_BUDGET_EXHAUSTED), never approved; one that waits for an officer still waits."""
+        if self.check.decision is Decision.AUTO_APPROVE and not self.fits:
+            return Decision.REFUSED
+        return self.check.decision
+
+    def balances_after(self) -> tuple[BudgetLine, ...]:
+        """The same budgets once the request is reserved; none when it cannot be (nothing would change)."""
+        if not self.fits or self.decision is Decision.REFUSED:
+            return ()
+        return tuple(replace(line, balance=Balance(line.balance.cap, line.balance.reserved + self.cost, line.balance.spent))
+                     for line in self.balances)
 
 
 class ApprovalService:
@@ -70,13 +85,16 @@ class ApprovalService:
             check = check_against_policy(privacy_repo.get_policy(session, dataset_id), cost, dataset.patient_count)
             whole, share = (_unheld(privacy_repo.get_balance(session, budget_id), held)
                             for budget_id in (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id)))
+            manufacturer = repos.get_principal(session, manufacturer_id)
         officer = principal.role is not Role.MANUFACTURER
         refusals = (budget_reason(Rule.DATASET_BUDGET, dataset_budget_id(dataset_id), whole, cost, show_numbers=officer),
                     budget_reason(Rule.SHARE_BUDGET, share_budget_id(dataset_id, manufacturer_id), share, cost))
-        visible = {share_budget_id(dataset_id, manufacturer_id): share, **({dataset_budget_id(dataset_id): whole} if officer else {})}
-        remaining = {k: b.remaining for k, b in visible.items() if b is not None}
+        visible = [BudgetLine(share_budget_id(dataset_id, manufacturer_id), manufacturer, share)]
+        if officer:  # a manufacturer never sees what others spent
+            visible.append(BudgetLine(dataset_budget_id(dataset_id), None, whole))
+        balances = tuple(sorted((line for line in visible if line.balance is not None), key=lambda line: line.budget_id))
         reasons = tuple(r for r in refusals if r is not None)
-        return Estimate(cost, check, remaining, not reasons, reasons)
+        return Estimate(cost, check, balances, not reasons, reasons)
 
     def submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         """Refused by policy -> error; within auto-approval -> approved and reserved; else pending."""
