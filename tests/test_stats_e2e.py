@@ -199,6 +199,31 @@ def test_a_filtered_quantile_and_a_histogram_are_answered(world) -> None:
     assert [c.key[0] for c in histogram.cells] == ["[0.0, 10.0)", "[10.0, 15.0)", "[15.0, 20.0)", "[20.0, 40.0]"]
 
 
+# Valid ranges, but shares the mechanisms cannot be calibrated for (issue 14 item 4): once answered
+# INTERNAL and charged; now refused in words before any reservation, on the dry run too.
+UNCALIBRATABLE = [
+    (Query(kind="count", group_by="visit_date", epsilon=0.1, delta=1e-20), "delta"),
+    (Query(kind="count", group_by="visit_date", epsilon=0.1, delta=1e-18), "delta"),
+    (Query(kind="mean", column="mean_radius", estimate_bounds=True, bounds_epsilon=5e-324, epsilon=0.2), "bounds_epsilon"),
+    (Query(kind="sum", column="mean_radius", bounds=(0.0, 40.0), epsilon=1e-300), "epsilon"),
+]
+
+
+@pytest.mark.parametrize("query, field", UNCALIBRATABLE)
+def test_the_dry_run_refuses_what_the_mechanism_cannot_calibrate(world, query, field) -> None:
+    before = _reservations(world)
+    with pytest.raises(CleanroomClientError) as caught:
+        world["maker"].estimate_query(world["dataset"], query)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in {v.field for v in caught.value.violations}
+    assert _reservations(world) == before
+
+
+def test_the_least_calibratable_delta_is_answered(world) -> None:
+    estimate = world["maker"].estimate_query(world["dataset"], Query(kind="count", group_by="visit_date", epsilon=0.1, delta=1e-15))
+    assert estimate.expected_error["select.threshold"] > 1
+
+
 @pytest.mark.parametrize("query, field", [
     (Query(kind="mean", column="nope", bounds=(0.0, 1.0), epsilon=0.5), "column"),
     (Query(kind="mean", column="postcode", bounds=(0.0, 1.0), epsilon=0.5), "column"),
@@ -208,6 +233,7 @@ def test_a_filtered_quantile_and_a_histogram_are_answered(world) -> None:
     (Query(kind="count", epsilon=-1.0), "epsilon"),
     (Query(kind="count", filters=(Filter("patient_id", "==", "x"),), epsilon=0.5), "filters[0].column"),
     (Query(kind="count", group_by="mean_radius", epsilon=0.5, delta=1e-6), "group_by"),
+    *[(q, f) for q, f in UNCALIBRATABLE],
 ])
 def test_bad_queries_are_refused_before_any_reservation(world, query, field) -> None:
     app, dataset_id = world["running"].app, world["dataset"].removeprefix("datasets/")

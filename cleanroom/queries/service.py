@@ -36,6 +36,7 @@ from cleanroom.queries.pool import DatasetSource, StatsWorkerPool, WorkerFailed
 from cleanroom.stats import Answer, Query, expected_error, validate_query
 from cleanroom.stats.plan import DEFAULT_ROWS_PER_PATIENT, make_plan
 from cleanroom.stats.keys import check_cells, public_dims
+from cleanroom.stats.feasible import check_feasible
 from cleanroom.stats.query import column_types
 from cleanroom.stats.wire import ANSWER_FILE, answer_from_dict, canonical_answer, canonical_query, query_to_dict, stats_workload
 from cleanroom.storage import audit_repo, privacy_repo, repos
@@ -113,6 +114,7 @@ class _Described:
         plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
         if plan.public_keys:
             check_cells(public_dims(query, types, public))
+        check_feasible(plan, integer=types.get(query.column or "") == "integer")
         canonical = canonical_query(query)
         return _Checked(Privacy.cost(plan.epsilon, plan.delta), hashlib.sha256(canonical).hexdigest(),
                         query_reference(self.dataset.id, canonical))

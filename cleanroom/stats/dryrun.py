@@ -52,11 +52,11 @@ def expected_error(
     integer = types.get(query.column or "") == "integer"
     out: dict[str, float] = {}
     for step in plan.steps:
-        out.update(_step_error(plan, step, integer=integer))
+        out.update(step_error(plan, step, integer=integer))
     return out
 
 
-def _step_error(plan: Plan, step: Step, *, integer: bool) -> dict[str, float]:
+def step_error(plan: Plan, step: Step, *, integer: bool) -> dict[str, float]:
     alpha = component_alpha(plan.query.kind)
     if step.name == "bounds":
         noise = mechanisms.calibrate(sensitivity=plan.rows, epsilon=step.epsilon)
