@@ -12,6 +12,8 @@ import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from cleanroom import crypto
 from cleanroom.domain.errors import IntegrityError
@@ -307,6 +309,35 @@ def test_stream_without_trailer_stores_nothing(running, owner, tmp_path) -> None
         _raw_upload(running, token, messages)
     assert err.value.code() is grpc.StatusCode.ABORTED
     assert "do not match" in err.value.details()
+    _nothing_stored(running, owner)
+
+
+def _field_violations(error: grpc.RpcError) -> list[str]:
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in rpc_status.from_call(error).details if d.Is(bad.DESCRIPTOR))
+    return [v.field for v in bad.field_violations]
+
+
+@pytest.mark.parametrize(("column", "set_value", "field"), [
+    (0, lambda c: setattr(c, "type", 999), "metadata.columns[0].type"),
+    (1, lambda c: setattr(c, "type", -1), "metadata.columns[1].type"),
+    (5, lambda c: setattr(c, "type", 2**31 - 1), "metadata.columns[5].type"),
+    (5, lambda c: setattr(c, "role", 999), "metadata.columns[5].role"),
+    (4, lambda c: setattr(c.generalization, "date", 999), "metadata.columns[4].generalization.date"),
+])
+def test_an_enum_value_the_server_does_not_know_is_invalid_argument(running, owner, tmp_path, column, set_value, field) -> None:
+    """proto3 enums are open: a raw client can send any int32 where an enum is declared."""
+    data = _write_csv(tmp_path / "u.csv", _rows()).read_bytes()
+    _, token = running.principal(Role.DATA_OWNER)
+    metadata = _metadata()
+    set_value(metadata.columns[column])
+    trailer = datasets_pb2.UploadTrailer(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    messages = [datasets_pb2.UploadDatasetRequest(metadata=metadata), datasets_pb2.UploadDatasetRequest(chunk=data),
+                datasets_pb2.UploadDatasetRequest(trailer=trailer)]
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_upload(running, token, messages)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_violations(err.value) == [field]
     _nothing_stored(running, owner)
 
 

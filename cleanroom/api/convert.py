@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -33,6 +33,7 @@ _ROLE_TO_PROTO = {
 }
 _ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
 _FORMATS = {datasets_pb2.CSV: "csv", datasets_pb2.PARQUET: "parquet"}
+T = TypeVar("T")
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -60,12 +61,12 @@ def principal_to_proto(principal: Principal) -> identity_pb2.Principal:
 # --- columns and generalisation rules ---------------------------------------------------------
 
 
-def _rule_from_proto(message: datasets_pb2.Generalization) -> deid.Generalization | None:
+def _rule_from_proto(message: datasets_pb2.Generalization, field: str) -> deid.Generalization | None:
     kind = message.WhichOneof("rule")
     if kind == "age_band":
         return deid.AgeBand(width=message.age_band.width, top_code=message.age_band.top_code or 90)
     if kind == "date":
-        precision = {datasets_pb2.MONTH: "month", datasets_pb2.YEAR: "year"}.get(message.date)
+        precision = _known(message.date, _DATE_PRECISIONS, field + ".date")
         return deid.DateTruncation(precision) if precision else None  # type: ignore[arg-type]
     if kind == "prefix":
         return deid.PrefixTruncation(keep=message.prefix.keep)
@@ -87,13 +88,29 @@ def _rule_to_proto(rule: deid.Generalization | None) -> datasets_pb2.Generalizat
     return datasets_pb2.Generalization()
 
 
-def column_from_proto(message: datasets_pb2.ColumnSpec) -> deid.ColumnSpec:
+_COLUMN_TYPES = {datasets_pb2.ColumnType.Value(t.name): t for t in deid.ColumnType}
+_COLUMN_ROLES = {datasets_pb2.ColumnRole.Value(r.name): r for r in deid.ColumnRole}
+_DATE_PRECISIONS = {datasets_pb2.MONTH: "month", datasets_pb2.YEAR: "year"}
+
+
+def _known(value: int, known: dict[int, T], field: str) -> T | None:
+    """A proto enum value as its domain value; 0 (unspecified) as None. An open proto3 enum carries
+    any int32, so a number this server does not know is the caller's error, never a KeyError."""
+    if value == 0:
+        return None
+    if value not in known:
+        names = ", ".join(sorted(getattr(v, "name", str(v)).upper() for v in known.values()))
+        raise bad_request("an enum field has a value this server does not know", FieldViolation(field, f"one of {names}"))
+    return known[value]
+
+
+def column_from_proto(message: datasets_pb2.ColumnSpec, field: str = "metadata.columns[0]") -> deid.ColumnSpec:
     # Unspecified enums map to None; validate_policy reports them with the column's name.
     return deid.ColumnSpec(
         name=message.name,
-        type=deid.ColumnType[datasets_pb2.ColumnType.Name(message.type)] if message.type else None,  # type: ignore[arg-type]
-        role=deid.ColumnRole[datasets_pb2.ColumnRole.Name(message.role)] if message.role else None,  # type: ignore[arg-type]
-        generalization=_rule_from_proto(message.generalization),
+        type=_known(message.type, _COLUMN_TYPES, field + ".type"),  # type: ignore[arg-type]
+        role=_known(message.role, _COLUMN_ROLES, field + ".role"),  # type: ignore[arg-type]
+        generalization=_rule_from_proto(message.generalization, field + ".generalization"),
         label_classes=message.label_classes,
         categories=tuple(message.categories),
     )
@@ -121,7 +138,7 @@ def upload_request_from_proto(metadata: datasets_pb2.UploadMetadata) -> UploadRe
         display_name=metadata.display_name,
         description=metadata.description,
         file_format=file_format,
-        columns=tuple(column_from_proto(c) for c in metadata.columns),
+        columns=tuple(column_from_proto(c, f"metadata.columns[{i}]") for i, c in enumerate(metadata.columns)),
         k_anonymity=metadata.policy.k_anonymity,
         size_bytes=metadata.size_bytes,
     )
