@@ -341,6 +341,19 @@ def test_an_enum_value_the_server_does_not_know_is_invalid_argument(running, own
     _nothing_stored(running, owner)
 
 
+def test_a_chunk_after_the_trailer_is_refused_and_nothing_stored(running, owner, tmp_path) -> None:
+    data = _write_csv(tmp_path / "u.csv", _rows()).read_bytes()
+    _, token = running.principal(Role.DATA_OWNER)
+    trailer = datasets_pb2.UploadTrailer(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    messages = [datasets_pb2.UploadDatasetRequest(metadata=_metadata()), datasets_pb2.UploadDatasetRequest(chunk=data),
+                datasets_pb2.UploadDatasetRequest(trailer=trailer), datasets_pb2.UploadDatasetRequest(chunk=b"late,row\n")]
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_upload(running, token, messages)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_violations(err.value) == ["trailer"]
+    _nothing_stored(running, owner)
+
+
 def test_cut_off_upload_leaves_nothing(running, owner, tmp_path) -> None:
     data = _write_csv(tmp_path / "u.csv", _rows(200, 20)).read_bytes()
     _, token = running.principal(Role.DATA_OWNER)

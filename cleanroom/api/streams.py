@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from cleanroom.datasets.upload_stream import Trailer
+from cleanroom.datasets.upload_stream import Trailer, nothing_after_trailer
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 
 
@@ -25,6 +25,10 @@ def _parts(requests: Iterator[Any]) -> Iterator[bytes | Trailer]:
             yield message.chunk
         elif kind == "trailer":
             yield Trailer(message.trailer.size_bytes, message.trailer.sha256)
-            return
+            break
         else:
             raise bad_request("after the metadata, only chunks and one trailer may follow", FieldViolation("payload", "unexpected"))
+    # Resumed only when the reader asks past the trailer: the stream must end there.
+    for _ in requests:
+        raise nothing_after_trailer()
+

@@ -107,6 +107,8 @@ class UploadStream(io.RawIOBase):
     def verify_trailer(self) -> None:
         self.drain()
         assert self._trailer is not None
+        if next(self._parts, None) is not None:  # a chunk after the trailer is not part of the file
+            raise nothing_after_trailer()
         if self._trailer.size_bytes != self.bytes_received or self._trailer.sha256.lower() != self._digest.hexdigest():
             raise CleanroomError(
                 ErrorCode.UPLOAD_INCOMPLETE,
@@ -120,3 +122,8 @@ def too_large(max_bytes: int) -> CleanroomError:
         f"the file is larger than this server accepts ({max_bytes} bytes)",
         violations=[FieldViolation("metadata.size_bytes", f"at most {max_bytes} bytes")],
     )
+
+
+def nothing_after_trailer() -> CleanroomError:
+    return bad_request("the trailer must be the upload's last message; nothing was stored",
+                       FieldViolation("trailer", "must be the last message of the stream"))
