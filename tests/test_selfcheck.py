@@ -125,3 +125,12 @@ def test_database_states_pending_migrations_and_unknown_revisions(tmp_path: Path
 def test_an_unreachable_database_is_refused(tmp_path: Path) -> None:
     check = by_name(run_checks(config(tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none")))["database"]
     assert not check.ok and check.detail.startswith("cannot connect")
+
+
+def test_a_corrupted_database_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg.state_dir.mkdir()
+    Path(cfg.database_url.removeprefix("sqlite:///")).write_bytes(os.urandom(4096))
+    result = run_cli("serve", "--state-dir", str(cfg.state_dir), "--listen", "127.0.0.1:0", "--metrics-listen", "")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "database: cannot connect: DatabaseError" in result.stderr and "file is not a database" in result.stderr
