@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 
 from cleanroom.app import build_app, recover
 from cleanroom.domain.identity import Role
