@@ -25,21 +25,19 @@ from cleanroom.datasets.readers import (
     read_parquet_batches,
 )
 from cleanroom.datasets.transforms import (
-    ARROW_TYPES,
     MIN_KEY_BYTES,
     PSEUDONYM_HEX_CHARS,
     DeidBatchResult,
     EquivalenceClassCounter,
     Pseudonymizer,
     SmallClasses,
-    cast_column,
     class_keys,
-    column_field,
     deidentify_batch,
     scan_for_identifiers,
     stored_arrow_schema,
     suppress_small_classes,
 )
+from cleanroom.datasets.typed import ARROW_TYPES, cast_column, column_field
 
 _ARROW_TYPES = ARROW_TYPES  # the names this module had before the split
 _cast_column = cast_column

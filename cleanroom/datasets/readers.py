@@ -3,7 +3,7 @@
 CSV is cut into blocks at line ends, and pyarrow's CSV reader parses each block straight into the
 declared types (one pass, no intermediate byte columns). pyarrow's conversion errors quote the
 offending cell and never give its row, so on a conversion error the same block is parsed again as
-raw bytes and converted column by column (transforms.cast_column), which names the column, the row
+raw bytes and converted column by column (typed.cast_column), which names the column, the row
 and the rule, never the value. Where that slower path accepts a value the typed reader refused
 (it is a little more lenient, e.g. `tRuE`), its result is used: it defines what is valid.
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cleanroom.datasets.transforms import ARROW_TYPES, cast_column, column_field
+from cleanroom.datasets.typed import ARROW_TYPES, cast_column, column_field
 from cleanroom.domain.deid import ColumnType, DeidPolicy
 from cleanroom.domain.errors import CleanroomError, FieldViolation, bad_request
 
@@ -254,7 +254,7 @@ def read_csv_batches(
 
 _PARQUET_COMPATIBLE = {
     # Float columns too: pandas writes an integer column with a missing value as floats. Each
-    # value must still be integral (transforms.cast_column refuses a fractional part).
+    # value must still be integral (typed.cast_column refuses a fractional part).
     ColumnType.INTEGER: lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
     ColumnType.FLOAT: lambda t: any(is_(t) for is_ in (pa.types.is_floating, pa.types.is_integer,
                                                        pa.types.is_decimal)),
