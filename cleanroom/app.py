@@ -22,6 +22,7 @@ from cleanroom.privacy.ledger import Ledger, budget_snapshots
 from cleanroom.jobs.runner import JobRunner
 from cleanroom.jobs.service import JobService
 from cleanroom.sandbox import choose_launcher
+from cleanroom.sandbox.choose import phase_b_preference
 from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.metered import MeteredLauncher
@@ -109,7 +110,7 @@ def phase_b_launcher(config: ServerConfig, metrics: Metrics) -> SandboxLauncher:
 
         return KubernetesLauncher.from_cluster(image=config.worker_image, namespace=config.worker_namespace,
                                                purpose="training", work_root=config.job_volume, metrics=metrics)
-    preference = "bwrap" if config.sandbox == "auto" else config.sandbox
+    preference = phase_b_preference(config.sandbox)
     return MeteredLauncher(lambda: choose_launcher(preference, deny=[config.state_dir]), metrics, "training")
 
 

@@ -12,6 +12,12 @@ from cleanroom.sandbox.runsc import RunscLauncher
 PREFERENCES = ("auto", "runsc", "bwrap")
 
 
+def phase_b_preference(configured: str) -> str:
+    """Training and evaluation run service code only, so "auto" means bubblewrap for them: torch
+    starts far faster there than under gVisor's ptrace platform."""
+    return "bwrap" if configured == "auto" else configured
+
+
 class SandboxUnavailable(RuntimeError):
     """The backend asked for (or every backend, for "auto") cannot run on this host."""
 

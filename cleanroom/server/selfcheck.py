@@ -14,14 +14,13 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cleanroom.config import ServerConfig
-from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
-from cleanroom.sandbox.choose import SandboxUnavailable, choose_launcher
+from cleanroom.sandbox.choose import SandboxUnavailable, choose_launcher, phase_b_preference
 
 # What to install for a missing sandbox binary (Debian package names).
 INSTALL_HINTS = {"bwrap": "apt-get install bubblewrap", "runsc": "apt-get install runsc"}
@@ -68,28 +67,18 @@ def _sandbox_checks(config: ServerConfig) -> Iterator[Check]:
         yield Check("sandbox: model intake", True, "Kubernetes worker Jobs (RuntimeClass gvisor); not probed from here")
         yield Check("sandbox: training and evaluation", True, "Kubernetes worker Jobs; not probed from here")
     else:
-        yield _backend("sandbox: model intake", lambda: choose_launcher(config.sandbox, deny=deny))
-        if config.sandbox == "auto":  # phase B defaults to bubblewrap: torch starts far faster than under ptrace
-            yield _backend("sandbox: training and evaluation", lambda: _bubblewrap(deny))
-        else:
-            yield _backend("sandbox: training and evaluation", lambda: choose_launcher(config.sandbox, deny=deny))
-    yield _backend("sandbox: statistics", lambda: _bubblewrap(deny))  # warm workers always use bubblewrap
+        yield _backend("sandbox: model intake", config.sandbox, deny)
+        yield _backend("sandbox: training and evaluation", phase_b_preference(config.sandbox), deny)
+    yield _backend("sandbox: statistics", "bwrap", deny)  # warm workers always use bubblewrap
 
 
-def _backend(name: str, choose: Callable[[], tuple[object, str]]) -> Check:
+def _backend(name: str, preference: str, deny: list[Path]) -> Check:
+    """The launcher the workload would get, probed; for a fixed backend, what its probe said."""
     try:
-        _launcher, why = choose()
+        launcher, why = choose_launcher(preference, deny=deny)
     except SandboxUnavailable as exc:
         return Check(name, False, _with_hint(str(exc)))
-    return Check(name, True, why)
-
-
-def _bubblewrap(deny: list[Path]) -> tuple[BubblewrapLauncher, str]:
-    launcher = BubblewrapLauncher(deny=deny)
-    ok, why = launcher.available()
-    if not ok:
-        raise SandboxUnavailable(f"bwrap unavailable: {why}")
-    return launcher, why
+    return Check(name, True, why if preference == "auto" else launcher.available()[1])
 
 
 def _with_hint(message: str) -> str:
