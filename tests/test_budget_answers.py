@@ -16,14 +16,21 @@ from cleanroom.stats import Query
 from tests.test_datasets_api import _rows, _schema, _write_csv
 
 
-@pytest.fixture
-def study(running, tmp_path):
-    """A dataset shared with Acme (cap ε 4), and no dataset-wide cap yet: the newcomer's set-up."""
+def hospital_officer_and_maker(running, tmp_path) -> tuple[str, str, str, str]:
+    """A hospital's uploaded dataset, an officer and the manufacturer Acme:
+    (dataset name, officer token, Acme's principal id, Acme's token)."""
     _, owner_token = running.principal(Role.DATA_OWNER, "Hospital")
     _, officer_token = running.principal(Role.PRIVACY_OFFICER, "Officer")
     maker_id, maker_token = running.principal(Role.MANUFACTURER, "Acme")
     with Client(running.address, owner_token) as owner:
         dataset = owner.upload_dataset(_write_csv(tmp_path / "d.csv", _rows(40, 2)), _schema()).name
+    return dataset, officer_token, maker_id, maker_token
+
+
+@pytest.fixture
+def study(running, tmp_path):
+    """A dataset shared with Acme (cap ε 4), and no dataset-wide cap yet: the newcomer's set-up."""
+    dataset, officer_token, maker_id, maker_token = hospital_officer_and_maker(running, tmp_path)
     officer, maker = Client(running.address, officer_token), Client(running.address, maker_token)
     officer.share_dataset(dataset, f"principals/{maker_id}", epsilon=4, delta=1e-5, reason="pilot")
     yield {"dataset": dataset, "maker": f"principals/{maker_id}", "maker_id": maker_id, "officer": officer,

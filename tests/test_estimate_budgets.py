@@ -9,12 +9,11 @@ import re
 import pytest
 
 from cleanroom import render
-from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy
 from cleanroom.privacy.ledger import SpendRequest
 from cleanroom.sdk import Client
 from cleanroom.stats import Query
-from tests.test_datasets_api import _rows, _schema, _write_csv
+from tests.test_budget_answers import hospital_officer_and_maker
 
 SHARED_FIELDS = ("name", "manufacturer", "manufacturer_display_name", "cap", "reserved", "spent", "remaining")
 
@@ -23,11 +22,7 @@ SHARED_FIELDS = ("name", "manufacturer", "manufacturer_display_name", "cap", "re
 def world(running, tmp_path):
     """Acme's share (ε 4) has spent 1 and holds 0.5 reserved; the dataset-wide cap is ε 10; the policy
     would auto-approve anything up to ε 100, so only the budget can refuse."""
-    _, owner_token = running.principal(Role.DATA_OWNER, "Hospital")
-    _, officer_token = running.principal(Role.PRIVACY_OFFICER, "Officer")
-    maker_id, maker_token = running.principal(Role.MANUFACTURER, "Acme")
-    with Client(running.address, owner_token) as owner:
-        dataset = owner.upload_dataset(_write_csv(tmp_path / "d.csv", _rows(40, 2)), _schema()).name
+    dataset, officer_token, maker_id, maker_token = hospital_officer_and_maker(running, tmp_path)
     officer, maker = Client(running.address, officer_token), Client(running.address, maker_token)
     officer.set_budget(dataset, epsilon=10, delta=1e-5, reason="hospital total")
     officer.share_dataset(dataset, f"principals/{maker_id}", epsilon=4, delta=1e-5, reason="pilot")
