@@ -186,31 +186,14 @@ def test_a_number_column_without_declared_categories_still_cannot_be_grouped(sha
 
 
 def test_migration_0007_gives_stored_columns_categories(tmp_path) -> None:
-    from alembic import command
-    from alembic.config import Config
+    from cleanroom.storage.db import migrate
+    from tests.test_storage import dataset_stored_before, stored_columns_json
 
-    from cleanroom.domain.identity import Principal
-    from cleanroom.storage.db import MIGRATIONS, Database, migrate
-    from tests.test_storage import _dataset
-
-    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0006")
-    with database.transaction() as session:  # a dataset stored before 0007, in the old format
-        repos.add_principal(session, Principal("p1", "owner", Role.DATA_OWNER, repos.now()), "hash")
-        session.flush()
-        repos.add_dataset(session, _dataset("d1", "p1"), b"wrapped")
-    with database.engine.begin() as connection:
-        old = [{k: v for k, v in c.items() if k != "categories"}
-               for c in json.loads(connection.exec_driver_sql("SELECT columns_json FROM datasets").scalar_one())]
-        connection.exec_driver_sql("UPDATE datasets SET columns_json = ?", (json.dumps(old),))
+    database, old = dataset_stored_before(tmp_path, "0006", "categories")
     with database.read() as session:
         assert {c.categories for c in repos.get_dataset(session, "d1").columns} == {()}  # read without the key
     migrate(database.engine)
     with database.engine.connect() as connection:
-        stored = json.loads(connection.exec_driver_sql("SELECT columns_json FROM datasets").scalar_one())
+        stored = json.loads(stored_columns_json(connection))
     assert all(c["categories"] == [] for c in stored) and len(stored) == len(old)
     database.dispose()

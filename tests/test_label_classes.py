@@ -132,31 +132,14 @@ def test_integer_labels_at_the_edges() -> None:
 def test_migration_0005_gives_stored_columns_label_classes(tmp_path) -> None:
     import json
 
-    from alembic import command
-    from alembic.config import Config
+    from cleanroom.storage.db import migrate
+    from tests.test_storage import dataset_stored_before, stored_columns_json
 
-    from cleanroom.domain.identity import Principal
-    from cleanroom.storage.db import MIGRATIONS, Database, migrate
-    from tests.test_storage import _dataset
-
-    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0004")
-    with database.transaction() as session:  # a dataset stored before 0005, in the old format
-        repos.add_principal(session, Principal("p1", "owner", Role.DATA_OWNER, repos.now()), "hash")
-        session.flush()
-        repos.add_dataset(session, _dataset("d1", "p1"), b"wrapped")
-    with database.engine.begin() as connection:
-        old = [{k: v for k, v in c.items() if k != "label_classes"}
-               for c in json.loads(connection.exec_driver_sql("SELECT columns_json FROM datasets").scalar_one())]
-        connection.exec_driver_sql("UPDATE datasets SET columns_json = ?", (json.dumps(old),))
+    database, old = dataset_stored_before(tmp_path, "0004", "label_classes")
     with database.read() as session:
         assert {c.label_classes for c in repos.get_dataset(session, "d1").columns} == {0}  # read without the key
     migrate(database.engine)
     with database.engine.connect() as connection:
-        stored = json.loads(connection.exec_driver_sql("SELECT columns_json FROM datasets").scalar_one())
+        stored = json.loads(stored_columns_json(connection))
     assert all(c["label_classes"] == 0 for c in stored) and len(stored) == len(old)
     database.dispose()

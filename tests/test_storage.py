@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -28,6 +31,25 @@ def db(database_url: str):
 
 def _principal(pid: str = "p1", role: Role = Role.DATA_OWNER) -> Principal:
     return Principal(pid, f"name {pid}", role, repos.now())
+
+
+def dataset_stored_before(tmp_path: Path, revision: str, missing_key: str) -> tuple[Database, list[dict[str, Any]]]:
+    """A SQLite database migrated only to `revision`, holding one dataset whose stored columns lack
+    `missing_key`, as a row written before the migration that adds the key; (database, its columns)."""
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(database.engine, to=revision)
+    with database.transaction() as session:
+        repos.add_principal(session, Principal("p1", "owner", Role.DATA_OWNER, repos.now()), "hash")
+        session.flush()
+        repos.add_dataset(session, _dataset("d1", "p1"), b"wrapped")
+    with database.engine.begin() as connection:
+        old = [{k: v for k, v in c.items() if k != missing_key} for c in json.loads(stored_columns_json(connection))]
+        connection.exec_driver_sql("UPDATE datasets SET columns_json = ?", (json.dumps(old),))
+    return database, old
+
+
+def stored_columns_json(connection: Any) -> str:
+    return connection.exec_driver_sql("SELECT columns_json FROM datasets").scalar_one()
 
 
 def _dataset(did: str, owner: str) -> Dataset:

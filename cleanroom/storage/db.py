@@ -76,15 +76,15 @@ def _alembic_config() -> Config:
     return config
 
 
-def migrate(engine: Engine) -> None:
-    """Applies every pending Alembic migration (run at start-up)."""
+def migrate(engine: Engine, to: str = "head") -> None:
+    """Applies every pending Alembic migration (run at start-up); `to` stops earlier (tests)."""
     config = _alembic_config()
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Replicas starting together on an empty database take turns (SQLite locks the file).
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(424242)")
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, to)
 
 
 @dataclass(frozen=True)
