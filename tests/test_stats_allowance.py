@@ -18,7 +18,7 @@ from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.queries.allowance import Allowances, allowance_size
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database, migrate
-from cleanroom.storage.group_commit import Answered, GroupCommit
+from cleanroom.storage.group_commit import Answered, GroupCommit, NotCommitted
 from tests.ledger_fixtures import World, build_world
 
 QUERY = Privacy.cost(0.01, 0)
@@ -225,6 +225,25 @@ def test_the_group_commit_keeps_order_and_survives_a_bad_item(world, journal) ->
     assert stored == ("f" * 64, b"answer")
     assert repos.stored_request(world.db.lookup(), key) == stored  # the hot path's driver read agrees
     assert chain.ok
+
+
+def test_a_committed_record_is_written_before_commit_returns_and_a_failed_one_raises(world) -> None:
+    journal = GroupCommit(world.db, linger=3600.0)  # a waiting caller must cut the lingering short
+    try:
+        def broken(session) -> None:
+            raise RuntimeError("this write fails")
+
+        journal.submit(audit_repo.Record("principals/a", "test.trailing", "datasets/x"))
+        journal.commit(audit_repo.Record("principals/a", "test.waited", "datasets/x"), timeout=60)
+        with world.db.read() as session:  # durable: another session reads it at once
+            actions = [e.action for e in audit_repo.entries(session) if e.action.startswith("test.")]
+        assert actions == ["test.trailing", "test.waited"]
+        journal.submit(broken)  # a neighbour's failure is not this caller's
+        journal.commit(audit_repo.Record("principals/a", "test.after", "datasets/x"), timeout=60)
+        with pytest.raises(NotCommitted):
+            journal.commit(audit_repo.Record("principals/a", "test.last", "datasets/x"), broken, timeout=60)
+    finally:
+        journal.close()
 
 
 def test_a_reservation_refused_outright_leaves_no_trace(world, journal) -> None:

@@ -3,21 +3,22 @@
 Reserving and committing in the database around every answer costs far more than the answer
 (a warm worker answers in a few milliseconds). So the first auto-approved query of a manufacturer
 on a dataset reserves an *allowance* of up to `queries` times its cost in one ledger transaction,
-and later queries draw on it in memory. Each draw is recorded (its audit entry) by the group
-commit shortly after the answer; the allowance is closed, committing exactly what was drawn and
-refunding the rest, when it cannot cover the next query, after `idle_seconds` without a query,
-and at shutdown. While a burst keeps using allowances up, each next one is twice as large (up to
-MAX_GROWTH times); an idle close starts the pair small again.
+and later queries draw on it in memory. Each draw's audit entry is written by the group commit
+before its answer leaves (the answer waits for its batch); the allowance is closed, committing
+exactly what was drawn and refunding the rest, when it cannot cover the next query, after
+`idle_seconds` without a query, and at shutdown. While a burst keeps using allowances up, each
+next one is twice as large (up to MAX_GROWTH times); an idle close starts the pair small again.
 
 Why this never under-charges: a query draws before its data is touched, and the whole allowance
 is a reservation in the ledger from the start. After a crash the allowance is still open, so
 start-up reconciliation commits it in full (it was marked decrypted before any draw touched
 data) — an over-charge of the unused part, never an answer that was not paid for.
 
-What is given up: an answer's audit entry trails it by one group commit and is lost in a crash
-(its cost is not); an allowance holds budget other holders of the dataset-wide budget cannot use
-until it closes, so it takes at most a quarter of what that budget has left (and this server's
-allowances on a dataset are closed and retried once when a reservation finds the budget short).
+What is given up: the allowance's close trails its answers and is lost in a crash (the reservation
+is then committed whole, as above); an allowance holds budget other holders of the dataset-wide
+budget cannot use until it closes, so it takes at most a quarter of what that budget has left
+(and this server's allowances on a dataset are closed and retried once when a reservation finds
+the budget short).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ within the dataset's auto-approve threshold is paid from the caller's statistics
 (cleanroom.queries.allowance: one ledger reservation for a burst of queries, its records written
 by the group commit); a query above it needs an officer's approval and then has its own
 reservation, committed with its audit entry in one transaction. Either way the cost counts as
-spent once the query's data is touched, an answer never claims more than was paid, and every
-answer carries a receipt signed by the enclave's attestation key.
+spent once the query's data is touched, an answer never claims more than was paid, an answer
+leaves only once its audit entry is committed (audit before release: a drawn answer waits for its
+group commit's batch), and every answer carries a receipt signed by the enclave's attestation key.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from cleanroom.stats.wire import ANSWER_FILE, answer_from_dict, canonical_answer
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
-from cleanroom.storage.group_commit import GroupCommit
+from cleanroom.storage.group_commit import GroupCommit, NotCommitted
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +234,14 @@ class StatsQueryService:
                 self._allowances.finish(draw, spent=draw.opened)
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
-        try:  # the record first, so it precedes the allowance's close in the journal
-            self._journal.submit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))  # what it paid
-        finally:
+        try:  # audit before release: the answer leaves only once its entry (what it paid) is committed
+            self._journal.commit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))
+        except NotCommitted:
+            log.error("a statistics answer was withheld: its audit entry could not be written")
+            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            raise CleanroomError(ErrorCode.INTERNAL, "the answer was withheld: its audit entry could not be written; "
+                                 "the query's budget is spent") from None
+        finally:  # after the record, so it precedes the allowance's close in the journal
             self._allowances.finish(draw, spent=True)
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, draw.spend_id)
