@@ -121,8 +121,20 @@ def start_server(config: ServerConfig) -> Running:
     return Running(app, server, f"127.0.0.1:{server.port}", admin_token)
 
 
+def internal_calls(app: App) -> dict[str, float]:
+    """The calls `cleanroom_rpc_requests_total` counts as INTERNAL (what the INTERNAL-rate alert
+    watches), by method: scraped from the server's own registry."""
+    return {sample.labels["method"]: sample.value
+            for metric in app.metrics.registry.collect() if metric.name == "cleanroom_rpc_requests"
+            for sample in metric.samples
+            if sample.name == "cleanroom_rpc_requests_total" and sample.labels["code"] == "INTERNAL" and sample.value}
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
+    """A server for one test. Whatever the test sends it (the suite's bad-input tests use this), no
+    call may be counted INTERNAL: a bad request is the caller's error, and must not page anyone."""
     instance = start_server(make_config(tmp_path / "state"))
     yield instance
     instance.server.stop(grace=0)
+    assert internal_calls(instance.app) == {}, "calls counted INTERNAL in cleanroom_rpc_requests_total"

@@ -2,7 +2,10 @@
 
 Servicers never call context.abort: they raise CleanroomError, and the guard turns it into a gRPC
 status with structured details. Any other exception becomes INTERNAL with a reference id, so no
-traceback ever reaches a caller.
+traceback ever reaches a caller. One exception is not a failure: gRPC itself ending a call while its
+request stream is read (the client cancelled or its deadline passed, or it sent a message over the
+receive limit, for which gRPC answered RESOURCE_EXHAUSTED); the client already has gRPC's status, so
+the call is counted as CANCELLED (DEADLINE_EXCEEDED once the deadline has passed), without a traceback.
 """
 
 from __future__ import annotations
@@ -121,6 +124,20 @@ def _with_request_id(status: grpc.Status) -> grpc.Status:
     return _Status(status.code, status.details, (*tuple(status.trailing_metadata or ()), *extra))  # type: ignore[return-value]
 
 
+def _ended_by_grpc(error: grpc.RpcError, method: str, context: grpc.ServicerContext, observe: Observer, started: float) -> None:
+    """Re-raises `error`, counted under the code gRPC ended the call with, when gRPC itself ended the
+    call (reading the request stream raises it then, and gRPC has already sent the client its status:
+    nothing is left to answer, and gRPC ends the call quietly on its own error). Returns for an
+    RpcError from anywhere else while the call is still active: that is an internal failure."""
+    if context.is_active():
+        return
+    remaining = context.time_remaining()
+    code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    log.info("the call was ended by gRPC before it was answered", extra={"method": method, "code": code})
+    observe(method, code, time.perf_counter() - started)
+    raise error
+
+
 def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerContext], CallContext], observe: Observer) -> Any:
     streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
     behaviour = {
@@ -142,6 +159,9 @@ def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerC
             return response
         except CleanroomError as error:
             status = to_status(error)
+        except grpc.RpcError as exc:
+            _ended_by_grpc(exc, method, context, observe, started)
+            status = internal_status(exc, method)
         except Exception as exc:  # noqa: BLE001 - the one place where anything becomes INTERNAL
             status = internal_status(exc, method)
         observe(method, status.code.name, time.perf_counter() - started)
@@ -155,6 +175,9 @@ def _wrap(handler: Any, method: str, make_context: Callable[[str, grpc.ServicerC
             return
         except CleanroomError as error:
             status = to_status(error)
+        except grpc.RpcError as exc:
+            _ended_by_grpc(exc, method, context, observe, started)
+            status = internal_status(exc, method)
         except Exception as exc:  # noqa: BLE001
             status = internal_status(exc, method)
         observe(method, status.code.name, time.perf_counter() - started)
