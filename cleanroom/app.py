@@ -30,7 +30,7 @@ from cleanroom.sandbox.session import SessionBroken
 from cleanroom.queries.allowance import Allowances
 from cleanroom.queries.pool import StatsWorkerPool
 from cleanroom.queries.service import StatsQueryService
-from cleanroom.storage import job_repo, model_repo, repos
+from cleanroom.storage import identity, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
 from cleanroom.storage.group_commit import GroupCommit
@@ -70,6 +70,7 @@ def build_app(config: ServerConfig) -> App:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(config.database_url)
     migrate(db.engine)
+    identity.ensure(db, config.blob_dir)  # refuses a database and blob store that do not belong together
     keys = KeyService(db, LocalKeyFileProvider(config.state_dir))
     blobs = BlobStore(config.blob_dir)
     metrics = Metrics()
@@ -149,9 +150,8 @@ def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
 def recover(app: App) -> None:
     """Start-up clean-up after a crash: running jobs, open reservations, half-written uploads, request claims."""
     app.ledger.recover(keep=app.runner.recover())
-    with app.db.read() as session:  # the blob store also holds model programs and job artefacts
-        held = model_repo.model_ids(session) | job_repo.artifact_blob_ids(session)
-    removed = app.datasets.sweep_orphans(keep=held)
+    # Unreferenced blobs stay: only `cleanroom admin gc --yes` removes them (storage/gc.py).
+    removed = app.datasets.sweep_partial_uploads()
     with app.db.transaction() as session:
         released = repos.release_all_in_flight(session)
     if removed or released:

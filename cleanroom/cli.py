@@ -51,11 +51,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from cleanroom.serve import bootstrap_admin
+    from cleanroom.storage.identity import StorageIdentityError
 
-    token = bootstrap_admin(args, os.environ, args.name)
+    try:
+        token = bootstrap_admin(args, os.environ, args.name)
+    except StorageIdentityError as refused:
+        print(f"cleanroom admin bootstrap: refusing: storage identity: {refused}", file=sys.stderr)
+        return 2
     print(token)
     print("Keep this admin token secret; it is not stored and cannot be shown again.", file=sys.stderr)
     return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from cleanroom.serve import collect_garbage
+
+    return collect_garbage(args, os.environ, delete=args.yes, min_age_s=args.min_age)
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
@@ -150,7 +161,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     serve = _add(sub, "serve", cmd_serve, "run the clean-room gRPC server (after the checks `doctor` prints; refuses to start if a required one fails)")
     add_arguments(serve)
     doctor = _add(sub, "doctor", cmd_doctor, "check this host for `serve` with the same settings: sandbox backends for each "
-                  "workload, cgroups, database and migrations, key file permissions, metrics port (exit 1 if serve would refuse)")
+                  "workload, cgroups, database and migrations, storage identity, key file permissions, metrics port (exit 1 if serve would refuse)")
     add_arguments(doctor)
 
     admin = sub.add_parser("admin", help="principals and keys (admin role)").add_subparsers(dest="admin", required=True, metavar="ACTION")
@@ -163,6 +174,14 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=sorted(ROLES), help="what the principal may do")
     _add(principal, "list", cmd_principal_list, "list principals")
     _add(admin, "rotate-keys", cmd_rotate_keys, "new key-encryption key; re-wrap every dataset key")
+    gc = _add(admin, "gc", cmd_gc, "list blobs no dataset, model or job artefact references; remove them only with --yes "
+              "(run on the server host; refuses if the database and blob store do not belong together)")
+    add_arguments(gc)
+    mode = gc.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dry-run", action="store_true", help="only list what --yes would remove")
+    mode.add_argument("--yes", action="store_true", help="remove the unreferenced blobs (logged and audited)")
+    gc.add_argument("--min-age", type=float, default=3600.0,
+                    help="leave blobs younger than this many seconds (an upload in progress; default 3600)")
 
     _add(sub, "whoami", cmd_whoami, "show the principal your token belongs to")
 

@@ -1,4 +1,4 @@
-"""Server-side entry points used by the CLI: run the server, bootstrap the first admin."""
+"""Server-side entry points used by the CLI: run the server, bootstrap the first admin, collect unreferenced blobs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cleanroom.config import build_config
 from cleanroom.domain.identity import Role
 from cleanroom.server import selfcheck
 from cleanroom.storage import repos
+from cleanroom.storage.identity import StorageIdentityError
 
 SWITCH_INTERVAL_SECONDS = 0.001
 
@@ -32,7 +33,11 @@ def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     # Many short calls share one interpreter: a thread whose I/O finished should get the GIL back
     # within a millisecond, not after the default 5 ms of another thread's Python.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except StorageIdentityError as refused:  # the self-check passed, but a peer or operator changed the pair since
+        print(f"cleanroom serve: refusing to start: storage identity: {refused}", file=sys.stderr)
+        return 2
     recover(app)
     serve_forever(app)
     return 0
@@ -50,3 +55,36 @@ def bootstrap_admin(args: argparse.Namespace, env: Mapping[str, str], display_na
         return token
     finally:
         app.close()
+
+
+def collect_garbage(args: argparse.Namespace, env: Mapping[str, str], *, delete: bool, min_age_s: float) -> int:
+    """`cleanroom admin gc`: lists (and with `delete`, removes) blobs no row references, after the
+    storage identity check; refuses without touching anything when that check fails."""
+    from cleanroom.storage import gc, identity
+    from cleanroom.storage.db import Database, migrate
+
+    config = build_config(args, env)
+    logs.configure(config.log_level)
+    try:
+        verdict = identity.inspect(config.database_url, config.blob_dir)  # before anything creates a database
+        if verdict.action == "refuse":
+            raise StorageIdentityError(verdict.detail)
+        db = Database(config.database_url)
+        try:
+            migrate(db.engine)
+            pair = identity.ensure(db, config.blob_dir)
+            report = gc.collect(db, config.blob_dir, pair, delete=delete, min_age_s=min_age_s)
+        finally:
+            db.dispose()
+    except StorageIdentityError as refused:
+        print(f"cleanroom admin gc: refusing: storage identity: {refused}", file=sys.stderr)
+        return 2
+    for blob_id, size in report.unreferenced:
+        print(f"{'removed' if blob_id in report.removed else 'unreferenced'}  {blob_id}  {size} bytes")
+    for blob_id in report.too_recent:
+        print(f"skipped (younger than {min_age_s:g} s)  {blob_id}")
+    total = sum(size for _, size in report.unreferenced)
+    verb = "removed" if delete else "would remove (re-run with --yes)"
+    print(f"{len(report.unreferenced)} unreferenced blobs, {total} bytes: {verb}; "
+          f"{report.referenced} referenced blobs kept", file=sys.stderr)
+    return 0

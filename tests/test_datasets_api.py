@@ -20,6 +20,7 @@ from cleanroom.domain.errors import IntegrityError
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.schema import Schema, parse_schema
+from cleanroom.storage.identity import MARKER
 from cleanroom.storage.tables import DatasetRow
 from cleanroom.v1 import datasets_pb2
 from tests.conftest import make_config, start_server
@@ -213,7 +214,7 @@ def _expect_error(call, code: grpc.StatusCode) -> CleanroomClientError:
 def _nothing_stored(running, owner) -> None:
     assert list(owner.list_datasets()) == []
     blob_dir = running.app.config.blob_dir
-    assert [p.name for p in blob_dir.rglob("*") if p.is_file()] == []
+    assert [p.name for p in blob_dir.rglob("*") if p.is_file() and p.name != MARKER] == []
 
 
 def test_declared_column_missing_and_extra(running, owner, tmp_path) -> None:
@@ -375,6 +376,6 @@ def test_cut_off_upload_leaves_nothing(running, owner, tmp_path) -> None:
         future.cancel()
     deadline = time.monotonic() + 10
     blob_dir = running.app.config.blob_dir
-    while any(p.is_file() for p in blob_dir.rglob("*")) and time.monotonic() < deadline:
+    while any(p.is_file() and p.name != MARKER for p in blob_dir.rglob("*")) and time.monotonic() < deadline:
         time.sleep(0.1)
     _nothing_stored(running, owner)

@@ -12,6 +12,7 @@ from cleanroom.app import build_app, recover
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.storage import repos
+from cleanroom.storage.identity import MARKER
 from tests.conftest import make_config
 from tests.test_datasets_api import _rows, _schema, _write_csv
 from tests.test_server_process import _spawn_server, cli
@@ -19,7 +20,8 @@ from tests.tools import needs
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.rglob("*") if p.is_file())
+    """The files under `directory`, less the blob store's identity marker."""
+    return sorted(p.name for p in directory.rglob("*") if p.is_file() and p.name != MARKER)
 
 
 @needs("bwrap")
@@ -73,7 +75,9 @@ def test_sigkill_mid_upload_then_restart(tmp_path: Path) -> None:
         process.wait(timeout=30)
 
 
-def test_recover_removes_orphans_and_releases_claims(tmp_path: Path) -> None:
+def test_recover_removes_staging_files_keeps_unreferenced_blobs_and_releases_claims(tmp_path: Path) -> None:
+    """A blob no row references stays: only `cleanroom admin gc --yes` removes it (DESIGN: nothing
+    deletes a blob because a database looks empty)."""
     app = build_app(make_config(tmp_path / "state"))
     blobs = app.datasets._blobs
     pending = blobs.create("dorphan")
@@ -83,7 +87,7 @@ def test_recover_removes_orphans_and_releases_claims(tmp_path: Path) -> None:
     with app.db.transaction() as session:
         repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp")
     recover(app)
-    assert _files(app.config.blob_dir) == []
+    assert _files(app.config.blob_dir) == ["dorphan.blob"]
     with app.db.transaction() as session:
         assert repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp") is None
     app.close()
@@ -113,5 +117,5 @@ def test_recover_keeps_model_programs_and_job_artefacts(tmp_path: Path) -> None:
             state="released", failure="none", cancel_requested=False, created_at=repos.now(),
             artifacts_json=json.dumps([{"name": "weights.safetensors", "blob": "jdone-a0"}, {"name": "receipt.json", "blob": "jdone-a1"}])))
     recover(app)
-    assert _files(app.config.blob_dir) == ["jdone-a0.blob", "jdone-a1.blob", "mprogram.blob"]  # "dorphan" is gone
+    assert _files(app.config.blob_dir) == ["dorphan.blob", "jdone-a0.blob", "jdone-a1.blob", "mprogram.blob"]
     app.close()

@@ -76,7 +76,7 @@ def test_doctor_prints_every_check_and_passes_on_a_good_host(tmp_path: Path) -> 
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {line.split("  ")[0]: line for line in result.stdout.splitlines()[2:]}
     assert set(rows) == {"sandbox: model intake", "sandbox: training and evaluation", "sandbox: statistics", "cgroups",
-                         "database", "key file", "metrics port"}
+                         "database", "storage identity", "key file", "metrics port"}
     assert all("  ok  " in line for line in rows.values()), result.stdout
     assert "gVisor runsc" in rows["sandbox: model intake"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cleanroom import crypto
@@ -165,17 +165,10 @@ class DatasetService:
         key = self._keys.unwrap_dataset_key(dataset_id, wrapped)
         return crypto.SealedReader(self._blobs.open(dataset_id), key, dataset_id)
 
-    def sweep_orphans(self, keep: Collection[str] = frozenset()) -> int:
-        """Start-up: removes staging files and blobs whose metadata row never landed. `keep` names the
-        blobs other owners hold in the same store (model programs, job artefacts)."""
-        removed = self._blobs.sweep_temporary()
-        with self._db.transaction() as session:
-            live = repos.dataset_ids(session)
-        for blob_id in self._blobs.list_ids():
-            if blob_id not in live and blob_id not in keep:
-                self._blobs.delete(blob_id)
-                removed += 1
-        return removed
+    def sweep_partial_uploads(self) -> int:
+        """Start-up: removes staging files. A committed blob no row references is left alone: a
+        database that looks empty is not a reason to delete data (`cleanroom admin gc` removes them)."""
+        return self._blobs.sweep_temporary()
 
     def _visible(self, principal: Principal, name: str) -> Dataset:
         dataset_id = parse_dataset_name(name)

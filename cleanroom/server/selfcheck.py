@@ -43,7 +43,7 @@ class StartupRefused(Exception):
 
 
 def run_checks(config: ServerConfig) -> list[Check]:
-    checks = [*_sandbox_checks(config), _cgroups(), _database(config), _key_file(config)]
+    checks = [*_sandbox_checks(config), _cgroups(), _database(config), _storage_identity(config), _key_file(config)]
     if config.metrics_listen:
         checks.append(_port("metrics port", config.metrics_listen))
     return checks
@@ -115,6 +115,20 @@ def _database(config: ServerConfig) -> Check:
         return Check("database", True, f"reachable, migrations at head ({state.head})")
     start = "an empty database" if state.current is None else f"migration {state.current}"
     return Check("database", True, f"reachable; start-up will migrate from {start} to {state.head}")
+
+
+def _storage_identity(config: ServerConfig) -> Check:
+    """The database and the blob store name each other; a new or other database beside blobs is refused."""
+    from cleanroom.storage.identity import StorageIdentityError, inspect
+
+    try:
+        verdict = inspect(config.database_url, config.blob_dir)
+    except StorageIdentityError as exc:
+        return Check("storage identity", False, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the database check reports why it cannot be read
+        return Check("storage identity", False, f"not checked, the database cannot be read: {type(exc).__name__}",
+                     required=False)
+    return Check("storage identity", verdict.action != "refuse", verdict.detail)
 
 
 def _key_file(config: ServerConfig) -> Check:
