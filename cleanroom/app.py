@@ -68,9 +68,14 @@ class App:
 
 def build_app(config: ServerConfig) -> App:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity.check(config.database_url, config.blob_dir)  # before migrating creates a database beside the blobs
     db = Database(config.database_url)
-    migrate(db.engine)
-    identity.ensure(db, config.blob_dir)  # refuses a database and blob store that do not belong together
+    try:
+        migrate(db.engine)
+        identity.ensure(db, config.blob_dir)  # refuses a database and blob store that do not belong together
+    except identity.StorageIdentityError:
+        db.dispose()
+        raise
     keys = KeyService(db, LocalKeyFileProvider(config.state_dir))
     blobs = BlobStore(config.blob_dir)
     metrics = Metrics()

@@ -66,9 +66,7 @@ def collect_garbage(args: argparse.Namespace, env: Mapping[str, str], *, delete:
     config = build_config(args, env)
     logs.configure(config.log_level)
     try:
-        verdict = identity.inspect(config.database_url, config.blob_dir)  # before anything creates a database
-        if verdict.action == "refuse":
-            raise StorageIdentityError(verdict.detail)
+        identity.check(config.database_url, config.blob_dir)  # before anything creates a database
         db = Database(config.database_url)
         try:
             migrate(db.engine)

@@ -108,6 +108,11 @@ def test_a_database_and_blob_store_of_two_deployments_are_refused(tmp_path: Path
     _assert_refused(result, "belongs to", marker_b["database_id"], marker_a["blob_store_id"], marker_a["database_id"])
     bootstrap = cli("admin", "bootstrap", "--state-dir", str(tmp_path / "a"), "--database-url", default_url(tmp_path / "b"), check=False)
     assert bootstrap.returncode == 2 and "belongs to" in bootstrap.stderr and "Traceback" not in bootstrap.stderr
+    state = tmp_path / "a"
+    (state / "cleanroom.db").unlink()
+    bootstrap = cli("admin", "bootstrap", "--state-dir", str(state), check=False)
+    assert bootstrap.returncode == 2 and "restore the database" in bootstrap.stderr
+    assert not (state / "cleanroom.db").exists()  # refused before migrating made a new one
 
 
 def test_build_app_refuses_an_empty_database_beside_blobs(tmp_path: Path) -> None:
@@ -253,3 +258,32 @@ def test_gc_refuses_when_the_database_is_missing_and_removes_nothing(tmp_path: P
                 "--database-url", f"sqlite:///{tmp_path / 'other.db'}", check=False)
     assert other.returncode == 2 and _blobs(state) == before
     assert os.listdir(state / "blobs").count(MARKER) == 1
+
+
+def test_on_each_backend_an_other_or_emptied_database_is_refused_and_the_blob_stays(tmp_path: Path, database_url: str) -> None:
+    import sqlalchemy
+
+    from cleanroom.storage.db import make_engine
+    from cleanroom.storage.tables import Base
+
+    state = tmp_path / "a"
+    app = build_app(make_config(state, database_url=database_url))
+    _store(app, "dkept", b"sealed")
+    app.close()
+    assert identity.inspect(database_url, state / "blobs").action == "ok"
+    other = tmp_path / "b"  # another deployment's state directory (its own SQLite database)
+    build_app(make_config(other)).close()
+    with pytest.raises(StorageIdentityError, match="belongs to"):
+        build_app(make_config(other, database_url=database_url))
+    assert identity.inspect(database_url, other / "blobs").action == "refuse"
+
+    engine = make_engine(database_url)  # empty the database: no table left
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP TABLE alembic_version"))
+    engine.dispose()
+    verdict = identity.inspect(database_url, state / "blobs")
+    assert verdict.action == "refuse" and "restore the database" in verdict.detail
+    with pytest.raises(StorageIdentityError, match="restore the database"):
+        build_app(make_config(state, database_url=database_url))
+    assert _blobs(state) == {"dkept.blob": b"sealed"}

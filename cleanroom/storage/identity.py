@@ -196,6 +196,14 @@ def inspect(url: str, blob_dir: Path) -> Verdict:
     return decide(database, blob_dir, row, marker, blobs, referenced)
 
 
+def check(url: str, blob_dir: Path) -> None:
+    """Before migrations: raises StorageIdentityError if start-up would refuse, so a refused start
+    (or bootstrap) does not leave a new, migrated database file beside the blobs."""
+    verdict = inspect(url, blob_dir)
+    if verdict.action == "refuse":
+        raise StorageIdentityError(verdict.detail)
+
+
 @contextmanager
 def _store_lock(blob_dir: Path) -> Iterator[None]:
     blob_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
