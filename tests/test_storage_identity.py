@@ -287,3 +287,32 @@ def test_on_each_backend_an_other_or_emptied_database_is_refused_and_the_blob_st
     with pytest.raises(StorageIdentityError, match="restore the database"):
         build_app(make_config(state, database_url=database_url))
     assert _blobs(state) == {"dkept.blob": b"sealed"}
+
+
+def test_replicas_pairing_a_fresh_deployment_at_once_agree_on_one_pair(tmp_path: Path, database_url: str) -> None:
+    import threading
+
+    state = tmp_path / "state"
+    setup = Database(database_url)
+    migrate(setup.engine)
+    setup.dispose()
+    results: list[object] = []
+    start = threading.Barrier(6)
+
+    def replica() -> None:
+        db = Database(database_url)
+        try:
+            start.wait()
+            results.append(identity.ensure(db, state / "blobs"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            results.append(exc)
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=replica) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 6 and len(set(results)) == 1, results
+    assert identity.read_marker(state / "blobs") == results[0]
