@@ -27,10 +27,11 @@ from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.metered import MeteredLauncher
 from cleanroom.sandbox.session import SessionBroken
+from cleanroom.server.lease import ServerLease, utcnow
 from cleanroom.queries.allowance import Allowances
 from cleanroom.queries.pool import StatsWorkerPool
 from cleanroom.queries.service import StatsQueryService
-from cleanroom.storage import identity, repos
+from cleanroom.storage import identity, lease_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
 from cleanroom.storage.group_commit import GroupCommit
@@ -59,10 +60,13 @@ class App:
     stats: StatsQueryService
     stats_pool: StatsWorkerPool
     stats_journal: GroupCommit    # the trailing records of statistics answers
+    lease: ServerLease | None = None  # this process's lease on its work in flight (held once recover() ran)
 
     def close(self) -> None:
         self.stats.close()  # closes allowances and writes trailing records while the database is open
         self.stats_pool.close()
+        if self.lease is not None:
+            self.lease.release()  # after the allowances are settled: peers recover what is left at once
         self.db.dispose()
 
 
@@ -77,12 +81,14 @@ def build_app(config: ServerConfig) -> App:
         db.dispose()
         raise
     keys = KeyService(db, LocalKeyFileProvider(config.state_dir))
-    blobs = BlobStore(config.blob_dir)
+    lease = ServerLease(db, lease_seconds=config.lease_seconds)
+    owner = lease.instance_id  # what this process has in flight carries it
+    blobs = BlobStore(config.blob_dir, owner=owner)
     metrics = Metrics()
     datasets = DatasetService(
         db, blobs, keys, max_upload_bytes=config.max_upload_bytes, default_k=config.k_anonymity, metrics=metrics
     )
-    ledger = Ledger(db, metrics)
+    ledger = Ledger(db, metrics, owner=owner)
     metrics.watch_budgets(lambda: budget_snapshots(db))
     journal = GroupCommit(db, name="stats-records")
     allowances = Allowances(ledger, journal, queries=config.stats_allowance, idle_seconds=config.stats_allowance_idle)
@@ -93,13 +99,14 @@ def build_app(config: ServerConfig) -> App:
     jobs = JobService(db, approvals, ledger, blobs, keys, metrics)
     runner = JobRunner(db=db, jobs=jobs, ledger=ledger, enclave=enclave, models=models, blobs=blobs, keys=keys,
                        launcher=phase_b_launcher(config, metrics), policy=policy, metrics=metrics,
-                       work_dir=config.work_dir, concurrency=config.job_workers)
+                       work_dir=config.work_dir, concurrency=config.job_workers, owner=owner)
     stats_pool = stats_worker_pool(config, enclave, keys, policy, metrics)
     stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics,
                               journal=journal, allowances=allowances)
     return App(
-        config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db), JournalledIdempotency(db, journal),
+        config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db, owner), JournalledIdempotency(db, journal),
         ledger, BudgetService(db, release_held=allowances.release_dataset), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool, journal,
+        lease,
     )
 
 
@@ -153,11 +160,32 @@ def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
 
 
 def recover(app: App) -> None:
-    """Start-up clean-up after a crash: running jobs, open reservations, half-written uploads, request claims."""
-    app.ledger.recover(keep=app.runner.recover())
+    """Start-up: takes this server's lease, recovers what servers whose lease has expired left in
+    flight (never a live peer's work), and starts the heartbeat with the periodic sweeper."""
+    assert app.lease is not None
+    app.lease.acquire()
+    recover_expired(app)
+    app.lease.start(sweep=lambda: recover_expired(app))
+
+
+def recover_expired(app: App) -> None:
+    """Clean-up after servers that died: their running jobs (failed SERVER_RESTARTED, charged by the
+    ledger rules, scratch removed), open reservations, half-written uploads and request claims. Only
+    the work of owners holding no live lease is touched; every step is a conditional update, so two
+    servers recovering the same dead peer at once settle each thing once."""
+    if app.lease is not None:
+        app.lease.expire_gone_neighbours()
+    at = utcnow()
+    app.ledger.recover(keep=app.runner.recover(orphaned_at=at), orphaned_at=at)
+
+    def live() -> set[str]:
+        with app.db.read() as session:
+            return lease_repo.live(session, at)
+
     # Unreferenced blobs stay: only `cleanroom admin gc --yes` removes them (storage/gc.py).
-    removed = app.datasets.sweep_partial_uploads()
+    removed = app.datasets.sweep_partial_uploads(live=live)
     with app.db.transaction() as session:
-        released = repos.release_all_in_flight(session)
+        released = repos.release_all_in_flight(session, orphaned_at=at)
+        lease_repo.remove_expired(session, at)
     if removed or released:
         log.info("recovered after an unclean stop: %d partial uploads removed, %d request claims released", removed, released)

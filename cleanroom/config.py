@@ -48,6 +48,8 @@ SETTINGS = (
             "auto-approved statistics queries one ledger reservation may pay for (at most a quarter of the dataset budget left)"),
     Setting("--stats-allowance-idle", "CLEANROOM_STATS_ALLOWANCE_IDLE", "2",
             "seconds after its last query that a statistics allowance is closed and its unused budget refunded"),
+    Setting("--lease-seconds", "CLEANROOM_LEASE_SECONDS", "30",
+            "server lease expiry: a replica silent this long is dead and its work in flight (jobs, reservations, uploads) is recovered by a peer; heartbeat every sixth of it"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -78,6 +80,7 @@ class ServerConfig:
     stats_idle: float = 300.0
     stats_allowance: int = 64
     stats_allowance_idle: float = 2.0
+    lease_seconds: float = 30.0
 
     @property
     def blob_dir(self) -> Path:
@@ -134,6 +137,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         stats_idle=float(raw["stats_idle"] or 300),
         stats_allowance=int(raw["stats_allowance"] or 64),
         stats_allowance_idle=float(raw["stats_allowance_idle"] or 2),
+        lease_seconds=float(raw["lease_seconds"] or 30),
     )
     _check(config)
     return config
@@ -152,5 +156,7 @@ def _check(config: ServerConfig) -> None:
         raise SystemExit("--sandbox must be auto, runsc, bwrap or kubernetes")
     if not 1 <= config.stats_allowance <= 10_000 or not 0 < config.stats_allowance_idle <= 3600:
         raise SystemExit("--stats-allowance must be 1 to 10000 queries and --stats-allowance-idle 0 to 3600 seconds")
+    if not 0.5 <= config.lease_seconds <= 3600:
+        raise SystemExit("--lease-seconds must be 0.5 to 3600 seconds")
     if not 2 <= config.k_anonymity <= 1000:
         raise SystemExit("--k-anonymity must be between 2 and 1000")

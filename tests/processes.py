@@ -22,13 +22,14 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "cleanroom.cli", *args]
 
 
-def serve(state: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`cleanroom serve` on a free port; (the process, its address) once it is serving."""
-    port_file = state.parent / "port"
+def serve(state: Path, log: Path, *extra: str, port_name: str = "port") -> tuple[subprocess.Popen[bytes], str]:
+    """`cleanroom serve` on a free port; (the process, its address) once it is serving. `extra`:
+    more flags; `port_name`: its port file's name (replicas on one state directory need one each)."""
+    port_file = state.parent / port_name
     port_file.unlink(missing_ok=True)
     with log.open("ab") as out:  # a file, not a pipe nobody reads: a chatty server must never block
         process = subprocess.Popen(cli_argv("serve", "--state-dir", str(state), "--listen", "127.0.0.1:0", "--port-file",
-                                            str(port_file), "--metrics-listen", ""), stdout=out, stderr=subprocess.STDOUT)
+                                            str(port_file), "--metrics-listen", "", *extra), stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not port_file.exists():
         assert process.poll() is None, log.read_text()

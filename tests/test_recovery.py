@@ -12,6 +12,7 @@ from cleanroom.app import build_app, recover
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.storage import repos
+from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.identity import MARKER
 from tests.conftest import make_config
 from tests.test_datasets_api import _rows, _schema, _write_csv
@@ -83,7 +84,8 @@ def test_recover_removes_staging_files_keeps_unreferenced_blobs_and_releases_cla
     pending = blobs.create("dorphan")
     pending.write(b"sealed bytes whose metadata row never landed")
     pending.commit()
-    blobs.create("dstage").write(b"a staging file left by a crash")
+    # A staging file left by a crashed server (another instance, holding no lease).
+    BlobStore(app.config.blob_dir, owner="srvcrashed").create("dstage").write(b"a staging file left by a crash")
     with app.db.transaction() as session:
         repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp")
     recover(app)

@@ -43,8 +43,9 @@ def check_request_id(request_id: str, field: str = "request_id") -> None:
 
 
 class Idempotency:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, owner: str | None = None) -> None:
         self._db = db
+        self._owner = owner  # this server's instance id: its claims are recovered only if its lease expires
 
     def run(
         self,
@@ -70,7 +71,7 @@ class Idempotency:
 
     def _claim(self, key: repos.RequestKey, request_fingerprint: str, response_type: type[M]) -> M | None:
         with self._db.transaction() as session:
-            existing = repos.claim_request(session, key, request_fingerprint)
+            existing = repos.claim_request(session, key, request_fingerprint, self._owner)
             if existing is None:
                 return None
             earlier = (existing.fingerprint, existing.response)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from cleanroom import crypto
@@ -165,10 +165,11 @@ class DatasetService:
         key = self._keys.unwrap_dataset_key(dataset_id, wrapped)
         return crypto.SealedReader(self._blobs.open(dataset_id), key, dataset_id)
 
-    def sweep_partial_uploads(self) -> int:
-        """Start-up: removes staging files. A committed blob no row references is left alone: a
+    def sweep_partial_uploads(self, live: Callable[[], Collection[str]] | None = None) -> int:
+        """Start-up: removes staging files (with `live`, only those of servers not in it: never a live
+        peer's upload in progress). A committed blob no row references is left alone: a
         database that looks empty is not a reason to delete data (`cleanroom admin gc` removes them)."""
-        return self._blobs.sweep_temporary()
+        return self._blobs.sweep_temporary(live)
 
     def _visible(self, principal: Principal, name: str) -> Dataset:
         dataset_id = parse_dataset_name(name)

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,9 @@ class _CancelWatch(threading.Thread):
 class JobRunner:
     def __init__(self, *, db: Database, jobs: JobService, ledger: Ledger, enclave: Enclave, models: ModelVersionService,
                  blobs: BlobStore, keys: KeyService, launcher: SandboxLauncher, policy: SandboxPolicy,
-                 metrics: Metrics, work_dir: Path, concurrency: int = 1) -> None:
+                 metrics: Metrics, work_dir: Path, concurrency: int = 1, owner: str | None = None) -> None:
         self._db, self._jobs, self._ledger, self._enclave = db, jobs, ledger, enclave
+        self._owner = owner  # this server's instance id: a job it claims is its own until it ends
         self._models, self._blobs, self._keys, self._launcher = models, blobs, keys, launcher
         self._policy, self._metrics, self._work_dir = policy, metrics, work_dir
         self._stop = threading.Event()
@@ -140,7 +142,9 @@ class JobRunner:
         with self._claim_lock, self._db.read() as session:
             queued = job_repo.jobs_in(session, JobState.QUEUED, limit=1)
         for job in queued:
-            if self._move(job, transition(job, JobState.RUNNING)):
+            with self._db.transaction() as session:
+                claimed = job_repo.claim(session, transition(job, JobState.RUNNING), job.state, self._owner)
+            if claimed:
                 return transition(job, JobState.RUNNING)
         return None
 
@@ -302,16 +306,27 @@ class JobRunner:
             cancelled = job_repo.cancel_requested(session, job.id)
         self._jobs.finish(job, JobState.CANCELLED if cancelled else JobState.FAILED, failure=code)
 
-    def recover(self) -> set[str]:
-        """Start-up: a job that was running when the server stopped has failed (its spend follows the
-        ledger rules); queued jobs keep their reservation and run again. Returns the spends to keep."""
+    def recover(self, orphaned_at: datetime | None = None) -> set[str]:
+        """Start-up and sweeper: a job whose server died while running it (no live lease at
+        `orphaned_at`) has failed (its spend follows the ledger rules) and its scratch folder goes;
+        a live server's job goes on. Queued jobs keep their reservation and run again. Returns the
+        spends still wanted (queued, pending-approved and running jobs')."""
         with self._db.read() as session:
-            running = job_repo.jobs_in(session, JobState.RUNNING, limit=10_000)
-            queued = job_repo.jobs_in(session, JobState.QUEUED, limit=10_000)
+            running = job_repo.orphaned_running(session, orphaned_at or datetime.now(timezone.utc))
         for job in running:
             self._fail(job, FailureCode.SERVER_RESTARTED)
+            self._remove_scratch(job.id)
         try:  # their sandboxes died with the old server; the empty cgroups they ran in remain
             cgroups.sweep_stale()
         except (OSError, ValueError):
             log.warning("could not sweep stale sandbox cgroups", exc_info=True)
-        return {j.spend_id for j in queued if j.spend_id}
+        with self._db.read() as session:
+            return job_repo.spends_still_wanted(session)
+
+    def _remove_scratch(self, job_id: str) -> None:
+        """A dead server's scratch for this job (encrypted dataset copy, job.json, model, outputs)."""
+        if not self._work_dir.is_dir():
+            return
+        for folder in self._work_dir.glob(f"{job_id}-*"):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)

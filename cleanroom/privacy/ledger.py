@@ -8,6 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -104,9 +105,10 @@ def budget_snapshots(db: Database) -> list[BudgetSnapshot]:
 
 
 class Ledger:
-    def __init__(self, db: Database, metrics: Metrics | None = None) -> None:
+    def __init__(self, db: Database, metrics: Metrics | None = None, owner: str | None = None) -> None:
         self._db = db
         self._metrics = metrics
+        self.owner = owner  # this server's instance id: its open reservations are its own (server/lease.py)
 
     def reserve_in(self, session: Session, request: SpendRequest, *, actor_id: str, spend_id: str | None = None) -> Spend:
         """Reserves on the dataset budget and the share budget together, inside the caller's transaction."""
@@ -117,7 +119,7 @@ class Ledger:
             self._count("exhausted")
             raise BudgetExhausted(tuple(refusal(b, privacy_repo.get_balance(session, b), request.cost) for b in refused))
         self._count("reserved")
-        privacy_repo.add_spend(session, spend)
+        privacy_repo.add_spend(session, spend, owner=self.owner)
         if request.decrypted_on_reserve:
             session.flush()
             if not privacy_repo.mark_decrypted(session, spend.id):
@@ -213,11 +215,12 @@ class Ledger:
         with self._db.read() as session:
             return privacy_repo.events(session, where)
 
-    def recover(self, keep: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
-        """Start-up: settles every reservation left open by a crash, each exactly once. `keep` names
-        reservations still wanted (queued jobs that will run after the restart)."""
+    def recover(self, keep: set[str] | frozenset[str] = frozenset(), *, orphaned_at: datetime | None = None) -> dict[str, int]:
+        """Start-up and sweeper: settles every reservation left open by a crash, each exactly once.
+        `keep` names reservations still wanted (jobs that will run or still run); with `orphaned_at`,
+        only reservations whose server holds no live lease then are settled (never a live peer's)."""
         with self._db.read() as session:
-            open_spends = [s for s in privacy_repo.open_spends(session) if s.id not in keep]
+            open_spends = [s for s in privacy_repo.open_spends(session, orphaned_at) if s.id not in keep]
         outcome = {"committed": 0, "refunded": 0}
         for spend in open_spends:
             kind = settlement_after_crash(spend)

@@ -1,7 +1,9 @@
 """A local store of opaque (already sealed) blobs: `<root>/<blob_id>.blob`.
 
-Writes go to `<root>/tmp/*.part` and become visible only through an fsync + atomic rename, so a
-crash leaves either the old blob, the new one, or a stray .part file for sweep_temporary().
+Writes go to `<root>/tmp/<owner>/*.part` (owner: the writing server's instance id, so replicas
+sharing the volume tell their partial writes apart) and become visible only through an fsync +
+atomic rename, so a crash leaves either the old blob, the new one, or a stray .part file for
+sweep_temporary() to remove once its server's lease has expired.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -83,18 +86,24 @@ class PendingBlob:
 class BlobStore:
     """Blobs as files under `root` (0700). Blob ids are validated, so no path can escape root."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, owner: str | None = None) -> None:
         self.root = Path(root)
         self._tmp = self.root / "tmp"
         _private_dir(self.root)
         _private_dir(self._tmp)
+        self._own_tmp = self._tmp
+        if owner is not None:
+            self._own_tmp = self._tmp / _check_id(owner)
+            _private_dir(self._own_tmp)
 
     def path_of(self, blob_id: str) -> Path:
         return self.root / f"{_check_id(blob_id)}.blob"
 
     def create(self, blob_id: str) -> PendingBlob:
         final = self.path_of(blob_id)
-        tmp = self._tmp / f"{blob_id}.{secrets.token_hex(8)}.part"
+        if not self._own_tmp.is_dir():  # a peer's sweep took it while this server's lease had lapsed
+            _private_dir(self._own_tmp)
+        tmp = self._own_tmp / f"{blob_id}.{secrets.token_hex(8)}.part"
         return PendingBlob(blob_id, tmp, final)
 
     def open(self, blob_id: str) -> BinaryIO:
@@ -118,14 +127,29 @@ class BlobStore:
             return
         fsync_dir(self.root)
 
-    def sweep_temporary(self) -> int:
-        """Remove leftover .part files (e.g. after a crash). Call at startup, before any writer
-        runs: an in-progress write's .part file would be removed too."""
-        removed = 0
-        for part in self._tmp.glob("*.part"):
-            try:
-                part.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
+    def sweep_temporary(self, live: Callable[[], Collection[str]] | None = None) -> int:
+        """Remove leftover .part files (e.g. after a crash). With `live` (returning the instance ids
+        of servers holding a live lease, asked after the folders are listed, so a server starting
+        meanwhile counts as live), only other owners' folders go, and unowned files from before
+        owners; without it, every partial write goes (only safe before any writer runs)."""
+        removed = sum(_unlink(part) for part in self._tmp.glob("*.part"))
+        folders = [f for f in self._tmp.iterdir() if f.is_dir() and not f.is_symlink()]
+        keep = set(live()) if live is not None else set()
+        for folder in folders:
+            if folder.name in keep:
+                continue
+            removed += sum(_unlink(part) for part in folder.glob("*.part"))
+            if folder != self._own_tmp:
+                try:
+                    folder.rmdir()
+                except OSError:  # a file appeared meanwhile (its writer was not dead after all)
+                    pass
         return removed
+
+
+def _unlink(path: Path) -> int:
+    try:
+        path.unlink()
+        return 1
+    except FileNotFoundError:
+        return 0

@@ -4,13 +4,15 @@ threads (or a restart) can never both move the same job."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState
-from cleanroom.storage.tables import JobRow
+from cleanroom.storage import lease_repo
+from cleanroom.storage.tables import JobRow, PrivacyRequestRow
 
 
 def add_job(session: Session, job: Job) -> None:
@@ -51,6 +53,29 @@ def move(session: Session, job: Job, expected: JobState, **values: Any) -> bool:
     values = {"state": job.state.value, "failure": job.failure.value, "finished_at": job.finished_at, **values}
     result = session.execute(update(JobRow).where(JobRow.id == job.id, JobRow.state == expected.value).values(**values))
     return result.rowcount == 1
+
+
+def claim(session: Session, job: Job, expected: JobState, owner: str | None) -> bool:
+    """`move` that also records the server now running the job (its lease owns it)."""
+    return move(session, job, expected, owner=owner)
+
+
+def orphaned_running(session: Session, at: datetime) -> list[Job]:
+    """Running jobs whose server holds no live lease at `at` (it died, or ran before leases existed)."""
+    query = select(JobRow).where(JobRow.state == JobState.RUNNING.value, lease_repo.orphaned(JobRow.owner, at))
+    return [_job(r) for r in session.scalars(query.order_by(JobRow.created_at, JobRow.id))]
+
+
+def spends_still_wanted(session: Session) -> set[str]:
+    """Reservations of jobs that will still run or are running: queued and running jobs', and those
+    of pending jobs whose privacy request was approved but not yet promoted."""
+    held = session.scalars(select(JobRow.spend_id).where(
+        JobRow.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)), JobRow.spend_id.is_not(None)))
+    pending = session.scalars(
+        select(PrivacyRequestRow.spend_id)
+        .join(JobRow, JobRow.privacy_request_id == PrivacyRequestRow.id)
+        .where(JobRow.state == JobState.PENDING_APPROVAL.value, PrivacyRequestRow.spend_id.is_not(None)))
+    return {s for s in held if s} | {s for s in pending if s}
 
 
 def request_cancel(session: Session, job_id: str) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime
+
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Mechanism, Privacy, Spend, SpendState
+from cleanroom.storage import lease_repo
 from cleanroom.storage.db import DriverReads, first_row
 from cleanroom.storage.repos import now
 from cleanroom.storage.tables import (
@@ -136,8 +139,8 @@ def settle(session: Session, budget_id: str, reserved: Privacy, committed: Priva
 # --- spends --------------------------------------------------------------------------------------
 
 
-def add_spend(session: Session, spend: Spend) -> None:
-    session.add(SpendRow(
+def add_spend(session: Session, spend: Spend, owner: str | None = None) -> None:
+    session.add(SpendRow(owner=owner, 
         id=spend.id, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id, kind=spend.kind,
         reference=spend.reference, state=spend.state.value, reserved_epsilon=spend.reserved.epsilon,
         reserved_delta=spend.reserved.delta, committed_epsilon=0, committed_delta=0,
@@ -189,9 +192,12 @@ def open_spend_for_workload(session: Session, workload: str) -> Spend | None:
     return _spend(row) if row else None
 
 
-def open_spends(session: Session) -> list[Spend]:
-    rows = session.scalars(select(SpendRow).where(SpendRow.state == SpendState.RESERVED.value).order_by(SpendRow.id))
-    return [_spend(r) for r in rows]
+def open_spends(session: Session, orphaned_at: datetime | None = None) -> list[Spend]:
+    """Open reservations; with `orphaned_at`, only those whose owner holds no live lease then."""
+    query = select(SpendRow).where(SpendRow.state == SpendState.RESERVED.value).order_by(SpendRow.id)
+    if orphaned_at is not None:
+        query = query.where(lease_repo.orphaned(SpendRow.owner, orphaned_at))
+    return [_spend(r) for r in session.scalars(query)]
 
 
 # --- ledger events -------------------------------------------------------------------------------

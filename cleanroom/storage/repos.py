@@ -16,6 +16,7 @@ from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
+from cleanroom.storage import lease_repo
 from cleanroom.storage.db import DriverReads, first_row
 from cleanroom.storage.tables import DatasetRow, IdempotencyRow, PrincipalRow, SecretRow
 
@@ -229,7 +230,7 @@ class RequestKey:
     request_id: str
 
 
-def claim_request(session: Session, key: RequestKey, fingerprint: str) -> IdempotencyRow | None:
+def claim_request(session: Session, key: RequestKey, fingerprint: str, owner: str | None = None) -> IdempotencyRow | None:
     """Inserts an in-flight marker; returns the existing record instead when the id was seen."""
     existing = session.get(IdempotencyRow, (key.principal_id, key.method, key.request_id))
     if existing is not None:
@@ -244,6 +245,7 @@ def claim_request(session: Session, key: RequestKey, fingerprint: str) -> Idempo
                     fingerprint=fingerprint,
                     response=None,
                     created_at=now(),
+                    owner=owner,
                 )
             )
     except DbIntegrityError:
@@ -318,6 +320,10 @@ def release_request(session: Session, key: RequestKey) -> None:
     )
 
 
-def release_all_in_flight(session: Session) -> int:
-    """At start-up nothing is in flight: markers left by a crash would block retries forever."""
-    return session.execute(delete(IdempotencyRow).where(IdempotencyRow.response.is_(None))).rowcount
+def release_all_in_flight(session: Session, orphaned_at: datetime | None = None) -> int:
+    """Markers left by a crash would block retries forever. With `orphaned_at`, only the claims of
+    servers holding no live lease then go (a live peer's call is still in flight)."""
+    condition = IdempotencyRow.response.is_(None)
+    if orphaned_at is not None:
+        condition = condition & lease_repo.orphaned(IdempotencyRow.owner, orphaned_at)
+    return session.execute(delete(IdempotencyRow).where(condition)).rowcount

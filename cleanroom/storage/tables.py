@@ -72,6 +72,7 @@ class IdempotencyRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # the claiming server (0009)
 
 
 class SecretRow(Base):
@@ -132,6 +133,7 @@ class SpendRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The attested workload this reservation pays for; the key broker releases a key only for it.
     workload: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # the reserving server (0009)
 
 
 class LedgerEventRow(Base):
@@ -256,6 +258,7 @@ class JobRow(Base):
     spend_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     workload: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # the server running it (0009)
     artifacts_json: Mapped[str] = mapped_column(Text, default="[]")
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -271,3 +274,16 @@ class StorageIdentityRow(Base):
     database_id: Mapped[str] = mapped_column(String(32))
     blob_store_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ServerLeaseRow(Base):
+    """One row per running server process; past `expires_at` its work in flight is a dead server's (0009)."""
+
+    __tablename__ = "server_leases"
+
+    instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
