@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def test_sigkill_while_a_job_runs_then_restart(tmp_path: Path) -> None:
             assert manufacturer.get_job(job.name).state == jobs_pb2.JOB_STATE_RUNNING
         assert any(cmd.split()[0].endswith("bwrap") for cmd in tree.values()), tree
 
+        job_id = job.name.removeprefix("jobs/")
+        scratch = Path(tempfile.gettempdir()) / "cleanroom-work"  # the server's default --work-dir
+        assert list(scratch.glob(f"{job_id}-*")), "the job's scratch folder (dataset copy, job.json, model) should exist"
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
         settle = time.monotonic() + 10
@@ -73,12 +77,13 @@ def test_sigkill_while_a_job_runs_then_restart(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert not alive(set(tree)), f"sandbox processes outlived the server: {alive(set(tree))}"
 
+        assert list(scratch.glob(f"{job_id}-*")), "a SIGKILLed server leaves its job's scratch behind"
         server, address = _serve(state, log)
-        job_id = job.name.removeprefix("jobs/")
         with Client(address, maker.token) as manufacturer:
             after = manufacturer.get_job(job.name)
             assert after.state == jobs_pb2.JOB_STATE_FAILED
             assert after.failure == jobs_pb2.JOB_FAILURE_SERVER_RESTARTED
+            assert not list(scratch.glob(f"{job_id}-*")), "the dead server's job scratch is cleaned at restart (issue 14, item 9)"
             with pytest.raises(Exception):
                 manufacturer.download(job.name, "weights.safetensors")
             db = Database(default_url(state))
