@@ -31,7 +31,7 @@ from tests.tools import needs
 
 pytestmark = needs("bwrap")  # the servers' sandboxes (tests/tools.py)
 
-LEASE = ("--lease-seconds", "3")
+LEASE = ("--lease-seconds", "10")  # generous: a loaded machine must not expire a live replica; a killed one on this host loses its lease at once
 COUNT = Query(kind="count", epsilon=0.01)
 
 

@@ -2,7 +2,7 @@
 
 Every server sharing a database holds a lease (storage/lease_repo.py) renewed by a background
 thread every `lease_seconds / 6`; what it has in flight (running jobs, open reservations, request
-claims, partial uploads, job scratch) carries its instance id. The same thread, every
+claims, partial uploads, job scratch) carries its instance id. A second thread, every
 `lease_seconds / 2`, runs the recovery of work whose owner's lease has expired: a dead peer's,
 never a live one's. A clean stop removes the lease, so peers recover at once what it left.
 """
@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -62,7 +61,7 @@ class ServerLease:
         self.heartbeat_seconds = lease_seconds / 6
         self.sweep_seconds = lease_seconds / 2
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._sweep: Callable[[], object] | None = None
         self.node = node_name()
 
@@ -87,11 +86,14 @@ class ServerLease:
                  self.lease.total_seconds())
 
     def start(self, sweep: Callable[[], object]) -> None:
-        """Starts the heartbeat and the sweeper (after acquire())."""
+        """Starts the heartbeat and the sweeper (after acquire()), each in its own thread: a long
+        recovery never delays the heartbeat past this server's own expiry."""
         self._sweep = sweep
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="server-lease", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._heartbeat, name="server-lease", daemon=True),
+                         threading.Thread(target=self._sweeper, name="lease-sweeper", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def renew(self) -> bool:
         at = utcnow()
@@ -106,26 +108,28 @@ class ServerLease:
             lease_repo.acquire(session, self.instance_id, host=self.node, pid=os.getpid(), at=at, lease=self.lease)
         return False
 
-    def _loop(self) -> None:
-        next_sweep = time.monotonic() + self.sweep_seconds
+    def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
             try:
                 self.renew()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the heartbeat
                 log.warning("could not renew the server lease", exc_info=True)
-            if self._sweep is not None and time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self.sweep_seconds
-                try:
+
+    def _sweeper(self) -> None:
+        while not self._stop.wait(self.sweep_seconds):
+            try:
+                if self._sweep is not None:
                     self._sweep()
-                except Exception:  # noqa: BLE001
-                    log.warning("recovering expired servers' work failed; will retry", exc_info=True)
+            except Exception:  # noqa: BLE001 - retried at the next sweep
+                log.warning("recovering expired servers' work failed; will retry", exc_info=True)
 
     def release(self) -> None:
         """Clean stop: ends the heartbeat and removes the lease, so peers recover what is left at once."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.heartbeat_seconds + 5)
-            self._thread = None
+        if self._threads:
+            for thread in self._threads:
+                thread.join(self.heartbeat_seconds + 5)
+            self._threads = []
             try:
                 with self._db.transaction() as session:
                     lease_repo.release(session, self.instance_id)
