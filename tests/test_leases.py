@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def test_started_server_renews_its_lease_and_a_clean_stop_removes_it(tmp_path: P
                 if session.get(ServerLeaseRow, app.lease.instance_id).expires_at > first:
                     break
             assert utcnow() < deadline, "the heartbeat never renewed the lease"
+            time.sleep(0.05)
         # Its own in-flight claim is not a dead server's, however often the sweeper runs.
         with app.db.transaction() as session:
             repos.claim_request(session, repos.RequestKey("p", "M", "r"), "fp", app.lease.instance_id)
@@ -112,5 +114,28 @@ def test_a_stopped_process_on_this_node_loses_its_lease_at_once(tmp_path: Path) 
         assert lease.expire_gone_neighbours() == 1
         with app.db.read() as session:
             assert lease_repo.live(session, utcnow()) == {"srvother"}  # another node's pid means nothing here
+    finally:
+        app.close()
+
+
+def test_the_periodic_sweeper_recovers_a_peer_whose_lease_expires_while_it_runs(tmp_path: Path, database_url: str) -> None:
+    app = build_app(make_config(tmp_path / "state", database_url=database_url, work_dir=tmp_path / "work", lease_seconds=0.6))
+    try:
+        recover(app)  # start-up: lease, heartbeat and sweeper
+        with app.db.transaction() as session:  # a peer elsewhere, alive for now, with a call in flight
+            lease_repo.acquire(session, "srvpeer", host="elsewhere", pid=1, at=utcnow(), lease=timedelta(seconds=2))
+            repos.claim_request(session, repos.RequestKey("p", "M", "peer"), "fp", "srvpeer")
+        recover_expired(app)
+        with app.db.read() as session:  # live: untouched
+            assert repos.stored_request(session, repos.RequestKey("p", "M", "peer")) == ("fp", None)
+        deadline = utcnow() + timedelta(seconds=60)
+        while True:  # the peer never renews: once its lease expires, the sweeper (every 0.3 s) frees its claim
+            with app.db.read() as session:
+                if repos.stored_request(session, repos.RequestKey("p", "M", "peer")) is None:
+                    break
+                assert utcnow() < deadline, "the sweeper never recovered the expired peer's claim"
+            time.sleep(0.05)
+        with app.db.read() as session:
+            assert session.get(ServerLeaseRow, "srvpeer") is None
     finally:
         app.close()
