@@ -95,8 +95,3 @@ def artifacts(session: Session, job_id: str) -> tuple[list[dict[str, Any]], byte
 def artifact_values(listing: list[dict[str, Any]], wrapped_key: bytes) -> dict[str, Any]:
     return {"artifacts_json": json.dumps(listing, sort_keys=True), "wrapped_key": wrapped_key}
 
-
-def artifact_blob_ids(session: Session) -> set[str]:
-    """Every blob a job's sealed artefacts occupy (kept by the start-up sweep of orphaned blobs)."""
-    rows = session.scalars(select(JobRow.artifacts_json).where(JobRow.artifacts_json != "[]"))
-    return {entry["blob"] for listing in rows for entry in json.loads(listing)}

@@ -35,11 +35,6 @@ def get_model(session: Session, model_id: str) -> ModelVersion | None:
     return _version(row) if row else None
 
 
-def model_ids(session: Session) -> set[str]:
-    """Every stored model version (its sealed program is the blob of the same id)."""
-    return set(session.scalars(select(ModelRow.id)))
-
-
 def list_models(session: Session, *, owner_id: str, after_id: str | None, limit: int) -> list[ModelVersion]:
     query = select(ModelRow).where(ModelRow.owner_id == owner_id).order_by(ModelRow.id).limit(limit)
     if after_id is not None:

@@ -196,10 +196,6 @@ def owned_dataset_ids(session: Session, owner_id: str) -> set[str]:
     return set(session.scalars(select(DatasetRow.id).where(DatasetRow.owner_id == owner_id)))
 
 
-def dataset_ids(session: Session) -> set[str]:
-    return set(session.scalars(select(DatasetRow.id).where(DatasetRow.deleted_at.is_(None))))
-
-
 # --- secrets ---------------------------------------------------------------------------------
 
 
