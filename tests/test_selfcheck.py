@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 import sqlalchemy
 
 from cleanroom.config import ServerConfig
@@ -127,10 +128,31 @@ def test_an_unreachable_database_is_refused(tmp_path: Path) -> None:
     assert not check.ok and check.detail.startswith("cannot connect")
 
 
-def test_a_corrupted_database_file_is_refused_in_one_line(tmp_path: Path) -> None:
+DAMAGE_SAID = {"random bytes": "file is not a database", "zeroed header": "file is not a database",
+               "truncated": "database disk image is malformed", "last page overwritten": "the SQLite file is damaged"}
+
+
+def _migrated_then(damage: str, path: Path) -> None:
+    database = Database(f"sqlite:///{path}")
+    migrate(database.engine)
+    database.dispose()  # the last connection checkpoints the WAL into the file, which is then damaged
+    assert not path.with_name(path.name + "-wal").exists()
+    data = path.read_bytes()
+    damaged = {"zeroed header": lambda: b"\0" * 100 + data[100:], "truncated": lambda: data[:len(data) // 3],
+               "last page overwritten": lambda: data[:-4096] + os.urandom(4096)}  # a read of one table still works
+    path.write_bytes(damaged[damage]())
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE_SAID))
+def test_a_corrupted_database_file_is_refused_in_one_line(tmp_path: Path, damage: str) -> None:
     cfg = config(tmp_path)
     cfg.state_dir.mkdir()
-    Path(cfg.database_url.removeprefix("sqlite:///")).write_bytes(os.urandom(4096))
+    path = Path(cfg.database_url.removeprefix("sqlite:///"))
+    if damage == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    else:
+        _migrated_then(damage, path)
     result = run_cli("serve", "--state-dir", str(cfg.state_dir), "--listen", "127.0.0.1:0", "--metrics-listen", "")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "database: cannot connect: DatabaseError" in result.stderr and "file is not a database" in result.stderr
+    database_line = next(line for line in result.stderr.splitlines() if line.startswith("  - database: "))
+    assert DAMAGE_SAID[damage] in database_line, result.stderr

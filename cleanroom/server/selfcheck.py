@@ -108,6 +108,8 @@ def _database(config: ServerConfig) -> Check:
         state = migration_state(config.database_url)
     except Exception as exc:  # noqa: BLE001 - any driver error means the same to an operator
         return Check("database", False, f"cannot connect: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    if state.damage:
+        return Check("database", False, f"the SQLite file is damaged ({state.damage[:200]}); restore it from a backup")
     if state.current is not None and state.current not in state.known:
         return Check("database", False, f"at migration {state.current}, which this server does not know "
                                         "(written by a newer version?)")

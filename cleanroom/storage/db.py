@@ -92,6 +92,7 @@ class MigrationState:
     current: str | None   # None: an empty database
     head: str
     known: frozenset[str]
+    damage: str = ""      # SQLite's quick_check finding (a truncated or overwritten file); "" when sound
 
 
 def migration_state(url: str) -> MigrationState:
@@ -101,10 +102,18 @@ def migration_state(url: str) -> MigrationState:
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
+            damage = _sqlite_damage(connection) if engine.dialect.name == "sqlite" else ""
     finally:
         engine.dispose()
     known = frozenset(revision.revision for revision in script.walk_revisions())
-    return MigrationState(current, script.get_current_head() or "", known)
+    return MigrationState(current, script.get_current_head() or "", known, damage)
+
+
+def _sqlite_damage(connection: Any) -> str:
+    """A damaged SQLite file can still answer a read of one small table; quick_check reads every
+    page (the metadata database is small: datasets and models live in the blob store)."""
+    finding = connection.exec_driver_sql("PRAGMA quick_check(1)").scalar()
+    return "" if finding == "ok" else "; ".join(str(finding).splitlines())
 
 
 class Database:
