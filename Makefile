@@ -6,7 +6,7 @@ DEPS := $(VENV)/.installed
 STUBS := cleanroom/v1/.stamp
 PROTOS := $(wildcard proto/cleanroom/v1/*.proto)
 
-.PHONY: all demo test bench proto clean setup-demo setup-test
+.PHONY: all demo test check bench proto clean setup-demo setup-test
 
 all: $(STUBS)
 
@@ -31,7 +31,7 @@ setup-test:
 
 ## demo: start a server on a fresh state directory and run the whole flow on embedded defaults
 demo: setup-demo $(STUBS)
-	$(PY) -m cleanroom.demo
+	$(PY) -m cleanroom.cli.demo
 
 ## the Node.js client test's packages, exactly as tests/node/package-lock.json pins them
 NODE_DEPS := tests/node/node_modules/.installed
@@ -39,7 +39,12 @@ $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json | setup-test
 	@if echo " $$CLEANROOM_TEST_WITHOUT " | tr , ' ' | grep -Eq ' (node|all) '; then echo "setup: node opted out; tests/node not installed"; \
 	else npm ci --ignore-scripts --no-audit --no-fund --prefix tests/node && touch $@; fi
 
-## test: the whole suite; starts a throw-away PostgreSQL for the storage tests
+## check: the linter and the type checker (configured in pyproject.toml); make test runs it first
+check: $(STUBS)
+	$(VENV)/bin/ruff check cleanroom enclave_sim tests bench
+	$(VENV)/bin/mypy
+
+## test: the static checks, then the whole suite; starts a throw-away PostgreSQL for the storage tests
 test: setup-test $(STUBS) $(NODE_DEPS)
 	scripts/with-services $(PY) -m pytest -q $(PYTEST_ARGS)
 

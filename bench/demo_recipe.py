@@ -88,7 +88,7 @@ def main() -> None:
             accs = [accuracy(data, epsilon=1.0, seed=s, recipe=recipe) for s in range(args.repeats)]
             print(f"{recipe}: validation accuracy at ε=1 {np.mean(accs):.3f} (min {min(accs):.3f})", flush=True)
         return
-    from cleanroom.demo import TRAINING
+    from cleanroom.cli.demo import TRAINING
 
     new = {k: v for k, v in TRAINING.items() if k != "validation_fraction"}
     data = load(validation=False)

@@ -149,7 +149,7 @@ def floor_runs(path: Path, repeat: int) -> list[Floor]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cleanroom.cli", *args]
+    return [sys.executable, "-m", "cleanroom.cli.main", *args]
 
 
 def cpu_seconds(pid: int) -> float:

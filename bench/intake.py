@@ -1,6 +1,6 @@
 """Model intake time: the sandboxed intake against the same export done without a sandbox.
 
-For a small MLP and a 1-D CNN (tests/models), in one run:
+For a small MLP and a 1-D CNN (tests/model_packages), in one run:
 - sandboxed: ModelIntake.run — package checks, a fresh sandbox (gVisor runsc, or bubblewrap), the
   export inside it, and validation outside;
 - in-process: the same phase-A export code run in a fresh Python process without a sandbox (it
@@ -21,14 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cleanroom.intake.artifact import read_artifact  # noqa: E402
-from cleanroom.intake.pack import pack_package  # noqa: E402
-from cleanroom.intake.package import load_package  # noqa: E402
-from cleanroom.intake.service import ModelIntake  # noqa: E402
-from cleanroom.intake.validate import validate_program  # noqa: E402
+from cleanroom.models.intake.artifact import read_artifact  # noqa: E402
+from cleanroom.models.intake.pack import pack_package  # noqa: E402
+from cleanroom.models.intake.package import load_package  # noqa: E402
+from cleanroom.models.intake.service import ModelIntake  # noqa: E402
+from cleanroom.models.intake.validate import validate_program  # noqa: E402
 
-MODELS = ROOT / "tests" / "models"
-UNSANDBOXED = "import sys; from pathlib import Path; from cleanroom.intake.phase_a import main; sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))"
+MODELS = ROOT / "tests" / "model_packages"
+UNSANDBOXED = "import sys; from pathlib import Path; from cleanroom.models.intake.phase_a import main; sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))"
 
 
 def sandboxed(intake: ModelIntake, package_dir: Path) -> tuple[float, str]:

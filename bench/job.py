@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cleanroom.demo import _cli, start_server  # noqa: E402
+from cleanroom.cli.demo import _cli, start_server  # noqa: E402
 from cleanroom.sdk import Client  # noqa: E402
 from cleanroom.sdk.schema import Schema  # noqa: E402
 from cleanroom.v1 import datasets_pb2, jobs_pb2  # noqa: E402

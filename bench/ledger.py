@@ -27,14 +27,14 @@ import sqlalchemy
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cleanroom.app import App, build_app  # noqa: E402
-from cleanroom.config import ServerConfig  # noqa: E402
 from cleanroom.domain import deid  # noqa: E402
 from cleanroom.domain.datasets import Dataset, IntakeReport  # noqa: E402
 from cleanroom.domain.identity import Role  # noqa: E402
 from cleanroom.domain.privacy import Privacy  # noqa: E402
 from cleanroom.privacy.ledger import SpendRequest  # noqa: E402
 from cleanroom.sdk import Client  # noqa: E402
+from cleanroom.server.app import App, build_app  # noqa: E402
+from cleanroom.server.config import ServerConfig  # noqa: E402
 from cleanroom.storage import repos  # noqa: E402
 from cleanroom.storage.db import default_url  # noqa: E402
 
@@ -75,7 +75,7 @@ def _direct(app: App, token: str, names: list[str]) -> float:
 def _start_server(state_dir: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
     port_file = state_dir / "port"
     process = subprocess.Popen(
-        [sys.executable, "-m", "cleanroom.cli", "serve", "--state-dir", str(state_dir), "--database-url", url,
+        [sys.executable, "-m", "cleanroom.cli.main", "serve", "--state-dir", str(state_dir), "--database-url", url,
          "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING",
          "--metrics-listen", ""],
         cwd=ROOT,

@@ -12,7 +12,7 @@ In-process baseline (the issue's "numpy aggregate plus one OpenDP release"): on 
 arrays, for the mean a clipped fixed-point sum and a row count, released together as one vector by
 OpenDP's discrete Laplace; for the grouped count `np.bincount` and one vector release. No
 per-patient bounding, no thresholding, no ledger: the floor. For reference it also prints the
-service's own engine (`cleanroom.stats.run_query` on a warm `PreparedTable` of the same rows), which
+service's own engine (`cleanroom.statistics.engine.run_query` on a warm `PreparedTable` of the same rows), which
 is what the worker runs per query.
 
 Over gRPC: one query of each kind warms the worker (decryption and preparation happen once), then
@@ -22,7 +22,7 @@ at least 200 queries/s sustained from 8 concurrent clients (each its own Client)
 is timed too, without a target: the worker keeps the bounded rows of each bound (and the columns
 gathered over them) for unfiltered queries, and a filter means building them afresh.
 
-Auto-approved queries are paid from statistics allowances (cleanroom.queries.allowance), so the
+Auto-approved queries are paid from statistics allowances (cleanroom.statistics.allowance), so the
 ledger is written once per allowance and each answer's records by the group commit.
 
 `--profile` instead runs the server in this process with timers around each step of a query
@@ -43,8 +43,9 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import psutil
@@ -56,18 +57,22 @@ sys.path.insert(0, str(ROOT))
 
 import opendp.prelude as dp  # noqa: E402
 
-from cleanroom.app import build_app  # noqa: E402
-from cleanroom.config import ServerConfig  # noqa: E402
 from cleanroom.domain.identity import Role  # noqa: E402
 from cleanroom.sdk import Client  # noqa: E402
 from cleanroom.sdk.schema import Schema  # noqa: E402
-from cleanroom.stats import Filter, Query, run_query  # noqa: E402
-from cleanroom.stats import mechanisms  # noqa: E402
-from cleanroom.stats.prepared import PreparedTable  # noqa: E402
+from cleanroom.server.app import build_app  # noqa: E402
+from cleanroom.server.config import ServerConfig  # noqa: E402
+from cleanroom.statistics.engine import (  # noqa: E402
+    Filter,
+    Query,
+    mechanisms,  # noqa: E402
+    run_query,
+)
+from cleanroom.statistics.engine.prepared import PreparedTable  # noqa: E402
 from cleanroom.storage.db import default_url  # noqa: E402
 from cleanroom.v1 import datasets_pb2  # noqa: E402
 
-dp.enable_features("contrib")  # OpenDP's discrete samplers live behind it (as in cleanroom.stats.mechanisms)
+dp.enable_features("contrib")  # OpenDP's discrete samplers live behind it (as in cleanroom.statistics.engine.mechanisms)
 
 SITES = ["north", "south", "east", "west", "central"]
 EPSILON = 0.01
@@ -215,7 +220,7 @@ class World:
     def _spawn(self) -> str:
         port_file = self.state / "port"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cleanroom.cli", "serve", "--state-dir", str(self.state), "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "cleanroom.cli.main", "serve", "--state-dir", str(self.state), "--listen", "127.0.0.1:0",
              "--port-file", str(port_file), "--log-level", "WARNING", "--metrics-listen", "", "--work-dir", str(self.work),
              "--sandbox", "bwrap"],
             cwd=ROOT,
@@ -327,11 +332,11 @@ def concurrent_qps(world: World, seconds: float) -> tuple[float, int, float, dic
 
 def _instrument(timings: dict[str, list[float]]) -> None:
     """Wrap each server-side step of a query with a timer (in this process only)."""
-    from cleanroom.api import idempotency
     from cleanroom.api import stats_servicers
     from cleanroom.privacy import ledger
-    from cleanroom.queries import allowance, pool, service
     from cleanroom.sandbox import session
+    from cleanroom.server import idempotency
+    from cleanroom.statistics import allowance, pool, service
     from cleanroom.storage import db, group_commit
 
     def wrap(owner: Any, attribute: str, label: str) -> None:

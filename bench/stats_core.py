@@ -20,7 +20,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cleanroom.stats import Query, run_query  # noqa: E402
+from cleanroom.statistics.engine import Query, run_query  # noqa: E402
 
 BANDS = ["20-29", "30-39", "40-49", "50-59", "60-69"]
 
@@ -68,7 +68,7 @@ def main() -> None:
     }
     print(f"{args.rows} rows, {args.patients} patients, median of {args.repeats}")
     for name, (query, exact) in cases.items():
-        private = _median_seconds(lambda: run_query(table, query, patient_column="patient", public_group_keys=public), args.repeats)
+        private = _median_seconds(lambda query=query: run_query(table, query, patient_column="patient", public_group_keys=public), args.repeats)
         baseline = _median_seconds(exact, args.repeats)
         print(f"{name:>15}: engine {private * 1000:8.1f} ms  exact {baseline * 1000:8.1f} ms  ratio {private / max(baseline, 1e-6):7.1f}x")
 

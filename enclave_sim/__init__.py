@@ -74,6 +74,7 @@ __all__ = [
     "sha256_hex",
     "sign_report",
     "unwrap_in_enclave",
+    "wrap_for_enclave",
     "verify_report",
     "workload_hash",
 ]

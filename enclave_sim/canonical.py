@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -87,21 +87,21 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with whole seconds, e.g. 2026-05-09T07:35:25Z."""
     if moment.tzinfo is None:
         raise ValueError("time must be timezone-aware")
-    return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
 def parse_time(text: Any) -> datetime:
     if not isinstance(text, str) or not _TIME_PATTERN.fullmatch(text):
         raise EnclaveSimError(Reason.MALFORMED, "time is not RFC 3339 UTC with whole seconds")
     try:
-        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         raise EnclaveSimError(Reason.MALFORMED, "time is not a valid date") from None
 
 
 def utc_now() -> datetime:
     """Now, truncated to whole seconds so that it survives format_time/parse_time unchanged."""
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def decimal_text(value: float | int | str | Decimal) -> str:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from enclave_sim._schema import FieldReader, check_relative_path
-from enclave_sim.canonical import decimal_text, format_time, is_hex, parse_canonical, plain_copy, sha256_hex, utc_now
+from enclave_sim.canonical import decimal_text, format_time, is_hex, plain_copy, sha256_hex, utc_now
 from enclave_sim.keys import AttestationCertificate, AttestationKey
 from enclave_sim.quote import NONCE_BYTES
 from enclave_sim.signing import envelope_bytes, parse_envelope_bytes, signature_valid

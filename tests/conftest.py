@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy
 
 from cleanroom.api.server import Server
-from cleanroom.app import App, build_app
-from cleanroom.config import ServerConfig
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
+from cleanroom.server.app import App, build_app
+from cleanroom.server.config import ServerConfig
 from cleanroom.storage.db import default_url
 from tests import tools
 

@@ -3,7 +3,7 @@ and docs/api/model-package.md).
 
 Every expected output is computed here by the product code itself (enclave_sim, the SDK, the
 intake), from fixed inputs, so the files can be regenerated: `scripts/make-test-vectors`.
-tests/test_api_contract.py checks that the code still reproduces each file byte for byte, and
+tests/api/test_api_contract.py checks that the code still reproduces each file byte for byte, and
 re-derives the main values from the documented rules alone.
 
 The keys below are TEST ONLY: derived from public strings and published with their private
@@ -19,7 +19,7 @@ import json
 import struct
 import sys
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import enclave_sim
-from cleanroom import jobspec
 from cleanroom.domain.privacy import Mechanism, Privacy
-from cleanroom.intake.limits import IntakeLimits
-from cleanroom.intake.package import load_package
-from cleanroom.intake.reasons import IntakeRejected
 from cleanroom.jobs.release import canonical_parameters
-from cleanroom.stats.answer import Answer, Cell
-from cleanroom.stats.wire import ANSWER_FILE, canonical_answer, stats_workload
+from cleanroom.models.intake.limits import IntakeLimits
+from cleanroom.models.intake.package import load_package
+from cleanroom.models.intake.reasons import IntakeRejected
+from cleanroom.statistics.engine.answer import Answer, Cell
+from cleanroom.statistics.engine.codec import ANSWER_FILE, canonical_answer, stats_workload
 from cleanroom.v1 import jobs_pb2
+from cleanroom.wire import jobs as jobspec
 from enclave_sim.keys import raw_public_key
 from enclave_sim.measurement import PACKAGE_DOMAIN, WORKLOAD_DOMAIN
 
@@ -45,9 +45,9 @@ SIGNATURE_DOMAIN = "cleanroom-enclave-sim/signature/v1\x00"
 ROOT_SEED = hashlib.sha256(b"cleanroom api contract test vectors: root key (TEST ONLY)").digest()
 ATTESTATION_SEED = hashlib.sha256(b"cleanroom api contract test vectors: attestation key (TEST ONLY)").digest()
 MEASUREMENT = hashlib.sha256(b"cleanroom api contract test vectors: measurement").hexdigest()
-NOT_BEFORE = datetime(2026, 1, 1, tzinfo=timezone.utc)
-NOT_AFTER = datetime(2026, 1, 8, tzinfo=timezone.utc)
-ISSUED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+NOT_BEFORE = datetime(2026, 1, 1, tzinfo=UTC)
+NOT_AFTER = datetime(2026, 1, 8, tzinfo=UTC)
+ISSUED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 DATASET_ID = "0f6c2a9e4d1b4b7c9a3e5d7f1b2c4d6e"
 
 MANIFEST = b"""name = "vector-mlp"
@@ -241,7 +241,7 @@ def _job_case(kind: str, spec: dict[str, Any], package_digest: str) -> dict[str,
 def workload_vectors() -> dict[str, Any]:
     digest = enclave_sim.model_package_digest(PACKAGE)
     jobs = [_job_case("training", TRAINING_SPEC, digest), _job_case("evaluation", EVALUATION_SPEC, digest)]
-    stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.stats.v1\x00" + dataset_id.encode()).hex(),
+    stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.statistics.engine.v1\x00" + dataset_id.encode()).hex(),
               "workload": stats_workload(dataset_id)} for dataset_id in (DATASET_ID, "d123")]
     return {"rules": "docs/api/receipts.md#workload-hash", "domain_hex": WORKLOAD_DOMAIN.hex(), "jobs": jobs, "statistics": stats}
 

@@ -1,4 +1,4 @@
-"""A server process that reserves budget and then waits to be killed (used by test_crash.py).
+"""A server process that reserves budget and then waits to be killed (used by tests/api/test_privacy_api.py).
 
 Until training jobs exist, this drives the reservations from inside a real server process with
 the same wiring and ledger code that jobs use: one spend whose data was decrypted, one that never
@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from cleanroom.api.server import Server
-from cleanroom.app import build_app
-from cleanroom.config import build_config
 from cleanroom.domain.privacy import Privacy
 from cleanroom.privacy.ledger import SpendRequest
+from cleanroom.server.app import build_app
+from cleanroom.server.config import build_config
 
 
 def main() -> None:

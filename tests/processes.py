@@ -13,13 +13,13 @@ from typing import Any
 
 import psutil
 
-from cleanroom import samples
+from cleanroom.cli import samples
 from cleanroom.sdk import Client
 from cleanroom.sdk.schema import Schema
 
 
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cleanroom.cli", *args]
+    return [sys.executable, "-m", "cleanroom.cli.main", *args]
 
 
 def serve(state: Path, log: Path, *extra: str, port_name: str = "port") -> tuple[subprocess.Popen[bytes], str]:

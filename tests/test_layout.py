@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 FORBIDDEN_IN_DOMAIN = {"grpc", "sqlalchemy", "torch", "opacus", "pyarrow", "google"}
 
 

@@ -15,8 +15,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from cleanroom import logs
 from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.server import logs
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from cleanroom import logs
 from cleanroom.api import auth
 from cleanroom.api.errors import internal_status, to_status
 from cleanroom.domain.errors import CleanroomError, bad_request
 from cleanroom.domain.identity import Principal
+from cleanroom.server import logs
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cleanroom.api import convert
 from cleanroom.api.guard import CallContext
-from cleanroom.api.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.api.streams import upload_parts
-from cleanroom.attestation import Enclave
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.pagination import next_page_token, parse_page
-from cleanroom.modelversions.service import ModelVersionService
+from cleanroom.models.versions import ModelVersionService
+from cleanroom.server.attestation import Enclave
+from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import models_pb2, models_pb2_grpc
+from cleanroom.wire import convert
 
 
 class AttestationServicer(models_pb2_grpc.AttestationServiceServicer):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cleanroom.api import convert
 from cleanroom.api.guard import CallContext
-from cleanroom.api.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.domain.audit import Anchor
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Role
@@ -16,9 +14,11 @@ from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetLine, BudgetService, BudgetView
 from cleanroom.privacy.ledger import Ledger
+from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.storage.privacy_repo import EventFilter
 from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import privacy_pb2, privacy_pb2_grpc
+from cleanroom.wire import convert
 
 
 def _report(view: BudgetView) -> privacy_pb2.BudgetReport:

@@ -15,12 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cleanroom.api import reflection
 from cleanroom.api.guard import GuardInterceptor
 from cleanroom.api.job_servicers import JobServicer
-from cleanroom.api.stats_servicers import StatsServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
-from cleanroom.app import App
-from cleanroom.config import ServerConfig
+from cleanroom.api.stats_servicers import StatsServicer
+from cleanroom.server.app import App
+from cleanroom.server.config import ServerConfig
 from cleanroom.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,

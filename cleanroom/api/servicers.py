@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from cleanroom.api import convert
+
 from cleanroom.api.guard import CallContext
-from cleanroom.api.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.api.streams import upload_parts
 from cleanroom.datasets.service import DatasetService
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.pagination import next_page_token, parse_page
-from cleanroom.keys import KeyService
-from cleanroom.principals import PrincipalService
+from cleanroom.identity.keyring import KeyService
+from cleanroom.identity.principals import PrincipalService
+from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
+from cleanroom.wire import convert
 
 
 def _key(context: CallContext, method: str, request_id: str) -> RequestKey:

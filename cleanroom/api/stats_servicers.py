@@ -1,15 +1,16 @@
-"""Thin servicer for DP statistics (request conversion in cleanroom.statspec)."""
+"""Thin servicer for DP statistics (request conversion in cleanroom.wire.stats)."""
 
 from __future__ import annotations
 
-from cleanroom.api import convert
 from cleanroom.api.guard import CallContext
-from cleanroom.api.idempotency import JournalledIdempotency, check_request_id, fingerprint
 from cleanroom.api.privacy_servicers import cost_estimate_to_proto
-from cleanroom.queries.service import QueryResult, StatsQueryService
-from cleanroom.statspec import KIND_ENUMS, query_from_proto
+from cleanroom.server.idempotency import JournalledIdempotency, check_request_id, fingerprint
+from cleanroom.statistics.service import QueryResult, StatsQueryService
 from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import stats_pb2, stats_pb2_grpc
+from cleanroom.wire import convert
+from cleanroom.wire.stats import KIND_ENUMS, query_from_proto
+
 
 def answer_to_proto(dataset_id: str, result: QueryResult) -> stats_pb2.QueryAnswer:
     answer = result.answer

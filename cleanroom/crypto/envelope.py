@@ -16,16 +16,17 @@ import secrets
 import stat
 import struct
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, IntegrityError
-from cleanroom.fsync import fsync_dir
+from cleanroom.storage.fsync import fsync_dir
 
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
 
 from Crypto.Random import get_random_bytes
 from cryptography.exceptions import InvalidTag

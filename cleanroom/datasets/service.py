@@ -15,8 +15,8 @@ from cleanroom.domain.datasets import Dataset, can_manage, new_dataset_id, parse
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
-from cleanroom.keys import KeyService
-from cleanroom.metrics import Metrics
+from cleanroom.identity.keyring import KeyService
+from cleanroom.server.metrics import Metrics
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database

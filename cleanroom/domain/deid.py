@@ -11,7 +11,7 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal, Union
+from typing import Literal
 
 from cleanroom.domain.errors import FieldViolation, bad_request
 
@@ -93,7 +93,7 @@ class Suppress:
         return "suppressed: every value replaced by *"
 
 
-Generalization = Union[AgeBand, DateTruncation, PrefixTruncation, Suppress]
+Generalization = AgeBand | DateTruncation | PrefixTruncation | Suppress
 
 # Which declared types each rule can coarsen.
 _RULE_TYPES: dict[type, frozenset[ColumnType]] = {

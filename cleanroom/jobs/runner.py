@@ -24,24 +24,25 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import enclave_sim
-from cleanroom import crypto, logs
-from cleanroom.attestation import Enclave
+from cleanroom import crypto
 from cleanroom.domain.approvals import RequestState
 from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
 from cleanroom.domain.privacy import Privacy
+from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import release, validation
 from cleanroom.jobs.service import JobService, job_context
-from cleanroom.keys import KeyService
-from cleanroom.metrics import Metrics
-from cleanroom.modelversions.service import ModelVersionService
+from cleanroom.models.versions import ModelVersionService
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.sandbox import cgroups
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, error_type
+from cleanroom.server import logs
+from cleanroom.server.attestation import Enclave
+from cleanroom.server.metrics import Metrics
 from cleanroom.storage import job_repo, model_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
@@ -312,7 +313,7 @@ class JobRunner:
         a live server's job goes on. Queued jobs keep their reservation and run again. Returns the
         spends still wanted (queued, pending-approved and running jobs')."""
         with self._db.read() as session:
-            running = job_repo.orphaned_running(session, orphaned_at or datetime.now(timezone.utc))
+            running = job_repo.orphaned_running(session, orphaned_at or datetime.now(UTC))
         for job in running:
             self._fail(job, FailureCode.SERVER_RESTARTED)
             self._remove_scratch(job.id)

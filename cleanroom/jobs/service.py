@@ -19,11 +19,11 @@ from cleanroom.domain.model_versions import ModelState, ModelVersion, parse_mode
 from cleanroom.domain.ownership import owned_or_not_found
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import Mechanism, Privacy
+from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import validation
-from cleanroom.keys import KeyService
-from cleanroom.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.ledger import Ledger, SpendRequest
+from cleanroom.server.metrics import Metrics
 from cleanroom.storage import audit_repo, job_repo, model_repo, privacy_repo, repos
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database

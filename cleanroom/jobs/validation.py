@@ -9,7 +9,7 @@ from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import FieldViolation
 from cleanroom.domain.model_versions import ModelVersion
-from cleanroom.jobspec import OPTIMIZERS, SUPPORTED_METRICS
+from cleanroom.wire.jobs import OPTIMIZERS, SUPPORTED_METRICS
 
 NUMERIC = {deid.ColumnType.INTEGER, deid.ColumnType.FLOAT, deid.ColumnType.BOOLEAN}
 CLASS_LABELS = {deid.ColumnType.INTEGER, deid.ColumnType.BOOLEAN}

@@ -28,7 +28,7 @@ from cleanroom.domain.privacy import (
     settlement_after_crash,
     share_budget_id,
 )
-from cleanroom.metrics import BudgetSnapshot, Metrics
+from cleanroom.server.metrics import BudgetSnapshot, Metrics
 from cleanroom.storage import audit_repo, privacy_repo, repos
 from cleanroom.storage.db import Database
 

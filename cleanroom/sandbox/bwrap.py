@@ -19,8 +19,8 @@ from pathlib import Path
 
 from cleanroom.sandbox import layout, seccomp
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
-from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
+from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.supervise import Command, finish, launch_failed, supervise
 
 SANDBOX_UID = 65534

@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-
 PREFIX = "cleanroom-sandbox-"
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from cleanroom.metrics import Metrics
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, SandboxResult
+from cleanroom.server.metrics import Metrics
 
 KILLED = {Outcome.WALL_TIME: "wall_time", Outcome.MEMORY: "memory", Outcome.OUTPUT_TOO_LARGE: "output_too_large"}
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from cleanroom.sandbox import layout
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
-from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
+from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.supervise import Command, Exit, finish, launch_failed, supervise
 
 PLATFORM = "ptrace"  # the only platform that works on these machines (no KVM for the sentry)
@@ -61,7 +61,7 @@ class RunscLauncher(ProbedLauncher):
                 if cgroup is not None:
                     cgroup.remove()
 
-    def _result(self, exit: Exit, run: "_Run", cgroup: Cgroup | None, policy: SandboxPolicy, output: Path) -> SandboxResult:
+    def _result(self, exit: Exit, run: _Run, cgroup: Cgroup | None, policy: SandboxPolicy, output: Path) -> SandboxResult:
         # runsc exits 128 and logs a fatal error when it could not create or start the container.
         if exit.launch_error is None and not exit.timed_out and exit.returncode == 128 and run.logged_error():
             exit.launch_error = "runsc could not start the container"

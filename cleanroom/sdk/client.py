@@ -12,8 +12,7 @@ import grpc
 
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.schema import Schema
-from cleanroom.stats.query import Query
-from cleanroom.statspec import query_to_proto
+from cleanroom.statistics.engine.query import Query
 from cleanroom.v1 import (
     common_pb2,
     datasets_pb2,
@@ -29,6 +28,7 @@ from cleanroom.v1 import (
     stats_pb2,
     stats_pb2_grpc,
 )
+from cleanroom.wire.stats import query_to_proto
 
 CHUNK_BYTES = 1 << 20
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
@@ -224,7 +224,7 @@ class Client:
 
     def submit_model(self, directory: str | Path, *, request_id: str | None = None, progress: Progress | None = None) -> models_pb2.ModelVersion:
         """Packs a model package directory (cleanroom-model.toml, model.py, weights) and submits it."""
-        from cleanroom.intake.pack import pack_package
+        from cleanroom.models.intake.pack import pack_package
 
         package = pack_package(Path(directory))
         metadata = models_pb2.SubmitModelMetadata(request_id=request_id or _request_id(), size_bytes=len(package))
@@ -266,8 +266,8 @@ class Client:
 
     def wait_job(self, name: str, timeout: float | None = None) -> jobs_pb2.Job:
         last = None
-        for last in self.watch_job(name, timeout):
-            pass
+        for update in self.watch_job(name, timeout):
+            last = update
         assert last is not None
         return last
 

@@ -1,5 +1,5 @@
 """The SDK's side of DP statistics: checking an answer's receipt (queries become messages in
-cleanroom.statspec)."""
+cleanroom.wire.stats)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import enclave_sim
-from cleanroom.stats.wire import ANSWER_FILE, stats_workload
-from cleanroom.statspec import KINDS
+from cleanroom.statistics.engine.codec import ANSWER_FILE, stats_workload
 from cleanroom.v1 import stats_pb2
+from cleanroom.wire.stats import KINDS
 
 
 def verify_answer(answer: stats_pb2.QueryAnswer, *, pinned_root_pem: bytes, allowed_measurements: Iterable[str]) -> enclave_sim.VerifiedReport:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import enclave_sim
-from cleanroom.intake.limits import IntakeLimits
-from cleanroom.intake.pack import pack_package
-from cleanroom.intake.package import load_package
+from cleanroom.models.intake.limits import IntakeLimits
+from cleanroom.models.intake.pack import pack_package
+from cleanroom.models.intake.package import load_package
 
 
 def package_digest(directory: str | Path) -> str:
@@ -75,7 +75,7 @@ def verify_release(
 
 def job_parameters(job: Any) -> dict[str, Any]:
     """The canonical parameters of a job as the SDK sent them (TrainingSpec or EvaluationSpec)."""
-    from cleanroom import jobspec
+    from cleanroom.wire import jobs as jobspec
 
     spec_kind = job.WhichOneof("spec")
     return jobspec.training_parameters(job.training) if spec_kind == "training" else jobspec.evaluation_parameters(job.evaluation)
@@ -88,7 +88,7 @@ def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str |
     Pass the `spec` you submitted to recompute the workload from your own request; without it the
     spec echoed in the job is used (weaker: it trusts the server's echo of your request).
     """
-    from cleanroom import jobspec
+    from cleanroom.wire import jobs as jobspec
 
     if spec is not None:
         params = jobspec.training_parameters(spec) if hasattr(spec, "epochs") else jobspec.evaluation_parameters(spec)

@@ -15,7 +15,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cleanroom.storage import lease_repo
@@ -29,7 +29,7 @@ def new_instance_id() -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def node_name() -> str:

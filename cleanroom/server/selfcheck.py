@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cleanroom.config import ServerConfig
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
 from cleanroom.sandbox.choose import SandboxUnavailable, choose_launcher, phase_b_preference
+from cleanroom.server.config import ServerConfig
 
 # What to install for a missing sandbox binary (Debian package names).
 INSTALL_HINTS = {"bwrap": "apt-get install bubblewrap", "runsc": "apt-get install runsc"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -44,7 +44,7 @@ def append_many(session: Session, records: Sequence[Record]) -> list[AuditEntry]
     seq, previous = session.execute(_HEAD_FOR_UPDATE).one()
     entries = []
     for record in records:
-        at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        at = datetime.now(UTC).isoformat(timespec="microseconds")
         seq += 1
         entry = seal(AuditEntry(seq, at, record.actor, record.action, record.target, record.details, previous))
         entries.append(entry)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode
-from cleanroom.fsync import fsync_dir
+from cleanroom.storage.fsync import fsync_dir
 
 _BLOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -9,7 +9,7 @@ caller cuts the writer's lingering short. Records nobody waits for (the first an
 request_id, an allowance's close) are `submit`ted and trail: a crash can lose them, never a
 privacy cost (the budget an answer drew on is held by a reservation committed in the ledger
 beforehand, and start-up reconciliation commits that reservation in full:
-cleanroom.queries.allowance).
+cleanroom.statistics.allowance).
 
 Items are written in the order submitted. Three kinds: an audit `Record`, an `Answered` first
 answer for the idempotency table, or any callable taking the session (a ledger settlement).
@@ -23,7 +23,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from sqlalchemy.orm import Session
 
@@ -45,7 +44,7 @@ class Answered:
     response: bytes
 
 
-Item = Union[audit_repo.Record, Answered, Callable[[Session], None]]
+Item = audit_repo.Record | Answered | Callable[[Session], None]
 
 
 class NotCommitted(Exception):

@@ -28,15 +28,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
-from cleanroom.fsync import fsync_dir
 from cleanroom.storage.db import Database, make_engine, sqlite_path
+from cleanroom.storage.fsync import fsync_dir
 from cleanroom.storage.tables import DatasetRow, JobRow, ModelRow, StorageIdentityRow
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def write_marker(blob_dir: Path, identity: Identity) -> None:
     blob_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = blob_dir / f".{MARKER}.{secrets.token_hex(8)}.tmp"
     body = json.dumps({"database_id": identity.database_id, "blob_store_id": identity.blob_store_id,
-                       "written_at": datetime.now(timezone.utc).isoformat()}, sort_keys=True) + "\n"
+                       "written_at": datetime.now(UTC).isoformat()}, sort_keys=True) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, body.encode())
@@ -240,7 +240,7 @@ def ensure(db: Database, blob_dir: Path) -> Identity:
                 with db.transaction() as session:
                     session.add(StorageIdentityRow(id=1, database_id=identity.database_id,
                                                    blob_store_id=identity.blob_store_id,
-                                                   created_at=datetime.now(timezone.utc)))
+                                                   created_at=datetime.now(UTC)))
             except IntegrityError:
                 continue  # a replica on another host paired first: decide again
             write_marker(blob_dir, identity)

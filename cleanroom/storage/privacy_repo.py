@@ -140,7 +140,7 @@ def settle(session: Session, budget_id: str, reserved: Privacy, committed: Priva
 
 
 def add_spend(session: Session, spend: Spend, owner: str | None = None) -> None:
-    session.add(SpendRow(owner=owner, 
+    session.add(SpendRow(owner=owner,
         id=spend.id, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id, kind=spend.kind,
         reference=spend.reference, state=spend.state.value, reserved_epsilon=spend.reserved.epsilon,
         reserved_delta=spend.reserved.delta, committed_epsilon=0, committed_delta=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -24,7 +24,7 @@ _RULES = {cls.__name__: cls for cls in (deid.AgeBand, deid.DateTruncation, deid.
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --- principals -----------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def claim_request(session: Session, key: RequestKey, fingerprint: str, owner: st
                 )
             )
     except DbIntegrityError:
-        raise CleanroomError(ErrorCode.REQUEST_IN_PROGRESS, "a request with this request_id is in progress")
+        raise CleanroomError(ErrorCode.REQUEST_IN_PROGRESS, "a request with this request_id is in progress") from None
     return None
 
 

@@ -43,10 +43,10 @@ def main(inputs: Path = IN, out: Path = OUT) -> int:
 
 def _decrypt_dataset(path: Path, secrets: dict[str, str], dataset_id: str) -> Any:
     import pyarrow.ipc as ipc
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     import enclave_sim
     from cleanroom import crypto
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     quote = enclave_sim.Quote.from_bytes(bytes.fromhex(secrets["quote"]))
     ephemeral = X25519PrivateKey.from_private_bytes(bytes.fromhex(secrets["ephemeral_private_key"]))
@@ -81,7 +81,7 @@ def _allowed() -> tuple[str, ...]:
 
 
 def _program(inputs: Path) -> Any:
-    from cleanroom.intake.artifact import read_artifact
+    from cleanroom.models.intake.artifact import read_artifact
 
     return read_artifact(inputs / "model.safetensors", max_bytes=1 << 31, max_header_bytes=16 << 20, max_tensors=4096, max_nodes=5000)
 

@@ -1,6 +1,6 @@
 """`python3 -m cleanroom.worker.stats_worker`: the warm statistics worker, inside its sandbox.
 
-Service code only (cleanroom.stats; no manufacturer code ever runs here). The first frame on
+Service code only (cleanroom.statistics.engine; no manufacturer code ever runs here). The first frame on
 stdin carries the secrets (the dataset key wrapped to this run's ephemeral key by the key broker,
 that key, the quote) and the dataset's public settings; the worker decrypts the dataset in memory,
 prepares it once, answers "ready", then answers one query per frame until stdin closes or the host
@@ -47,7 +47,7 @@ class _Queries:
         self._parsed: dict[bytes, Any] = {}
 
     def parse(self, frame: bytes) -> Any:
-        from cleanroom.stats.wire import query_from_dict
+        from cleanroom.statistics.engine.codec import query_from_dict
 
         query = self._parsed.get(frame)
         if query is None:
@@ -59,7 +59,7 @@ class _Queries:
 
 
 def _load(path: Path, settings: dict[str, Any]) -> Any:
-    from cleanroom.stats.prepared import PreparedTable
+    from cleanroom.statistics.engine.prepared import PreparedTable
     from cleanroom.worker.phase_b import _decrypt_dataset
 
     table = _decrypt_dataset(path, settings["secrets"], settings["dataset_id"])
@@ -68,8 +68,8 @@ def _load(path: Path, settings: dict[str, Any]) -> Any:
 
 def _answer(prepared: Any, settings: dict[str, Any], queries: _Queries, frame: bytes) -> dict[str, Any]:
     from cleanroom.domain.errors import CleanroomError
-    from cleanroom.stats import run_query
-    from cleanroom.stats.wire import answer_to_dict
+    from cleanroom.statistics.engine import run_query
+    from cleanroom.statistics.engine.codec import answer_to_dict
 
     try:
         answer = run_query(prepared, queries.parse(frame), patient_column=settings["patient_column"],

@@ -1,0 +1,144 @@
+"""`cleanroom privacy …` and `cleanroom audit …`: the privacy officer's and the auditor's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from cleanroom.cli import render
+from cleanroom.sdk import Client
+
+ClientFactory = Callable[[argparse.Namespace], Client]
+
+
+def _amount_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epsilon", type=float, required=True, help="ε (privacy loss), e.g. 3")
+    parser.add_argument("--delta", type=float, required=True, help="δ, e.g. 1e-6; keep it well below 1/patients")
+
+
+def _reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", required=True, help="why; recorded in the ledger and the audit log")
+
+
+def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+    privacy = sub.add_parser("privacy", help="budgets, shares, approvals and the ledger (privacy officer)")
+    actions = privacy.add_subparsers(dest="privacy_command", required=True, metavar="ACTION")
+
+    share = _command(actions, "share", "share a dataset with a manufacturer and set that pair's cap",
+                     lambda a: print(render.budget_table(client(a).share_dataset(a.dataset, a.manufacturer, epsilon=a.epsilon, delta=a.delta, reason=a.reason))))
+    share.add_argument("dataset", help="datasets/{id}")
+    share.add_argument("manufacturer", help="principals/{id}")
+    _amount_options(share)
+    _reason(share)
+
+    budget = _command(actions, "budget", "set a cap (the whole dataset, or one manufacturer's share)",
+                      lambda a: print(render.budget_table(client(a).set_budget(a.dataset, manufacturer=a.manufacturer or "", epsilon=a.epsilon, delta=a.delta, reason=a.reason))))
+    budget.add_argument("dataset", help="datasets/{id}")
+    budget.add_argument("--manufacturer", help="principals/{id}; omit for the dataset-wide cap")
+    _amount_options(budget)
+    _reason(budget)
+
+    show = _command(actions, "show", "budgets of a dataset with what remains, as bars",
+                    lambda a: print(render.budget_table(client(a).get_budgets(a.dataset))))
+    show.add_argument("dataset", help="datasets/{id}")
+
+    policy = _command(actions, "policy", "set a dataset's approval policy", _set_policy(client))
+    policy.add_argument("dataset", help="datasets/{id}")
+    policy.add_argument("--max-epsilon", type=float, required=True, help="largest ε one request may spend")
+    policy.add_argument("--max-delta", type=float, default=0.0, help="largest δ per request (default 1/(10 x patients))")
+    policy.add_argument("--auto-approve-epsilon", type=float, default=0.0, help="requests up to this ε skip the queue (0: none)")
+    policy.add_argument("--stats-rows-per-patient", type=int, default=0,
+                        help="statistics: most rows one patient contributes when a query does not say (default 1)")
+    _reason(policy)
+
+    estimate = _command(actions, "estimate", "dry run: cost, policy decision and what would remain", _estimate(client))
+    estimate.add_argument("dataset", help="datasets/{id}")
+    estimate.add_argument("--manufacturer", default="", help="principals/{id} (officers); manufacturers ask for themselves")
+    _amount_options(estimate)
+
+    ledger = _command(actions, "ledger", "ledger events, oldest first", _ledger(client))
+    ledger.add_argument("--dataset", default="", help="only this dataset")
+    ledger.add_argument("--manufacturer", default="", help="only this manufacturer")
+    ledger.add_argument("--kind", default="", choices=["", "cap", "reserve", "commit", "refund"], help="only this kind")
+
+    _command(actions, "pending", "requests waiting for approval, with cost and remaining budget", _pending(client))
+    for verb in ("approve", "reject"):
+        decide = _command(actions, verb, f"{verb} a pending request", _decide(client, verb))
+        decide.add_argument("request", help="privacyRequests/{id}")
+        _reason(decide)
+
+    audit = sub.add_parser("audit", help="verify and export the tamper-evident audit log")
+    audit_actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = _command(audit_actions, "verify", "check the hash chain; names the first bad entry", _verify(client))
+    verify.add_argument("--anchor", default="", help="SEQ:HASH from an earlier verify, to catch a truncated log")
+    export = _command(audit_actions, "export", "print the log as JSON lines", _export(client))
+    export.add_argument("--after", type=int, default=0, help="only entries after this seq")
+
+
+def _command(actions: argparse._SubParsersAction, name: str, help: str, handler: Callable[[argparse.Namespace], object]) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    parser = actions.add_parser(name, help=help, description=help)
+    parser.set_defaults(handler=lambda a: handler(a) or 0)
+    return parser
+
+
+def _set_policy(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        p = client(a).set_approval_policy(a.dataset, max_epsilon=a.max_epsilon, max_delta=a.max_delta,
+                                          auto_approve_epsilon=a.auto_approve_epsilon, reason=a.reason,
+                                          stats_rows_per_patient=a.stats_rows_per_patient)
+        print(f"{p.dataset}: at most ε {p.max_epsilon_per_request:g}, δ {p.effective_max_delta:.2g} per request; "
+              f"auto-approve up to ε {p.auto_approve_epsilon:g}; statistics bound {p.stats_rows_per_patient} row(s) per patient")
+    return run
+
+
+def _estimate(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        print(render.cost_estimate(client(a).estimate_cost(a.dataset, epsilon=a.epsilon, delta=a.delta, manufacturer=a.manufacturer)))
+    return run
+
+
+def _ledger(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        events = client(a).ledger(dataset=a.dataset, manufacturer=a.manufacturer, kind=a.kind)
+        rows = [(e.seq, e.time.ToJsonString()[:19], e.kind, f"{e.amount.epsilon:g}", f"{e.amount.delta:.2g}",
+                 e.budgets[-1] if e.budgets else "", e.mechanism or "-", e.reason or "-") for e in events]
+        print(render.table(("seq", "time", "kind", "ε", "δ", "budget", "mechanism", "reason"), rows))
+    return run
+
+
+def _pending(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        rows = []
+        for r in client(a).pending_requests():
+            after = f"{min(b.remaining.epsilon for b in r.remaining_after):g}" if r.remaining_after else "does not fit"
+            rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", after))
+        print(render.table(("request", "dataset", "manufacturer", "kind", "ε", "ε left after"), rows))
+    return run
+
+
+def _decide(client: ClientFactory, verb: str) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        c = client(a)
+        decided = c.approve(a.request, a.reason) if verb == "approve" else c.reject(a.request, a.reason)
+        print(f"{decided.name}: {decided.state}")
+    return run
+
+
+def _verify(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
+    def run(a: argparse.Namespace) -> int:
+        seq, _, digest = a.anchor.partition(":")
+        v = client(a).verify_audit_log(anchor_seq=int(seq or 0), anchor_hash=digest)
+        if v.ok:
+            print(f"audit log intact: {v.entries} entries; anchor for next time: {v.head_seq}:{v.head_hash}")
+            return 0
+        print(f"audit log BROKEN at entry {v.first_bad_seq}: {v.problem}", file=sys.stderr)
+        return 3
+    return run
+
+
+def _export(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        for line in client(a).export_audit_log(a.after):
+            print(line)
+    return run

@@ -1,0 +1,163 @@
+"""`cleanroom stats …`: ask a DP question of a shared dataset, or price it first with --dry-run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+
+from google.protobuf.json_format import MessageToDict
+
+from cleanroom.cli import render
+from cleanroom.cli import trust as cli_trust
+from cleanroom.sdk import Client
+from cleanroom.statistics.engine import Filter, Query
+from cleanroom.statistics.engine.query import KINDS
+from cleanroom.v1 import datasets_pb2
+
+ClientFactory = Callable[[argparse.Namespace], Client]
+WHERE = re.compile(r"^\s*(?P<column>[^\s!<>=]+)\s*(?P<op>==|!=|<=|>=|<|>|\bin\b)\s*(?P<value>.+?)\s*$")
+EXAMPLES = """examples:
+  cleanroom stats count datasets/d1 --epsilon 0.5
+  cleanroom stats mean datasets/d1 --column mean_radius --bounds 0 40 --epsilon 0.5 --where "malignant == 1"
+  cleanroom stats count datasets/d1 --group-by age --epsilon 1 --delta 1e-6 --dry-run
+  cleanroom stats histogram datasets/d1 --column mean_radius --bins 0,10,15,20,40 --epsilon 0.5 --json
+  cleanroom stats quantile datasets/d1 --column mean_radius --bounds 0 40 --quantiles 0.25,0.5,0.75 --epsilon 1
+  cleanroom stats count datasets/d1 --epsilon 0.5 --root-pem root.pem --save answer.json   # verify now, keep the receipt
+  cleanroom stats verify answer.json --root-pem root.pem                                   # verify later (auditors too)
+
+Every answer is noisy (differential privacy) and comes with a 95% interval; each run spends its ε
+(and δ) from your share of the dataset's budget. --dry-run shows the cost and expected error first.
+The root to pin: see `cleanroom trust --help` (prefer the operator's `trust export` to `trust show --pem`).
+Groups of a --group-by whose keys are not public need δ > 0: rare groups are then left out entirely."""
+
+
+def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+    stats = sub.add_parser("stats", help="DP statistics on a dataset shared with you (manufacturer); verify a saved answer",
+                           description="Ask a differentially private question of a dataset shared with you, or verify a saved answer.",
+                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = stats.add_subparsers(dest="kind", required=True, metavar="KIND")
+    options = _query_options()
+    for kind in KINDS:
+        query = kinds.add_parser(kind, parents=[options], help=f"a DP {kind}", epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        query.set_defaults(handler=lambda a: _run(client(a), a))
+    cli_trust.add_verify_command(kinds, client, render_answer)
+
+
+def _query_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("dataset", help="datasets/{id}")
+    parser.add_argument("--column", help="the measured column (not needed for a plain count)")
+    parser.add_argument("--epsilon", type=float, required=True, help="ε this query spends, e.g. 0.5")
+    parser.add_argument("--delta", type=float, default=0.0,
+                        help="δ; needed for --noise gaussian and for a --group-by whose keys are not public")
+    parser.add_argument("--group-by", help="a categorical column. Keys the hospital declared (categories, age bands) are all "
+                        "released, zero counts included; other groups below a DP threshold are left out")
+    parser.add_argument("--where", action="append", default=[], metavar="'COLUMN OP VALUE'",
+                        help="filter rows, e.g. 'age == 40-49' or 'site in a,b'; OP is == != < <= > >= in; repeatable")
+    parser.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"), help="public clamping bounds for sum, mean, variance, quantile")
+    parser.add_argument("--estimate-bounds", action="store_true", help="estimate the bounds with DP instead (spends part of ε)")
+    parser.add_argument("--bounds-epsilon", type=float, help="the part of ε for bounds estimation (default a quarter)")
+    parser.add_argument("--bins", help="histogram edges for a numeric column, comma separated, e.g. 0,10,20,40")
+    parser.add_argument("--quantiles", default="0.5", help="quantile levels, comma separated (default the median)")
+    parser.add_argument("--rows-per-patient", type=int, help="most rows one patient contributes (default: the dataset's, 1)")
+    parser.add_argument("--noise", choices=("laplace", "gaussian"), default="laplace", help="noise distribution (default laplace)")
+    parser.add_argument("--privacy-request", default="", help="privacyRequests/{id}: an officer's approval of this very query")
+    parser.add_argument("--dry-run", action="store_true", help="show the cost, the expected error and the budget; spend nothing")
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
+    parser.add_argument("--root-pem", help="verify the answer's receipt against this pinned root public key (PEM file)")
+    parser.add_argument("--save", metavar="FILE", help="write the answer with its receipt, for `cleanroom stats verify FILE`")
+    return parser
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    pinned = cli_trust.read_pinned_root(args.root_pem) if args.root_pem else None  # a bad PEM costs no ε
+    query = build_query(args, _column_types(client, args.dataset))
+    if args.dry_run:
+        estimate = client.estimate_query(args.dataset, query)
+        print(json.dumps(MessageToDict(estimate), indent=2) if args.json else render_estimate(estimate))
+        return 0
+    answer = client.run_query(args.dataset, query, privacy_request=args.privacy_request)
+    print(answer.answer_json.decode() if args.json else render_answer(answer, receipt_hint=pinned is None))  # paid for: shown first
+    if args.save:
+        cli_trust.save_answer(answer, args.save)  # before the check: a failing receipt is evidence too
+    if pinned is not None:
+        verdict = cli_trust.verify_statistics(answer, pinned, client.trust_bundle().allowed_measurements)
+        print(verdict, file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _column_types(client: Client, dataset: str) -> dict[str, str]:
+    """Filter values are typed by the column they compare against, from the schema you can see."""
+    stored_as_text = (datasets_pb2.PATIENT_KEY, datasets_pb2.QUASI_IDENTIFIER)  # pseudonyms, generalised values
+    shown = client.get_dataset(dataset)
+    return {c.name: "string" if c.role in stored_as_text else datasets_pb2.ColumnType.Name(c.type).lower() for c in shown.columns}
+
+
+def build_query(args: argparse.Namespace, types: dict[str, str]) -> Query:
+    return Query(
+        kind=args.kind, epsilon=args.epsilon, delta=args.delta, column=args.column, group_by=args.group_by,
+        filters=tuple(parse_where(text, types) for text in args.where),
+        bounds=tuple(args.bounds) if args.bounds else None, estimate_bounds=args.estimate_bounds,
+        bounds_epsilon=args.bounds_epsilon, bins=_numbers(args.bins) if args.bins else None,
+        quantiles=_numbers(args.quantiles), max_rows_per_patient=args.rows_per_patient, noise=args.noise,
+    )
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise SystemExit(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_where(text: str, types: dict[str, str]) -> Filter:
+    match = WHERE.match(text)
+    if match is None:
+        raise SystemExit(f"--where needs 'COLUMN OP VALUE' with OP one of == != < <= > >= in, got {text!r}")
+    column, op, raw = match["column"], match["op"], match["value"]
+    kind = types.get(column, "string")
+    if op == "in":
+        return Filter(column, op, tuple(_typed(v.strip(), kind) for v in raw.split(",")))
+    return Filter(column, op, _typed(raw, kind))
+
+
+def _typed(raw: str, kind: str) -> object:
+    if kind in ("integer", "float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SystemExit(f"{raw!r} is not a number") from None
+    if kind == "boolean":
+        return raw.lower() in ("true", "1", "yes")
+    return raw
+
+
+def render_answer(answer, *, receipt_hint: bool = True) -> str:  # type: ignore[no-untyped-def]
+    grouped = any(c.key for c in answer.cells)
+    headers = (*(["group"] if grouped else []), "statistic", "value", "± (95%)")
+    rows = []
+    for cell in answer.cells:
+        label = f"{cell.statistic}@{cell.level:g}" if cell.HasField("level") else cell.statistic
+        width = f"{cell.half_width:.4g}" + (" rows" if cell.unit == "rows" else "")
+        rows.append((*([" / ".join(cell.key)] if grouped else []), label, f"{cell.value:.6g}", width))
+    lines = [render.table(headers, rows) if rows else "no group passed the release threshold (rare groups are never shown)"]
+    lines.append(f"spent ε {answer.epsilon:g}, δ {answer.delta:.2g} · {answer.mechanism} · "
+                 f"at most {answer.rows_per_patient} row(s) per patient")
+    if any(c.statistic == "count" and c.value < 0 for c in answer.cells):
+        lines.append("a negative count is noise around a true count near zero (left as drawn: clamping would bias sums)")
+    if answer.HasField("bounds"):
+        lines.append(f"values clamped to [{answer.bounds.lower:g}, {answer.bounds.upper:g}]")
+    if receipt_hint:  # left out where the verdict on the receipt follows
+        lines.append("receipt: signed by the enclave (check it with --root-pem, or --save FILE and `cleanroom stats verify FILE`)")
+    return "\n".join(lines)
+
+
+def render_estimate(estimate) -> str:  # type: ignore[no-untyped-def]
+    lines = [render.cost_estimate(estimate.budget)]
+    errors = [(name, f"{value:.4g}") for name, value in sorted(estimate.expected_error.items())]
+    lines.append(render.table(("noisy part", "expected 95% half-width"), errors))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Models: package intake (checks, phase A in a sandbox, export validation) and stored model versions."""

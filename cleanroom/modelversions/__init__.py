@@ -1,1 +1,0 @@
-"""Model versions: submission through sandboxed intake, sealed storage, per-manufacturer views."""

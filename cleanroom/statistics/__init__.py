@@ -1,0 +1,1 @@
+"""DP aggregate statistics: the service (allowance, worker pool) above the engine that answers queries."""

@@ -1,0 +1,243 @@
+"""Warm statistics workers: one attested sandbox per dataset, kept while queries keep coming.
+
+Starting a worker is the expensive part (sandbox, key release, decryption, column preparation);
+answering is cheap. So the first query on a dataset starts one, later queries reuse it, and it
+is closed once idle for `idle_seconds` and, whatever happens, at the sandbox policy's wall clock:
+that is the bounded time decrypted columns may live. Queries on one dataset are answered one at a
+time by its single-threaded worker, but sent without waiting (the next one is already queued when
+it finishes the current one); different datasets run side by side.
+
+The key leaves the broker only against a fresh quote for the statistics workload of the dataset,
+and only while a statistics reservation on that dataset is open (the query that started it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import enclave_sim
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
+from cleanroom.sandbox.bwrap import BubblewrapLauncher
+from cleanroom.sandbox.session import SandboxSession, SessionBroken
+from cleanroom.server.attestation import Enclave
+
+log = logging.getLogger(__name__)
+
+STATS_WORKER_ARGV = ("python3", "-m", "cleanroom.worker.stats_worker")
+LOAD_SECONDS = 600.0     # decrypt and prepare a large dataset
+QUERY_SECONDS = 120.0    # one answer
+REAP_SECONDS = 5.0
+
+
+class WorkerFailed(Exception):
+    """No answer: `reason` is "attestation" (the broker refused the key) or "worker"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """What a worker needs to open one dataset (ciphertext and wrapped key, never plaintext)."""
+
+    id: str
+    blob_path: Path
+    wrapped_key: bytes
+    patient_column: str
+    public_group_keys: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Warm:
+    session: SandboxSession
+    nonce: str                       # the quote's: every receipt from this worker carries it
+    last_used: float
+    in_flight: int = 0               # queries sent and not yet answered (the session pipelines them)
+    retired: bool = False            # being reaped: takes no more queries
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> bool:
+        with self.lock:
+            if self.retired or not self.session.alive:
+                return False
+            self.in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+
+
+class _Once:
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action, self._done = action, False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._action()
+
+
+class StatsWorkerPool:
+    def __init__(self, *, enclave: Enclave, unwrap_key: Callable[[str, bytes], bytes], launcher: Callable[[], BubblewrapLauncher],
+                 policy: SandboxPolicy, work_dir: Path, idle_seconds: float = 300.0,
+                 on_start: Callable[[str], None] = lambda outcome: None) -> None:
+        self._enclave, self._unwrap_key, self._launcher = enclave, unwrap_key, launcher
+        self._policy, self._work_dir, self._idle = policy, work_dir, idle_seconds
+        self._on_start = on_start
+        self._workers: dict[str, _Warm] = {}
+        self._starting: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="stats-reaper", daemon=True)
+        self._reaper.start()
+
+    def ask(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str, query: dict[str, Any],
+            *, opening: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], str]:
+        """The worker's reply to one query and the nonce of the worker's attestation; `source` is
+        called only when no warm worker holds the dataset. `opening` runs once, just before data
+        is touched for this query: before a new worker receives the key, or before a warm worker
+        is asked (the ledger marks the spend decrypted there)."""
+        once = _Once(opening)
+        for _ in range(2):  # a worker reaped between lookup and entry has seen nothing: start afresh once
+            warm = self._warm(dataset_id, source, workload, once)
+            if warm.enter():
+                try:
+                    once()
+                    return self._ask_live(dataset_id, warm, query), warm.nonce
+                finally:
+                    warm.leave()
+            self._drop(dataset_id, warm)
+        raise WorkerFailed("worker")
+
+    def is_warm(self, dataset_id: str) -> bool:
+        with self._guard:
+            warm = self._workers.get(dataset_id)
+        return warm is not None and warm.session.alive
+
+    def _ask_live(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
+        """One query on a worker the caller has entered (queries on one worker are pipelined)."""
+        try:
+            return json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
+        except (SessionBroken, ValueError):
+            self._drop(dataset_id, warm)
+            log.warning("statistics worker stopped: %s", warm.session.error_type())
+            raise WorkerFailed("worker") from None
+
+    def warm_datasets(self) -> list[str]:
+        with self._guard:
+            return [d for d, w in self._workers.items() if w.session.alive]
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._guard:
+            workers, self._workers = list(self._workers.values()), {}
+        for warm in workers:
+            warm.session.close()
+
+    # --- starting ------------------------------------------------------------------------------
+
+    def _warm(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str, opening: Callable[[], None]) -> _Warm:
+        with self._guard:
+            warm = self._workers.get(dataset_id)
+        if warm is not None and warm.session.alive:  # the common case: no start lock to take
+            return warm
+        with self._guard:
+            starting = self._starting.setdefault(dataset_id, threading.Lock())
+        with starting:  # one start per dataset; queries arriving meanwhile wait for it
+            with self._guard:
+                warm = self._workers.get(dataset_id)
+            if warm is not None and warm.session.alive:
+                return warm
+            started = source()
+            if started.id != dataset_id:
+                raise ValueError("the source names another dataset")
+            warm = self._start(started, workload, opening)
+            with self._guard:
+                self._workers[dataset_id] = warm
+            return warm
+
+    def _start(self, source: DatasetSource, workload: str, opening: Callable[[], None]) -> _Warm:
+        self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work = Path(tempfile.mkdtemp(prefix=f"stats-{source.id}-", dir=self._work_dir))
+        try:
+            inputs = work / "in"
+            inputs.mkdir()
+            shutil.copyfile(source.blob_path, inputs / "dataset.blob")  # ciphertext only
+            secrets, nonce = self._release_key(source, workload)
+            session = self._open(inputs, source.id)
+            hello = {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
+                     "public_group_keys": source.public_group_keys}
+            try:
+                opening()  # the worker is about to receive the key: from here on the data counts as opened
+                ready = json.loads(session.call(json.dumps(hello).encode(), timeout=LOAD_SECONDS))
+            except BaseException as failure:
+                session.close()
+                if not isinstance(failure, (SessionBroken, ValueError)):
+                    raise
+                log.warning("statistics worker did not start: %s", session.error_type())
+                ready = None
+            if ready != {"ready": True}:
+                session.close()
+                self._on_start("failed")
+                raise WorkerFailed("worker")
+            self._on_start("started")
+            return _Warm(session, nonce, time.monotonic())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # the sandbox holds its own open view of the input
+
+    def _release_key(self, source: DatasetSource, workload: str) -> tuple[dict[str, str], str]:
+        dataset_key = self._unwrap_key(source.id, source.wrapped_key)
+        try:
+            secrets = self._enclave.release_to_sandbox(workload, source.id, dataset_key)
+        except enclave_sim.AttestationError:
+            self._on_start("refused")
+            raise WorkerFailed("attestation") from None
+        nonce = secrets.pop("nonce")
+        return secrets, nonce
+
+    def _open(self, inputs: Path, dataset_id: str) -> SandboxSession:
+        request = SandboxRequest(argv=STATS_WORKER_ARGV, inputs={"job": inputs}, env={"CLEANROOM_REQUEST_ID": f"stats-{dataset_id}"})
+        try:
+            return SandboxSession(self._launcher(), request, self._policy)
+        except SessionBroken:
+            self._on_start("failed")
+            raise WorkerFailed("worker") from None
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def _drop(self, dataset_id: str, warm: _Warm) -> None:
+        warm.session.close()
+        with self._guard:
+            if self._workers.get(dataset_id) is warm:
+                del self._workers[dataset_id]
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(REAP_SECONDS):
+            self.reap()
+
+    def reap(self, now: float | None = None) -> int:
+        """Close workers idle past the limit or already dead; returns how many were closed."""
+        now = time.monotonic() if now is None else now
+        with self._guard:
+            stale = [(d, w) for d, w in self._workers.items() if not w.session.alive or now - w.last_used > self._idle]
+        closed = 0
+        for dataset_id, warm in stale:
+            with warm.lock:  # never under a query in flight
+                idle = warm.in_flight == 0
+                warm.retired = warm.retired or idle
+            if idle:
+                self._drop(dataset_id, warm)
+                closed += 1
+        return closed

@@ -1,0 +1,401 @@
+"""DP statistics queries: validate, price, pay, answer in the warm worker, sign, record.
+
+Everything that can be checked without data is checked before any budget moves (the stored
+schema is enough: columns, types, bounds, ε and δ), so a rejected query costs nothing. A query
+within the dataset's auto-approve threshold is paid from the caller's statistics allowance
+(cleanroom.statistics.allowance: one ledger reservation for a burst of queries, its records written
+by the group commit); a query above it needs an officer's approval and then has its own
+reservation, committed with its audit entry in one transaction. Either way the cost counts as
+spent once the query's data is touched, an answer never claims more than was paid, an answer
+leaves only once its audit entry is committed (audit before release: a drawn answer waits for its
+group commit's batch), and every answer carries a receipt signed by the enclave's attestation key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import enclave_sim
+from cleanroom.domain import deid
+from cleanroom.domain.approvals import ApprovalPolicy, Decision, RequestState, check_against_policy
+from cleanroom.domain.datasets import Dataset
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
+from cleanroom.domain.identity import Principal
+from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
+from cleanroom.jobs.release import canonical_parameters
+from cleanroom.privacy.approvals import ApprovalService, Estimate
+from cleanroom.privacy.budgets import NOT_FOUND
+from cleanroom.privacy.ledger import Ledger, SpendRequest
+from cleanroom.server.attestation import Enclave
+from cleanroom.server.metrics import Metrics
+from cleanroom.statistics.allowance import Allowances
+from cleanroom.statistics.engine import Answer, Query, expected_error, validate_query
+from cleanroom.statistics.engine.codec import (
+    ANSWER_FILE,
+    answer_from_dict,
+    canonical_answer,
+    canonical_query,
+    query_to_dict,
+    stats_workload,
+)
+from cleanroom.statistics.engine.feasible import check_feasible
+from cleanroom.statistics.engine.group_keys import check_cells, public_dims
+from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT, make_plan
+from cleanroom.statistics.engine.query import column_types
+from cleanroom.statistics.pool import DatasetSource, StatsWorkerPool, WorkerFailed
+from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage.blobs import BlobStore
+from cleanroom.storage.db import Database
+from cleanroom.storage.group_commit import GroupCommit, NotCommitted
+
+log = logging.getLogger(__name__)
+
+SPEND_KIND = "statistics"
+DATASET_CACHE = 256
+CHECKED_QUERIES = 1024  # per dataset
+# An allowance pays for queries of every kind; each answer's own mechanism is in its receipt and audit entry.
+ALLOWANCE_MECHANISM = Mechanism(name="statistics-allowance", accountant="basic")
+
+
+def query_reference(dataset_id: str, canonical: bytes) -> str:
+    """The same query on the same dataset has the same reference (an approval names it)."""
+    digest = hashlib.sha256(dataset_id.encode() + b"\x00" + canonical).hexdigest()
+    return f"queries/{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A query checked against its dataset and priced, before any budget moves."""
+
+    dataset: Dataset
+    query: Query               # with its per-patient row bound settled
+    schema: list[tuple[str, deid.ColumnType]]
+    public_keys: dict[str, list[str]]
+    cost: Privacy
+    policy: ApprovalPolicy
+    query_sha256: str          # of the canonical query: the receipt names it
+    reference: str            # the same query on the same dataset has the same reference
+
+
+@dataclass(frozen=True)
+class _Described:
+    """What validation needs of a dataset, derived once from its stored description."""
+
+    dataset: Dataset
+    schema: list[tuple[str, deid.ColumnType]]
+    types: dict[str, str]
+    public_keys: dict[str, list[str]]
+    patient_column: str
+    stored_as_labels: dict[str, str]  # generalised column -> why it is text, for clearer refusals
+
+    checks: dict[Query, _Checked] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> _Described:
+        stored = deid.stored_schema(dataset.columns)
+        schema = [(c.name, c.type) for c in stored]
+        labelled = {c.name: reason for c in stored if (reason := deid.stored_as_labels(c))}
+        return cls(dataset, schema, column_types(schema), public_group_keys(dataset), _patient_column(dataset), labelled)
+
+    def checked(self, query: Query) -> _Checked:
+        """Validation and price of a query with its row bound settled. They follow from the query and
+        the dataset's schema alone, so a query seen before on this dataset is not checked again."""
+        try:
+            known = self.checks.get(query)
+        except TypeError:  # a filter with a list value: not hashable, checked every time
+            return self._check(query)
+        if known is None:
+            known = self._check(query)
+            if len(self.checks) >= CHECKED_QUERIES:
+                self.checks.clear()
+            self.checks[query] = known
+        return known
+
+    def _check(self, query: Query) -> _Checked:
+        public, types = self.public_keys, self.types
+        validate_query(query, self.schema, patient_column=self.patient_column, public_group_keys=public,
+                       stored_as_labels=self.stored_as_labels)
+        plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+        if plan.public_keys:
+            check_cells(public_dims(query, types, public))
+        check_feasible(plan, integer=types.get(query.column or "") == "integer")
+        canonical = canonical_query(query)
+        return _Checked(Privacy.cost(plan.epsilon, plan.delta), hashlib.sha256(canonical).hexdigest(),
+                        query_reference(self.dataset.id, canonical))
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A valid query's price and names (the receipt's query digest and the approval reference)."""
+
+    cost: Privacy
+    query_sha256: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class QueryEstimate:
+    cost: Privacy
+    expected_error: dict[str, float]
+    budget: Estimate
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    answer: Answer
+    answer_json: bytes
+    receipt: bytes
+    spend_id: str
+
+
+class ApprovalRequired(CleanroomError):
+    """Above the dataset's auto-approve threshold: an officer decides, then the caller asks again."""
+
+    def __init__(self, request_name: str) -> None:
+        super().__init__(ErrorCode.FAILED_PRECONDITION,
+                         f"this query needs a privacy officer's approval; once {request_name} is approved, "
+                         "send the same query again naming it in privacy_request",
+                         violations=[FieldViolation("privacy_request", request_name)])
+        self.request_name = request_name
+
+
+class StatsQueryService:
+    def __init__(self, *, db: Database, approvals: ApprovalService, ledger: Ledger, enclave: Enclave,
+                 blobs: BlobStore, pool: StatsWorkerPool, metrics: Metrics, journal: GroupCommit, allowances: Allowances) -> None:
+        self._db, self._approvals, self._ledger, self._enclave = db, approvals, ledger, enclave
+        self._blobs, self._pool, self._metrics = blobs, pool, metrics
+        self._journal, self._allowances = journal, allowances
+        self._datasets: dict[str, _Described] = {}
+
+    # --- before any budget moves ---------------------------------------------------------------
+
+    def _priced(self, principal: Principal, dataset_id: str | None, query: Query) -> Priced:
+        """One read (whether the dataset is shared with the caller, and its policy), then validation
+        and the price: a query that sets no per-patient row bound gets the dataset policy's."""
+        policy = privacy_repo.shared_policy(self._db.lookup(), dataset_id, principal.id) if dataset_id else None
+        described = self._described(dataset_id) if policy is not None and dataset_id else None
+        if described is None or policy is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+        if query.max_rows_per_patient is None:
+            query = dataclasses.replace(query, max_rows_per_patient=policy.stats_rows_per_patient)
+        checked = described.checked(query)
+        return Priced(described.dataset, query, described.schema, described.public_keys, checked.cost, policy,
+                      checked.query_sha256, checked.reference)
+
+    def _described(self, dataset_id: str) -> _Described | None:
+        """A dataset's description never changes after intake, so it is read once; whether it still
+        exists (and is shared) is checked on every query by `shared_policy`."""
+        described = self._datasets.get(dataset_id)
+        if described is None:
+            with self._db.read() as session:
+                dataset = repos.get_dataset(session, dataset_id)
+            if dataset is None:
+                return None
+            described = _Described.of(dataset)
+            if len(self._datasets) >= DATASET_CACHE:
+                self._datasets.clear()
+            self._datasets[dataset_id] = described
+        return described
+
+    def estimate(self, principal: Principal, dataset_id: str | None, query: Query) -> QueryEstimate:
+        """The dry run: cost, expected error and the budget that would remain. Nothing is spent."""
+        priced = self._priced(principal, dataset_id, query)
+        errors = expected_error(priced.query, schema=priced.schema, public_group_keys=priced.public_keys,
+                                default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+        # Budget this caller's open allowance holds unused is still the caller's to spend.
+        budget = self._approvals.estimate(principal, priced.dataset.id, principal.id, priced.cost,
+                                          held=self.held(priced.dataset.id, principal.id))
+        return QueryEstimate(priced.cost, errors, budget)
+
+    # --- answering -----------------------------------------------------------------------------
+
+    def run(self, principal: Principal, dataset_id: str | None, query: Query, *, privacy_request: str = "") -> QueryResult:
+        priced = self._priced(principal, dataset_id, query)
+        decision = check_against_policy(priced.policy, priced.cost, priced.dataset.patient_count).decision
+        if privacy_request or decision is not Decision.AUTO_APPROVE:
+            return self._run_reserved(principal, priced, privacy_request)
+        return self._run_drawn(principal, priced)
+
+    def _run_drawn(self, principal: Principal, priced: Priced) -> QueryResult:
+        """An auto-approved query: paid from the caller's allowance, recorded by the group commit."""
+        dataset, query = priced.dataset, priced.query
+        request = SpendRequest(dataset.id, principal.id, SPEND_KIND, priced.reference, priced.cost,
+                               ALLOWANCE_MECHANISM, stats_workload(dataset.id))
+        try:
+            draw = self._allowances.draw(request, warm=self._pool.is_warm(dataset.id))
+        except CleanroomError:
+            self._metrics.stats_queries.labels(query.kind, "refused").inc()
+            raise
+        try:
+            answer, answer_json, receipt = self._answered(priced, lambda: self._allowances.open_data(draw))
+        except Exception as error:  # noqa: BLE001 - whatever failed, the draw is settled before the error leaves
+            try:
+                if draw.opened:  # the data was touched for it: spent, and recorded as such
+                    self._journal.submit(self._record(principal, priced, "stats.failed", draw.cost, draw.spend_id,
+                                                      outcome=_error_code(error)))
+            finally:
+                self._allowances.finish(draw, spent=draw.opened)
+            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            raise
+        try:  # audit before release: the answer leaves only once its entry (what it paid) is committed
+            self._journal.commit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))
+        except NotCommitted:
+            log.error("a statistics answer was withheld: its audit entry could not be written")
+            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            raise CleanroomError(ErrorCode.INTERNAL, "the answer was withheld: its audit entry could not be written; "
+                                 "the query's budget is spent") from None
+        finally:  # after the record, so it precedes the allowance's close in the journal
+            self._allowances.finish(draw, spent=True)
+        self._metrics.stats_queries.labels(query.kind, "answered").inc()
+        return QueryResult(answer, answer_json, receipt, draw.spend_id)
+
+    def _run_reserved(self, principal: Principal, priced: Priced, privacy_request: str) -> QueryResult:
+        """An officer-approved query, or one the policy sends to an officer: its own reservation."""
+        dataset, query, cost = priced.dataset, priced.query, priced.cost
+        reference = priced.reference
+        # The spend counts as decrypted (spent whatever happens) once data is touched for it: before
+        # a new worker receives the key, or before a warm worker is asked. With a warm
+        # worker that is certain, so the reservation is born decrypted in its own transaction;
+        # otherwise it is marked just in time and a worker that never got the key costs nothing.
+        born_decrypted = not privacy_request and self._pool.is_warm(dataset.id)
+        spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
+        opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
+        try:
+            answer, answer_json, receipt = self._answered(priced, opening)
+        except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
+            self._ledger.fail(spend_id, reason=f"query failed: {_error_code(error)}")
+            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            raise
+        spent = Privacy.cost(answer.epsilon, answer.delta)
+        with self._db.transaction() as session:  # the commit and its audit entry, together
+            self._ledger.release_in(session, spend_id, spent)
+            audit_repo.append_many(session, [self._record(principal, priced, "stats.answer", spent, spend_id)])
+        self._metrics.stats_queries.labels(query.kind, "answered").inc()
+        return QueryResult(answer, answer_json, receipt, spend_id)
+
+    def _answered(self, priced: Priced, opening: Callable[[], None]) -> tuple[Answer, bytes, bytes]:
+        """The worker's answer, checked against its price and signed: (answer, its canonical bytes, receipt)."""
+        answer, answer_json, nonce = self._answer(priced, opening)
+        self._gate(answer, priced.cost)
+        return answer, answer_json, self._sign(priced, answer, answer_json, nonce)
+
+    @staticmethod
+    def _record(principal: Principal, priced: Priced, action: str, spent: Privacy, spend_id: str, **extra: str) -> audit_repo.Record:
+        target = f"{priced.dataset.resource_name}/{priced.reference}"
+        details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id, **extra}
+        return audit_repo.Record(principal.resource_name, action, target, details)
+
+    def held(self, dataset_id: str, manufacturer_id: str) -> Privacy:
+        """Budget the caller's open allowance on the dataset holds and has not drawn."""
+        return self._allowances.unused(dataset_id, manufacturer_id)
+
+    def settle(self) -> None:
+        """Closes open allowances and writes every trailing record (tests; shutdown)."""
+        self._allowances.settle()
+
+    def close(self) -> None:
+        self._allowances.close()
+        self._journal.close()
+
+    def _reserve(self, principal: Principal, dataset: Dataset, query: Query, cost: Privacy, reference: str, privacy_request: str,
+                 *, decrypted: bool) -> str:
+        if privacy_request:
+            return self._approved_spend(principal, privacy_request, reference)
+        mechanism = Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
+        try:
+            request = self._approvals.submit(principal, SpendRequest(dataset.id, principal.id, SPEND_KIND, reference, cost, mechanism,
+                                                                     stats_workload(dataset.id), decrypted_on_reserve=decrypted))
+        except CleanroomError:
+            self._metrics.stats_queries.labels(query.kind, "refused").inc()
+            raise
+        if request.state is not RequestState.APPROVED or request.spend_id is None:
+            self._metrics.stats_queries.labels(query.kind, "pending").inc()
+            raise ApprovalRequired(request.resource_name)
+        return request.spend_id
+
+    def _approved_spend(self, principal: Principal, name: str, reference: str) -> str:
+        request_id = name.removeprefix("privacyRequests/")
+        request = self._approvals.get(principal, request_id)
+        if request.reference != reference:
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that privacy request was for a different query or dataset",
+                                 violations=[FieldViolation("privacy_request", "must name the request made for this same query")])
+        if request.state is not RequestState.APPROVED or request.spend_id is None:
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {request.state.value}, not approved")
+        with self._db.read() as session:
+            spend = privacy_repo.get_spend(session, request.spend_id)
+        if spend is None or spend.decrypted or spend.state is not SpendState.RESERVED:
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that approval was already used; submit the query again")
+        return spend.id
+
+    def _answer(self, priced: Priced, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
+        dataset, query = priced.dataset, priced.query
+        try:  # the wrapped key is read only when a worker has to start
+            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(priced), stats_workload(dataset.id), query_to_dict(query),
+                                          opening=opening)
+        except WorkerFailed as failure:
+            log.warning("statistics worker failed", extra={"reason": failure.reason})
+            raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is refunded "
+                                 "unless the data had already been opened for it. Try again later.") from None
+        if "answer" not in reply:
+            raise _worker_error(reply)
+        answer = answer_from_dict(reply["answer"])
+        return answer, canonical_answer(answer), nonce
+
+    def _source(self, priced: Priced) -> DatasetSource:
+        dataset = priced.dataset
+        with self._db.read() as session:
+            wrapped = repos.wrapped_dataset_key(session, dataset.id)
+        if wrapped is None:
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), priced.public_keys)
+
+    @staticmethod
+    def _gate(answer: Answer, cost: Privacy) -> None:
+        """Fail closed: an answer claiming more than was reserved is never released."""
+        spent = Privacy.cost(answer.epsilon, answer.delta)
+        if not spent.fits_in(cost):
+            raise CleanroomError(ErrorCode.INTERNAL, "the answer was withheld: it did not match its reservation")
+
+    def _sign(self, priced: Priced, answer: Answer, answer_json: bytes, nonce: str) -> bytes:
+        enclave, dataset = self._enclave, priced.dataset
+        parameters = {"query_sha256": priced.query_sha256, "delta": answer.delta,
+                      "mechanism": answer.mechanism.name, "rows_per_patient": answer.rows_per_patient,
+                      **{k: v for k, v in answer.mechanism.parameters}}
+        return enclave_sim.sign_report(
+            enclave.attestation_key, measurement=enclave.measurement, workload=stats_workload(dataset.id),
+            dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
+            dataset_commitment=dataset.ciphertext_sha256, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
+        )
+
+
+def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
+    """Key spaces that follow from the schema alone. An age band's labels come from its rule, and a
+    column's declared categories from the data owner's declaration (intake refused any other
+    value), so a grouping by either answers every key (empty ones too, with noise) without a
+    τ-threshold or δ. Never from the data: a key list read from the rows would reveal them."""
+    bands = {c.name: c.generalization.labels() for c in dataset.columns
+             if c.role is deid.ColumnRole.QUASI_IDENTIFIER and isinstance(c.generalization, deid.AgeBand)}
+    declared = {c.name: list(c.categories) for c in deid.stored_schema(dataset.columns) if c.categories}
+    return {**bands, **declared}
+
+
+def _patient_column(dataset: Dataset) -> str:
+    return next(c.name for c in dataset.columns if c.role is deid.ColumnRole.PATIENT_KEY)
+
+
+def _error_code(error: BaseException) -> str:
+    return error.code.value if isinstance(error, CleanroomError) else ErrorCode.INTERNAL.value
+
+
+def _worker_error(reply: dict) -> CleanroomError:
+    """The worker's error, as service code worded it; anything else is an internal failure."""
+    try:
+        code = ErrorCode(reply.get("error"))
+    except ValueError:
+        return CleanroomError(ErrorCode.INTERNAL, "the statistics query failed inside the service")
+    violations = [FieldViolation(str(f), str(d)) for f, d in reply.get("violations", [])]
+    return CleanroomError(code, str(reply.get("message", "the statistics query failed")), violations=violations)

@@ -1,0 +1,92 @@
+"""Statistics queries between their API messages and cleanroom.statistics.engine Query, both directions:
+the server reads requests with query_from_proto, the SDK writes them with query_to_proto."""
+
+from __future__ import annotations
+
+from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.statistics.engine.query import Filter, Query
+from cleanroom.v1 import stats_pb2
+
+KINDS = {
+    stats_pb2.STATISTIC_KIND_COUNT: "count", stats_pb2.STATISTIC_KIND_SUM: "sum", stats_pb2.STATISTIC_KIND_MEAN: "mean",
+    stats_pb2.STATISTIC_KIND_VARIANCE: "variance", stats_pb2.STATISTIC_KIND_HISTOGRAM: "histogram",
+    stats_pb2.STATISTIC_KIND_QUANTILE: "quantile",
+}
+KIND_ENUMS = {name: value for value, name in KINDS.items()}
+NOISES = {stats_pb2.NOISE_KIND_UNSPECIFIED: "laplace", stats_pb2.NOISE_KIND_LAPLACE: "laplace", stats_pb2.NOISE_KIND_GAUSSIAN: "gaussian"}
+OPS = {
+    stats_pb2.FILTER_OP_EQ: "==", stats_pb2.FILTER_OP_NE: "!=", stats_pb2.FILTER_OP_LT: "<", stats_pb2.FILTER_OP_LE: "<=",
+    stats_pb2.FILTER_OP_GT: ">", stats_pb2.FILTER_OP_GE: ">=", stats_pb2.FILTER_OP_IN: "in",
+}
+OP_ENUMS = {word: value for value, word in OPS.items()}
+
+
+def query_from_proto(message: stats_pb2.StatsQuery) -> Query:
+    """Shape checks only (enums, one value per filter); the rules live in cleanroom.statistics.engine."""
+    violations = []
+    kind = KINDS.get(message.kind)
+    if kind is None:
+        violations.append(FieldViolation("query.kind", "choose count, sum, mean, variance, histogram or quantile"))
+    noise = NOISES.get(message.noise)
+    if noise is None:
+        violations.append(FieldViolation("query.noise", "choose laplace or gaussian"))
+    filters = []
+    for index, flt in enumerate(message.filters):
+        converted = _filter_from_proto(flt, f"query.filters[{index}]", violations)
+        if converted is not None:
+            filters.append(converted)
+    if violations:
+        raise bad_request("the statistics query is invalid", *violations)
+    bounds = (message.bounds.lower, message.bounds.upper) if message.HasField("bounds") else None
+    return Query(
+        kind=kind, epsilon=message.epsilon, delta=message.delta, column=message.column or None,
+        group_by=message.group_by or None, filters=tuple(filters), bounds=bounds, estimate_bounds=message.estimate_bounds,
+        bounds_epsilon=message.bounds_epsilon if message.HasField("bounds_epsilon") else None,
+        bins=tuple(message.bins) or None, quantiles=tuple(message.quantiles) or (0.5,),
+        max_rows_per_patient=message.max_rows_per_patient or None, noise=noise,
+    )
+
+
+def _filter_from_proto(flt: stats_pb2.Filter, field: str, violations: list[FieldViolation]) -> Filter | None:
+    op = OPS.get(flt.op)
+    if op is None:
+        violations.append(FieldViolation(field + ".op", "choose one of EQ, NE, LT, LE, GT, GE, IN"))
+        return None
+    values = [_filter_value(v) for v in flt.values]
+    if any(v is None for v in values) or not values or (op != "in" and len(values) != 1):
+        violations.append(FieldViolation(field + ".values", "one value (or several for IN), each with its type set"))
+        return None
+    return Filter(flt.column, op, tuple(values) if op == "in" else values[0])
+
+
+def _filter_value(value: stats_pb2.FilterValue) -> object:
+    which = value.WhichOneof("value")
+    return None if which is None else getattr(value, which)
+
+
+def query_to_proto(query: Query) -> stats_pb2.StatsQuery:
+    """A cleanroom.statistics.engine Query as a message (the SDK's direction)."""
+    message = stats_pb2.StatsQuery(
+        kind=KIND_ENUMS.get(query.kind, stats_pb2.STATISTIC_KIND_UNSPECIFIED), epsilon=query.epsilon, delta=query.delta,
+        column=query.column or "", group_by=query.group_by or "", estimate_bounds=query.estimate_bounds,
+        bins=list(query.bins or ()), quantiles=list(query.quantiles), max_rows_per_patient=query.max_rows_per_patient or 0,
+        noise=stats_pb2.NOISE_KIND_GAUSSIAN if query.noise == "gaussian" else stats_pb2.NOISE_KIND_LAPLACE,
+    )
+    if query.bounds is not None:
+        message.bounds.lower, message.bounds.upper = query.bounds
+    if query.bounds_epsilon is not None:
+        message.bounds_epsilon = query.bounds_epsilon
+    for flt in query.filters:
+        values = flt.value if flt.op == "in" else [flt.value]
+        message.filters.append(stats_pb2.Filter(column=flt.column, op=OP_ENUMS.get(flt.op, stats_pb2.FILTER_OP_UNSPECIFIED), values=[_value_to_proto(v) for v in values]))
+    return message
+
+
+def _value_to_proto(value: object) -> stats_pb2.FilterValue:
+    if isinstance(value, bool):
+        return stats_pb2.FilterValue(flag=value)
+    if isinstance(value, (int, float)):
+        return stats_pb2.FilterValue(number=float(value))
+    if hasattr(value, "isoformat"):
+        return stats_pb2.FilterValue(date=value.isoformat())  # type: ignore[attr-defined]
+    return stats_pb2.FilterValue(text=str(value))
