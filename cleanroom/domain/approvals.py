@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from cleanroom.domain.cost_reasons import CostReason
 
 DEFAULT_MAX_EPSILON = 10 * EPSILON_SCALE
+# The most rows one patient may contribute to a statistic under any policy: the statistics engine's
+# bound (MAX_ROWS_PER_PATIENT in cleanroom/statistics/engine/query.py; tests/wire keeps them equal).
+MAX_STATS_ROWS_PER_PATIENT = 10_000
 
 
 @dataclass(frozen=True)

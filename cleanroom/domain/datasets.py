@@ -48,6 +48,18 @@ class Dataset:
         return f"datasets/{self.id}"
 
 
+@dataclass(frozen=True)
+class UploadRequest:
+    """What a hospital asks to store: the upload's metadata, before any byte of the file is read."""
+
+    display_name: str
+    description: str
+    file_format: str
+    columns: tuple[ColumnSpec, ...]
+    k_anonymity: int  # 0: the server default
+    size_bytes: int   # 0: unknown
+
+
 def new_dataset_id() -> str:
     return "d" + secrets.token_hex(8)
 

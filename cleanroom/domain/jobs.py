@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.job_params import JobParams, from_spec_json
 
 
 class JobKind(enum.Enum):
@@ -69,7 +70,7 @@ class Job:
     owner_id: str                 # the manufacturer
     model_id: str
     dataset_id: str
-    spec_json: str                # canonical JSON of the request's parameters (bound by the workload hash)
+    spec_json: str                # the request's parameters as stored: job_params.to_spec_json (see `params`)
     state: JobState
     created_at: datetime
     failure: FailureCode = FailureCode.NONE
@@ -81,6 +82,20 @@ class Job:
     @property
     def resource_name(self) -> str:
         return f"jobs/{self.id}"
+
+    @property
+    def params(self) -> JobParams:
+        """The request's parameters, read from their stored JSON (spec_json)."""
+        return from_spec_json(self.spec_json)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A released file of a job, as its requester may download it."""
+
+    name: str
+    sha256: str
+    size_bytes: int
 
 
 def new_job_id() -> str:
