@@ -32,65 +32,16 @@ from typing import Any
 
 from cleanroom.v1 import datasets_pb2
 
+# A schema entry becomes a ColumnSpec in cleanroom.wire.datasets, with the other datasets.proto
+# conversions; SchemaError and column_spec stay importable from here, as the SDK's names.
+from cleanroom.wire.datasets import SchemaError as SchemaError
+from cleanroom.wire.datasets import column_spec as column_spec
+
 
 @dataclass(frozen=True)
 class Schema:
     columns: list[datasets_pb2.ColumnSpec]
     k_anonymity: int = 0
-
-
-class SchemaError(ValueError):
-    pass
-
-
-def _enum(enum_type: Any, value: object, what: str, column: str) -> int:
-    try:
-        return int(enum_type.Value(str(value).upper()))
-    except ValueError:
-        names = ", ".join(n.lower() for n in enum_type.keys() if not n.endswith("UNSPECIFIED"))
-        raise SchemaError(f"column {column}: {what} must be one of {names}") from None
-
-
-def _generalization(rule: dict[str, Any], column: str) -> datasets_pb2.Generalization:
-    if "age_band" in rule:
-        return datasets_pb2.Generalization(
-            age_band=datasets_pb2.AgeBand(width=int(rule["age_band"]), top_code=int(rule.get("top_code", 0)))
-        )
-    if "date" in rule:
-        return datasets_pb2.Generalization(date=_enum(datasets_pb2.DatePrecision, rule["date"], "date", column))
-    if "prefix" in rule:
-        return datasets_pb2.Generalization(prefix=datasets_pb2.Prefix(keep=int(rule["prefix"])))
-    if rule.get("suppress"):
-        return datasets_pb2.Generalization(suppress=True)
-    raise SchemaError(f"column {column}: generalize needs age_band, date, prefix or suppress")
-
-
-def column_spec(entry: dict[str, Any]) -> datasets_pb2.ColumnSpec:
-    name = str(entry.get("name", ""))
-    spec = datasets_pb2.ColumnSpec(
-        name=name,
-        type=_enum(datasets_pb2.ColumnType, entry.get("type", ""), "type", name),
-        role=_enum(datasets_pb2.ColumnRole, entry.get("role", ""), "role", name),
-    )
-    if "generalize" in entry:
-        spec.generalization.CopyFrom(_generalization(dict(entry["generalize"]), name))
-    if "label_classes" in entry:
-        classes = entry["label_classes"]
-        if isinstance(classes, bool) or not isinstance(classes, int) or not -2**31 <= classes < 2**31:
-            raise SchemaError(f"column {name}: label_classes must be a whole number of classes")
-        spec.label_classes = classes
-    if "categories" in entry:
-        spec.categories.extend(_categories(entry["categories"], name))
-    return spec
-
-
-def _categories(values: object, column: str) -> list[str]:
-    """Declared categories as the server takes them: text, integers written plainly."""
-    if not isinstance(values, list) or not values:
-        raise SchemaError(f"column {column}: categories must be a non-empty list")
-    if not all(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
-        raise SchemaError(f"column {column}: categories must be whole numbers or strings")
-    return [str(v) for v in values]
 
 
 def parse_schema(data: dict[str, Any]) -> Schema:
