@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cleanroom.cli.main import main as cli
+from cleanroom.cli import main as cli
 from cleanroom.domain.identity import Role
 from cleanroom.server.attestation import root_directory
 from cleanroom.storage import privacy_repo

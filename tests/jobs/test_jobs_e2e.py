@@ -11,8 +11,8 @@ import pytest
 from safetensors.torch import load
 
 import enclave_sim
+from cleanroom.cli import main as cli
 from cleanroom.cli import samples
-from cleanroom.cli.main import main as cli
 from cleanroom.domain.identity import Role
 from cleanroom.domain.jobs import JobState
 from cleanroom.sdk import CleanroomClientError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cleanroom.cli.main import main as cli
+from cleanroom.cli import main as cli
 from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy
