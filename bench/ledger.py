@@ -35,7 +35,7 @@ from cleanroom.privacy.ledger import SpendRequest  # noqa: E402
 from cleanroom.sdk import Client  # noqa: E402
 from cleanroom.server.app import App, build_app  # noqa: E402
 from cleanroom.server.config import ServerConfig  # noqa: E402
-from cleanroom.storage import repos  # noqa: E402
+from cleanroom.storage import clock, dataset_repo  # noqa: E402
 from cleanroom.storage.db import default_url  # noqa: E402
 
 CLIENTS = 16
@@ -47,9 +47,9 @@ def _prepare(app: App, requests: int) -> tuple[str, list[str], list[str]]:
     owner, _ = app.principals.create("hospital", Role.DATA_OWNER, actor="bench")
     maker, _ = app.principals.create("maker", Role.MANUFACTURER, actor="bench")
     columns = (deid.ColumnSpec("pid", deid.ColumnType.STRING, deid.ColumnRole.PATIENT_KEY),)
-    dataset = Dataset("dbench", owner.id, "bench", "", columns, 5, 10**6, 10**6, IntakeReport(), "0" * 64, repos.now())
+    dataset = Dataset("dbench", owner.id, "bench", "", columns, 5, 10**6, 10**6, IntakeReport(), "0" * 64, clock.now())
     with app.db.transaction() as session:
-        repos.add_dataset(session, dataset, b"unused")
+        dataset_repo.add_dataset(session, dataset, b"unused")
     big = Privacy.cap(1000.0, 0.5)
     app.budgets.set_cap(officer, dataset.id, None, big, "benchmark")
     app.budgets.share(officer, dataset.id, maker.id, big, "benchmark")

@@ -11,7 +11,7 @@ from cleanroom.domain.privacy import Privacy
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import Ledger, SpendRequest
-from cleanroom.storage import repos
+from cleanroom.storage import clock, dataset_repo, principal_repo
 from cleanroom.storage.db import Database
 
 
@@ -30,15 +30,15 @@ class World:
 
 
 def build_world(db: Database, *, makers: int = 2, patients: int = 1000) -> World:
-    officer = Principal("officer", "Officer", Role.PRIVACY_OFFICER, repos.now())
-    owner = Principal("owner", "Hospital", Role.DATA_OWNER, repos.now())
-    manufacturers = [Principal(f"maker{i}", f"Maker {i}", Role.MANUFACTURER, repos.now()) for i in range(makers)]
+    officer = Principal("officer", "Officer", Role.PRIVACY_OFFICER, clock.now())
+    owner = Principal("owner", "Hospital", Role.DATA_OWNER, clock.now())
+    manufacturers = [Principal(f"maker{i}", f"Maker {i}", Role.MANUFACTURER, clock.now()) for i in range(makers)]
     columns = (deid.ColumnSpec("pid", deid.ColumnType.STRING, deid.ColumnRole.PATIENT_KEY),)
-    dataset = Dataset("dset", owner.id, "d", "", columns, 5, patients, patients, IntakeReport(), "0" * 64, repos.now())
+    dataset = Dataset("dset", owner.id, "d", "", columns, 5, patients, patients, IntakeReport(), "0" * 64, clock.now())
     with db.transaction() as session:
         for principal in (officer, owner, *manufacturers):
-            repos.add_principal(session, principal, hash_token(principal.id))
+            principal_repo.add_principal(session, principal, hash_token(principal.id))
         session.flush()
-        repos.add_dataset(session, dataset, b"key")
+        dataset_repo.add_dataset(session, dataset, b"key")
     ledger = Ledger(db)
     return World(db, ledger, BudgetService(db), ApprovalService(db, ledger), officer, manufacturers, dataset.id)

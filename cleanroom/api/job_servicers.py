@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from cleanroom.api.guard import CallContext
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.jobs import Job, JobKind
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.jobs.service import JobService
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
-from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import jobs_pb2, jobs_pb2_grpc
 from cleanroom.wire import convert
 from cleanroom.wire import jobs as jobspec

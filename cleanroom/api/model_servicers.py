@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from cleanroom.api.guard import CallContext
 from cleanroom.api.streams import upload_parts
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.models.versions import ModelVersionService
 from cleanroom.server.attestation import Enclave
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
-from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import models_pb2, models_pb2_grpc
 from cleanroom.wire import convert
 

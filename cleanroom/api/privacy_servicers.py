@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from cleanroom.api.guard import CallContext
 from cleanroom.domain.audit import Anchor
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Role
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.domain.privacy import EventKind
@@ -16,7 +17,6 @@ from cleanroom.privacy.budgets import BudgetLine, BudgetService, BudgetView
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.storage.privacy_repo import EventFilter
-from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import privacy_pb2, privacy_pb2_grpc
 from cleanroom.wire import convert
 

@@ -8,11 +8,11 @@ from cleanroom.api.guard import CallContext
 from cleanroom.api.streams import upload_parts
 from cleanroom.datasets.service import DatasetService
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.principals import PrincipalService
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
-from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
 from cleanroom.wire import convert
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from cleanroom.api.guard import CallContext
 from cleanroom.api.privacy_servicers import cost_estimate_to_proto
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.server.idempotency import JournalledIdempotency, check_request_id, fingerprint
 from cleanroom.statistics.service import QueryResult, StatsQueryService
-from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import stats_pb2, stats_pb2_grpc
 from cleanroom.wire import convert
 from cleanroom.wire.stats import KIND_ENUMS, query_from_proto

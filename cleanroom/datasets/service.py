@@ -17,7 +17,7 @@ from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import KeyService
 from cleanroom.server.metrics import Metrics
-from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, clock, dataset_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 
@@ -112,7 +112,7 @@ class DatasetService:
             patient_count=result.patient_count,
             report=result.report,
             ciphertext_sha256=result.ciphertext_sha256,
-            created_at=repos.now(),
+            created_at=clock.now(),
         )
         self._store(dataset, result.blob, self._keys.wrap_dataset_key(dataset_id, data_key))
         return dataset
@@ -121,7 +121,7 @@ class DatasetService:
         """The blob is renamed into place inside the metadata transaction: both land, or neither."""
         try:
             with self._db.transaction() as session:
-                repos.add_dataset(session, dataset, wrapped_key)
+                dataset_repo.add_dataset(session, dataset, wrapped_key)
                 session.flush()
                 audit_repo.append(session, actor=f"principals/{dataset.owner_id}", action="dataset.upload",
                                   target=dataset.resource_name, details={"rows": dataset.row_count, "patients": dataset.patient_count})
@@ -139,9 +139,9 @@ class DatasetService:
         """A hospital lists its own datasets; a manufacturer the schemas shared with it."""
         with self._db.read() as session:
             if principal.role is Role.DATA_OWNER:
-                return repos.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
+                return dataset_repo.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
             shared = privacy_repo.shared_dataset_ids(session, principal.id)
-            found = repos.list_datasets(session, owner_id=None, ids=shared, after_id=page.after_id, limit=page.size)
+            found = dataset_repo.list_datasets(session, owner_id=None, ids=shared, after_id=page.after_id, limit=page.size)
         return [schema_view(d) for d in found]
 
     def delete(self, principal: Principal, name: str) -> str:
@@ -149,7 +149,7 @@ class DatasetService:
         if not can_manage(principal, dataset):
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         with self._db.transaction() as session:
-            repos.shred_dataset(session, dataset.id)
+            dataset_repo.shred_dataset(session, dataset.id)
             audit_repo.append(session, actor=principal.resource_name, action="dataset.delete", target=dataset.resource_name,
                               details={"key": "destroyed"})
         self._blobs.delete(dataset.id)
@@ -159,7 +159,7 @@ class DatasetService:
     def open_plaintext(self, dataset_id: str) -> crypto.SealedReader:
         """Service-internal: a decrypting reader over a dataset's Arrow IPC stream."""
         with self._db.read() as session:
-            wrapped = repos.wrapped_dataset_key(session, dataset_id)
+            wrapped = dataset_repo.wrapped_dataset_key(session, dataset_id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         key = self._keys.unwrap_dataset_key(dataset_id, wrapped)
@@ -176,7 +176,7 @@ class DatasetService:
         if dataset_id is None:
             raise bad_request("name must look like datasets/{id}", FieldViolation("name", "not a dataset name"))
         with self._db.read() as session:
-            dataset = repos.get_dataset(session, dataset_id)
+            dataset = dataset_repo.get_dataset(session, dataset_id)
             shared = principal.role is Role.MANUFACTURER and privacy_repo.is_shared(session, dataset_id, principal.id)
         # Another tenant's dataset is reported exactly like a missing one.
         if dataset is None or not (shared or can_manage(principal, dataset)):

@@ -6,9 +6,11 @@ import hashlib
 import hmac
 import threading
 
+from sqlalchemy.orm import Session
+
 from cleanroom import crypto
 from cleanroom.crypto import KeyProvider, WrappedKey
-from cleanroom.storage import audit_repo, model_repo, repos
+from cleanroom.storage import audit_repo, dataset_repo, model_repo, secret_repo
 from cleanroom.storage.db import Database
 
 PSEUDONYM_ROOT = "pseudonym-root"
@@ -56,11 +58,11 @@ class KeyService:
 
     def _load_or_create(self, name: str) -> bytes:
         with self._db.transaction() as session:
-            wrapped = repos.get_secret(session, name)
+            wrapped = secret_repo.get_secret(session, name)
             if wrapped is not None:
                 return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=_secret_context(name))
             value = crypto.new_data_key()
-            repos.put_secret(session, name, self._provider.wrap(value, context=_secret_context(name)).to_bytes())
+            secret_repo.put_secret(session, name, self._provider.wrap(value, context=_secret_context(name)).to_bytes())
             return value
 
     def pseudonym_key(self, owner_id: str) -> bytes:
@@ -85,18 +87,18 @@ class KeyService:
                     self._provider.retire(key_id)
             return new_id, count
 
-    def _rewrap_all(self, session: object) -> int:
+    def _rewrap_all(self, session: Session) -> int:
         count = 0
-        for dataset_id, wrapped in repos.live_wrapped_keys(session):  # type: ignore[arg-type]
+        for dataset_id, wrapped in dataset_repo.live_wrapped_keys(session):
             fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=_dataset_context(dataset_id))
-            repos.set_wrapped_dataset_key(session, dataset_id, fresh.to_bytes())  # type: ignore[arg-type]
+            dataset_repo.set_wrapped_dataset_key(session, dataset_id, fresh.to_bytes())
             count += 1
-        for model_id, wrapped in model_repo.live_wrapped_keys(session):  # type: ignore[arg-type]
+        for model_id, wrapped in model_repo.live_wrapped_keys(session):
             fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=model_context(model_id).encode("ascii"))
-            model_repo.set_wrapped_key(session, model_id, fresh.to_bytes())  # type: ignore[arg-type]
+            model_repo.set_wrapped_key(session, model_id, fresh.to_bytes())
             count += 1
-        for name, wrapped in repos.all_secrets(session):  # type: ignore[arg-type]
+        for name, wrapped in secret_repo.all_secrets(session):
             fresh = crypto.rewrap(self._provider, WrappedKey.from_bytes(wrapped), context=_secret_context(name))
-            repos.put_secret(session, name, fresh.to_bytes())  # type: ignore[arg-type]
+            secret_repo.put_secret(session, name, fresh.to_bytes())
             count += 1
         return count

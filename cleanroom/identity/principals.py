@@ -16,7 +16,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import TOKEN_PREFIX, Principal, Role, hash_token, new_principal_id
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import TOKEN_ROOT, KeyService
-from cleanroom.storage import audit_repo, repos
+from cleanroom.storage import audit_repo, clock, principal_repo
 from cleanroom.storage.db import Database
 
 MAX_DISPLAY_NAME = 200
@@ -39,10 +39,10 @@ class PrincipalService:
     def create(self, display_name: str, role: Role, *, actor: str) -> tuple[Principal, str]:
         """`actor` is the creating admin's resource name, or \"local-bootstrap\" for the first admin."""
         _check_display_name(display_name)
-        principal = Principal(new_principal_id(), display_name.strip(), role, repos.now())
+        principal = Principal(new_principal_id(), display_name.strip(), role, clock.now())
         token = self.token_for(principal.id)
         with self._db.transaction() as session:
-            repos.add_principal(session, principal, hash_token(token))
+            principal_repo.add_principal(session, principal, hash_token(token))
             audit_repo.append(session, actor=actor, action="principal.create", target=principal.resource_name,
                               details={"role": role.value})
         return principal, token
@@ -56,7 +56,7 @@ class PrincipalService:
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         with self._db.read() as session:
-            principal = repos.principal_by_token_hash(session, token_hash)
+            principal = principal_repo.principal_by_token_hash(session, token_hash)
         if principal is not None:
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
@@ -65,14 +65,14 @@ class PrincipalService:
 
     def get(self, principal_id: str) -> Principal:
         with self._db.read() as session:
-            principal = repos.get_principal(session, principal_id)
+            principal = principal_repo.get_principal(session, principal_id)
         if principal is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, "principal not found")
         return principal
 
     def list(self, page: PageRequest) -> list[Principal]:
         with self._db.read() as session:
-            return repos.list_principals(session, after_id=page.after_id, limit=page.size)
+            return principal_repo.list_principals(session, after_id=page.after_id, limit=page.size)
 
 
 def _check_display_name(display_name: str) -> None:

@@ -43,7 +43,7 @@ from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, Sand
 from cleanroom.server import logs
 from cleanroom.server.attestation import Enclave
 from cleanroom.server.metrics import Metrics
-from cleanroom.storage import job_repo, model_repo, privacy_repo, repos
+from cleanroom.storage import dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 
@@ -177,8 +177,8 @@ class JobRunner:
         with self._db.read() as session:
             spend = privacy_repo.get_spend(session, job.spend_id) if job.spend_id else None
             model = model_repo.get_model(session, job.model_id)
-            dataset = repos.get_dataset(session, job.dataset_id)
-            wrapped_dataset_key = repos.wrapped_dataset_key(session, job.dataset_id)
+            dataset = dataset_repo.get_dataset(session, job.dataset_id)
+            wrapped_dataset_key = dataset_repo.wrapped_dataset_key(session, job.dataset_id)
         if spend is None or model is None or dataset is None or wrapped_dataset_key is None:
             raise JobFailed(FailureCode.INTERNAL)
         work = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self._ensure_work_dir()))

@@ -24,7 +24,7 @@ from cleanroom.jobs import validation
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.server.metrics import Metrics
-from cleanroom.storage import audit_repo, job_repo, model_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, clock, dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 
@@ -59,7 +59,7 @@ class JobService:
         mechanism = Mechanism("subsampled-gaussian" if kind is JobKind.TRAINING else "gaussian", "prv" if kind is JobKind.TRAINING else "zcdp-rdp")
         request = self._approvals.submit(maker, SpendRequest(dataset.id, maker.id, kind.value, f"jobs/{job_id}", cost, mechanism, workload))
         state = JobState.QUEUED if request.state is RequestState.APPROVED else JobState.PENDING_APPROVAL
-        job = Job(job_id, kind, maker.id, model.id, dataset.id, json.dumps(params, sort_keys=True), state, repos.now(),
+        job = Job(job_id, kind, maker.id, model.id, dataset.id, json.dumps(params, sort_keys=True), state, clock.now(),
                   privacy_request_id=request.id, spend_id=request.spend_id, workload=workload)
         with self._db.transaction() as session:
             job_repo.add_job(session, job)
@@ -76,7 +76,7 @@ class JobService:
             raise bad_request("spec.model must look like models/{id}", FieldViolation("spec.model", "not a model name"))
         with self._db.read() as session:
             model = model_repo.get_model(session, model_id)
-            dataset = repos.get_dataset(session, dataset_id)
+            dataset = dataset_repo.get_dataset(session, dataset_id)
             shared = privacy_repo.is_shared(session, dataset_id, maker.id)
         model = owned_or_not_found(model, maker.id, "model not found")
         if model.state is not ModelState.ACCEPTED:
@@ -156,7 +156,7 @@ class JobService:
                 audit_repo.append(session, actor=maker.resource_name, action="job.cancel", target=job.resource_name,
                                   details={"while": "running"})
             return job
-        cancelled = transition(job, JobState.CANCELLED, at=repos.now())
+        cancelled = transition(job, JobState.CANCELLED, at=clock.now())
         with self._db.transaction() as session:
             if not job_repo.move(session, cancelled, job.state):
                 return self.get(maker, name)  # it moved meanwhile; report what it is now
@@ -171,7 +171,7 @@ class JobService:
 
     def finish(self, job: Job, to: JobState, failure: FailureCode = FailureCode.NONE, **values: Any) -> bool:
         """Moves a job to a final state (used by the runner and at start-up)."""
-        done = transition(job, to, failure=failure, at=repos.now())
+        done = transition(job, to, failure=failure, at=clock.now())
         with self._db.transaction() as session:
             moved = job_repo.move(session, done, job.state, **values)
             if moved:

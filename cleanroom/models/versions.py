@@ -23,7 +23,7 @@ from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import KeyService, model_context
 from cleanroom.models.intake.service import IntakeOutcome, ModelIntake
 from cleanroom.server.metrics import Metrics
-from cleanroom.storage import audit_repo, model_repo, repos
+from cleanroom.storage import audit_repo, clock, model_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 
@@ -70,7 +70,7 @@ class ModelVersionService:
             package_sha256=outcome.package_digest or "", task=manifest.task.value if manifest else "",
             num_classes=(manifest.num_classes or 0) if manifest else 0,
             input_shape=tuple(manifest.input_shape) if manifest else (),
-            trainable=tuple(outcome.report.trainable), report=outcome.report.to_dict(), created_at=repos.now(),
+            trainable=tuple(outcome.report.trainable), report=outcome.report.to_dict(), created_at=clock.now(),
         )
         wrapped = self._seal_artifact(version.id, outcome.artifact_path) if outcome.accepted else None
         try:

@@ -28,7 +28,7 @@ from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import ZERO, Balance, Privacy, dataset_budget_id, share_budget_id
 from cleanroom.privacy.budgets import NOT_FOUND, BudgetLine, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
-from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, clock, principal_repo, privacy_repo
 from cleanroom.storage.db import Database
 
 T = TypeVar("T")
@@ -85,7 +85,7 @@ class ApprovalService:
             check = check_against_policy(privacy_repo.get_policy(session, dataset_id), cost, dataset.patient_count)
             whole, share = (_unheld(privacy_repo.get_balance(session, budget_id), held)
                             for budget_id in (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id)))
-            manufacturer = repos.get_principal(session, manufacturer_id)
+            manufacturer = principal_repo.get_principal(session, manufacturer_id)
         officer = principal.role is not Role.MANUFACTURER
         refusals = (budget_reason(Rule.DATASET_BUDGET, dataset_budget_id(dataset_id), whole, cost, show_numbers=officer),
                     budget_reason(Rule.SHARE_BUDGET, share_budget_id(dataset_id, manufacturer_id), share, cost))
@@ -112,7 +112,7 @@ class ApprovalService:
             if check.decision is Decision.REFUSED:
                 raise CleanroomError(ErrorCode.POLICY_REFUSED, policy_refusal(check))
             pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
-                                     request.cost, RequestState.PENDING, repos.now(), request.mechanism, workload=request.workload)
+                                     request.cost, RequestState.PENDING, clock.now(), request.mechanism, workload=request.workload)
             privacy_repo.add_request(session, pending)
             if check.decision is Decision.AUTO_APPROVE:
                 spend = self._ledger.reserve_in(session, request, actor_id=manufacturer.id)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from cleanroom.domain.audit import Anchor, AuditEntry, ChainVerdict, verify_chain
 from cleanroom.domain.identity import Principal, Role
-from cleanroom.storage import audit_repo, repos
+from cleanroom.storage import audit_repo, dataset_repo
 from cleanroom.storage.db import Database
 
 
@@ -27,7 +27,7 @@ class AuditService:
         targets = None
         if principal.role is Role.DATA_OWNER:
             with self._db.read() as session:
-                targets = {f"datasets/{i}" for i in repos.owned_dataset_ids(session, principal.id)}
+                targets = {f"datasets/{i}" for i in dataset_repo.owned_dataset_ids(session, principal.id)}
         while True:
             with self._db.transaction() as session:
                 batch = audit_repo.page(session, after_seq=after_seq, targets=targets)

@@ -15,7 +15,7 @@ from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Privacy, dataset_budget_id, share_budget_id
 from cleanroom.privacy import composition
 from cleanroom.privacy.ledger import record
-from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, clock, dataset_repo, principal_repo, privacy_repo
 from cleanroom.storage.db import Database
 
 NOT_FOUND = "dataset not found"
@@ -58,14 +58,14 @@ def require_reason(reason: str) -> str:
 
 
 def load_dataset(session: Session, dataset_id: str) -> Dataset:
-    dataset = repos.get_dataset(session, dataset_id)
+    dataset = dataset_repo.get_dataset(session, dataset_id)
     if dataset is None:
         raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
     return dataset
 
 
 def load_manufacturer(session: Session, manufacturer_id: str) -> Principal:
-    principal = repos.get_principal(session, manufacturer_id)
+    principal = principal_repo.get_principal(session, manufacturer_id)
     if principal is None or principal.role is not Role.MANUFACTURER:
         raise CleanroomError(ErrorCode.NOT_FOUND, "manufacturer not found")
     return principal
@@ -120,7 +120,7 @@ class BudgetService:
         budget_id = share_budget_id(dataset_id, manufacturer_id) if manufacturer_id else dataset_budget_id(dataset_id)
         if not privacy_repo.set_cap(session, budget_id, dataset_id, manufacturer_id, cap):
             raise CapBelowUse()
-        event = LedgerEvent(EventKind.CAP, (budget_id,), cap, officer.id, repos.now(), reason=reason)
+        event = LedgerEvent(EventKind.CAP, (budget_id,), cap, officer.id, clock.now(), reason=reason)
         record(session, event, None, dataset_id=dataset_id, manufacturer_id=manufacturer_id)
         return privacy_repo.get_balance(session, budget_id)  # type: ignore[return-value]
 
@@ -146,7 +146,7 @@ class BudgetService:
             for budget_id, (manufacturer_id, balance) in balances.items():
                 if principal.role is Role.MANUFACTURER and manufacturer_id != principal.id:
                     continue
-                who = repos.get_principal(session, manufacturer_id) if manufacturer_id else None
+                who = principal_repo.get_principal(session, manufacturer_id) if manufacturer_id else None
                 lines.append(BudgetLine(budget_id, who, balance))
             commits = privacy_repo.events(session, privacy_repo.EventFilter(dataset_id=dataset_id, kind=EventKind.COMMIT))
             policy = privacy_repo.get_policy(session, dataset_id)

@@ -29,7 +29,7 @@ from cleanroom.domain.privacy import (
     share_budget_id,
 )
 from cleanroom.server.metrics import BudgetSnapshot, Metrics
-from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, clock, privacy_repo
 from cleanroom.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Ledger:
             session.flush()
             if not privacy_repo.mark_decrypted(session, spend.id):
                 raise CleanroomError(ErrorCode.INTERNAL, "the new reservation could not be marked decrypted")
-        event = LedgerEvent(EventKind.RESERVE, spend.budget_ids, request.cost, actor_id, repos.now(),
+        event = LedgerEvent(EventKind.RESERVE, spend.budget_ids, request.cost, actor_id, clock.now(),
                             spend_id=spend.id, mechanism=request.mechanism)
         record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
         return spend
@@ -202,7 +202,7 @@ class Ledger:
         refund = spend.reserved - actual
         for kind, amount in ((EventKind.COMMIT, actual), (EventKind.REFUND, refund)):
             if amount != ZERO:
-                event = LedgerEvent(kind, spend.budget_ids, amount, actor_id, repos.now(), spend_id=spend.id,
+                event = LedgerEvent(kind, spend.budget_ids, amount, actor_id, clock.now(), spend_id=spend.id,
                                     mechanism=spend.mechanism if kind is EventKind.COMMIT else None, reason=reason)
                 record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
 

@@ -31,7 +31,7 @@ from cleanroom.server.metrics import Metrics
 from cleanroom.statistics.allowance import Allowances
 from cleanroom.statistics.pool import StatsWorkerPool
 from cleanroom.statistics.service import StatsQueryService
-from cleanroom.storage import identity, lease_repo, repos
+from cleanroom.storage import identity, lease_repo, request_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database, migrate
 from cleanroom.storage.group_commit import GroupCommit
@@ -185,7 +185,7 @@ def recover_expired(app: App) -> None:
     # Unreferenced blobs stay: only `cleanroom admin gc --yes` removes them (storage/gc.py).
     removed = app.datasets.sweep_partial_uploads(live=live)
     with app.db.transaction() as session:
-        released = repos.release_all_in_flight(session, orphaned_at=at)
+        released = request_repo.release_all_in_flight(session, orphaned_at=at)
         lease_repo.remove_expired(session, at)
     if removed or released:
         log.info("recovered after an unclean stop: %d partial uploads removed, %d request claims released", removed, released)

@@ -18,7 +18,7 @@ import enclave_sim
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.sandbox.base import SandboxPolicy
 from cleanroom.server.metrics import Metrics
-from cleanroom.storage import audit_repo, repos
+from cleanroom.storage import audit_repo, clock
 from cleanroom.storage.db import Database
 from cleanroom.storage.tables import UsedNonceRow
 
@@ -59,7 +59,7 @@ class DatabaseNonceStore:
     def claim(self, nonce: str) -> bool:
         try:
             with self._db.transaction() as session:
-                session.add(UsedNonceRow(nonce=nonce, used_at=repos.now()))
+                session.add(UsedNonceRow(nonce=nonce, used_at=clock.now()))
         except DbIntegrityError:
             return False
         return True

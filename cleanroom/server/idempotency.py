@@ -16,7 +16,8 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
-from cleanroom.storage import repos
+from cleanroom.domain.idempotency import RequestKey
+from cleanroom.storage import request_repo
 from cleanroom.storage.db import Database
 from cleanroom.storage.group_commit import Answered, GroupCommit
 
@@ -49,7 +50,7 @@ class Idempotency:
 
     def run(
         self,
-        key: repos.RequestKey,
+        key: RequestKey,
         request_fingerprint: str,
         response_type: type[M],
         compute: Callable[[], M],
@@ -63,15 +64,15 @@ class Idempotency:
             response = compute()
         except BaseException:
             with self._db.transaction() as session:
-                repos.release_request(session, key)
+                request_repo.release_request(session, key)
             raise
         with self._db.transaction() as session:
-            repos.complete_request(session, key, response.SerializeToString())
+            request_repo.complete_request(session, key, response.SerializeToString())
         return response
 
-    def _claim(self, key: repos.RequestKey, request_fingerprint: str, response_type: type[M]) -> M | None:
+    def _claim(self, key: RequestKey, request_fingerprint: str, response_type: type[M]) -> M | None:
         with self._db.transaction() as session:
-            existing = repos.claim_request(session, key, request_fingerprint, self._owner)
+            existing = request_repo.claim_request(session, key, request_fingerprint, self._owner)
             if existing is None:
                 return None
             earlier = (existing.fingerprint, existing.response)
@@ -91,10 +92,10 @@ class JournalledIdempotency:
     def __init__(self, db: Database, journal: GroupCommit) -> None:
         self._db, self._journal = db, journal
         self._lock = threading.Lock()
-        self._in_flight: set[repos.RequestKey] = set()
-        self._recent: OrderedDict[repos.RequestKey, tuple[str, bytes]] = OrderedDict()
+        self._in_flight: set[RequestKey] = set()
+        self._recent: OrderedDict[RequestKey, tuple[str, bytes]] = OrderedDict()
 
-    def run(self, key: repos.RequestKey, request_fingerprint: str, response_type: type[M], compute: Callable[[], M]) -> M:
+    def run(self, key: RequestKey, request_fingerprint: str, response_type: type[M], compute: Callable[[], M]) -> M:
         if not key.request_id:
             return compute()
         with self._lock:
@@ -106,7 +107,7 @@ class JournalledIdempotency:
         if recent is not None:
             return _first_answer(recent, request_fingerprint, response_type)
         try:
-            earlier = repos.stored_request(self._db.lookup(), key)
+            earlier = request_repo.stored_request(self._db.lookup(), key)
             if earlier is not None:
                 return _first_answer(earlier, request_fingerprint, response_type)
             response = compute()

@@ -11,7 +11,7 @@ from cleanroom.domain.identity import Role
 from cleanroom.server import logs, selfcheck
 from cleanroom.server.app import build_app, recover
 from cleanroom.server.config import build_config
-from cleanroom.storage import repos
+from cleanroom.storage import principal_repo
 from cleanroom.storage.identity import StorageIdentityError
 
 SWITCH_INTERVAL_SECONDS = 0.001
@@ -47,7 +47,7 @@ def bootstrap_admin(args: argparse.Namespace, env: Mapping[str, str], display_na
     app = build_app(build_config(args, env))
     try:
         with app.db.transaction() as session:
-            existing = repos.count_admins(session)
+            existing = principal_repo.count_admins(session)
         if existing:
             logging.getLogger(__name__).warning("%d admin(s) already exist; creating another", existing)
         _principal, token = app.principals.create(display_name, Role.ADMIN, actor="local-bootstrap")

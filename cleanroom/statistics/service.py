@@ -47,7 +47,7 @@ from cleanroom.statistics.engine.group_keys import check_cells, public_dims
 from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT, make_plan
 from cleanroom.statistics.engine.query import column_types
 from cleanroom.statistics.pool import DatasetSource, StatsWorkerPool, WorkerFailed
-from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, dataset_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 from cleanroom.storage.group_commit import GroupCommit, NotCommitted
@@ -192,7 +192,7 @@ class StatsQueryService:
         described = self._datasets.get(dataset_id)
         if described is None:
             with self._db.read() as session:
-                dataset = repos.get_dataset(session, dataset_id)
+                dataset = dataset_repo.get_dataset(session, dataset_id)
             if dataset is None:
                 return None
             described = _Described.of(dataset)
@@ -348,7 +348,7 @@ class StatsQueryService:
     def _source(self, priced: Priced) -> DatasetSource:
         dataset = priced.dataset
         with self._db.read() as session:
-            wrapped = repos.wrapped_dataset_key(session, dataset.id)
+            wrapped = dataset_repo.wrapped_dataset_key(session, dataset.id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
         return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), priced.public_keys)

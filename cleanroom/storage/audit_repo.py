@@ -7,9 +7,9 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.audit import Anchor, AuditEntry, seal
@@ -34,9 +34,9 @@ def append(session: Session, *, actor: str, action: str, target: str, details: d
 
 # Built once: the statements of every append (statement objects cache their compiled form).
 _HEAD_FOR_UPDATE = select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == 1).with_for_update()
-_MOVE_HEAD = update(AuditHeadRow.__table__).where(AuditHeadRow.__table__.c.id == 1).values(
-    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-_INSERT_ENTRIES = insert(AuditEntryRow.__table__)
+_HEAD_TABLE = cast(Table, AuditHeadRow.__table__)  # declared a FromClause; a mapped class's is a Table
+_MOVE_HEAD = update(_HEAD_TABLE).where(_HEAD_TABLE.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+_INSERT_ENTRIES = insert(cast(Table, AuditEntryRow.__table__))
 
 
 def append_many(session: Session, records: Sequence[Record]) -> list[AuditEntry]:

@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Callable, Collection
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode
@@ -45,7 +46,7 @@ class PendingBlob:
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self._done = False
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         return self.file.write(data)
 
     def flush(self) -> None:
@@ -79,7 +80,8 @@ class PendingBlob:
     def __enter__(self) -> PendingBlob:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.abort()
 
 

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Executable, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, Select, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -116,6 +116,13 @@ def _sqlite_damage(connection: Any) -> str:
     return "" if finding == "ok" else "; ".join(str(finding).splitlines())
 
 
+def affected_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched: `Session.execute` is typed as returning a plain
+    `Result`, but a DML statement's result is a `CursorResult`, which counts them."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -161,9 +168,9 @@ class DriverReads:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._compiled: dict[Executable, tuple[str, tuple[str, ...] | None]] = {}
+        self._compiled: dict[Select[*tuple[Any, ...]], tuple[str, tuple[str, ...] | None]] = {}
 
-    def first(self, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, statement: Select[*tuple[Any, ...]], params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         sql, order = self._compile(statement)
         connection = self._engine.raw_connection()
         try:
@@ -177,7 +184,7 @@ class DriverReads:
             connection.close()
         return None if row is None else tuple(row)
 
-    def _compile(self, statement: Executable) -> tuple[str, tuple[str, ...] | None]:
+    def _compile(self, statement: Select[*tuple[Any, ...]]) -> tuple[str, tuple[str, ...] | None]:
         compiled = self._compiled.get(statement)
         if compiled is None:
             sql = statement.compile(dialect=self._engine.dialect)
@@ -186,7 +193,7 @@ class DriverReads:
         return compiled
 
 
-def first_row(source: Session | DriverReads, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+def first_row(source: Session | DriverReads, statement: Select[*tuple[Any, ...]], params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """The first row of `statement` from a session or the hot-path driver reads."""
     if isinstance(source, DriverReads):
         return source.first(statement, params)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from cleanroom.storage import audit_repo, repos
+from cleanroom.domain.idempotency import RequestKey
+from cleanroom.storage import audit_repo, request_repo
 from cleanroom.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ LINGER_SECONDS = 0.05  # after the first item, wait this long for more: fewer, l
 class Answered:
     """The first answer to a request_id, stored after it was returned."""
 
-    key: repos.RequestKey
+    key: RequestKey
     fingerprint: str
     response: bytes
 
@@ -159,9 +160,11 @@ def write_in(session: Session, items: Sequence[Item]) -> None:
     for kind, run in itertools.groupby(items, key=type):
         group = list(run)
         if kind is audit_repo.Record:
-            audit_repo.append_many(session, group)  # type: ignore[arg-type]
+            audit_repo.append_many(session, [r for r in group if isinstance(r, audit_repo.Record)])
         elif kind is Answered:
-            repos.store_answered(session, [(a.key, a.fingerprint, a.response) for a in group])  # type: ignore[union-attr]
+            request_repo.store_answered(session, [(a.key, a.fingerprint, a.response) for a in group
+                                                  if isinstance(a, Answered)])
         else:
             for write in group:
-                write(session)  # type: ignore[operator]
+                assert not isinstance(write, audit_repo.Record | Answered)
+                write(session)

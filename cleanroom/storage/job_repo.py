@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState
 from cleanroom.storage import lease_repo
+from cleanroom.storage.db import affected_rows
 from cleanroom.storage.tables import JobRow, PrivacyRequestRow
 
 
@@ -52,7 +53,7 @@ def move(session: Session, job: Job, expected: JobState, **values: Any) -> bool:
     """Writes the job's new state (and any other column) only if it is still in `expected`."""
     values = {"state": job.state.value, "failure": job.failure.value, "finished_at": job.finished_at, **values}
     result = session.execute(update(JobRow).where(JobRow.id == job.id, JobRow.state == expected.value).values(**values))
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def claim(session: Session, job: Job, expected: JobState, owner: str | None) -> bool:

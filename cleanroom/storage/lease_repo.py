@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, SQLColumnExpression, delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from cleanroom.storage.db import affected_rows
 from cleanroom.storage.tables import ServerLeaseRow
 
 
@@ -28,18 +29,19 @@ def renew(session: Session, instance_id: str, *, at: datetime, lease: timedelta)
         .where(ServerLeaseRow.instance_id == instance_id, ServerLeaseRow.expires_at > at)
         .values(heartbeat_at=at, expires_at=at + lease)
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def release(session: Session, instance_id: str) -> None:
     session.execute(delete(ServerLeaseRow).where(ServerLeaseRow.instance_id == instance_id))
 
 
-def live_ids(at: datetime):  # noqa: ANN201 - a scalar subquery for IN / NOT IN
+def live_ids(at: datetime) -> ScalarSelect[str]:
+    """The instance ids of the leases live at `at`, as a scalar subquery for IN / NOT IN."""
     return select(ServerLeaseRow.instance_id).where(ServerLeaseRow.expires_at > at).scalar_subquery()
 
 
-def orphaned(column: ColumnElement, at: datetime) -> ColumnElement[bool]:
+def orphaned(column: SQLColumnExpression[str | None], at: datetime) -> ColumnElement[bool]:
     """`column` (an owner id) names no live server at `at`."""
     return or_(column.is_(None), column.not_in(live_ids(at)))
 
@@ -57,9 +59,9 @@ def expire(session: Session, instance_id: str, at: datetime) -> bool:
     """Ends a lease now (its process is known to be gone)."""
     result = session.execute(update(ServerLeaseRow).where(ServerLeaseRow.instance_id == instance_id,
                                                           ServerLeaseRow.expires_at > at).values(expires_at=at))
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def remove_expired(session: Session, at: datetime) -> int:
     """Drops leases past their expiry (after their work was recovered)."""
-    return session.execute(delete(ServerLeaseRow).where(ServerLeaseRow.expires_at <= at)).rowcount
+    return affected_rows(session.execute(delete(ServerLeaseRow).where(ServerLeaseRow.expires_at <= at)))

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Mechanism, Privacy, Spend, SpendState
 from cleanroom.storage import lease_repo
-from cleanroom.storage.db import DriverReads, first_row
-from cleanroom.storage.repos import now
+from cleanroom.storage.clock import now
+from cleanroom.storage.db import DriverReads, affected_rows, first_row
 from cleanroom.storage.tables import (
     ApprovalPolicyRow,
     BudgetRow,
@@ -101,7 +101,7 @@ def set_cap(session: Session, budget_id: str, dataset_id: str, manufacturer_id: 
         )
         .values(cap_epsilon=cap.epsilon, cap_delta=cap.delta)
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def try_reserve(session: Session, budget_id: str, cost: Privacy) -> bool:
@@ -117,7 +117,7 @@ def try_reserve(session: Session, budget_id: str, cost: Privacy) -> bool:
             reserved_delta=BudgetRow.reserved_delta + cost.delta,
         )
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def settle(session: Session, budget_id: str, reserved: Privacy, committed: Privacy) -> None:
@@ -132,7 +132,7 @@ def settle(session: Session, budget_id: str, reserved: Privacy, committed: Priva
             spent_delta=BudgetRow.spent_delta + committed.delta,
         )
     )
-    if result.rowcount != 1:
+    if affected_rows(result) != 1:
         raise RuntimeError(f"budget {budget_id} holds less than the reservation being settled")
 
 
@@ -173,7 +173,7 @@ def close_spend(session: Session, spend_id: str, state: SpendState, committed: P
     result = session.execute(
         update(SpendRow).where(SpendRow.id == spend_id, SpendRow.state == SpendState.RESERVED.value).values(**values)
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def mark_decrypted(session: Session, spend_id: str) -> bool:
@@ -182,7 +182,7 @@ def mark_decrypted(session: Session, spend_id: str) -> bool:
         .where(SpendRow.id == spend_id, SpendRow.state == SpendState.RESERVED.value, SpendRow.decrypted_at.is_(None))
         .values(decrypted_at=now())
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def open_spend_for_workload(session: Session, workload: str) -> Spend | None:
@@ -278,7 +278,7 @@ def decide_request(session: Session, request_id: str, state: RequestState, *, by
         .where(PrivacyRequestRow.id == request_id, PrivacyRequestRow.state == RequestState.PENDING.value)
         .values(state=state.value, decided_by=by, reason=reason, spend_id=spend_id, decided_at=now())
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def pending_requests(session: Session, *, dataset_ids: set[str] | None, after_id: str | None, limit: int) -> list[PrivacyRequest]:

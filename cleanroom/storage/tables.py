@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 table models. Rows stay in storage; repos.py converts them to domain objects."""
+"""SQLAlchemy 2 table models. Rows stay in storage; the *_repo modules convert them to domain objects."""
 
 from __future__ import annotations
 

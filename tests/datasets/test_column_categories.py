@@ -16,7 +16,7 @@ from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.identity import Role
 from cleanroom.sdk.schema import SchemaError, parse_schema
 from cleanroom.statistics.engine import Query, run_query, validate_query
-from cleanroom.storage import repos
+from cleanroom.storage import dataset_repo
 from tests.api.test_datasets_api import CANARIES, HEADER, _expect_error, _nothing_stored, _rows, _schema, _upload
 from tests.conftest import make_config, start_server
 
@@ -46,7 +46,7 @@ def test_declared_categories_are_stored_and_shown(running, owner, tmp_path) -> N
     again = owner.get_dataset(dataset.name)  # read back from the database
     assert {c.name: list(c.categories) for c in again.columns}["outcome"] == ["0", "1", "2"]
     with running.app.db.read() as session:
-        stored = repos.get_dataset(session, dataset.name.removeprefix("datasets/"))
+        stored = dataset_repo.get_dataset(session, dataset.name.removeprefix("datasets/"))
     assert {c.name: c.categories for c in stored.columns}["outcome"] == ("0", "1", "2")
 
 
@@ -191,7 +191,7 @@ def test_migration_0007_gives_stored_columns_categories(tmp_path) -> None:
 
     database, old = dataset_stored_before(tmp_path, "0006", "categories")
     with database.read() as session:
-        assert {c.categories for c in repos.get_dataset(session, "d1").columns} == {()}  # read without the key
+        assert {c.categories for c in dataset_repo.get_dataset(session, "d1").columns} == {()}  # read without the key
     migrate(database.engine)
     with database.engine.connect() as connection:
         stored = json.loads(stored_columns_json(connection))

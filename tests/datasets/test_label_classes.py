@@ -12,7 +12,7 @@ from cleanroom.domain.deid import ColumnRole, ColumnSpec, ColumnType, validate_p
 from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.identity import Role
 from cleanroom.sdk.schema import SchemaError, parse_schema
-from cleanroom.storage import repos
+from cleanroom.storage import dataset_repo
 from tests.api.test_datasets_api import HEADER, _expect_error, _nothing_stored, _rows, _schema, _upload, _write_parquet
 
 OUTCOME = HEADER.index("outcome")
@@ -39,7 +39,7 @@ def test_declared_classes_are_stored_and_shown(running, owner, tmp_path) -> None
     again = owner.get_dataset(dataset.name)  # read back from the database
     assert {c.name: c.label_classes for c in again.columns}["outcome"] == 2
     with running.app.db.read() as session:
-        stored = repos.get_dataset(session, dataset.name.removeprefix("datasets/"))
+        stored = dataset_repo.get_dataset(session, dataset.name.removeprefix("datasets/"))
     assert [c.label_classes for c in stored.columns if c.name == "outcome"] == [2]
 
 
@@ -137,7 +137,7 @@ def test_migration_0005_gives_stored_columns_label_classes(tmp_path) -> None:
 
     database, old = dataset_stored_before(tmp_path, "0004", "label_classes")
     with database.read() as session:
-        assert {c.label_classes for c in repos.get_dataset(session, "d1").columns} == {0}  # read without the key
+        assert {c.label_classes for c in dataset_repo.get_dataset(session, "d1").columns} == {0}  # read without the key
     migrate(database.engine)
     with database.engine.connect() as connection:
         stored = json.loads(stored_columns_json(connection))

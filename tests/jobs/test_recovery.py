@@ -7,10 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.server.app import build_app, recover
-from cleanroom.storage import repos
+from cleanroom.storage import clock, request_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.identity import MARKER
 from tests.api.test_datasets_api import _rows, _schema, _write_csv
@@ -86,11 +87,11 @@ def test_recover_removes_staging_files_keeps_unreferenced_blobs_and_releases_cla
     # A staging file left by a crashed server (another instance, holding no lease).
     BlobStore(app.config.blob_dir, owner="srvcrashed").create("dstage").write(b"a staging file left by a crash")
     with app.db.transaction() as session:
-        repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp")
+        request_repo.claim_request(session, RequestKey("p", "UploadDataset", "r"), "fp")
     recover(app)
     assert _files(app.config.blob_dir) == ["dorphan.blob"]
     with app.db.transaction() as session:
-        assert repos.claim_request(session, repos.RequestKey("p", "UploadDataset", "r"), "fp") is None
+        assert request_repo.claim_request(session, RequestKey("p", "UploadDataset", "r"), "fp") is None
     app.close()
 
 
@@ -112,10 +113,10 @@ def test_recover_keeps_model_programs_and_job_artefacts(tmp_path: Path) -> None:
         session.execute(ModelRow.__table__.insert().values(
             id="mprogram", owner_id=maker.id, name="m", version="1", state="accepted", package_sha256="0" * 64, task="t",
             num_classes=2, input_shape_json="[30]", trainable_json="[]", report_json="{}", wrapped_key=b"k",
-            created_at=repos.now()))
+            created_at=clock.now()))
         session.execute(JobRow.__table__.insert().values(
             id="jdone", kind="training", owner_id=maker.id, model_id="mprogram", dataset_id="d", spec_json="{}",
-            state="released", failure="none", cancel_requested=False, created_at=repos.now(),
+            state="released", failure="none", cancel_requested=False, created_at=clock.now(),
             artifacts_json=json.dumps([{"name": "weights.safetensors", "blob": "jdone-a0"}, {"name": "receipt.json", "blob": "jdone-a1"}])))
     recover(app)
     assert _files(app.config.blob_dir) == ["dorphan.blob", "jdone-a0.blob", "jdone-a1.blob", "mprogram.blob"]

@@ -13,8 +13,8 @@ from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.privacy import Privacy
 from cleanroom.privacy.audit import AuditService
 from cleanroom.storage import audit_repo
+from cleanroom.storage.clock import now
 from cleanroom.storage.db import Database, migrate
-from cleanroom.storage.repos import now
 from cleanroom.storage.tables import AuditEntryRow, AuditHeadRow
 from tests.ledger_fixtures import build_world
 

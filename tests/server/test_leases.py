@@ -11,11 +11,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.privacy import Privacy, SpendState, replay
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.server.app import build_app, recover, recover_expired
 from cleanroom.server.lease import ServerLease, utcnow
-from cleanroom.storage import lease_repo, privacy_repo, repos
+from cleanroom.storage import clock, lease_repo, privacy_repo, request_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.tables import JobRow, ServerLeaseRow
 from tests.conftest import make_config
@@ -26,7 +27,7 @@ LIVE, DEAD = "srvlive", "srvdead"
 
 def _job(job_id: str, maker: str, spend_id: str, owner: str) -> dict[str, object]:
     return dict(id=job_id, kind="training", owner_id=maker, model_id="m", dataset_id="dset", spec_json="{}", state="running",
-                failure="none", spend_id=spend_id, cancel_requested=False, created_at=repos.now(), owner=owner)
+                failure="none", spend_id=spend_id, cancel_requested=False, created_at=clock.now(), owner=owner)
 
 
 def test_sweeper_recovers_an_expired_lease_and_not_a_live_one(tmp_path: Path, database_url: str) -> None:
@@ -48,7 +49,7 @@ def test_sweeper_recovers_an_expired_lease_and_not_a_live_one(tmp_path: Path, da
             ledger.mark_decrypted(spends[owner]["job"])  # the job's data was decrypted: failing it spends it
             with app.db.transaction() as session:
                 session.execute(JobRow.__table__.insert().values(**_job(f"j{owner}", maker.id, spends[owner]["job"], owner)))
-                repos.claim_request(session, repos.RequestKey("p", "UploadDataset", owner), "fp", owner)
+                request_repo.claim_request(session, RequestKey("p", "UploadDataset", owner), "fp", owner)
             part = BlobStore(app.config.blob_dir, owner=owner).create(f"d{owner}")
             part.write(b"half an upload")
             part.flush()
@@ -61,7 +62,7 @@ def test_sweeper_recovers_an_expired_lease_and_not_a_live_one(tmp_path: Path, da
             jobs = {row.id: (row.state, row.failure) for row in session.scalars(select(JobRow))}
             spend_state = {s: privacy_repo.get_spend(session, s).state for o in spends.values() for s in o.values()}
             leases = set(session.scalars(select(ServerLeaseRow.instance_id)))
-            claims = {o: repos.stored_request(session, repos.RequestKey("p", "UploadDataset", o)) for o in (LIVE, DEAD)}
+            claims = {o: request_repo.stored_request(session, RequestKey("p", "UploadDataset", o)) for o in (LIVE, DEAD)}
             balances, events = privacy_repo.all_balances(session), privacy_repo.events(session)
         assert jobs == {f"j{DEAD}": ("failed", "server_restarted"), f"j{LIVE}": ("running", "none")}
         assert spend_state == {spends[DEAD]["job"]: SpendState.COMMITTED, spends[DEAD]["stats"]: SpendState.REFUNDED,
@@ -92,10 +93,10 @@ def test_started_server_renews_its_lease_and_a_clean_stop_removes_it(tmp_path: P
             time.sleep(0.05)
         # Its own in-flight claim is not a dead server's, however often the sweeper runs.
         with app.db.transaction() as session:
-            repos.claim_request(session, repos.RequestKey("p", "M", "r"), "fp", app.lease.instance_id)
+            request_repo.claim_request(session, RequestKey("p", "M", "r"), "fp", app.lease.instance_id)
         recover_expired(app)
         with app.db.read() as session:
-            assert repos.stored_request(session, repos.RequestKey("p", "M", "r")) == ("fp", None)
+            assert request_repo.stored_request(session, RequestKey("p", "M", "r")) == ("fp", None)
     finally:
         app.close()
     with app.db.read() as session:
@@ -124,14 +125,14 @@ def test_the_periodic_sweeper_recovers_a_peer_whose_lease_expires_while_it_runs(
         recover(app)  # start-up: lease, heartbeat and sweeper
         with app.db.transaction() as session:  # a peer elsewhere, alive for now, with a call in flight
             lease_repo.acquire(session, "srvpeer", host="elsewhere", pid=1, at=utcnow(), lease=timedelta(seconds=2))
-            repos.claim_request(session, repos.RequestKey("p", "M", "peer"), "fp", "srvpeer")
+            request_repo.claim_request(session, RequestKey("p", "M", "peer"), "fp", "srvpeer")
         recover_expired(app)
         with app.db.read() as session:  # live: untouched
-            assert repos.stored_request(session, repos.RequestKey("p", "M", "peer")) == ("fp", None)
+            assert request_repo.stored_request(session, RequestKey("p", "M", "peer")) == ("fp", None)
         deadline = utcnow() + timedelta(seconds=60)
         while True:  # the peer never renews: once its lease expires, the sweeper (every 0.3 s) frees its claim
             with app.db.read() as session:
-                if repos.stored_request(session, repos.RequestKey("p", "M", "peer")) is None:
+                if request_repo.stored_request(session, RequestKey("p", "M", "peer")) is None:
                     break
                 assert utcnow() < deadline, "the sweeper never recovered the expired peer's claim"
             time.sleep(0.05)

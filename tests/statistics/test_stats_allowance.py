@@ -11,12 +11,13 @@ import pytest
 from cleanroom.domain.approvals import ApprovalPolicy, RequestState
 from cleanroom.domain.audit import verify_chain
 from cleanroom.domain.errors import CleanroomError
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.privacy import ZERO, Balance, EventKind, Privacy, share_budget_id
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.statistics.allowance import Allowances, allowance_size
-from cleanroom.storage import audit_repo, privacy_repo, repos
+from cleanroom.storage import audit_repo, privacy_repo, request_repo
 from cleanroom.storage.db import Database, migrate
 from cleanroom.storage.group_commit import Answered, GroupCommit, NotCommitted
 from tests.ledger_fixtures import World, build_world
@@ -213,17 +214,17 @@ def test_the_group_commit_keeps_order_and_survives_a_bad_item(world, journal) ->
     def broken(session) -> None:
         raise RuntimeError("this write fails")
 
-    key = repos.RequestKey(world.makers[0].id, "RunQuery", "r-1")
+    key = RequestKey(world.makers[0].id, "RunQuery", "r-1")
     journal.submit(broken, audit_repo.Record("principals/a", "test.two", "datasets/x"), Answered(key, "f" * 64, b"answer"))
     journal.submit(Answered(key, "e" * 64, b"a later answer"))  # the first answer stays
     assert journal.flush()
     with world.db.read() as session:
         actions = [e.action for e in audit_repo.entries(session) if e.action.startswith("test.")]
-        stored = repos.stored_request(session, key)
+        stored = request_repo.stored_request(session, key)
         chain = verify_chain(audit_repo.entries(session), stored_head=audit_repo.head(session))
     assert actions == ["test.one", "test.two"]  # the bad item was dropped alone, in order
     assert stored == ("f" * 64, b"answer")
-    assert repos.stored_request(world.db.lookup(), key) == stored  # the hot path's driver read agrees
+    assert request_repo.stored_request(world.db.lookup(), key) == stored  # the hot path's driver read agrees
     assert chain.ok
 
 
@@ -288,4 +289,4 @@ def test_the_access_check_reads_the_policy_of_a_shared_dataset_only(world) -> No
     world.budgets.set_policy(world.officer, world.dataset_id, policy, "routine")
     reads = world.db.lookup()
     assert privacy_repo.shared_policy(reads, world.dataset_id, world.makers[0].id) == policy
-    assert repos.stored_request(reads, repos.RequestKey(world.makers[0].id, "RunQuery", "never")) is None
+    assert request_repo.stored_request(reads, RequestKey(world.makers[0].id, "RunQuery", "never")) is None

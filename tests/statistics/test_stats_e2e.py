@@ -14,6 +14,7 @@ import pytest
 import enclave_sim
 from cleanroom.cli import samples
 from cleanroom.cli.main import main as cli
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy
 from cleanroom.sdk import CleanroomClientError
@@ -23,7 +24,6 @@ from cleanroom.server.idempotency import JournalledIdempotency, fingerprint
 from cleanroom.statistics.engine import Filter, Query
 from cleanroom.statistics.pool import WorkerFailed
 from cleanroom.storage import audit_repo, privacy_repo
-from cleanroom.storage.repos import RequestKey
 from cleanroom.v1 import stats_pb2
 from cleanroom.wire.stats import query_to_proto
 from tests.conftest import internal_calls, make_config, start_server

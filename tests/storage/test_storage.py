@@ -15,8 +15,9 @@ from alembic.migration import MigrationContext
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
 from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Principal, Role, hash_token
-from cleanroom.storage import repos
+from cleanroom.storage import clock, dataset_repo, principal_repo, request_repo, secret_repo
 from cleanroom.storage.db import Database, migrate
 from cleanroom.storage.tables import Base
 
@@ -30,7 +31,7 @@ def db(database_url: str):
 
 
 def _principal(pid: str = "p1", role: Role = Role.DATA_OWNER) -> Principal:
-    return Principal(pid, f"name {pid}", role, repos.now())
+    return Principal(pid, f"name {pid}", role, clock.now())
 
 
 def dataset_stored_before(tmp_path: Path, revision: str, missing_key: str) -> tuple[Database, list[dict[str, Any]]]:
@@ -39,9 +40,9 @@ def dataset_stored_before(tmp_path: Path, revision: str, missing_key: str) -> tu
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(database.engine, to=revision)
     with database.transaction() as session:
-        repos.add_principal(session, Principal("p1", "owner", Role.DATA_OWNER, repos.now()), "hash")
+        principal_repo.add_principal(session, Principal("p1", "owner", Role.DATA_OWNER, clock.now()), "hash")
         session.flush()
-        repos.add_dataset(session, _dataset("d1", "p1"), b"wrapped")
+        dataset_repo.add_dataset(session, _dataset("d1", "p1"), b"wrapped")
     with database.engine.begin() as connection:
         old = [{k: v for k, v in c.items() if k != missing_key} for c in json.loads(stored_columns_json(connection))]
         connection.exec_driver_sql("UPDATE datasets SET columns_json = ?", (json.dumps(old),))
@@ -67,7 +68,7 @@ def _dataset(did: str, owner: str) -> Dataset:
         dropped_columns=("name",), pseudonymized_columns=("pid",), generalized_columns=(("age", "age band"),),
         notes=("a note",),
     )
-    return Dataset(did, owner, "display", "desc", columns, 5, 8, 3, report, "ab" * 32, repos.now())
+    return Dataset(did, owner, "display", "desc", columns, 5, 8, 3, report, "ab" * 32, clock.now())
 
 
 def test_migrations_match_the_models(db: Database) -> None:
@@ -96,32 +97,32 @@ def _head_revision() -> str:
 def test_principal_round_trip_and_token_lookup(db: Database) -> None:
     principal = _principal("p1", Role.MANUFACTURER)
     with db.transaction() as s:
-        repos.add_principal(s, principal, hash_token("crt_secret"))
+        principal_repo.add_principal(s, principal, hash_token("crt_secret"))
     with db.transaction() as s:
-        assert repos.principal_by_token_hash(s, hash_token("crt_secret")) == principal
-        assert repos.principal_by_token_hash(s, hash_token("crt_other")) is None
-        assert repos.get_principal(s, "p1") == principal
-        assert repos.get_principal(s, "missing") is None
+        assert principal_repo.principal_by_token_hash(s, hash_token("crt_secret")) == principal
+        assert principal_repo.principal_by_token_hash(s, hash_token("crt_other")) is None
+        assert principal_repo.get_principal(s, "p1") == principal
+        assert principal_repo.get_principal(s, "missing") is None
 
 
 def test_principals_page_in_id_order(db: Database) -> None:
     with db.transaction() as s:
         for i in range(5):
-            repos.add_principal(s, _principal(f"p{i}"), hash_token(f"t{i}"))
+            principal_repo.add_principal(s, _principal(f"p{i}"), hash_token(f"t{i}"))
     with db.transaction() as s:
-        first = repos.list_principals(s, after_id=None, limit=2)
-        rest = repos.list_principals(s, after_id=first[-1].id, limit=10)
+        first = principal_repo.list_principals(s, after_id=None, limit=2)
+        rest = principal_repo.list_principals(s, after_id=first[-1].id, limit=10)
     assert [p.id for p in first + rest] == [f"p{i}" for i in range(5)]
 
 
 def test_dataset_round_trip_keeps_every_field(db: Database) -> None:
     with db.transaction() as s:
-        repos.add_principal(s, _principal("owner"), hash_token("t"))
+        principal_repo.add_principal(s, _principal("owner"), hash_token("t"))
         s.flush()
-        repos.add_dataset(s, _dataset("d1", "owner"), b"wrapped")
+        dataset_repo.add_dataset(s, _dataset("d1", "owner"), b"wrapped")
     with db.transaction() as s:
-        stored = repos.get_dataset(s, "d1")
-        key = repos.wrapped_dataset_key(s, "d1")
+        stored = dataset_repo.get_dataset(s, "d1")
+        key = dataset_repo.wrapped_dataset_key(s, "d1")
     expected = _dataset("d1", "owner")
     assert stored is not None
     assert stored.columns == expected.columns
@@ -134,50 +135,50 @@ def test_dataset_round_trip_keeps_every_field(db: Database) -> None:
 
 def test_datasets_list_by_owner_and_shred(db: Database) -> None:
     with db.transaction() as s:
-        repos.add_principal(s, _principal("a"), hash_token("ta"))
-        repos.add_principal(s, _principal("b"), hash_token("tb"))
+        principal_repo.add_principal(s, _principal("a"), hash_token("ta"))
+        principal_repo.add_principal(s, _principal("b"), hash_token("tb"))
         s.flush()
-        repos.add_dataset(s, _dataset("d1", "a"), b"k1")
-        repos.add_dataset(s, _dataset("d2", "b"), b"k2")
-        repos.add_dataset(s, _dataset("d3", "a"), b"k3")
+        dataset_repo.add_dataset(s, _dataset("d1", "a"), b"k1")
+        dataset_repo.add_dataset(s, _dataset("d2", "b"), b"k2")
+        dataset_repo.add_dataset(s, _dataset("d3", "a"), b"k3")
     with db.transaction() as s:
-        assert [d.id for d in repos.list_datasets(s, owner_id="a", after_id=None, limit=10)] == ["d1", "d3"]
-        assert repos.shred_dataset(s, "d1") is True
-        assert repos.shred_dataset(s, "d1") is False
+        assert [d.id for d in dataset_repo.list_datasets(s, owner_id="a", after_id=None, limit=10)] == ["d1", "d3"]
+        assert dataset_repo.shred_dataset(s, "d1") is True
+        assert dataset_repo.shred_dataset(s, "d1") is False
     with db.transaction() as s:
-        assert repos.get_dataset(s, "d1") is None
-        assert repos.wrapped_dataset_key(s, "d1") is None
-        assert [d.id for d in repos.list_datasets(s, owner_id="a", after_id=None, limit=10)] == ["d3"]
-        assert sorted(i for i, _ in repos.live_wrapped_keys(s)) == ["d2", "d3"]
+        assert dataset_repo.get_dataset(s, "d1") is None
+        assert dataset_repo.wrapped_dataset_key(s, "d1") is None
+        assert [d.id for d in dataset_repo.list_datasets(s, owner_id="a", after_id=None, limit=10)] == ["d3"]
+        assert sorted(i for i, _ in dataset_repo.live_wrapped_keys(s)) == ["d2", "d3"]
 
 
 def test_secrets_upsert(db: Database) -> None:
     with db.transaction() as s:
-        repos.put_secret(s, "x", b"one")
+        secret_repo.put_secret(s, "x", b"one")
     with db.transaction() as s:
-        repos.put_secret(s, "x", b"two")
+        secret_repo.put_secret(s, "x", b"two")
     with db.transaction() as s:
-        assert repos.get_secret(s, "x") == b"two"
-        assert repos.all_secrets(s) == [("x", b"two")]
+        assert secret_repo.get_secret(s, "x") == b"two"
+        assert secret_repo.all_secrets(s) == [("x", b"two")]
 
 
 def test_request_claims(db: Database) -> None:
-    key = repos.RequestKey("p", "M", "r1")
+    key = RequestKey("p", "M", "r1")
     with db.transaction() as s:
-        assert repos.claim_request(s, key, "fp") is None
+        assert request_repo.claim_request(s, key, "fp") is None
     with db.transaction() as s:
-        existing = repos.claim_request(s, key, "fp")
+        existing = request_repo.claim_request(s, key, "fp")
         assert existing is not None and existing.response is None
-        repos.complete_request(s, key, b"answer")
+        request_repo.complete_request(s, key, b"answer")
     with db.transaction() as s:
-        assert repos.claim_request(s, key, "fp").response == b"answer"
-        repos.release_request(s, key)  # a completed answer is never released
+        assert request_repo.claim_request(s, key, "fp").response == b"answer"
+        request_repo.release_request(s, key)  # a completed answer is never released
     with db.transaction() as s:
-        assert repos.claim_request(s, key, "fp").response == b"answer"
+        assert request_repo.claim_request(s, key, "fp").response == b"answer"
 
 
 def test_concurrent_claims_admit_exactly_one(db: Database) -> None:
-    key = repos.RequestKey("p", "M", "race")
+    key = RequestKey("p", "M", "race")
     outcomes: list[str] = []
     barrier = threading.Barrier(8)
 
@@ -185,7 +186,7 @@ def test_concurrent_claims_admit_exactly_one(db: Database) -> None:
         barrier.wait()
         try:
             with db.transaction() as s:
-                outcomes.append("claimed" if repos.claim_request(s, key, "fp") is None else "seen")
+                outcomes.append("claimed" if request_repo.claim_request(s, key, "fp") is None else "seen")
         except CleanroomError as error:
             assert error.code is ErrorCode.REQUEST_IN_PROGRESS
             outcomes.append("busy")
@@ -201,13 +202,13 @@ def test_concurrent_claims_admit_exactly_one(db: Database) -> None:
 
 def test_start_up_releases_in_flight_claims(db: Database) -> None:
     with db.transaction() as s:
-        repos.claim_request(s, repos.RequestKey("p", "M", "a"), "fp")
-        repos.claim_request(s, repos.RequestKey("p", "M", "b"), "fp")
-        repos.complete_request(s, repos.RequestKey("p", "M", "b"), b"done")
+        request_repo.claim_request(s, RequestKey("p", "M", "a"), "fp")
+        request_repo.claim_request(s, RequestKey("p", "M", "b"), "fp")
+        request_repo.complete_request(s, RequestKey("p", "M", "b"), b"done")
     with db.transaction() as s:
-        assert repos.release_all_in_flight(s) == 1
+        assert request_repo.release_all_in_flight(s) == 1
     with db.transaction() as s:
-        assert repos.claim_request(s, repos.RequestKey("p", "M", "a"), "fp2") is None
+        assert request_repo.claim_request(s, RequestKey("p", "M", "a"), "fp2") is None
 
 
 def test_replicas_starting_on_new_sqlite_files_all_come_up(tmp_path) -> None:

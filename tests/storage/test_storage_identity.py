@@ -13,7 +13,7 @@ import pytest
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.server.app import build_app, recover
-from cleanroom.storage import audit_repo, identity, repos
+from cleanroom.storage import audit_repo, clock, identity
 from cleanroom.storage.db import Database, default_url, migrate
 from cleanroom.storage.identity import MARKER, StorageIdentityError
 from cleanroom.storage.tables import JobRow, ModelRow
@@ -139,7 +139,7 @@ def test_an_existing_deployment_without_identities_adopts_them_once(tmp_path: Pa
         connection.execute(ModelRow.__table__.insert().values(
             id="mprogram", owner_id="maker", name="m", version="1", state="accepted", package_sha256="0" * 64, task="t",
             num_classes=2, input_shape_json="[30]", trainable_json="[]", report_json="{}", wrapped_key=b"k",
-            created_at=repos.now()))
+            created_at=clock.now()))
     db.dispose()
     assert identity.inspect(default_url(state), state / "blobs").action == "pair"
     app = build_app(make_config(state))
@@ -195,10 +195,10 @@ def _deployment_with_an_orphan(tmp_path: Path) -> Path:
         session.execute(ModelRow.__table__.insert().values(
             id="mprogram", owner_id=maker.id, name="m", version="1", state="accepted", package_sha256="0" * 64, task="t",
             num_classes=2, input_shape_json="[30]", trainable_json="[]", report_json="{}", wrapped_key=b"k",
-            created_at=repos.now()))
+            created_at=clock.now()))
         session.execute(JobRow.__table__.insert().values(
             id="jdone", kind="training", owner_id=maker.id, model_id="mprogram", dataset_id="d", spec_json="{}",
-            state="released", failure="none", cancel_requested=False, created_at=repos.now(),
+            state="released", failure="none", cancel_requested=False, created_at=clock.now(),
             artifacts_json=json.dumps([{"name": "weights.safetensors", "blob": "jdone-a0"}])))
     recover(app)
     app.close()
