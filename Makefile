@@ -56,6 +56,7 @@ bench: setup-test $(STUBS)
 	$(PY) bench/dp_train.py
 	$(PY) bench/job.py
 	$(PY) bench/utility.py
+	$(PY) bench/coverage.py
 	$(PY) bench/stats.py
 
 clean:

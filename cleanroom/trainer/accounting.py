@@ -12,6 +12,7 @@ converted to (ε, δ) through the RDP curve α·ρ with Opacus's conversion.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -95,7 +96,12 @@ def zcdp_epsilon(*, rho: float, delta: float) -> float:
 
 
 def calibrate_rho(*, target_epsilon: float, delta: float) -> float:
-    """Largest ρ (by bisection) whose (ε, δ) stays within the target."""
+    """Largest ρ (by bisection) whose (ε, δ) stays within the target (a pure function: cached)."""
+    return _calibrate_rho(float(target_epsilon), float(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_rho(target_epsilon: float, delta: float) -> float:
     low, high = 0.0, 1.0
     while zcdp_epsilon(rho=high, delta=delta) < target_epsilon:
         high *= 2

@@ -11,7 +11,7 @@ noise.TorchGaussian, against DPOptimizer itself. The service draws from noise.Se
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 
@@ -71,7 +71,7 @@ def patient_sums(grads: Grads, segments: torch.Tensor | None, n_segments: int) -
 def _weighted_sum(g: Grad, weights: torch.Tensor) -> torch.Tensor:
     if isinstance(g, Outer):
         return g.weighted_sum(weights)
-    return torch.tensordot(weights, g, dims=1)
+    return cast(torch.Tensor, torch.tensordot(weights, g, dims=1))
 
 
 def clipped_sum(grads: Grads, segments: torch.Tensor | None, n_segments: int, *, clipping_norm: float) -> Tensors:

@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class TrainingResult:
     noise_multiplier: float
     sample_rate: float
     steps: int
-    dp_parameters: dict = field(default_factory=dict)
+    dp_parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def clipped_batch_sum(model: ExportedModel, master: Tensors, X: torch.Tensor, y:
         sums.append(clipping.clipped_sum(grads, segments, n_patients, clipping_norm=clipping_norm))
     if not sums:
         return {n: torch.zeros_like(t) for n, t in master.items()}
-    return sums[0] if len(sums) == 1 else {n: sum(s[n] for s in sums) for n in master}
+    return sums[0] if len(sums) == 1 else {n: cast(torch.Tensor, sum(s[n] for s in sums)) for n in master}
 
 
 def dp_step(model: ExportedModel, master: Tensors, optimizer: torch.optim.Optimizer, X: torch.Tensor,
@@ -144,7 +145,7 @@ def _validate(*, clipping_norm: float, learning_rate: float, max_rows_per_patien
 def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray, patient: np.ndarray,
           task: str, num_classes: int, trainable: Sequence[str], target_epsilon: float, target_delta: float,
           epochs: int, expected_batch_patients: int, max_rows_per_patient: int, learning_rate: float,
-          optimizer: str, clipping_norm: float, momentum: float = 0.0, seed_source=os.urandom,
+          optimizer: str, clipping_norm: float, momentum: float = 0.0, seed_source: sampling.SeedSource = os.urandom,
           noise_source: clipping.GaussianSource | None = None,
           allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
     """Patient-level (ε, δ)-DP training of the program's trainable tensors; see the module docstring.
@@ -182,7 +183,7 @@ def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, X: t
                 noise_source=noise_source, chunk_rows=chunk_rows)
 
 
-def _result(master: Tensors, plan: StepPlan, params: dict) -> TrainingResult:
+def _result(master: Tensors, plan: StepPlan, params: dict[str, Any]) -> TrainingResult:
     state = {n: t.detach().clone() for n, t in master.items()}
     if not all(bool(torch.isfinite(t).all()) for t in state.values()):
         raise CleanroomError(ErrorCode.INTERNAL, "training produced non-finite weights; nothing is released")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ TASKS = ("binary-classification", "multiclass-classification", "regression")
 ROW_BUCKET = 32  # traced graphs are cached per padded batch size, a multiple of this
 
 Tensors = dict[str, torch.Tensor]
+GradFunction = Callable[[Tensors, torch.Tensor, torch.Tensor], Any]  # TracedGrads, or the eager transform it replaces
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class ExportedModel:
         # Frozen parameters and buffers are constants of the function, never differentiated.
         self._constants: Tensors = {n: p.detach() for n, p in params.items() if n not in self.trainable_names}
         self._constants.update({n: b.detach() for n, b in self._module.named_buffers()})
-        self._traced: dict[int, TracedGrads] = {}
+        self._traced: dict[int, GradFunction] = {}
         self._check_output()
 
     def initial_trainable(self) -> Tensors:
@@ -89,7 +91,7 @@ class ExportedModel:
     def forward_one(self, trainable: Tensors, x: torch.Tensor) -> torch.Tensor:
         """One example [*input_shape] -> the program's output for a batch of one."""
         out = functional_call(self._module, {**self._constants, **trainable}, (x.unsqueeze(0),))
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return cast(torch.Tensor, out[0] if isinstance(out, (tuple, list)) else out)
 
     def loss_one(self, trainable: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.forward_one(trainable, x)
@@ -106,14 +108,14 @@ class ExportedModel:
             raise bad_request(f"classification output must be logits [1, {self.task.num_classes}], got {list(out.shape)}")
         self.output_size = int(out.numel())
 
-    def features(self, X) -> torch.Tensor:
+    def features(self, X: Any) -> torch.Tensor:
         """Data rows as float32 [n, *input_shape]; any other shape is refused (names no value)."""
         X_t = torch.as_tensor(np.asarray(X, dtype=np.float32))
         if tuple(X_t.shape[1:]) != self.input_shape:
             raise bad_request(f"features must be [n, {', '.join(map(str, self.input_shape))}]")
         return X_t
 
-    def labels(self, y, rows: int) -> torch.Tensor:
+    def labels(self, y: Any, rows: int) -> torch.Tensor:
         """Class indices in [0, num_classes) as int64, or float targets for regression."""
         y_arr = np.asarray(y)
         if len(y_arr) != rows:
@@ -148,7 +150,7 @@ class ExportedModel:
         grads = self._traced_grads(size, params, X, y)(params, X, y)
         return grads if size == rows else {n: g.head(rows) if isinstance(g, Outer) else g[:rows] for n, g in grads.items()}
 
-    def _traced_grads(self, size: int, params: Tensors, X: torch.Tensor, y: torch.Tensor):
+    def _traced_grads(self, size: int, params: Tensors, X: torch.Tensor, y: torch.Tensor) -> GradFunction:
         # Tracing vmap(grad) once per batch size into plain ATen removes functorch's per-op
         # dispatch overhead, which dominates for small models (see tracing.py).
         if size not in self._traced:

@@ -1,8 +1,10 @@
 """The validation report a manufacturer receives: JSON and one self-contained HTML page.
 
-Only DP outputs go in (metrics with intervals, the noisy ROC and reliability bins, the privacy
-parameters); no count, loss or timing that was not released through a mechanism. Figures are
-inline SVG written here, so the page needs no plotting library and loads nothing external.
+Only DP outputs go in (metrics with intervals, the noisy ROC, reliability bins, operating points
+and net benefit, the bin edges, the privacy parameters); no count, loss or timing that was not
+released through a mechanism. Figures are inline SVG written here (the worker's sandbox loads no
+plotting library), so the page needs nothing external. The page says in plain words what ε, δ,
+the privacy unit, the intervals and the score bins mean.
 """
 
 from __future__ import annotations
@@ -10,12 +12,19 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from cleanroom.trainer.dpsgd import TrainingResult
 from cleanroom.trainer.evaluate import EvaluationResult
 
-SIZE, PAD = 280, 36
+SIZE, PAD = 280, 40
+
+NAMES = {"accuracy": "Accuracy at threshold 0.5", "sensitivity": "Sensitivity (true positive rate) at 0.5",
+         "specificity": "Specificity (true negative rate) at 0.5", "auroc": "AUROC (area under the ROC curve)",
+         "calibration": "Expected calibration error (10 equal-width bins)", "brier": "Brier score (mean squared error of the probability)",
+         "macro_recall": "Macro-averaged recall", "mae": "Mean absolute error (clamped)", "rmse": "Root mean squared error (clamped)"}
 
 
 def _privacy_statement(training: TrainingResult | None, evaluation: EvaluationResult | None) -> dict[str, Any]:
@@ -43,7 +52,7 @@ def report_data(*, title: str, training: TrainingResult | None = None,
                             "accountant": training.accountant, "parameters": training.dp_parameters,
                             "released_tensors": sorted(training.trained_state)}
     if evaluation is not None:
-        data["evaluation"] = {k: v for k, v in dataclasses.asdict(evaluation).items()}
+        data["evaluation"] = dict(dataclasses.asdict(evaluation).items())
         data["evaluation"]["metrics"] = {k: {"value": v, "ci95": [lo, hi]} for k, (v, lo, hi) in evaluation.metrics.items()}
     return data
 
@@ -52,68 +61,198 @@ def render_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=float)
 
 
-def _pos(x: float, y: float) -> tuple[float, float]:
-    return PAD + x * SIZE, PAD + (1 - y) * SIZE
+# --- figures ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """A square plot: x in [x0, x1], y in [y0, y1], mapped onto SIZE pixels inside PAD."""
+
+    x0: float = 0.0
+    x1: float = 1.0
+    y0: float = 0.0
+    y1: float = 1.0
+
+    def pos(self, x: float, y: float) -> tuple[float, float]:
+        fx = (min(max(x, self.x0), self.x1) - self.x0) / (self.x1 - self.x0)
+        fy = (min(max(y, self.y0), self.y1) - self.y0) / (self.y1 - self.y0)
+        return PAD + fx * SIZE, PAD + (1 - fy) * SIZE
+
+    def xy(self, x: float, y: float) -> str:
+        return "{:.1f},{:.1f}".format(*self.pos(x, y))
+
+    def axes(self, x_label: str, y_label: str, *, diagonal: bool = True,
+             y_ticks: Sequence[float] | None = None) -> str:
+        xt = [self.x0, (self.x0 + self.x1) / 2, self.x1]
+        yt = list(y_ticks) if y_ticks is not None else [self.y0, (self.y0 + self.y1) / 2, self.y1]
+        ticks = "".join(f'<text x="{self.pos(t, self.y0)[0]:.0f}" y="{PAD + SIZE + 14}" font-size="10" text-anchor="middle">{t:g}</text>'
+                        for t in xt)
+        ticks += "".join(f'<text x="{PAD - 6}" y="{self.pos(self.x0, t)[1] + 3:.0f}" font-size="10" text-anchor="end">{t:.3g}</text>'
+                         for t in yt)
+        diag = (f'<line x1="{PAD}" y1="{PAD + SIZE}" x2="{PAD + SIZE}" y2="{PAD}" stroke="#bbb" stroke-dasharray="4"/>'
+                if diagonal else "")
+        return (f'<rect x="{PAD}" y="{PAD}" width="{SIZE}" height="{SIZE}" fill="none" stroke="#444"/>{diag}{ticks}'
+                f'<text x="{PAD + SIZE / 2}" y="{PAD + SIZE + 30}" font-size="11" text-anchor="middle">{x_label}</text>'
+                f'<text x="12" y="{PAD + SIZE / 2}" font-size="11" text-anchor="middle" '
+                f'transform="rotate(-90 12 {PAD + SIZE / 2})">{y_label}</text>')
 
 
-def _xy(x: float, y: float) -> str:
-    return "{:.1f},{:.1f}".format(*_pos(x, y))
-
-
-def _axes(x_label: str, y_label: str) -> str:
-    ticks = "".join(f'<text x="{PAD + t * SIZE:.0f}" y="{PAD + SIZE + 14}" font-size="10" text-anchor="middle">{t:g}</text>'
-                    f'<text x="{PAD - 6}" y="{PAD + (1 - t) * SIZE + 3:.0f}" font-size="10" text-anchor="end">{t:g}</text>'
-                    for t in (0, 0.5, 1))
-    return (f'<rect x="{PAD}" y="{PAD}" width="{SIZE}" height="{SIZE}" fill="none" stroke="#444"/>'
-            f'<line x1="{PAD}" y1="{PAD + SIZE}" x2="{PAD + SIZE}" y2="{PAD}" stroke="#bbb" stroke-dasharray="4"/>{ticks}'
-            f'<text x="{PAD + SIZE / 2}" y="{PAD + SIZE + 30}" font-size="11" text-anchor="middle">{x_label}</text>'
-            f'<text x="12" y="{PAD + SIZE / 2}" font-size="11" text-anchor="middle" '
-            f'transform="rotate(-90 12 {PAD + SIZE / 2})">{y_label}</text>')
+def _svg(label: str, body: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{SIZE + 2 * PAD}" height="{SIZE + 2 * PAD}" role="img" '
+            f'aria-label="{html.escape(label)}">{body}</svg>')
 
 
 def roc_svg(points: list[tuple[float, float]]) -> str:
-    line = " ".join(_xy(x, y) for x, y in sorted(points))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{SIZE + 2 * PAD}" height="{SIZE + 2 * PAD}" role="img" '
-            f'aria-label="ROC curve">{_axes("false positive rate", "true positive rate")}'
-            f'<polyline points="{line}" fill="none" stroke="#1f5fa8" stroke-width="2"/></svg>')
+    frame = _Frame()
+    line = " ".join(frame.xy(x, y) for x, y in sorted(points))
+    return _svg("ROC curve", frame.axes("false positive rate (1 − specificity)", "true positive rate (sensitivity)")
+                + f'<polyline points="{line}" fill="none" stroke="#1f5fa8" stroke-width="2"/>')
 
 
 def reliability_svg(bins: list[dict[str, float]], *, min_rows: float = 10.0) -> str:
-    centres = [_pos(b["mean_predicted"], b["observed"]) for b in bins if b["rows"] >= min_rows]
-    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="#c0392b"/>' for x, y in centres)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{SIZE + 2 * PAD}" height="{SIZE + 2 * PAD}" role="img" '
-            f'aria-label="reliability diagram">{_axes("mean predicted probability", "observed frequency")}{dots}</svg>')
+    """Observed frequency against mean predicted probability per calibration bin, with the 95%
+    interval of the observed frequency as a vertical bar; bins with fewer than `min_rows` noisy
+    rows are left out (their rate is mostly noise)."""
+    frame = _Frame()
+    marks = []
+    for b in bins:
+        if b["rows"] < min_rows:
+            continue
+        x, y = frame.pos(b["mean_predicted"], b["observed"])
+        if "observed_low" in b:
+            _, y_lo = frame.pos(b["mean_predicted"], b["observed_low"])
+            _, y_hi = frame.pos(b["mean_predicted"], b["observed_high"])
+            marks.append(f'<line x1="{x:.1f}" y1="{y_lo:.1f}" x2="{x:.1f}" y2="{y_hi:.1f}" stroke="#c0392b" stroke-width="1.5"/>')
+        marks.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="#c0392b"/>')
+    return _svg("reliability diagram", frame.axes("mean predicted probability", "observed frequency") + "".join(marks))
+
+
+def net_benefit_svg(entries: list[dict[str, Any]]) -> str:
+    """Decision curve: net benefit of the model, of treating everyone and of treating no one at
+    each named threshold, with the model's 95% intervals."""
+    if not entries:
+        return ""
+    ts = [e["threshold"] for e in entries]
+    values = [v for e in entries for v in (*e["ci95"], e["treat_all"], 0.0)]
+    top = max(0.05, max(values) * 1.1)
+    bottom = min(-0.05, max(min(values), -top))
+    x0, x1 = 0.0, min(1.0, max(ts) * 1.25 if max(ts) < 0.8 else 1.0)
+    frame = _Frame(x0, x1, bottom, top)
+    everyone = " ".join(frame.xy(e["threshold"], e["treat_all"]) for e in entries)
+    model = " ".join(frame.xy(e["threshold"], e["value"]) for e in entries)
+    marks = [f'<line x1="{PAD}" y1="{frame.pos(0, 0)[1]:.1f}" x2="{PAD + SIZE}" y2="{frame.pos(0, 0)[1]:.1f}" stroke="#888"/>',
+             f'<polyline points="{everyone}" fill="none" stroke="#888" stroke-dasharray="5 3"/>',
+             f'<polyline points="{model}" fill="none" stroke="#1f5fa8" stroke-width="2"/>']
+    for e in entries:
+        x, y_lo = frame.pos(e["threshold"], e["ci95"][0])
+        _, y_hi = frame.pos(e["threshold"], e["ci95"][1])
+        marks.append(f'<line x1="{x:.1f}" y1="{y_lo:.1f}" x2="{x:.1f}" y2="{y_hi:.1f}" stroke="#1f5fa8" stroke-width="1.5"/>')
+    legend = (f'<text x="{PAD + 6}" y="{PAD + 14}" font-size="10" fill="#1f5fa8">model</text>'
+              f'<text x="{PAD + 6}" y="{PAD + 26}" font-size="10" fill="#666">treat all (dashed), treat none (0)</text>')
+    return _svg("decision curve", frame.axes("threshold probability", "net benefit", diagonal=False,
+                                             y_ticks=[bottom, 0.0, top]) + "".join(marks) + legend)
+
+
+# --- tables and words ------------------------------------------------------------------------
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if math.isfinite(x) else str(x)
 
 
 def _metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['value']:.4f}</td>"
-                   f"<td>[{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]</td></tr>" for k, v in sorted(metrics.items()))
+    rows = "".join(f"<tr><td>{html.escape(NAMES.get(k, k))}</td><td>{_fmt(v['value'])}</td>"
+                   f"<td>[{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]</td></tr>" for k, v in sorted(metrics.items()))
     return f"<table><tr><th>metric</th><th>value</th><th>95% interval</th></tr>{rows}</table>"
+
+
+def _operating_table(points: list[dict[str, Any]]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(p['name'])}</td><td>{_fmt(p['value'])}</td>"
+                   f"<td>[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]</td></tr>" for p in points)
+    return ("<table><tr><th>operating point</th><th>value</th><th>95% interval</th></tr>" + rows + "</table>"
+            "<p class=note>The best the one rate can be at a threshold where the other meets the target. The interval "
+            "includes the uncertainty of where that threshold lies.</p>")
+
+
+def _net_benefit_table(entries: list[dict[str, Any]]) -> str:
+    rows = "".join(f"<tr><td>{e['threshold']:g}</td><td>{_fmt(e['value'])}</td><td>[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}]</td>"
+                   f"<td>{_fmt(e['treat_all'])} [{_fmt(e['treat_all_ci95'][0])}, {_fmt(e['treat_all_ci95'][1])}]</td><td>0</td></tr>"
+                   for e in entries)
+    return ("<table><tr><th>threshold</th><th>net benefit</th><th>95% interval</th><th>treat all</th><th>treat none</th></tr>"
+            + rows + "</table><p class=note>Net benefit (Vickers and Elkin, 2006) counts true positives per patient, "
+            "minus false positives weighted by the odds of the threshold: the harm of an unnecessary treatment a clinician "
+            "accepts at that threshold. A model is useful at a threshold where its net benefit is above both treating "
+            "everyone and treating no one.</p>")
 
 
 def _parameters_table(params: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in sorted(params.items()) if not isinstance(v, dict))
+                   for k, v in sorted(params.items()) if not isinstance(v, (dict, list)))
     return f"<table>{rows}</table>"
 
 
+def _budget_table(params: dict[str, Any]) -> str:
+    stats = params.get("statistics", {})
+    if not stats:
+        return ""
+    purpose = {"score_locator": "where the scores lie (places the bins)", "score_histogram": "rows by label and score bin",
+               "calibration_gaps": "Σ (label − score) per calibration bin", "squared_error_sum": "Σ (score − label)²",
+               "confusion": "confusion matrix", "count": "rows", "abs_error_sum": "Σ |error|", "sq_error_sum": "Σ error²"}
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(purpose.get(k, ''))}</td>"
+                   f"<td>{v.get('budget_fraction', 0):.0%}</td><td>{v['sigma']:.3g}</td><td>{v['cells']}</td></tr>"
+                   for k, v in stats.items())
+    return ("<table><tr><th>released statistic</th><th>what it counts</th><th>share of the budget</th>"
+            "<th>noise σ</th><th>cells</th></tr>" + rows + "</table>")
+
+
+def _explanations(data: dict[str, Any]) -> str:
+    privacy = data["privacy"]
+    eps, delta = privacy["epsilon"], privacy["delta"]
+    return (
+        "<h2>What the privacy numbers mean</h2><ul>"
+        "<li><strong>Privacy unit: the patient.</strong> Everything below would be almost equally likely to come out "
+        "whether or not any one patient's records — all of their rows — were in the data.</li>"
+        f"<li><strong>ε = {eps:.3g}</strong> bounds how much more likely: any result is at most e<sup>ε</sup> ≈ "
+        f"{math.exp(min(eps, 50)):.3g} times as likely with a given patient as without. Smaller is more private.</li>"
+        f"<li><strong>δ = {delta:.2g}</strong> is the small chance that this bound does not hold; it is kept far below "
+        "one over the number of patients.</li>"
+        "<li><strong>Intervals.</strong> The data holders' records never leave the clean room; the numbers here are "
+        "computed from counts to which random noise of a known size was added. Each 95% interval accounts for that "
+        "noise, for the chance of which patients happened to be evaluated, and for the grouping of scores into bins "
+        "(below). It is built to contain the model's true value on these patients in at least 95 of 100 "
+        "evaluations; the point value is the best single guess, not more certain than its interval.</li></ul>")
+
+
 def render_html(data: dict[str, Any]) -> str:
-    """One self-contained page: privacy statement, metrics, ROC and reliability figures, parameters."""
+    """One self-contained page: privacy statement, what it means, metrics, the regulator's table,
+    ROC, reliability and decision-curve figures, the score bins, the mechanism."""
     body = [f"<h1>{html.escape(data['title'])}</h1>",
-            f"<p class=privacy><strong>Privacy.</strong> {html.escape(data['privacy']['statement'])}</p>"]
+            f"<p class=privacy><strong>Privacy.</strong> {html.escape(data['privacy']['statement'])}</p>",
+            _explanations(data)]
     evaluation = data.get("evaluation")
     if evaluation:
         body.append("<h2>Validation metrics</h2>" + _metrics_table(evaluation["metrics"]))
-        body.append("<p>Intervals carry both the privacy noise and sampling (parametric bootstrap).</p>")
+        if evaluation.get("operating_points"):
+            body.append("<h2>Operating points</h2>" + _operating_table(evaluation["operating_points"]))
+        if evaluation.get("net_benefit"):
+            body.append("<h2>Net benefit</h2>" + _net_benefit_table(evaluation["net_benefit"]))
         figures = [roc_svg(evaluation["roc_points"])] if evaluation["roc_points"] else []
         figures += [reliability_svg(evaluation["reliability"])] if evaluation["reliability"] else []
-        body.append(f"<div class=figs>{''.join(figures)}</div>")
-        body.append("<h3>Evaluation mechanism</h3>" + _parameters_table(evaluation["mechanism_parameters"]))
+        figures += [net_benefit_svg(evaluation.get("net_benefit") or [])]
+        body.append(f"<div class=figs>{''.join(f for f in figures if f)}</div>")
+        if evaluation["reliability"]:
+            body.append("<p class=note>Reliability diagram: for each tenth of predicted probability, the share of "
+                        "patients who had the outcome (dot) with its 95% interval (bar); a calibrated model sits on "
+                        "the dashed diagonal. Bins with fewer than 10 (noisy) patients are not drawn.</p>")
+        bins = evaluation.get("score_bins") or {}
+        if bins.get("description"):
+            body.append("<h3>Score bins</h3><p>" + html.escape(bins["description"]) + "</p>")
+        body.append("<h3>Evaluation mechanism</h3>" + _budget_table(evaluation["mechanism_parameters"])
+                    + _parameters_table(evaluation["mechanism_parameters"]))
     if data.get("training"):
         body.append("<h2>Training</h2>" + _parameters_table(data["training"]["parameters"]))
         body.append("<p>Released tensors: " + html.escape(", ".join(data["training"]["released_tensors"])) + "</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;color:#222}"
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}"
              "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}"
-             ".privacy{background:#eef4fb;padding:.8rem;border-left:4px solid #1f5fa8}.figs{display:flex;gap:1rem}")
+             ".privacy{background:#eef4fb;padding:.8rem;border-left:4px solid #1f5fa8}.figs{display:flex;flex-wrap:wrap;gap:1rem}"
+             ".note{color:#555;font-size:.9rem}")
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(data['title'])}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")

@@ -17,6 +17,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -39,7 +40,8 @@ class Outer:
         return out.transpose(1, 2) if self.transposed else out
 
     def squared_norms(self) -> torch.Tensor:
-        return (torch.linalg.vector_norm(self.left, dim=1) * torch.linalg.vector_norm(self.right, dim=1)).square()
+        norms: torch.Tensor = torch.linalg.vector_norm(self.left, dim=1) * torch.linalg.vector_norm(self.right, dim=1)
+        return norms.square()
 
     def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
         out = (self.left * weights[:, None]).T @ self.right
@@ -55,6 +57,7 @@ class Outer:
 
 
 Grad = torch.Tensor | Outer
+Factors = tuple[torch.fx.Node, torch.fx.Node]
 
 
 def _outer_products_as_mul(graph: torch.fx.Graph) -> None:
@@ -69,12 +72,13 @@ def _outer_products_as_mul(graph: torch.fx.Graph) -> None:
 
 def _outer_source(node: torch.fx.Node) -> torch.fx.Node | None:
     while node.op == "call_function" and node.target in SHAPE_OPS:
-        node = node.args[0]
+        node = cast(torch.fx.Node, node.args[0])
     return node if node.op == "call_function" and node.meta.get("outer") else None
 
 
-def _factor_nodes(graph: torch.fx.Graph, source: torch.fx.Node, before: torch.fx.Node) -> tuple:
-    left, right = source.args
+def _factor_nodes(graph: torch.fx.Graph, source: torch.fx.Node | None, before: torch.fx.Node) -> Factors:
+    assert source is not None  # only called for outputs _outer_source found
+    left, right = cast(tuple[torch.fx.Node, torch.fx.Node], source.args)
     batch, m, n = left.meta["val"].shape[0], left.meta["val"].shape[1], right.meta["val"].shape[2]
     with graph.inserting_before(before):
         return (graph.call_function(aten.view.default, (left, [batch, m])),
@@ -100,7 +104,7 @@ def _rebuild(traced: torch.fx.GraphModule, factored: set[int]) -> torch.fx.Graph
     return torch.fx.GraphModule(traced, graph)  # shares the traced module's constants
 
 
-def _shape(node: object) -> tuple | None:
+def _shape(node: object) -> tuple[int, ...] | None:
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
@@ -133,7 +137,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True)
 
 
-def _matches(item: torch.Tensor | tuple, reference: torch.Tensor) -> bool | None:
+def _matches(item: torch.Tensor | tuple[torch.Tensor, torch.Tensor], reference: torch.Tensor) -> bool | None:
     """Dense: True if identical. Factors: the orientation that rebuilds the reference exactly."""
     if not isinstance(item, tuple):
         return True if _same(item, reference) else None
@@ -146,7 +150,7 @@ class TracedGrads:
     The rewritten graph is checked element for element against the plain trace on the tracing
     inputs; unless every output reproduces it, the plain trace is used as is."""
 
-    def __init__(self, fn: Callable, params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, fn: Callable[..., Any], params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor) -> None:
         self.names = list(params)
         plain = make_fx(lambda p, xs, ys: fn(p, xs, ys))(params, X, y)
         reference = plain(params, X, y)
@@ -156,11 +160,13 @@ class TracedGrads:
         checks = {i: _matches(item, reference[self.names[i]])
                   for i, item in self._unflatten(_rebuild(fast, candidates)(*params.values(), X, y), candidates).items()}
         verified = all(check is not None for check in checks.values())
-        self.transposed = {i: checks[i] for i in candidates} if verified else {}
+        self.transposed: dict[int, bool] = {i: bool(checks[i]) for i in candidates} if verified else {}
         self._gm = _rebuild(fast if verified else plain, set(self.transposed))
 
-    def _unflatten(self, flat: tuple, factored: set[int]) -> dict[int, torch.Tensor | tuple]:
-        out, it = {}, iter(flat if isinstance(flat, tuple) else (flat,))
+    def _unflatten(self, flat: tuple[torch.Tensor, ...] | torch.Tensor,
+                   factored: set[int]) -> dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        out: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
+        it = iter(flat if isinstance(flat, tuple) else (flat,))
         for i in range(len(self.names)):
             out[i] = (next(it), next(it)) if i in factored else next(it)
         return out

@@ -22,6 +22,7 @@ WORKER_MODULES = ("Crypto", "cryptography", "_cffi_backend", "_openssl", "cffi",
                   "pycparser", "cloudpickle", "google", "grpc", "_brotli", "zstandard", "yaml", "_yaml")
 OUT = Path("/out")
 EXIT_OK, EXIT_NO_DATA, EXIT_PRECONDITION, EXIT_FAILED = 0, 2, 3, 1
+EVALUATION_OPTIONS = ("sensitivity_at_specificity", "specificity_at_sensitivity", "net_benefit_thresholds", "score_bins")
 
 
 def main(inputs: Path = IN, out: Path = OUT) -> int:
@@ -126,11 +127,14 @@ def _evaluate_rows(job: dict[str, Any], examples: dict[str, Any], rows: Any, pro
     from cleanroom.trainer.evaluate import evaluate
 
     params = job["params"]
+    # The report's named operating points, net-benefit thresholds and bin count: public request
+    # parameters, each optional (the evaluator's defaults apply when a job does not carry them).
+    options = {name: params[name] for name in EVALUATION_OPTIONS if params.get(name) not in (None, [], 0)}
     return evaluate(
         program, X=examples["X"][rows], y=examples["y"][rows], patient=examples["patient"][rows], task=job["task"],
         num_classes=job["num_classes"], target_epsilon=float(params["target_epsilon"]),
         target_delta=float(params["target_delta"]), metrics=job["metrics"],
-        max_rows_per_patient=params["max_rows_per_patient"], state=state, allowed_modules=_allowed(),
+        max_rows_per_patient=params["max_rows_per_patient"], state=state, allowed_modules=_allowed(), **options,
     )
 
 

@@ -33,10 +33,16 @@ def test_report_states_privacy_and_embeds_the_roc() -> None:
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing loaded from outside
     assert "&lt;validation&gt;" in page and "<validation>" not in page
     ET.fromstring(report.roc_svg(evaluated.roc_points))  # well-formed SVG
+    ET.fromstring(report.reliability_svg(evaluated.reliability))
+    ET.fromstring(report.net_benefit_svg(data["evaluation"]["net_benefit"]))
+    assert 'aria-label="reliability diagram"' in page and 'aria-label="decision curve"' in page
+    for words in ("Privacy unit: the patient", "ε = ", "δ = ", "95 of 100", "Operating points", "sensitivity at specificity ≥ 0.95",
+                  "Net benefit", "treat all", "Score bins", "follow the model", "Brier score", "share of the budget"):
+        assert words in page, words
     statement = data["privacy"]["statement"]
     assert "Patient-level" in statement and "PRV" in statement and "discrete Gaussian" in statement
     assert data["privacy"]["epsilon"] == trained.epsilon_spent + evaluated.epsilon_spent
     parsed = json.loads(report.render_json(data))
     assert parsed["training"]["released_tensors"] == sorted(trained.trained_state)
-    assert set(parsed["evaluation"]["metrics"]) == {"accuracy", "auroc", "calibration"}
+    assert set(parsed["evaluation"]["metrics"]) == {"accuracy", "auroc", "calibration", "brier"}
     assert parsed["evaluation"]["accountant"] == "zcdp-rdp" and parsed["privacy"]["unit"] == "patient"
