@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
 from enclave_sim.errors import EnclaveSimError, Reason
 
@@ -78,7 +78,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def is_hex(value: Any, nbytes: int) -> bool:
+def is_hex(value: Any, nbytes: int) -> TypeGuard[str]:
     """Lower-case hex of exactly `nbytes` bytes (upper case would give a second spelling)."""
     return isinstance(value, str) and len(value) == 2 * nbytes and _LOWER_HEX.fullmatch(value) is not None
 
@@ -124,5 +124,5 @@ def decimal_text(value: float | int | str | Decimal) -> str:
     return text if _DECIMAL_PATTERN.fullmatch(text) else str(int(number))
 
 
-def is_decimal_text(value: Any) -> bool:
+def is_decimal_text(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and _DECIMAL_PATTERN.fullmatch(value) is not None

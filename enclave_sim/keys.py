@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -280,7 +280,7 @@ def _read_certificate(path: Path) -> AttestationCertificate | None:
 
 def _certificate_usable(
     certificate: AttestationCertificate | None, root: RootAuthority, public_key: Ed25519PublicKey, moments: tuple[datetime, ...]
-) -> bool:
+) -> TypeGuard[AttestationCertificate]:
     if certificate is None or certificate.public_key != raw_public_key(public_key).hex():
         return False
     try:

@@ -41,7 +41,7 @@ def _features(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory) -> None:
     job = sub.add_parser("job", help="DP training and validation jobs (manufacturer)")
     actions = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     train = actions.add_parser("train", help="fine-tune a model with DP-SGD on a shared dataset")

@@ -31,7 +31,7 @@ def intake_summary(version: models_pb2.ModelVersion) -> str:
     return "\n".join(lines)
 
 
-def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory) -> None:
     model = sub.add_parser("model", help="model packages: submit, list, show (manufacturer)")
     actions = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     submit = actions.add_parser("submit", help="pack a model package directory and submit it to sandboxed intake",

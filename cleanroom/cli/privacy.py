@@ -21,7 +21,7 @@ def _reason(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", required=True, help="why; recorded in the ledger and the audit log")
 
 
-def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory) -> None:
     privacy = sub.add_parser("privacy", help="budgets, shares, approvals and the ledger (privacy officer)")
     actions = privacy.add_subparsers(dest="privacy_command", required=True, metavar="ACTION")
 
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  #
     export.add_argument("--after", type=int, default=0, help="only entries after this seq")
 
 
-def _command(actions: argparse._SubParsersAction, name: str, help: str, handler: Callable[[argparse.Namespace], object]) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def _command(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, handler: Callable[[argparse.Namespace], object]) -> argparse.ArgumentParser:
     parser = actions.add_parser(name, help=help, description=help)
     parser.set_defaults(handler=lambda a: handler(a) or 0)
     return parser

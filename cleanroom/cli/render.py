@@ -15,7 +15,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def role_name(role: int) -> str:
+def role_name(role: common_pb2.Role.ValueType) -> str:
     return common_pb2.Role.Name(role).lower()
 
 

@@ -34,7 +34,7 @@ The root to pin: see `cleanroom trust --help` (prefer the operator's `trust expo
 Groups of a --group-by whose keys are not public need δ > 0: rare groups are then left out entirely."""
 
 
-def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory) -> None:
     stats = sub.add_parser("stats", help="DP statistics on a dataset shared with you (manufacturer); verify a saved answer",
                            description="Ask a differentially private question of a dataset shared with you, or verify a saved answer.",
                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

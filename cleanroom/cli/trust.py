@@ -87,7 +87,7 @@ def exported_root(state_dir: Path) -> enclave_sim.RootAuthority:
 # --- commands ------------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction, client: ClientFactory) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory) -> None:
     trust = sub.add_parser("trust", help="the attestation root and allowed measurements that receipts verify against",
                            description="The attestation root public key (and allowed measurements) every receipt is checked against.",
                            epilog=PIN_ADVICE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,7 +161,7 @@ def verify_statistics(answer: stats_pb2.QueryAnswer, pinned_root: bytes, measure
             f"the statistics workload of {answer.dataset}, the signed answer and its ε {answer.epsilon:g}")
 
 
-def add_verify_command(kinds: argparse._SubParsersAction, client: ClientFactory,  # type: ignore[type-arg]
+def add_verify_command(kinds: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory,
                        render_answer: Callable[..., str]) -> None:
     verify = kinds.add_parser("verify", help="verify a saved answer's receipt against the root you pinned (auditors too)",
                               description="Verify an answer saved with `cleanroom stats … --save FILE`, then print it.",

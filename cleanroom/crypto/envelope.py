@@ -20,13 +20,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, IntegrityError
 from cleanroom.storage.fsync import fsync_dir
+
+if TYPE_CHECKING:
+    from Crypto.Cipher._mode_gcm import GcmMode
 
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -40,7 +43,7 @@ def new_data_key() -> bytes:
     return get_random_bytes(DATA_KEY_BYTES)
 
 
-def _gcm(key: bytes, nonce: bytes):
+def _gcm(key: bytes, nonce: bytes) -> GcmMode:
     return AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_BYTES)
 
 
@@ -130,6 +133,14 @@ def rewrap(provider: KeyProvider, wrapped: WrappedKey, *, context: bytes) -> Wra
     return provider.wrap(data_key, context=context)
 
 
+class KeyFileState(TypedDict):
+    """kek.json: every KEK (base64) by key id, and the one new data keys are wrapped under."""
+
+    format: int
+    keys: dict[str, str]
+    current: str
+
+
 class KeyFileError(CleanroomError):
     """The KEK file is unsafe or unreadable; the service must not start on it."""
 
@@ -184,14 +195,14 @@ class LocalKeyFileProvider(KeyProvider):
 
     # -- file handling
 
-    def _state(self) -> dict:
+    def _state(self) -> KeyFileState:
         if not self._path.exists():
             with self._mutating():
                 pass  # creates the file under the lock
         return self._load()
 
     @contextmanager
-    def _mutating(self) -> Iterator[dict]:
+    def _mutating(self) -> Iterator[KeyFileState]:
         """Read-modify-write under a thread lock and an flock; creates the file if missing."""
         self._ensure_dir()
         with self._thread_lock, open(self._lock_fd(), "rb") as lock:
@@ -207,7 +218,7 @@ class LocalKeyFileProvider(KeyProvider):
     def _lock_fd(self) -> int:
         return os.open(self._dir / "kek.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
-    def _load(self) -> dict:
+    def _load(self) -> KeyFileState:
         try:
             fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
@@ -220,7 +231,7 @@ class LocalKeyFileProvider(KeyProvider):
                 )
             raw = fh.read()
         try:
-            state = json.loads(raw)
+            state: KeyFileState = json.loads(raw)
             valid = state["current"] in state["keys"]
         except (ValueError, KeyError, TypeError):
             valid = False
@@ -228,7 +239,7 @@ class LocalKeyFileProvider(KeyProvider):
             raise KeyFileError(f"key file {self._path} is malformed")
         return state
 
-    def _store(self, state: dict) -> None:
+    def _store(self, state: KeyFileState) -> None:
         tmp = self._dir / f".kek.{secrets.token_hex(8)}.tmp"
         # Mode 0600 from creation, so the key never sits in a wider-open file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -245,13 +256,13 @@ class LocalKeyFileProvider(KeyProvider):
         fsync_dir(self._dir)
 
 
-def _new_state() -> dict:
-    state: dict = {"format": 1, "keys": {}}
+def _new_state() -> KeyFileState:
+    state: KeyFileState = {"format": 1, "keys": {}, "current": ""}
     state["current"] = _add_kek(state)
     return state
 
 
-def _add_kek(state: dict) -> str:
+def _add_kek(state: KeyFileState) -> str:
     kid = f"kek-{secrets.token_hex(4)}"
     while kid in state["keys"]:
         kid = f"kek-{secrets.token_hex(4)}"
@@ -259,7 +270,7 @@ def _add_kek(state: dict) -> str:
     return kid
 
 
-def _decode_kek(state: dict, key_id: str) -> bytes:
+def _decode_kek(state: KeyFileState, key_id: str) -> bytes:
     kek = base64.b64decode(state["keys"][key_id])
     if len(kek) != 32:
         raise KeyFileError("key file holds a KEK of the wrong length")

@@ -15,6 +15,8 @@ import io
 import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from Crypto.Random import get_random_bytes
 from cryptography.exceptions import InvalidTag
@@ -22,6 +24,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cleanroom.crypto.envelope import DATA_KEY_BYTES, NONCE_BYTES, TAG_BYTES, _prefixed
 from cleanroom.domain.errors import IntegrityError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from typing_extensions import Buffer
 
 CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 1 << 26  # bounds what a (possibly hostile) header can make a reader allocate
@@ -61,9 +67,9 @@ class _PipelinedSha256:
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
+        self._pending: Future[None] | None = None
 
-    def update(self, *parts) -> None:
+    def update(self, *parts: bytes | memoryview) -> None:
         self.wait()  # keeps updates in order
         if sum(len(p) for p in parts) < self._INLINE_BELOW:
             self._feed(parts)
@@ -72,7 +78,7 @@ class _PipelinedSha256:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="seal-sha256")
         self._pending = self._pool.submit(self._feed, parts)
 
-    def _feed(self, parts) -> None:
+    def _feed(self, parts: tuple[bytes | memoryview, ...]) -> None:
         for part in parts:
             self._sha.update(part)
 
@@ -96,7 +102,7 @@ class _PipelinedSha256:
 class _NoDigest:
     """Stands in for _PipelinedSha256 where nobody reads the digest (intake's staging blobs)."""
 
-    def update(self, *parts) -> None:
+    def update(self, *parts: bytes | memoryview) -> None:
         pass
 
     def hexdigest(self) -> str:
@@ -116,11 +122,11 @@ class SealedWriter(io.RawIOBase):
     `digest=False` skips the ciphertext SHA-256 (as costly as the encryption) when unused.
     """
 
-    _sha: _PipelinedSha256 | _NoDigest | None = None  # still None if __init__ failed early
+    _sha: _PipelinedSha256 | _NoDigest = _NoDigest()  # until __init__ sets it: closing it after an early failure is a no-op
 
     def __init__(
-        self, fileobj, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE, *, digest: bool = True
-    ):
+        self, fileobj: BinaryIO, data_key: bytes, blob_id: str, chunk_size: int = CHUNK_SIZE, *, digest: bool = True
+    ) -> None:
         super().__init__()
         _check_key(data_key)
         _check_chunk_size(chunk_size)
@@ -149,7 +155,7 @@ class SealedWriter(io.RawIOBase):
     def tell(self) -> int:
         return self.plaintext_bytes
 
-    def write(self, b) -> int:
+    def write(self, b: Buffer) -> int:
         if self.closed:
             raise ValueError("write to closed SealedWriter")
         data = memoryview(b).cast("B")
@@ -189,7 +195,8 @@ class SealedWriter(io.RawIOBase):
         if not self.closed:
             self._drop()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.abort() if exc_type is not None else self.close()
 
     def __del__(self) -> None:
@@ -198,10 +205,9 @@ class SealedWriter(io.RawIOBase):
 
     def _drop(self) -> None:
         try:
-            if self._sha is not None:
-                self._sha.close()
+            self._sha.close()
         finally:
-            self._buf, self._cts = bytearray(), ()
+            self._buf, self._cts = bytearray(), (bytearray(), bytearray())
             super().close()
 
     def _emit_chunk(self, plain: memoryview, *, last: bool) -> None:
@@ -224,7 +230,7 @@ class SealedReader(io.RawIOBase):
     so truncation or trailing data fails at once. Not thread-safe; `fileobj` is not closed.
     """
 
-    def __init__(self, fileobj, data_key: bytes, blob_id: str) -> None:
+    def __init__(self, fileobj: BinaryIO, data_key: bytes, blob_id: str) -> None:
         super().__init__()
         _check_key(data_key)
         self._src = fileobj
@@ -245,13 +251,14 @@ class SealedReader(io.RawIOBase):
         magic, chunk_size = _HEADER.unpack(header)
         if magic != _MAGIC or not 0 < chunk_size <= MAX_CHUNK_SIZE:
             raise IntegrityError()
-        self._chunk_size = chunk_size
+        self._chunk_size: int = chunk_size
         return header
 
     def _scan(self) -> tuple[list[int], int]:
         """Chunk offsets from the length prefixes; every chunk but the last must be full."""
         end = self._src.seek(0, io.SEEK_END)
-        offsets, pos, length = [], _HEADER.size, 0
+        offsets: list[int] = []
+        pos, length = _HEADER.size, 0
         while pos < end:
             if offsets and length != self._chunk_size:
                 raise IntegrityError()  # a short chunk that is not the last one
@@ -292,7 +299,7 @@ class SealedReader(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, b) -> int:
+    def readinto(self, b: Buffer) -> int:
         out = memoryview(b).cast("B")
         done = 0
         for piece in self._pieces(len(out)):
@@ -338,12 +345,12 @@ class SealedReader(io.RawIOBase):
         raw = self._src.read(NONCE_BYTES + length + TAG_BYTES)
         if len(raw) != NONCE_BYTES + length + TAG_BYTES:
             raise IntegrityError()  # the file shrank under us
-        raw = memoryview(raw)
+        sealed = memoryview(raw)
         aad = _chunk_aad(self._header, self._blob_prefix, index, last)
         self._cached = -1  # the buffer holds unverified bytes until verify succeeds
         target = memoryview(self._plain)[:length]
         try:
-            self._aead.decrypt_into(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad, target)
+            self._aead.decrypt_into(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad, target)
         except InvalidTag:
             raise IntegrityError() from None
         self._cached, self._cached_len = index, length
@@ -381,7 +388,7 @@ class _ArrowReads(io.RawIOBase):
         self._reader.close()  # as pa.PythonFile(reader) did
         super().close()
 
-    def read(self, size: int = -1):
+    def read(self, size: int | None = -1) -> Any:  # a pyarrow Buffer (untyped library)
         import pyarrow as pa
 
         remaining = max(self._reader.size() - self._reader.tell(), 0)
@@ -390,7 +397,7 @@ class _ArrowReads(io.RawIOBase):
         return buffer if done == buffer.size else buffer.slice(0, done)
 
 
-def as_arrow_file(reader: SealedReader):
+def as_arrow_file(reader: SealedReader) -> pa.NativeFile:
     """Wrap a SealedReader as a pyarrow NativeFile (random access for Parquet, streams for IPC)."""
     import pyarrow as pa
 

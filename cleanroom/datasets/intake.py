@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import TypeVar
@@ -117,7 +117,7 @@ def _parse(
     blobs: BlobStore,
     dataset_id: str,
     temporaries: ExitStack,
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch]:
     """The upload's typed batches, produced ahead on helper threads (close the iterator)."""
     if file_format == CSV:
         return _csv_batches(stream, policy)
@@ -127,7 +127,7 @@ def _parse(
     raise bad_request("format must be CSV or PARQUET")
 
 
-def _csv_batches(stream: UploadStream, policy: deid.DeidPolicy) -> Iterator[pa.RecordBatch]:
+def _csv_batches(stream: UploadStream, policy: deid.DeidPolicy) -> Generator[pa.RecordBatch]:
     # Two helper threads: one receives the upload and cuts it into blocks of whole lines (this
     # also hashes it), one parses each block into typed columns (the costliest stage).
     layout, blocks = ops.csv_blocks(stream, policy, block_size=BATCH_BYTES)
@@ -136,7 +136,7 @@ def _csv_batches(stream: UploadStream, policy: deid.DeidPolicy) -> Iterator[pa.R
         yield from typed
 
 
-def _stage_raw(stream: UploadStream, blobs: BlobStore, dataset_id: str, temporaries: ExitStack) -> object:
+def _stage_raw(stream: UploadStream, blobs: BlobStore, dataset_id: str, temporaries: ExitStack) -> pa.NativeFile:
     """Parquet needs random access (its footer comes last): seal the raw file, then read it back."""
     raw = temporaries.enter_context(blobs.create(f"{dataset_id}-raw"))
     key = crypto.new_data_key()
@@ -150,7 +150,7 @@ def _stage_raw(stream: UploadStream, blobs: BlobStore, dataset_id: str, temporar
 
 
 def _first_pass(
-    batches: Iterator[pa.RecordBatch],
+    batches: Generator[pa.RecordBatch],
     policy: deid.DeidPolicy,
     pseudonymizer: ops.Pseudonymizer,
     counter: ops.EquivalenceClassCounter,
@@ -251,17 +251,21 @@ def _coalesced(batches: Iterator[pa.RecordBatch], min_bytes: int = BATCH_BYTES) 
         yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
 
 
-_END = object()
+class _End:
+    """Marks the end of the items on the read-ahead queue."""
 
 
-def _read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
+_END = _End()
+
+
+def _read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Generator[T]:
     """Produces `items` on a helper thread, at most `depth` ahead of the consumer.
 
     An error on the helper thread is raised in the consumer's. Close the generator (closing())
     when the consumer may stop early: that stops the helper and waits for it, so nothing reads
     the source any more once it returns.
     """
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+    ready: queue.Queue[tuple[T | _End, BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
@@ -277,8 +281,8 @@ def _read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
     helper = threading.Thread(target=produce, name="intake-read-ahead", daemon=True)
     helper.start()
     try:
-        while (entry := ready.get())[0] is not _END:
-            yield entry[0]
+        while not isinstance(item := (entry := ready.get())[0], _End):
+            yield item
         if entry[1] is not None:
             raise entry[1]
     finally:

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -91,6 +91,12 @@ def _row_too_long() -> CleanroomError:
                        FieldViolation("file", f"a row is longer than {MAX_ROW_BYTES:,} bytes"))
 
 
+class ByteSource(Protocol):
+    """What the CSV reader reads from: a file, or the upload stream as it arrives."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class CsvBlock:
     """Whole lines of a CSV file (header excluded), as cut by csv_blocks."""
@@ -109,7 +115,7 @@ def _is_blank(line: bytes) -> bool:
     return line.strip(b"\r\n") == b""
 
 
-def _read_header(fileobj: BinaryIO, read_size: int) -> tuple[bytes, bytes]:
+def _read_header(fileobj: ByteSource, read_size: int) -> tuple[bytes, bytes]:
     """(the header line, the bytes read past it); leading empty lines are skipped as pyarrow does."""
     pending = b""
     while True:
@@ -132,13 +138,14 @@ def _header_names(header: bytes) -> list[str]:
         raise bad_request("the file is empty")
     try:
         table = pacsv.read_csv(pa.py_buffer(header), read_options=pacsv.ReadOptions(use_threads=False))
-        return table.schema.names  # decoded here, and may fail here
+        names: list[str] = table.schema.names  # decoded here, and may fail here
+        return names
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         raise _csv_error(error, None) from None
 
 
 def csv_blocks(
-    fileobj: BinaryIO, policy: DeidPolicy, *, block_size: int = 1 << 20
+    fileobj: ByteSource, policy: DeidPolicy, *, block_size: int = 1 << 20
 ) -> tuple[CsvLayout, Iterator[CsvBlock]]:
     """Checks the header against the policy, then cuts the rest into blocks of whole lines.
 
@@ -151,7 +158,7 @@ def csv_blocks(
     return CsvLayout(names), _blocks(fileobj, rest, block_size)
 
 
-def _blocks(fileobj: BinaryIO, pending: bytes, block_size: int) -> Iterator[CsvBlock]:
+def _blocks(fileobj: ByteSource, pending: bytes, block_size: int) -> Iterator[CsvBlock]:
     read_pieces = getattr(fileobj, "read_pieces", None)  # UploadStream: chunks as they came
     while True:
         pieces = read_pieces(block_size) if read_pieces else [fileobj.read(block_size)]
@@ -243,7 +250,7 @@ def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
 
 
 def read_csv_batches(
-    fileobj: BinaryIO, policy: DeidPolicy, *, block_size: int = 1 << 20
+    fileobj: ByteSource, policy: DeidPolicy, *, block_size: int = 1 << 20
 ) -> Iterator[pa.RecordBatch]:
     """Streams a CSV file as batches typed and ordered as the policy declares."""
     layout, blocks = csv_blocks(fileobj, policy, block_size=block_size)
@@ -278,7 +285,7 @@ def _not_parquet() -> CleanroomError:
     return bad_request("the file is not a valid Parquet file")
 
 
-def _open_parquet(seekable_file: BinaryIO, policy: DeidPolicy) -> pq.ParquetFile:
+def _open_parquet(seekable_file: BinaryIO | pa.NativeFile, policy: DeidPolicy) -> pq.ParquetFile:
     try:
         parquet = pq.ParquetFile(seekable_file)
     except (pa.ArrowException, OSError, ValueError):
@@ -298,7 +305,7 @@ def _next_parquet_batch(batches: Iterator[pa.RecordBatch]) -> pa.RecordBatch | N
 
 
 def read_parquet_batches(
-    seekable_file: BinaryIO, policy: DeidPolicy, *, batch_size: int = 65536
+    seekable_file: BinaryIO | pa.NativeFile, policy: DeidPolicy, *, batch_size: int = 65536
 ) -> Iterator[pa.RecordBatch]:
     """Streams a Parquet file as batches typed and ordered as the policy declares."""
     parquet = _open_parquet(seekable_file, policy)

@@ -70,6 +70,9 @@ class Pseudonymizer:
     per value). Use one instance per upload.
     """
 
+    _known: pa.Array  # values, aligned with their pseudonyms
+    _pseudonyms: pa.Array
+
     def __init__(self, key: bytes, *, cache_size: int = 1 << 18) -> None:
         if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the pseudonymisation key must be at least {MIN_KEY_BYTES} bytes")
@@ -403,14 +406,14 @@ class EquivalenceClassCounter:
 
     def patient_count(self) -> int:
         self._compact()
-        return pc.count_distinct(pc.bit_wise_and(self._pairs, _int(0xFFFFFFFF))).as_py()
+        return int(pc.count_distinct(pc.bit_wise_and(self._pairs, _int(0xFFFFFFFF))).as_py())
 
     def patients_outside(self, small: SmallClasses) -> int:
         """Distinct patients with a row in a class that is not small: those a dataset keeps."""
         self._compact()
         classes = pc.cast(pc.shift_right(self._pairs, _int(32)), pa.int32())
         kept = self._pairs.filter(pc.invert(pc.is_in(classes, value_set=small.ids)))
-        return pc.count_distinct(pc.bit_wise_and(kept, _int(0xFFFFFFFF))).as_py()
+        return int(pc.count_distinct(pc.bit_wise_and(kept, _int(0xFFFFFFFF))).as_py())
 
 
 def suppress_small_classes(

@@ -22,7 +22,7 @@ def _rdp_curve(mechanism: Mechanism, epsilon: float) -> list[float] | None:
 
     if mechanism.name == "subsampled-gaussian":
         sigma, q, steps = (mechanism.parameter(k) for k in ("noise_multiplier", "sample_rate", "steps"))
-        if None in (sigma, q, steps):
+        if sigma is None or q is None or steps is None:
             return None
         return list(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=int(steps), orders=ORDERS))
     if mechanism.name == "gaussian":

@@ -31,7 +31,7 @@ from cleanroom.v1 import (
 from cleanroom.wire.stats import query_to_proto
 
 CHUNK_BYTES = 1 << 20
-Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
+Progress = Callable[[int, int], object]  # (bytes sent, total bytes); what it returns is ignored
 T = TypeVar("T")
 
 ROLES = {
@@ -47,7 +47,7 @@ def _request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _format_of(path: Path) -> int:
+def _format_of(path: Path) -> datasets_pb2.FileFormat.ValueType:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return datasets_pb2.CSV
@@ -57,7 +57,9 @@ def _format_of(path: Path) -> int:
 
 
 def _credentials(tls_ca: str | None, client_cert: str | None, client_key: str | None) -> grpc.ChannelCredentials:
-    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    def read(p: str | None) -> bytes | None:
+        return Path(p).read_bytes() if p else None
+
     return grpc.ssl_channel_credentials(read(tls_ca), read(client_key), read(client_cert))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -33,8 +35,9 @@ def from_rpc_error(error: grpc.RpcError) -> CleanroomClientError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    reason, violations = "", []
-    for detail in status.details if status else ():
+    reason, violations = "", list[Violation]()
+    details: Sequence[Any] = status.details if status else ()  # google.rpc protos: untyped
+    for detail in details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)

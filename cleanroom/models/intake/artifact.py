@@ -139,7 +139,7 @@ def _signature_names(input_specs: list[dict[str, Any]]) -> dict[str, set[str]]:
 def _deserialize(program: dict[str, Any], state: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]
                  ) -> torch.export.ExportedProgram:
     try:
-        serialized = _dict_to_dataclass(serde_schema.ExportedProgram, program)
+        serialized = _dict_to_dataclass(serde_schema.ExportedProgram, program)  # type: ignore[no-untyped-call]  # torch's serde helper is unannotated
         with _SERDE_LOCK:
             return ExportedProgramDeserializer().deserialize(serialized, state, constants, None)
     except IntakeRejected:

@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeGuard
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 
@@ -125,7 +125,7 @@ def _task(raw: dict[str, Any]) -> Task:
         raise ManifestError("task", f"must be one of {', '.join(t.value for t in Task)}") from None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -154,7 +154,7 @@ def _input_shape(raw: dict[str, Any]) -> tuple[int, ...]:
     return tuple(value)
 
 
-def is_normalised_relative(value: Any) -> bool:
+def is_normalised_relative(value: Any) -> TypeGuard[str]:
     """enclave_sim's check_relative_path rule (enclave_sim is not mounted inside phase A)."""
     if not isinstance(value, str) or not value or "\\" in value or "\x00" in value:
         return False

@@ -18,6 +18,12 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from cleanroom.models.intake.manifest import Manifest
 
 PACKAGE = Path("/in/package")
 OUT = Path("/out")
@@ -78,7 +84,7 @@ def export_package(package: Path, out: Path, timings: dict[str, float]) -> dict[
     return {"torch_version": torch.__version__, "artifact_bytes": size, "nodes": len(exported.graph.nodes)}
 
 
-def build_model(package: Path, manifest):  # -> torch.nn.Module
+def build_model(package: Path, manifest: Manifest) -> torch.nn.Module:
     import torch
 
     sys.path.insert(0, str(package))
@@ -92,7 +98,7 @@ def build_model(package: Path, manifest):  # -> torch.nn.Module
     return model
 
 
-def load_weights(model, package: Path, manifest) -> None:
+def load_weights(model: torch.nn.Module, package: Path, manifest: Manifest) -> None:
     """safetensors only, validated header, strict names and shapes.
 
     Copied tensor by tensor rather than through load_state_dict: the model's load_state_dict (or a
@@ -118,9 +124,9 @@ def load_weights(model, package: Path, manifest) -> None:
             target.copy_(loaded[name])
 
 
-def _state_tensors(model) -> dict:
+def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers by name, as load_state_dict would see them, no hooks run."""
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
         dot = prefix + "." if prefix else ""
         for name, tensor in module._parameters.items():
