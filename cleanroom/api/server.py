@@ -8,6 +8,7 @@ import signal
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +20,6 @@ from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
 from cleanroom.api.stats_servicers import StatsServicer
-from cleanroom.server.app import App
 from cleanroom.server.config import ServerConfig
 from cleanroom.v1 import (
     datasets_pb2,
@@ -35,6 +35,9 @@ from cleanroom.v1 import (
     stats_pb2,
     stats_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from cleanroom.server.app import App  # built by the composition root (server/app.py), which never imports api
 
 log = logging.getLogger(__name__)
 

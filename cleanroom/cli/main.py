@@ -36,9 +36,10 @@ def _print_json(message: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cleanroom.api.server import serve_forever
     from cleanroom.server.serve import run_server
 
-    return run_server(args, os.environ)
+    return run_server(args, os.environ, serve=serve_forever)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

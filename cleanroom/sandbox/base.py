@@ -78,8 +78,15 @@ def error_type(stderr: bytes) -> str:
     return name if name.replace(".", "").replace("_", "").isalnum() and len(name) < 100 else "unknown"
 
 
+class SetupError(Exception):
+    """A sandbox could not be set up (its tool is missing, a mount was refused, no cgroup): nothing ran."""
+
+
 class SandboxLauncher(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The backend's name in the registry (backends.py), as in SandboxResult.backend."""
+        ...
 
     def available(self) -> tuple[bool, str]:
         """Whether this backend works on this host, and why not when it does not."""

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cleanroom.sandbox import layout, seccomp
-from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult, SetupError
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
 from cleanroom.sandbox.probed import ProbedLauncher
-from cleanroom.sandbox.supervise import Command, finish, launch_failed, supervise
+from cleanroom.sandbox.supervise import Command, Launch, finish, launch_failed, supervise
 
 SANDBOX_UID = 65534
 # bwrap's own two processes (outer monitor, PID 1 inside) count against the task budget.
@@ -58,10 +58,23 @@ class BubblewrapLauncher(ProbedLauncher):
         output = request.output_dir or layout.scratch_output(scratch)
         return self._bwrap_args(request, policy, output, scratch), output, _cgroup(policy)
 
+    def prepare_session(self, request: SandboxRequest, policy: SandboxPolicy, scratch: Path) -> Launch:
+        """The same sandbox as a one-shot run's, for a long-lived session (session.SessionHost)."""
+        if not self.binary:
+            raise SetupError("bwrap is not installed")
+        try:
+            args, _, cgroup = self.prepare(request, policy, scratch)
+        except (layout.LayoutError, CgroupError) as exc:
+            raise SetupError(str(exc)) from None
+        cmd, filter_r = self.command(args, policy, cgroup)
+        return Launch(cmd, close_after_start=(filter_r,), teardown=cgroup.remove if cgroup is not None else (lambda: None))
+
     def command(self, args: tuple[list[str], list[str]], policy: SandboxPolicy, cgroup: Cgroup | None, *,
                 stdin: bytes = b"", cancel: threading.Event | None = None) -> tuple[Command, int]:
         """The Command that starts bwrap, and the read end of the pipe holding its seccomp filter,
         which the caller closes once the process has started."""
+        if not self.binary:
+            raise SetupError("bwrap is not installed")
         filter_r, filter_w = os.pipe()
         os.write(filter_w, seccomp.filter_bytes())
         os.close(filter_w)

@@ -27,7 +27,7 @@ class CgroupError(Exception):
 
 def _own_paths() -> dict[str, str]:
     """controller -> this process's cgroup path; "" keys the v2 unified hierarchy."""
-    paths = {}
+    paths: dict[str, str] = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for name in controllers.split(",") if controllers else [""]:
@@ -37,7 +37,7 @@ def _own_paths() -> dict[str, str]:
 
 def _mounts() -> dict[str, tuple[str, str]]:
     """controller -> (mount root inside the hierarchy, mount point); "" for cgroup2."""
-    found = {}
+    found: dict[str, tuple[str, str]] = {}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         sep = fields.index("-")
@@ -50,7 +50,7 @@ def _mounts() -> dict[str, tuple[str, str]]:
     return found
 
 
-def _own_dir(key: str, mounts: dict, paths: dict) -> Path | None:
+def _own_dir(key: str, mounts: dict[str, tuple[str, str]], paths: dict[str, str]) -> Path | None:
     if key not in mounts or key not in paths:
         return None
     root, point = mounts[key]

@@ -86,7 +86,7 @@ class KubernetesLauncher:
         """Uses the pod's service-account credentials (the server runs inside the cluster)."""
         from kubernetes import client, config
 
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped in the kubernetes package
         return cls(client.ApiClient(), **kwargs)
 
     def with_purpose(self, purpose: str) -> KubernetesLauncher:
@@ -136,7 +136,8 @@ class KubernetesLauncher:
 
     def _launch_and_wait(self, body: dict[str, Any], policy: SandboxPolicy, name: str) -> JobEnd:
         try:
-            self._batch.create_namespaced_job(self.namespace, body)
+            # The client serialises a plain dict body as it is; its stubs name only V1Job.
+            self._batch.create_namespaced_job(self.namespace, body)  # type: ignore[arg-type]
         except self._errors as error:
             return JobEnd(Outcome.LAUNCH_FAILED, None, False, None, f"Job not created: {_describe(error)}")
         self._count("sandbox_starts", BACKEND, self.purpose)
@@ -178,6 +179,8 @@ class KubernetesLauncher:
         return max(items, key=lambda pod: pod["metadata"].get("creationTimestamp", "")) if items else None
 
     def _log(self, end: JobEnd, policy: SandboxPolicy) -> bytes:
+        if end.pod is None:
+            return b""
         try:
             text = self._core.read_namespaced_pod_log(end.pod, self.namespace, container="worker",
                                                       limit_bytes=policy.max_log_bytes)

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def rlimits(policy: SandboxPolicy) -> list[tuple[str, int, int]]:
     ]
 
 
-def _entries(root: Path):
+def _entries(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """Every entry under root, depth first, never following links; vanished entries are skipped."""
     stack = [str(root)]
     while stack:

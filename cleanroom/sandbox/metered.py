@@ -1,20 +1,24 @@
 """A launcher wrapper that counts what sandboxes do, for Prometheus: starts, failures to start,
 kills at a limit, and wall time. The backend is chosen lazily, on first use, so a host without
-any sandbox still starts the server (and intake then refuses submissions, failing closed)."""
+any sandbox still starts the server (and intake then refuses submissions, failing closed).
+Without metrics (a tool, a test) it only chooses lazily."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, SandboxResult
-from cleanroom.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from cleanroom.server.metrics import Metrics
 
 KILLED = {Outcome.WALL_TIME: "wall_time", Outcome.MEMORY: "memory", Outcome.OUTPUT_TOO_LARGE: "output_too_large"}
 
 
 class MeteredLauncher:
-    def __init__(self, choose: Callable[[], tuple[SandboxLauncher, str]], metrics: Metrics, purpose: str) -> None:
+    def __init__(self, choose: Callable[[], tuple[SandboxLauncher, str]], metrics: Metrics | None, purpose: str) -> None:
         self._choose = choose
         self._metrics = metrics
         self._purpose = purpose
@@ -39,15 +43,19 @@ class MeteredLauncher:
         try:
             inner = self.inner()
         except Exception as error:  # noqa: BLE001 - no backend on this host: fail closed, run nothing
-            self._metrics.sandbox_failures.labels("none", self._purpose).inc()
+            if self._metrics is not None:
+                self._metrics.sandbox_failures.labels("none", self._purpose).inc()
             return SandboxResult(Outcome.LAUNCH_FAILED, None, b"", str(error).encode(), "none", str(error), 0.0)
         result = inner.run(request, policy)
-        backend = result.backend or self.name
-        if result.outcome is Outcome.LAUNCH_FAILED:
-            self._metrics.sandbox_failures.labels(backend, self._purpose).inc()
-            return result
-        self._metrics.sandbox_starts.labels(backend, self._purpose).inc()
-        self._metrics.sandbox_duration.labels(self._purpose).observe(result.seconds)
-        if result.outcome in KILLED:
-            self._metrics.sandbox_kills.labels(backend, KILLED[result.outcome]).inc()
+        if self._metrics is not None:
+            self._count(self._metrics, result.backend or self.name, result)
         return result
+
+    def _count(self, metrics: Metrics, backend: str, result: SandboxResult) -> None:
+        if result.outcome is Outcome.LAUNCH_FAILED:
+            metrics.sandbox_failures.labels(backend, self._purpose).inc()
+            return
+        metrics.sandbox_starts.labels(backend, self._purpose).inc()
+        metrics.sandbox_duration.labels(self._purpose).observe(result.seconds)
+        if result.outcome in KILLED:
+            metrics.sandbox_kills.labels(backend, KILLED[result.outcome]).inc()

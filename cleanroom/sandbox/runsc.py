@@ -19,12 +19,13 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cleanroom.sandbox import layout
-from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SandboxResult, SetupError
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
 from cleanroom.sandbox.probed import ProbedLauncher
-from cleanroom.sandbox.supervise import Command, Exit, finish, launch_failed, supervise
+from cleanroom.sandbox.supervise import Command, Exit, Launch, finish, launch_failed, supervise
 
 PLATFORM = "ptrace"  # the only platform that works on these machines (no KVM for the sentry)
 SENTRY_OVERHEAD_BYTES = 384 << 20
@@ -44,22 +45,52 @@ class RunscLauncher(ProbedLauncher):
         if not self.binary:
             return launch_failed(self.name, self.reason, "runsc is not installed")
         with tempfile.TemporaryDirectory(prefix="cleanroom-runsc-") as scratch:
-            run = _Run(self.binary, Path(scratch), f"cleanroom-{uuid.uuid4().hex}")
-            output = request.output_dir or layout.scratch_output(Path(scratch))
             try:
-                layout.check_output_dir(output, self.guard)
-                mounts = layout.readonly_mounts(request, self.guard)
-            except layout.LayoutError as exc:
+                run, output, cgroup = self._stage(self.binary, request, policy, Path(scratch))
+            except SetupError as exc:
                 return launch_failed(self.name, self.reason, str(exc))
-            cgroup = _cgroup(policy)
             try:
-                write_bundle(run.bundle, request, policy, mounts, output, cgroup is None)
                 exit = supervise(run.command(request, cgroup), policy, output)
                 run.delete()
                 return self._result(exit, run, cgroup, policy, output)
             finally:
                 if cgroup is not None:
                     cgroup.remove()
+
+    def prepare_session(self, request: SandboxRequest, policy: SandboxPolicy, scratch: Path) -> Launch:
+        """The same container as a one-shot run's, for a long-lived session (session.SessionHost):
+        its stdin and stdout stay open for frames; the teardown deletes what is left of the
+        container and removes its cgroup."""
+        if not self.binary:
+            raise SetupError("runsc is not installed")
+        run, _, cgroup = self._stage(self.binary, request, policy, scratch)
+
+        def teardown() -> None:
+            run.delete()
+            if cgroup is not None:
+                cgroup.remove()
+
+        return Launch(run.command(request, cgroup), teardown=teardown)
+
+    def _stage(self, binary: str, request: SandboxRequest, policy: SandboxPolicy,
+               scratch: Path) -> tuple[_Run, Path, Cgroup | None]:
+        """The container's id and state root, its output directory, its cgroup, and its bundle
+        written; raises SetupError for a refused mount (OSError writing the bundle propagates)."""
+        run = _Run(binary, scratch, f"cleanroom-{uuid.uuid4().hex}")
+        output = request.output_dir or layout.scratch_output(scratch)
+        try:
+            layout.check_output_dir(output, self.guard)
+            mounts = layout.readonly_mounts(request, self.guard)
+        except layout.LayoutError as exc:
+            raise SetupError(str(exc)) from None
+        cgroup = _cgroup(policy)
+        try:
+            write_bundle(run.bundle, request, policy, mounts, output, cgroup is None)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        return run, output, cgroup
 
     def _result(self, exit: Exit, run: _Run, cgroup: Cgroup | None, policy: SandboxPolicy, output: Path) -> SandboxResult:
         # runsc exits 128 and logs a fatal error when it could not create or start the container.
@@ -147,9 +178,9 @@ def _make_rootfs(rootfs: Path, mounts: list[layout.Mount], links: list[layout.Sy
     os.chmod(rootfs, 0o755)
 
 
-def _spec(request: SandboxRequest, policy: SandboxPolicy, mounts: list[layout.Mount], output: Path) -> dict:
+def _spec(request: SandboxRequest, policy: SandboxPolicy, mounts: list[layout.Mount], output: Path) -> dict[str, Any]:
     env = [f"{k}={v}" for k, v in layout.sandbox_env(request).items()]
-    no_caps = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
     rlimits = [{"type": n, "soft": s, "hard": h} for n, s, h in layout.rlimits(policy)]
     process = {"user": {"uid": 0, "gid": 0}, "args": list(request.argv), "env": env, "cwd": request.workdir,
                "capabilities": no_caps, "rlimits": rlimits, "noNewPrivileges": True, "terminal": False}

@@ -52,9 +52,13 @@ _RETURNS = {
 }
 
 
-def _program() -> list[tuple]:
+# One BPF instruction before assembly: (code, jt, jf, k), a jump target a label or an offset.
+Instruction = tuple[int, str | int, str | int, int]
+
+
+def _program() -> list[Instruction]:
     """The filter with symbolic jump targets: (code, jt, jf, k), jt/jf a label or 0."""
-    prog: list[tuple] = [
+    prog: list[Instruction] = [
         (BPF_LD_W_ABS, 0, 0, OFF_ARCH),
         (BPF_JEQ_K, 0, "kill", AUDIT_ARCH_X86_64),
         (BPF_LD_W_ABS, 0, 0, OFF_NR),
@@ -70,7 +74,7 @@ def _program() -> list[tuple]:
     return prog
 
 
-def _assemble(prog: list[tuple]) -> bytes:
+def _assemble(prog: list[Instruction]) -> bytes:
     """Append one return per label and turn labels into the relative offsets BPF wants."""
     labels = {name: len(prog) + i for i, name in enumerate(_RETURNS)}
     out = []

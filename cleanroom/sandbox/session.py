@@ -1,11 +1,12 @@
-"""A long-lived bubblewrap sandbox spoken to over its stdin and stdout, one frame at a time.
+"""A long-lived sandbox spoken to over its stdin and stdout, one frame at a time.
 
 The statistics worker keeps a decrypted dataset in memory across queries, so unlike a job it is
 not one command run to its end: the host writes a length-prefixed request, the sandbox answers
-with one length-prefixed frame. The sandbox is the same as a job's (same bwrap arguments,
-seccomp filter, rlimits and cgroup, no network, no state directory); its stderr is drained and
-dropped, and it is killed at the policy's wall clock whatever it is doing, which bounds how long
-decrypted data can live in it.
+with one length-prefixed frame. Any backend that implements `SessionHost` can host one (bubblewrap
+and gVisor do; the registry, backends.py, says which and why not); the sandbox is the same as a
+job's on that backend (same mounts, seccomp filter or gVisor kernel, rlimits and cgroup, no
+network, no state directory). Its stderr is drained and dropped, and it is killed at the policy's
+wall clock whatever it is doing, which bounds how long decrypted data can live in it.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
-from cleanroom.sandbox import layout
-from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, error_type
-from cleanroom.sandbox.bwrap import BubblewrapLauncher
-from cleanroom.sandbox.cgroups import CgroupError
-from cleanroom.sandbox.supervise import Command, _Capture, _start
+from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest, SetupError, error_type
+from cleanroom.sandbox.supervise import Capture, Launch, pipes, start_command
 
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 << 20
@@ -53,7 +53,8 @@ def read_frame(fd: int) -> bytes | None:
 
 
 def _read_exactly(fd: int, size: int, *, allow_eof: bool) -> bytes | None:
-    chunks, left = [], size
+    chunks: list[bytes] = []
+    left = size
     while left:
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
@@ -63,6 +64,22 @@ def _read_exactly(fd: int, size: int, *, allow_eof: bool) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+class SessionHost(Protocol):
+    """A backend that can keep one sandboxed process running for a session."""
+
+    @property
+    def name(self) -> str: ...
+
+    def available(self) -> tuple[bool, str]:
+        """Whether this backend works on this host, and why not when it does not."""
+        ...
+
+    def prepare_session(self, request: SandboxRequest, policy: SandboxPolicy, scratch: Path) -> Launch:
+        """Set up the sandbox for `request` (scratch space under `scratch`, removed by the session
+        after the teardown) and return what starts it; raises SetupError when it cannot be set up."""
+        ...
 
 
 class _Reply:
@@ -78,9 +95,8 @@ class SandboxSession:
     next request already waits in its input while it computes the current one, and a reader thread
     hands each answer to its caller (first written, first answered)."""
 
-    def __init__(self, launcher: BubblewrapLauncher, request: SandboxRequest, policy: SandboxPolicy) -> None:
-        if not launcher.binary:
-            raise SessionBroken("bwrap is not installed")
+    def __init__(self, host: SessionHost, request: SandboxRequest, policy: SandboxPolicy) -> None:
+        self.backend = host.name
         self._scratch = Path(tempfile.mkdtemp(prefix="cleanroom-session-"))
         self._lock = threading.Lock()   # writes, and the order of the callers waiting
         self._waiting: collections.deque[_Reply] = collections.deque()
@@ -88,12 +104,13 @@ class SandboxSession:
         self._closed = False
         self.started = time.monotonic()
         try:
-            args, _, self._cgroup = launcher.prepare(request, policy, self._scratch)  # the same sandbox as a job's
-        except (layout.LayoutError, CgroupError) as exc:
+            self._launch = host.prepare_session(request, policy, self._scratch)  # the same sandbox as a job's
+        except (SetupError, OSError) as exc:
             shutil.rmtree(self._scratch, ignore_errors=True)
             raise SessionBroken(f"cannot set up the sandbox: {exc}") from None
-        self._proc = self._launch(*launcher.command(args, policy, self._cgroup))
-        self._stderr = _Capture(self._proc.stderr.fileno(), 0)  # drained so it never blocks; kept nowhere
+        self._proc = self._start(self._launch)
+        self._stdin, self._stdout, stderr = pipes(self._proc)
+        self._stderr = Capture(stderr.fileno(), 0)  # drained so it never blocks; only its tail is kept
         self._stderr.start()
         self._reader = threading.Thread(target=self._read_answers, name="sandbox-answers", daemon=True)
         self._reader.start()
@@ -101,15 +118,15 @@ class SandboxSession:
         self._timer.daemon = True
         self._timer.start()
 
-    def _launch(self, cmd: Command, filter_r: int):  # type: ignore[no-untyped-def]
+    def _start(self, launch: Launch) -> subprocess.Popen[bytes]:
         err_r, err_w = os.pipe()
         try:
-            return _start(cmd, err_w)
+            return start_command(launch.command, err_w)
         except OSError as exc:
             self._cleanup()
             raise SessionBroken(f"cannot start the sandbox: {exc}") from None
         finally:
-            for fd in (filter_r, err_w, err_r):
+            for fd in (*launch.close_after_start, err_w, err_r):
                 os.close(fd)
 
     def error_type(self) -> str:
@@ -131,7 +148,7 @@ class SandboxSession:
                 raise SessionBroken("the sandbox has ended")
             self._waiting.append(reply)  # before the write: answers come back in write order
             try:
-                write_frame(self._proc.stdin.fileno(), payload)
+                write_frame(self._stdin.fileno(), payload)
             except OSError:
                 self._waiting.remove(reply)
                 broken = True
@@ -150,7 +167,7 @@ class SandboxSession:
     def _read_answers(self) -> None:
         """Hands each answer frame to the caller waiting longest; at the end, fails the rest."""
         try:
-            while (frame := read_frame(self._proc.stdout.fileno())) is not None:
+            while (frame := read_frame(self._stdout.fileno())) is not None:
                 with self._lock:
                     reply = self._waiting.popleft() if self._waiting else None
                 if reply is None:
@@ -172,14 +189,13 @@ class SandboxSession:
                 return
             self._closed = True
         self._timer.cancel()
-        if self._cgroup is not None:
-            self._cgroup.kill_all()
+        self._launch.command.kill()  # the backend's own way: its cgroup, its container
         try:
             os.killpg(self._proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self._proc.wait()
-        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+        for pipe in pipes(self._proc):
             try:
                 pipe.close()
             except OSError:
@@ -187,6 +203,5 @@ class SandboxSession:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._cgroup is not None:
-            self._cgroup.remove()
+        self._launch.teardown()
         shutil.rmtree(self._scratch, ignore_errors=True)

@@ -10,6 +10,10 @@ Outcome rule for memory (documented in the report, used by every backend):
   * no cgroup evidence available and the sandbox died by SIGKILL (137)  -> MEMORY
     (we did not send it: our own kills are WALL_TIME / OUTPUT_TOO_LARGE)
   * Python exited 1 with a last stderr line starting "MemoryError"     -> MEMORY (RLIMIT_AS)
+
+A one-shot run goes through `supervise`. A long-lived session (session.py) starts the same kind of
+Command itself and keeps it running; it uses the public pieces: `Command` and `Launch` (what a
+backend hands over), `start_command` (the trampoline start), `pipes` and `Capture` (drain a pipe).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxResult
 from cleanroom.sandbox.layout import scrub_output, tree_bytes
@@ -61,6 +66,21 @@ class Command:
     cancel: threading.Event | None = None  # set by the caller: kill the sandbox now
 
 
+def _nothing() -> None:
+    pass
+
+
+@dataclass
+class Launch:
+    """A sandbox set up and ready to start, for a caller that keeps it running (a session):
+    the command, the descriptors to close once it has started (bubblewrap's seccomp filter pipe),
+    and the teardown to run once it has been killed (remove its cgroup, delete its container)."""
+
+    command: Command
+    close_after_start: tuple[int, ...] = ()
+    teardown: Callable[[], None] = _nothing
+
+
 @dataclass
 class Exit:
     returncode: int | None          # 128+N for death by signal N
@@ -74,8 +94,10 @@ class Exit:
     cancelled: bool = False
 
 
-class _Capture(threading.Thread):
-    """Drains a pipe to the end (so the writer never blocks), keeping the head and a short tail."""
+class Capture(threading.Thread):
+    """Drains a pipe to the end (so the writer never blocks), keeping its first `limit` bytes in
+    `head` and its last TAIL_BYTES in `tail`. Used for a sandbox's stdout and stderr, here and by
+    long-lived sessions (session.py), which keep only the tail."""
 
     def __init__(self, fd: int, limit: int) -> None:
         super().__init__(daemon=True)
@@ -91,7 +113,7 @@ class _Capture(threading.Thread):
             pass  # closed under us after a straggler outlived the join timeout
 
 
-def _feed(pipe, data: bytes) -> None:
+def _feed(pipe: IO[bytes], data: bytes) -> None:
     try:
         pipe.write(data)
     except (BrokenPipeError, OSError):
@@ -103,7 +125,11 @@ def _feed(pipe, data: bytes) -> None:
             pass
 
 
-def _start(cmd: Command, errfd: int) -> subprocess.Popen:
+def start_command(cmd: Command, errfd: int) -> subprocess.Popen[bytes]:
+    """Start cmd through the trampoline, in a new session (its own process group), with pipes for
+    stdin, stdout and stderr and an empty environment. `errfd` is the write end of a pipe on which
+    the trampoline reports a failure to exec; the caller closes it once this returns (and reads the
+    other end after the process has ended). Raises OSError when the trampoline cannot start."""
     spec = {"argv": cmd.argv, "rlimits": cmd.rlimits, "cgroups": cmd.cgroup_procs, "errfd": errfd}
     argv = [sys.executable, "-I", "-S", "-c", _TRAMPOLINE, json.dumps(spec)]
     return subprocess.Popen(
@@ -112,7 +138,7 @@ def _start(cmd: Command, errfd: int) -> subprocess.Popen:
     )
 
 
-def _terminate(proc: subprocess.Popen, cmd: Command) -> None:
+def _terminate(proc: subprocess.Popen[bytes], cmd: Command) -> None:
     cmd.kill()
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -121,7 +147,7 @@ def _terminate(proc: subprocess.Popen, cmd: Command) -> None:
     proc.wait()
 
 
-def _watch(proc: subprocess.Popen, cmd: Command, policy: SandboxPolicy, output_dir: Path) -> tuple[bool, bool, bool]:
+def _watch(proc: subprocess.Popen[bytes], cmd: Command, policy: SandboxPolicy, output_dir: Path) -> tuple[bool, bool, bool]:
     """Wait for the end; kill at the wall clock, once /out outgrows its limit (polled), or when the
     caller sets cmd.cancel. Returns (timed out, output exceeded, cancelled)."""
     start = time.monotonic()
@@ -150,14 +176,15 @@ def supervise(cmd: Command, policy: SandboxPolicy, output_dir: Path) -> Exit:
     start = time.monotonic()
     err_r, err_w = os.pipe()
     try:
-        proc = _start(cmd, err_w)
+        proc = start_command(cmd, err_w)
     except OSError as exc:
         os.close(err_r)
         return Exit(None, b"", b"", b"", 0.0, launch_error=f"cannot start: {exc}")
     finally:
         os.close(err_w)
-    readers = [_Capture(p.fileno(), policy.max_log_bytes) for p in (proc.stdout, proc.stderr)]
-    feeder = threading.Thread(target=_feed, args=(proc.stdin, cmd.stdin), daemon=True)
+    stdin, stdout, stderr = pipes(proc)
+    readers = [Capture(p.fileno(), policy.max_log_bytes) for p in (stdout, stderr)]
+    feeder = threading.Thread(target=_feed, args=(stdin, cmd.stdin), daemon=True)
     for thread in (*readers, feeder):
         thread.start()
     try:
@@ -167,13 +194,19 @@ def supervise(cmd: Command, policy: SandboxPolicy, output_dir: Path) -> Exit:
             _terminate(proc, cmd)
     for thread in readers:
         thread.join(timeout=5)
-    for pipe in (proc.stdout, proc.stderr):
+    for pipe in (stdout, stderr):
         pipe.close()
     with os.fdopen(err_r, "rb") as errors:
         launch_error = errors.read().decode(errors="replace") or None
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     out, err = (bytes(r.head) for r in readers)
     return Exit(code, out, err, readers[1].tail, time.monotonic() - start, timed_out, exceeded, launch_error, cancelled)
+
+
+def pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes], IO[bytes]]:
+    """The stdin, stdout and stderr pipes of a process started by start_command (always all three)."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    return proc.stdin, proc.stdout, proc.stderr
 
 
 def _memory_killed(exit: Exit, oom: bool | None) -> bool:

@@ -17,12 +17,9 @@ from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetService
 from cleanroom.privacy.ledger import Ledger, budget_snapshots
-from cleanroom.sandbox import choose_launcher
+from cleanroom.sandbox import backends
+from cleanroom.sandbox.backends import Placement, StatisticsHost, Workload
 from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
-from cleanroom.sandbox.bwrap import BubblewrapLauncher
-from cleanroom.sandbox.choose import phase_b_preference
-from cleanroom.sandbox.metered import MeteredLauncher
-from cleanroom.sandbox.session import SessionBroken
 from cleanroom.server.attestation import Enclave
 from cleanroom.server.config import ServerConfig
 from cleanroom.server.idempotency import Idempotency, JournalledIdempotency
@@ -39,8 +36,11 @@ from cleanroom.storage.group_commit import GroupCommit
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class App:
+    """The wired service: what the gRPC servicers (cleanroom/api/server.py) and the tools use.
+    Built by build_app, by keyword."""
+
     config: ServerConfig
     db: Database
     keys: KeyService
@@ -85,6 +85,7 @@ def build_app(config: ServerConfig) -> App:
     owner = lease.instance_id  # what this process has in flight carries it
     blobs = BlobStore(config.blob_dir, owner=owner)
     metrics = Metrics()
+    placement = sandbox_placement(config, metrics)
     datasets = DatasetService(
         db, blobs, keys, max_upload_bytes=config.max_upload_bytes, default_k=config.k_anonymity, metrics=metrics
     )
@@ -95,18 +96,20 @@ def build_app(config: ServerConfig) -> App:
     approvals = ApprovalService(db, ledger, release_held=allowances.release_dataset)
     policy = phase_b_policy(config)
     enclave = Enclave(config.state_dir, db, ledger, metrics, policy)
-    models = ModelVersionService(db, blobs, keys, model_intake(config, metrics), metrics, config.work_dir)
+    models = ModelVersionService(db, blobs, keys, model_intake(config, placement), metrics, config.work_dir)
     jobs = JobService(db, approvals, ledger, blobs, keys, metrics)
     runner = JobRunner(db=db, jobs=jobs, ledger=ledger, enclave=enclave, models=models, blobs=blobs, keys=keys,
-                       launcher=phase_b_launcher(config, metrics), policy=policy, metrics=metrics,
+                       launcher=phase_b_launcher(config, placement), policy=policy, metrics=metrics,
                        work_dir=config.work_dir, concurrency=config.job_workers, owner=owner)
-    stats_pool = stats_worker_pool(config, enclave, keys, policy, metrics)
+    stats_pool = stats_worker_pool(config, placement, enclave, keys, policy, metrics)
     stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics,
                               journal=journal, allowances=allowances)
     return App(
-        config, db, keys, PrincipalService(db, keys), datasets, Idempotency(db, owner), JournalledIdempotency(db, journal),
-        ledger, BudgetService(db, release_held=allowances.release_dataset), approvals, AuditService(db), metrics, enclave, models, jobs, runner, stats, stats_pool, journal,
-        lease,
+        config=config, db=db, keys=keys, principals=PrincipalService(db, keys), datasets=datasets,
+        idempotency=Idempotency(db, owner), answered_idempotency=JournalledIdempotency(db, journal),
+        ledger=ledger, budgets=BudgetService(db, release_held=allowances.release_dataset), approvals=approvals,
+        audit=AuditService(db), metrics=metrics, enclave=enclave, models=models, jobs=jobs, runner=runner,
+        stats=stats, stats_pool=stats_pool, stats_journal=journal, lease=lease,
     )
 
 
@@ -116,47 +119,38 @@ def phase_b_policy(config: ServerConfig) -> SandboxPolicy:
                          cpu_seconds=int(config.job_timeout * 4), max_output_bytes=1 << 30)
 
 
-def phase_b_launcher(config: ServerConfig, metrics: Metrics) -> SandboxLauncher:
-    """bubblewrap by default for phase B (service code only; torch starts far faster than under ptrace)."""
-    if config.sandbox == "kubernetes":
-        from cleanroom.sandbox.kubernetes import KubernetesLauncher
-
-        return KubernetesLauncher.from_cluster(image=config.worker_image, namespace=config.worker_namespace,
-                                               purpose="training", work_root=config.job_volume, metrics=metrics)
-    preference = phase_b_preference(config.sandbox)
-    return MeteredLauncher(lambda: choose_launcher(preference, deny=[config.state_dir]), metrics, "training")
+def sandbox_placement(config: ServerConfig, metrics: Metrics) -> Placement:
+    """Where every workload's sandboxes go; the state directory is never mountable."""
+    return Placement(deny=(config.state_dir,), worker_image=config.worker_image, worker_namespace=config.worker_namespace,
+                     job_volume=config.job_volume, metrics=metrics)
 
 
-def stats_worker_pool(config: ServerConfig, enclave: Enclave, keys: KeyService, policy: SandboxPolicy, metrics: Metrics) -> StatsWorkerPool:
-    """Warm statistics workers run in bubblewrap with the phase-B policy, so they carry the same
-    measurement as the trainer (the stats engine is part of the measured code)."""
-    def launcher() -> BubblewrapLauncher:
-        bwrap = BubblewrapLauncher(deny=[config.state_dir], reason="statistics worker")
-        ok, why = bwrap.available()
-        if not ok:
-            raise SessionBroken(why)
-        return bwrap
-
-    return StatsWorkerPool(enclave=enclave, unwrap_key=keys.unwrap_dataset_key, launcher=launcher, policy=policy,
-                           work_dir=config.work_dir, idle_seconds=config.stats_idle,
-                           on_start=lambda outcome: _count_stats_start(metrics, outcome))
+def phase_b_launcher(config: ServerConfig, placement: Placement) -> SandboxLauncher:
+    """Training and evaluation: where the configuration says ("auto": bubblewrap, see sandbox/backends.py)."""
+    launcher, _ = backends.launcher_for(config.sandbox, Workload.TRAINING, placement)
+    return launcher
 
 
-def _count_stats_start(metrics: Metrics, outcome: str) -> None:
-    counter = metrics.sandbox_starts if outcome == "started" else metrics.sandbox_failures
-    counter.labels("bwrap", "statistics").inc()
+def stats_worker_pool(config: ServerConfig, placement: Placement, enclave: Enclave, keys: KeyService, policy: SandboxPolicy,
+                      metrics: Metrics) -> StatsWorkerPool:
+    """Warm statistics workers run with the phase-B policy, so they carry the same measurement as
+    the trainer (the stats engine is part of the measured code), on the backend the configuration
+    gives statistics (sandbox/backends.py: "auto" is bubblewrap; a backend that cannot host
+    sessions passes them to "auto")."""
+    host = StatisticsHost(config.sandbox, placement)
+
+    def count(outcome: str) -> None:
+        counter = metrics.sandbox_starts if outcome == "started" else metrics.sandbox_failures
+        counter.labels(host.name, Workload.STATISTICS.value).inc()
+
+    return StatsWorkerPool(enclave=enclave, unwrap_key=keys.unwrap_dataset_key, host=host, policy=policy,
+                           work_dir=config.work_dir, idle_seconds=config.stats_idle, on_start=count)
 
 
-def model_intake(config: ServerConfig, metrics: Metrics) -> ModelIntake:
-    """Phase A runs where the configuration says; the state directory is never mountable."""
-    if config.sandbox == "kubernetes":
-        from cleanroom.sandbox.kubernetes import KubernetesLauncher
-
-        launcher = KubernetesLauncher.from_cluster(image=config.worker_image, namespace=config.worker_namespace,
-                                                   purpose="intake", work_root=config.job_volume, metrics=metrics)
-        return ModelIntake(launcher=launcher, launcher_reason="Kubernetes Jobs (RuntimeClass gvisor)")
-    metered = MeteredLauncher(lambda: choose_launcher(config.sandbox, deny=[config.state_dir]), metrics, "intake")
-    return ModelIntake(launcher=metered, launcher_reason="chosen on first use")
+def model_intake(config: ServerConfig, placement: Placement) -> ModelIntake:
+    """Phase A runs where the configuration says ("auto": gVisor, else bubblewrap)."""
+    launcher, reason = backends.launcher_for(config.sandbox, Workload.INTAKE, placement)
+    return ModelIntake(launcher=launcher, launcher_reason=reason)
 
 
 def recover(app: App) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cleanroom.sandbox import backends
 from cleanroom.storage.db import default_url
 
 
@@ -35,7 +36,9 @@ SETTINGS = (
     Setting("--workers", "CLEANROOM_WORKERS", "16", "gRPC handler threads"),
     Setting("--grace-seconds", "CLEANROOM_GRACE_SECONDS", "10", "how long SIGTERM waits for in-flight calls"),
     Setting("--metrics-listen", "CLEANROOM_METRICS_LISTEN", "127.0.0.1:9464", "Prometheus /metrics address; empty disables"),
-    Setting("--sandbox", "CLEANROOM_SANDBOX", "auto", "sandbox backend: auto (gVisor, else bubblewrap), runsc, bwrap or kubernetes"),
+    Setting("--sandbox", "CLEANROOM_SANDBOX", "auto",
+            f"sandbox backend: auto (gVisor for model intake, else bubblewrap; bubblewrap for data work), "
+            f"{', '.join(f'{b.name} ({b.title})' for b in backends.BACKENDS)}"),
     Setting("--worker-image", "CLEANROOM_WORKER_IMAGE", "cleanroom:0.1.0", "container image of worker Jobs (kubernetes backend)"),
     Setting("--worker-namespace", "CLEANROOM_WORKER_NAMESPACE", "cleanroom-workers", "namespace of worker Jobs (kubernetes backend)"),
     Setting("--job-volume", "CLEANROOM_JOB_VOLUME", "/var/lib/cleanroom/jobs", "shared volume for worker inputs and outputs (kubernetes backend)"),
@@ -152,8 +155,9 @@ def _check(config: ServerConfig) -> None:
         raise SystemExit("--max-upload-bytes and --workers must be positive")
     if config.work_dir.is_relative_to(config.state_dir):
         raise SystemExit("--work-dir must not be inside the state directory: sandboxes may never see it")
-    if config.sandbox not in ("auto", "runsc", "bwrap", "kubernetes"):
-        raise SystemExit("--sandbox must be auto, runsc, bwrap or kubernetes")
+    if config.sandbox not in backends.preferences():
+        *first, last = backends.preferences()
+        raise SystemExit(f"--sandbox must be {', '.join(first)} or {last}")
     if not 1 <= config.stats_allowance <= 10_000 or not 0 < config.stats_allowance_idle <= 3600:
         raise SystemExit("--stats-allowance must be 1 to 10000 queries and --stats-allowance-idle 0 to 3600 seconds")
     if not 0.5 <= config.lease_seconds <= 3600:

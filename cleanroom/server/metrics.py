@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cleanroom import __version__
+from cleanroom.sandbox import backends
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 JOB_KINDS = ("training", "evaluation", "statistics")
 JOB_OUTCOMES = ("released", "failed", "cancelled", "rejected")
-SANDBOX_BACKENDS = ("runsc", "bwrap", "kubernetes")
 SANDBOX_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -80,7 +80,7 @@ class Metrics:
             self.reservations.labels(outcome)
         for outcome in ("accepted", "rejected"):
             self.intake_submissions.labels(outcome)
-        for backend in SANDBOX_BACKENDS:
+        for backend in backends.names():  # the registry's (sandbox/backends.py)
             for limit in ("wall_time", "memory", "output_too_large"):
                 self.sandbox_kills.labels(backend, limit)
 

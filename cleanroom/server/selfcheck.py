@@ -16,14 +16,15 @@ import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
+from cleanroom.sandbox.backends import Workload
+from cleanroom.sandbox.backends import check as check_backend
 from cleanroom.sandbox.cgroups import Cgroup, CgroupError
-from cleanroom.sandbox.choose import SandboxUnavailable, choose_launcher, phase_b_preference
 from cleanroom.server.config import ServerConfig
 
-# What to install for a missing sandbox binary (Debian package names).
-INSTALL_HINTS = {"bwrap": "apt-get install bubblewrap", "runsc": "apt-get install runsc"}
+# One check per workload, in this order, under these names.
+WORKLOADS = ((Workload.INTAKE, "sandbox: model intake"), (Workload.TRAINING, "sandbox: training and evaluation"),
+             (Workload.STATISTICS, "sandbox: statistics"))
 
 
 @dataclass(frozen=True)
@@ -62,28 +63,11 @@ def require_passing(checks: list[Check]) -> list[Check]:
 
 
 def _sandbox_checks(config: ServerConfig) -> Iterator[Check]:
-    deny = [config.state_dir]
-    if config.sandbox == "kubernetes":
-        yield Check("sandbox: model intake", True, "Kubernetes worker Jobs (RuntimeClass gvisor); not probed from here")
-        yield Check("sandbox: training and evaluation", True, "Kubernetes worker Jobs; not probed from here")
-    else:
-        yield _backend("sandbox: model intake", config.sandbox, deny)
-        yield _backend("sandbox: training and evaluation", phase_b_preference(config.sandbox), deny)
-    yield _backend("sandbox: statistics", "bwrap", deny)  # warm workers always use bubblewrap
-
-
-def _backend(name: str, preference: str, deny: list[Path]) -> Check:
-    """The launcher the workload would get, probed; for a fixed backend, what its probe said."""
-    try:
-        launcher, why = choose_launcher(preference, deny=deny)
-    except SandboxUnavailable as exc:
-        return Check(name, False, _with_hint(str(exc)))
-    return Check(name, True, why if preference == "auto" else launcher.available()[1])
-
-
-def _with_hint(message: str) -> str:
-    hints = [hint for binary, hint in INSTALL_HINTS.items() if f"{binary} is not installed" in message]
-    return message + (f" (install: {'; '.join(hints)})" if hints else "")
+    """The backend each workload would get (sandbox/backends.py), probed for real; a remote backend
+    is not probed from here. A missing tool's message names how to install it."""
+    for workload, name in WORKLOADS:
+        ok, detail = check_backend(config.sandbox, workload, [config.state_dir])
+        yield Check(name, ok, detail)
 
 
 def _cgroups() -> Check:

@@ -1,15 +1,20 @@
-"""Server-side entry points used by the CLI: run the server, bootstrap the first admin, collect unreferenced blobs."""
+"""Server-side entry points used by the CLI: run the server, bootstrap the first admin, collect unreferenced blobs.
+
+Nothing in cleanroom.server imports cleanroom.api (the servicers import the server's types and
+helpers, never the other way round), so `run_server` is handed the function that serves gRPC
+(cleanroom.api.server.serve_forever) by its caller, the CLI.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cleanroom.domain.identity import Role
 from cleanroom.server import logs, selfcheck
-from cleanroom.server.app import build_app, recover
+from cleanroom.server.app import App, build_app, recover
 from cleanroom.server.config import build_config
 from cleanroom.storage import principal_repo
 from cleanroom.storage.identity import StorageIdentityError
@@ -17,9 +22,8 @@ from cleanroom.storage.identity import StorageIdentityError
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from cleanroom.api.server import serve_forever
-
+def run_server(args: argparse.Namespace, env: Mapping[str, str], *, serve: Callable[[App], None]) -> int:
+    """`cleanroom serve`: configuration, self-check, app, recovery, then `serve(app)` until a signal."""
     config = build_config(args, env)
     logs.configure(config.log_level)
     try:
@@ -38,7 +42,7 @@ def run_server(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"cleanroom serve: refusing to start: storage identity: {refused}", file=sys.stderr)
         return 2
     recover(app)
-    serve_forever(app)
+    serve(app)
     return 0
 
 

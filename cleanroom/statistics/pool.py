@@ -26,8 +26,7 @@ from typing import Any
 
 import enclave_sim
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
-from cleanroom.sandbox.bwrap import BubblewrapLauncher
-from cleanroom.sandbox.session import SandboxSession, SessionBroken
+from cleanroom.sandbox.session import SandboxSession, SessionBroken, SessionHost
 from cleanroom.server.attestation import Enclave
 
 log = logging.getLogger(__name__)
@@ -90,10 +89,12 @@ class _Once:
 
 
 class StatsWorkerPool:
-    def __init__(self, *, enclave: Enclave, unwrap_key: Callable[[str, bytes], bytes], launcher: Callable[[], BubblewrapLauncher],
+    def __init__(self, *, enclave: Enclave, unwrap_key: Callable[[str, bytes], bytes], host: SessionHost,
                  policy: SandboxPolicy, work_dir: Path, idle_seconds: float = 300.0,
                  on_start: Callable[[str], None] = lambda outcome: None) -> None:
-        self._enclave, self._unwrap_key, self._launcher = enclave, unwrap_key, launcher
+        """`host`: the sandbox backend the workers run in (any that hosts sessions, see
+        sandbox/backends.py). `on_start` hears each start's outcome: "started", "failed", "refused"."""
+        self._enclave, self._unwrap_key, self._host = enclave, unwrap_key, host
         self._policy, self._work_dir, self._idle = policy, work_dir, idle_seconds
         self._on_start = on_start
         self._workers: dict[str, _Warm] = {}
@@ -129,7 +130,10 @@ class StatsWorkerPool:
     def _ask_live(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
         """One query on a worker the caller has entered (queries on one worker are pipelined)."""
         try:
-            return json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
+            answer = json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
+            if not isinstance(answer, dict):
+                raise ValueError("an answer is a JSON object")
+            return answer
         except (SessionBroken, ValueError):
             self._drop(dataset_id, warm)
             log.warning("statistics worker stopped: %s", warm.session.error_type())
@@ -210,7 +214,7 @@ class StatsWorkerPool:
     def _open(self, inputs: Path, dataset_id: str) -> SandboxSession:
         request = SandboxRequest(argv=STATS_WORKER_ARGV, inputs={"job": inputs}, env={"CLEANROOM_REQUEST_ID": f"stats-{dataset_id}"})
         try:
-            return SandboxSession(self._launcher(), request, self._policy)
+            return SandboxSession(self._host, request, self._policy)
         except SessionBroken:
             self._on_start("failed")
             raise WorkerFailed("worker") from None

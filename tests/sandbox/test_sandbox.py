@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from cleanroom.sandbox import BubblewrapLauncher, Outcome, RunscLauncher, SandboxPolicy, SandboxRequest
+from cleanroom.sandbox import Outcome, SandboxPolicy, SandboxRequest, backends
 from cleanroom.sandbox.layout import code_dir
 from tests import tools
 
 PY = str(Path(sys.prefix).resolve() / "bin" / "python3")  # the venv's interpreter, same path inside
 POLICY = SandboxPolicy(wall_seconds=60, memory_bytes=2 << 30, max_output_bytes=64 << 20)
-BACKENDS = {"runsc": RunscLauncher, "bwrap": BubblewrapLauncher}
+BACKENDS = {b.name: b.local for b in backends.BACKENDS if b.local is not None}  # every backend on this host
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))
 def launcher(request: pytest.FixtureRequest):
-    backend = BACKENDS[request.param]()
+    backend = BACKENDS[request.param](backends.Placement())
     ok, why = backend.available()
     if not ok:
         tools.missing(request.param, f"does not work here: {why}")

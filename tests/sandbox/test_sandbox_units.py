@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cleanroom.sandbox import choose as choose_mod
-from cleanroom.sandbox import seccomp
+from cleanroom.sandbox import backends, seccomp
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.layout import LayoutError, MountGuard, interpreter_dirs, sandbox_env, tree_bytes
@@ -106,25 +105,25 @@ def _fake(monkeypatch, runsc: tuple[bool, str], bwrap: tuple[bool, str]) -> None
 
 def test_choose_prefers_runsc(monkeypatch):
     _fake(monkeypatch, (True, "gVisor runsc with --platform=ptrace"), (True, "ok"))
-    launcher, reason = choose_mod.choose_launcher()
+    launcher, reason = backends.choose_launcher()
     assert launcher.name == "runsc" and reason == "gVisor runsc with --platform=ptrace" == launcher.reason
 
 
 def test_choose_falls_back_to_bwrap(monkeypatch):
     _fake(monkeypatch, (False, "runsc is not installed"), (True, "ok"))
-    launcher, reason = choose_mod.choose_launcher("auto")
+    launcher, reason = backends.choose_launcher("auto")
     assert launcher.name == "bwrap" and reason == "bubblewrap fallback: runsc unavailable: runsc is not installed"
 
 
 def test_choose_forced_and_failing(monkeypatch):
     _fake(monkeypatch, (False, "no"), (False, "nope"))
-    with pytest.raises(choose_mod.SandboxUnavailable):
-        choose_mod.choose_launcher("runsc")
-    with pytest.raises(choose_mod.SandboxUnavailable):
-        choose_mod.choose_launcher("bwrap")
-    with pytest.raises(choose_mod.SandboxUnavailable):
-        choose_mod.choose_launcher("auto")
+    with pytest.raises(backends.SandboxUnavailable):
+        backends.choose_launcher("runsc")
+    with pytest.raises(backends.SandboxUnavailable):
+        backends.choose_launcher("bwrap")
+    with pytest.raises(backends.SandboxUnavailable):
+        backends.choose_launcher("auto")
     with pytest.raises(ValueError):
-        choose_mod.choose_launcher("docker")
+        backends.choose_launcher("docker")
     _fake(monkeypatch, (True, "fine"), (True, "ok"))
-    assert choose_mod.choose_launcher("bwrap")[0].name == "bwrap"
+    assert backends.choose_launcher("bwrap")[0].name == "bwrap"
