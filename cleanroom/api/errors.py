@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode
-from cleanroom.server import logs
+from cleanroom.observability import logs
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from cleanroom.api import auth
 from cleanroom.api.errors import internal_status, to_status
 from cleanroom.domain.errors import CleanroomError, bad_request
 from cleanroom.domain.identity import Principal
-from cleanroom.server import logs
+from cleanroom.observability import logs
 
 log = logging.getLogger(__name__)
 

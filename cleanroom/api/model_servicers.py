@@ -10,7 +10,7 @@ from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.models.versions import ModelVersionService
-from cleanroom.server.attestation import Enclave
+from cleanroom.attestation.enclave import Enclave
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.v1 import models_pb2, models_pb2_grpc
 from cleanroom.wire import convert

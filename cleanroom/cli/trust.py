@@ -73,7 +73,7 @@ def _not_a_root(path: str, pem: bytes) -> str:
 
 def exported_root(state_dir: Path) -> enclave_sim.RootAuthority:
     """The server's root, read from its state directory (never created: a wrong directory is an error)."""
-    from cleanroom.server.attestation import root_directory
+    from cleanroom.attestation.enclave import root_directory
 
     try:
         return enclave_sim.RootAuthority.load(root_directory(state_dir))

@@ -16,7 +16,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import KeyService
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import audit_repo, clock, dataset_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database

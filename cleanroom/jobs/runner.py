@@ -40,9 +40,9 @@ from cleanroom.models.versions import ModelVersionService
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.sandbox import cgroups
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, error_type
-from cleanroom.server import logs
-from cleanroom.server.attestation import Enclave
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability import logs
+from cleanroom.attestation.enclave import Enclave
+from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database

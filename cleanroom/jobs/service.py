@@ -23,7 +23,7 @@ from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import validation
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.ledger import Ledger, SpendRequest
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import audit_repo, clock, dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database

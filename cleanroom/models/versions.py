@@ -22,7 +22,7 @@ from cleanroom.domain.ownership import owned_or_not_found
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import KeyService, model_context
 from cleanroom.models.intake.service import IntakeOutcome, ModelIntake
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import audit_repo, clock, model_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database

@@ -28,7 +28,7 @@ from cleanroom.domain.privacy import (
     settlement_after_crash,
     share_budget_id,
 )
-from cleanroom.server.metrics import BudgetSnapshot, Metrics
+from cleanroom.observability.metrics import BudgetSnapshot, Metrics
 from cleanroom.storage import audit_repo, clock, privacy_repo
 from cleanroom.storage.db import Database
 

@@ -46,7 +46,7 @@ from cleanroom.sandbox.session import SessionHost
 from cleanroom.sandbox.supervise import Launch
 
 if TYPE_CHECKING:
-    from cleanroom.server.metrics import Metrics
+    from cleanroom.observability.metrics import Metrics
 
 AUTO = "auto"
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, SandboxResult
 
 if TYPE_CHECKING:
-    from cleanroom.server.metrics import Metrics
+    from cleanroom.observability.metrics import Metrics
 
 KILLED = {Outcome.WALL_TIME: "wall_time", Outcome.MEMORY: "memory", Outcome.OUTPUT_TOO_LARGE: "output_too_large"}
 

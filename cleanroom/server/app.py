@@ -20,11 +20,11 @@ from cleanroom.privacy.ledger import Ledger, budget_snapshots
 from cleanroom.sandbox import backends
 from cleanroom.sandbox.backends import Placement, StatisticsHost, Workload
 from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
-from cleanroom.server.attestation import Enclave
+from cleanroom.attestation.enclave import Enclave
 from cleanroom.server.config import ServerConfig
 from cleanroom.server.idempotency import Idempotency, JournalledIdempotency
 from cleanroom.server.lease import ServerLease, utcnow
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 from cleanroom.statistics.allowance import Allowances
 from cleanroom.statistics.pool import StatsWorkerPool
 from cleanroom.statistics.service import StatsQueryService

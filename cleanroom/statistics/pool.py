@@ -27,7 +27,7 @@ from typing import Any
 import enclave_sim
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.session import SandboxSession, SessionBroken, SessionHost
-from cleanroom.server.attestation import Enclave
+from cleanroom.attestation.enclave import Enclave
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from cleanroom.jobs.release import canonical_parameters
 from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
-from cleanroom.server.attestation import Enclave
-from cleanroom.server.metrics import Metrics
+from cleanroom.attestation.enclave import Enclave
+from cleanroom.observability.metrics import Metrics
 from cleanroom.statistics.allowance import Allowances
 from cleanroom.statistics.engine import Answer, Query, expected_error, validate_query
 from cleanroom.statistics.engine.codec import (

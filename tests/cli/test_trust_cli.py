@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cleanroom.cli import main as cli
 from cleanroom.domain.identity import Role
-from cleanroom.server.attestation import root_directory
+from cleanroom.attestation.enclave import root_directory
 from cleanroom.storage import privacy_repo
 
 

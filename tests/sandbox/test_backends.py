@@ -16,7 +16,7 @@ from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.runsc import RunscLauncher
 from cleanroom.server import config as server_config
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 
 
 def _probes(monkeypatch: pytest.MonkeyPatch, runsc: tuple[bool, str], bwrap: tuple[bool, str]) -> None:

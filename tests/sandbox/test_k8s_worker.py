@@ -16,7 +16,7 @@ from kubernetes import client
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.k8s_render import render_worker_job
 from cleanroom.sandbox.kubernetes import KubernetesLauncher
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 from tests.k8s_fake import FakeApiServer, Worker
 from tests.sandbox.test_k8s import K8S_VERSIONS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest, SandboxResult
 from cleanroom.sandbox.metered import MeteredLauncher
-from cleanroom.server.metrics import Metrics
+from cleanroom.observability.metrics import Metrics
 
 
 class Scripted:

@@ -72,7 +72,7 @@ def test_alert_says_what_it_means_and_what_to_do(rule: dict[str, Any]) -> None:
 def test_alert_names_only_exported_metrics(rule: dict[str, Any]) -> None:
     names = metric_names(rule["expr"])
     assert names, rule["expr"]
-    assert names <= exported_names(), f"{sorted(names - exported_names())} not exported by cleanroom.server.metrics"
+    assert names <= exported_names(), f"{sorted(names - exported_names())} not exported by cleanroom.observability.metrics"
 
 
 def test_specific_expressions() -> None:

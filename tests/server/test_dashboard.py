@@ -66,7 +66,7 @@ def test_every_query_names_only_exported_metrics(dashboard) -> None:
     for where, expr in queries:
         names = metric_names(expr)
         assert names, f"{where}: no metric found in {expr!r}"
-        assert names <= exported, f"{where}: {sorted(names - exported)} not exported by cleanroom.server.metrics"
+        assert names <= exported, f"{where}: {sorted(names - exported)} not exported by cleanroom.observability.metrics"
 
 
 def test_every_exported_metric_has_a_panel(dashboard) -> None:

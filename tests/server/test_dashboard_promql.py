@@ -3,7 +3,7 @@
 `metric_names` pulls the metric names out of a PromQL expression without a full parser: it removes
 strings, label matchers, ranges and grouping clauses, then keeps the identifiers that are neither
 keywords nor function calls. `exported_names` is every series name the service can expose, built
-from cleanroom.server.metrics itself. `promtool` finds the binary (missing: a failure, see tests/tools.py).
+from cleanroom.observability.metrics itself. `promtool` finds the binary (missing: a failure, see tests/tools.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from cleanroom.server.metrics import BudgetSnapshot, Metrics
+from cleanroom.observability.metrics import BudgetSnapshot, Metrics
 from tests import tools
 
 # Grafana's variables, replaced by something Prometheus would accept in the same place.

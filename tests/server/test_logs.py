@@ -11,7 +11,7 @@ import pytest
 
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
-from cleanroom.server import logs
+from cleanroom.observability import logs
 from cleanroom.v1 import identity_pb2
 from tests.api.test_datasets_api import CANARIES, _rows, _upload
 
