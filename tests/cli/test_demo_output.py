@@ -61,3 +61,18 @@ def test_help_describes_the_output_folder(capsys) -> None:
         demo.main(["--help"])
     assert done.value.code == 0
     assert "--output DIR" in capsys.readouterr().out
+
+
+def test_fine_tunes_use_the_budget_aware_recipe_from_public_inputs() -> None:
+    import importlib.util
+
+    from cleanroom.domain.recipe import budget_recipe
+
+    spec = importlib.util.spec_from_file_location("example_model", demo.EXAMPLE_MODEL / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sum(p.numel() for p in module.build_model().parameters()) == demo.EXAMPLE_PARAMETERS
+    recipe = budget_recipe(patients=569, epsilon=1.0, model_parameters=demo.EXAMPLE_PARAMETERS, validation_fraction=demo.VALIDATION_FRACTION)
+    assert demo.training(1.0)["epochs"] == recipe.epochs
+    assert demo.training(1.0)["expected_batch_patients"] == recipe.expected_batch_patients
