@@ -315,8 +315,8 @@ def _report(
         equivalence_classes=counter.class_count(),
         classes_suppressed=len(small),
         rows_suppressed=counts.rows_suppressed,
-        dropped_columns=tuple(c.name for c in columns if c.role is deid.ColumnRole.DIRECT_IDENTIFIER),
-        pseudonymized_columns=tuple(c.name for c in columns if c.role is deid.ColumnRole.PATIENT_KEY),
+        dropped_columns=tuple(c.name for c in policy.treated(deid.Treatment.DROP)),
+        pseudonymized_columns=tuple(c.name for c in policy.treated(deid.Treatment.PSEUDONYMIZE)),
         generalized_columns=tuple(
             (c.name, c.generalization.describe()) for c in columns if c.generalization is not None
         ),

@@ -22,13 +22,13 @@ from cleanroom.datasets.typed import ARROW_TYPES, cast_column, column_field
 from cleanroom.domain.deid import (
     IDENTIFIER_PATTERNS,
     AgeBand,
-    ColumnRole,
     ColumnSpec,
     ColumnType,
     DateTruncation,
     DeidPolicy,
     PrefixTruncation,
     Suppress,
+    Treatment,
     stored_columns,
 )
 from cleanroom.domain.errors import CleanroomError, FieldViolation, bad_request
@@ -247,10 +247,13 @@ def deidentify_batch(
     arrays = []
     for column in stored_columns(policy):
         values = batch.column(column.name)
-        if column.role is ColumnRole.PATIENT_KEY:
-            patients = pseudonymizer.pseudonymize_encoded(values)
-            arrays.append(patients.dictionary_decode())
-        elif column.role is ColumnRole.QUASI_IDENTIFIER:
+        treatment = column.role.spec.treatment
+        if treatment is Treatment.PSEUDONYMIZE:
+            pseudonyms = pseudonymizer.pseudonymize_encoded(values)
+            arrays.append(pseudonyms.dictionary_decode())
+            if column.role.spec.privacy_unit:
+                patients = pseudonyms
+        elif treatment is Treatment.GENERALIZE:
             arrays.append(_generalize(values, column, first_row))
         else:
             arrays.append(cast_column(values, column.name, column.type, first_row))
@@ -445,10 +448,9 @@ def scan_for_identifiers(batch: pa.RecordBatch, policy: DeidPolicy) -> list[Fiel
 
     One violation per column and kind; never the value or the row.
     """
-    exempt = (ColumnRole.DIRECT_IDENTIFIER, ColumnRole.PATIENT_KEY)
     violations = []
     for column in policy.columns:
-        if column.type is not ColumnType.STRING or column.role in exempt:
+        if column.type is not ColumnType.STRING or not column.role.spec.scanned_for_identifiers:
             continue
         values = batch.column(column.name)
         if not pc.any(pc.match_substring_regex(values, _ANY_IDENTIFIER)).as_py():

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from cleanroom.domain.deid import ColumnRole, ColumnSpec
+from cleanroom.domain.deid import ColumnSpec
 from cleanroom.domain.identity import Principal, Role
 
 
@@ -78,7 +78,7 @@ def can_manage(principal: Principal, dataset: Dataset) -> bool:
 
 def schema_view(dataset: Dataset) -> Dataset:
     """What a manufacturer sees of a dataset shared with it: the stored schema, nothing else."""
-    stored = tuple(c for c in dataset.columns if c.role is not ColumnRole.DIRECT_IDENTIFIER)
+    stored = tuple(c for c in dataset.columns if c.role.spec.stored)
     return replace(
         dataset,
         owner_id="",

@@ -34,13 +34,63 @@ class ColumnType(enum.Enum):
 
 
 class ColumnRole(enum.Enum):
-    """What a column means for privacy; the numbers match cleanroom.v1.ColumnRole."""
+    """What a column means for privacy; the numbers match cleanroom.v1.ColumnRole.
+
+    What each role does lives in ROLE_SPECS (below): a new role is one entry there.
+    """
 
     DIRECT_IDENTIFIER = 1  # dropped at intake
     PATIENT_KEY = 2  # replaced by a keyed pseudonym; the privacy unit
     QUASI_IDENTIFIER = 3  # generalised, then checked for k-anonymity
     FEATURE = 4
     LABEL = 5
+
+    @property
+    def spec(self) -> RoleSpec:
+        return ROLE_SPECS[self]
+
+
+class Treatment(enum.Enum):
+    """What intake does to a column's values before anything is stored."""
+
+    DROP = enum.auto()  # removed: never stored
+    PSEUDONYMIZE = enum.auto()  # replaced by a keyed pseudonym, stored as text
+    GENERALIZE = enum.auto()  # coarsened by the column's rule, stored as text, then checked for k-anonymity
+    KEEP = enum.auto()  # stored as declared, once its values have the declared type
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """Everything that depends on a column's role."""
+
+    treatment: Treatment
+    privacy_unit: bool = False  # the patient: exactly one such column, whose pseudonym bounds each contribution
+    categories: bool = False  # may declare the public list of the values it holds
+    label_classes: bool = False  # may declare classification classes
+
+    @property
+    def stored(self) -> bool:
+        """The column is in the stored schema (under its name; its values as the treatment leaves them)."""
+        return self.treatment is not Treatment.DROP
+
+    @property
+    def stored_as_text(self) -> bool:
+        """Whatever type the owner declared, the stored values are text (pseudonyms, generalised labels)."""
+        return self.treatment in (Treatment.PSEUDONYMIZE, Treatment.GENERALIZE)
+
+    @property
+    def scanned_for_identifiers(self) -> bool:
+        """Its values reach storage as given or coarsened, so stray identifiers in them are refused."""
+        return self.treatment in (Treatment.GENERALIZE, Treatment.KEEP)
+
+
+ROLE_SPECS: dict[ColumnRole, RoleSpec] = {
+    ColumnRole.DIRECT_IDENTIFIER: RoleSpec(Treatment.DROP),
+    ColumnRole.PATIENT_KEY: RoleSpec(Treatment.PSEUDONYMIZE, privacy_unit=True),
+    ColumnRole.QUASI_IDENTIFIER: RoleSpec(Treatment.GENERALIZE),
+    ColumnRole.FEATURE: RoleSpec(Treatment.KEEP, categories=True),
+    ColumnRole.LABEL: RoleSpec(Treatment.KEEP, categories=True, label_classes=True),
+}
 
 
 NUMERIC_TYPES = frozenset({ColumnType.INTEGER, ColumnType.FLOAT})
@@ -134,13 +184,17 @@ class DeidPolicy:
     def with_role(self, role: ColumnRole) -> tuple[ColumnSpec, ...]:
         return tuple(c for c in self.columns if c.role is role)
 
+    def treated(self, treatment: Treatment) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if c.role.spec.treatment is treatment)
+
     @property
     def patient_key(self) -> ColumnSpec:
-        return self.with_role(ColumnRole.PATIENT_KEY)[0]
+        return [c for c in self.columns if c.role.spec.privacy_unit][0]
 
     @property
     def quasi_identifiers(self) -> tuple[ColumnSpec, ...]:
-        return self.with_role(ColumnRole.QUASI_IDENTIFIER)
+        """The generalised columns, whose combinations must each hold at least k patients."""
+        return self.treated(Treatment.GENERALIZE)
 
 
 def validate_policy(columns: tuple[ColumnSpec, ...] | list[ColumnSpec], k: int) -> DeidPolicy:
@@ -176,8 +230,13 @@ def _name_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolation]:
     return violations
 
 
+def _role_spec(column: ColumnSpec) -> RoleSpec | None:
+    """The column's role spec; None while the role is unspecified (validation reports that)."""
+    return column.role.spec if isinstance(column.role, ColumnRole) else None
+
+
 def _column_violations(column: ColumnSpec) -> list[FieldViolation]:
-    violations = []
+    violations: list[FieldViolation] = []
     if not isinstance(column.type, ColumnType):
         violations.append(FieldViolation(_field(column), "the column type is unspecified"))
     if not isinstance(column.role, ColumnRole):
@@ -196,7 +255,8 @@ def _label_classes_violations(column: ColumnSpec) -> list[FieldViolation]:
         return [FieldViolation(field, f"must be between 0 (not declared) and {MAX_LABEL_CLASSES}")]
     if classes == 0:
         return []
-    if column.role is not ColumnRole.LABEL:
+    spec = _role_spec(column)
+    if spec is None or not spec.label_classes:
         return [FieldViolation(field, "only LABEL columns declare classes")]
     if isinstance(column.type, ColumnType) and column.type not in CLASS_LABEL_TYPES:
         return [FieldViolation(field, f"class labels are INTEGER or BOOLEAN, not {column.type.name}")]
@@ -204,7 +264,6 @@ def _label_classes_violations(column: ColumnSpec) -> list[FieldViolation]:
 
 
 CATEGORY_TYPES = frozenset({ColumnType.INTEGER, ColumnType.STRING})
-_CATEGORY_ROLES = frozenset({ColumnRole.FEATURE, ColumnRole.LABEL})
 # How Arrow writes an int64 as text, so that declared keys match the stored values cast to text.
 _PLAIN_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,18})")
 
@@ -215,7 +274,8 @@ def _categories_violations(column: ColumnSpec) -> list[FieldViolation]:
         return []
     if not isinstance(categories, tuple) or len(categories) > MAX_CATEGORIES:
         return [FieldViolation(field, f"at most {MAX_CATEGORIES} categories")]
-    if column.role not in _CATEGORY_ROLES:
+    spec = _role_spec(column)
+    if spec is None or not spec.categories:
         return [FieldViolation(field, "only FEATURE or LABEL columns declare categories")]
     if isinstance(column.type, ColumnType) and column.type not in CATEGORY_TYPES:
         return [FieldViolation(field, f"categories are declared for INTEGER or STRING columns, not {column.type.name}")]
@@ -234,7 +294,8 @@ def _is_plain_integer(text: object) -> bool:
 
 def _generalization_violations(column: ColumnSpec) -> list[FieldViolation]:
     rule, field = column.generalization, _field(column)
-    is_qi = column.role is ColumnRole.QUASI_IDENTIFIER
+    spec = _role_spec(column)
+    is_qi = spec is not None and spec.treatment is Treatment.GENERALIZE
     if rule is None:
         return [FieldViolation(field, "a quasi-identifier needs a generalization")] if is_qi else []
     if not is_qi:
@@ -264,7 +325,7 @@ def _rule_parameter_violations(rule: Generalization, field: str) -> list[FieldVi
 
 
 def _patient_key_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolation]:
-    keys = [c for c in columns if c.role is ColumnRole.PATIENT_KEY]
+    keys = [c for c in columns if (spec := _role_spec(c)) is not None and spec.privacy_unit]
     if len(keys) != 1:
         message = f"exactly one column must have role PATIENT_KEY; {len(keys)} do"
         return [FieldViolation("columns", message)]
@@ -293,7 +354,7 @@ def stored_as_labels(column: ColumnSpec) -> str | None:
     """Why a generalised quasi-identifier is no number any more (None for every other column):
     intake stores its generalised values as text labels, whatever type the owner declared."""
     rule = column.generalization
-    if column.role is not ColumnRole.QUASI_IDENTIFIER or rule is None:
+    if column.role.spec.treatment is not Treatment.GENERALIZE or rule is None:
         return None
     labels = "age-band labels" if isinstance(rule, AgeBand) else "text labels"
     return f"{column.name} is a quasi-identifier stored as {labels} ({rule.describe()}), not as numbers"
@@ -303,11 +364,10 @@ def stored_schema(columns: Iterable[ColumnSpec]) -> tuple[ColumnSpec, ...]:
     """Declared columns as stored: direct identifiers dropped, pseudonyms and generalised values as text."""
     stored = []
     for column in columns:
-        if column.role is ColumnRole.DIRECT_IDENTIFIER:
+        spec = column.role.spec
+        if not spec.stored:
             continue
-        if column.role in (ColumnRole.PATIENT_KEY, ColumnRole.QUASI_IDENTIFIER):
-            column = replace(column, type=ColumnType.STRING)
-        stored.append(column)
+        stored.append(replace(column, type=ColumnType.STRING) if spec.stored_as_text else column)
     return tuple(stored)
 
 

@@ -89,10 +89,12 @@ class ApprovalService:
         officer = principal.role is not Role.MANUFACTURER
         refusals = (budget_reason(Rule.DATASET_BUDGET, dataset_budget_id(dataset_id), whole, cost, show_numbers=officer),
                     budget_reason(Rule.SHARE_BUDGET, share_budget_id(dataset_id, manufacturer_id), share, cost))
-        visible = [BudgetLine(share_budget_id(dataset_id, manufacturer_id), manufacturer, share)]
+        visible: list[tuple[str, Principal | None, Balance | None]] = [
+            (share_budget_id(dataset_id, manufacturer_id), manufacturer, share)]
         if officer:  # a manufacturer never sees what others spent
-            visible.append(BudgetLine(dataset_budget_id(dataset_id), None, whole))
-        balances = tuple(sorted((line for line in visible if line.balance is not None), key=lambda line: line.budget_id))
+            visible.append((dataset_budget_id(dataset_id), None, whole))
+        balances = tuple(sorted((BudgetLine(budget_id, who, balance) for budget_id, who, balance in visible
+                                 if balance is not None), key=lambda line: line.budget_id))
         reasons = tuple(r for r in refusals if r is not None)
         return Estimate(cost, check, balances, not reasons, reasons)
 
