@@ -226,8 +226,8 @@ EVALUATION_SPEC = {"model": "models/3b1f", "dataset": f"datasets/{DATASET_ID}", 
 
 def job_parameters_of(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "training":
-        return jobspec.training_parameters(jobs_pb2.TrainingSpec(**spec))
-    return jobspec.evaluation_parameters(jobs_pb2.EvaluationSpec(**spec))
+        return jobspec.training_params_from_proto(jobs_pb2.TrainingSpec(**spec)).to_json()
+    return jobspec.evaluation_params_from_proto(jobs_pb2.EvaluationSpec(**spec)).to_json()
 
 
 def _job_case(kind: str, spec: dict[str, Any], package_digest: str) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def _job_case(kind: str, spec: dict[str, Any], package_digest: str) -> dict[str,
 def workload_vectors() -> dict[str, Any]:
     digest = enclave_sim.model_package_digest(PACKAGE)
     jobs = [_job_case("training", TRAINING_SPEC, digest), _job_case("evaluation", EVALUATION_SPEC, digest)]
-    stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.statistics.engine.v1\x00" + dataset_id.encode()).hex(),
+    stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.stats.v1\x00" + dataset_id.encode()).hex(),
               "workload": stats_workload(dataset_id)} for dataset_id in (DATASET_ID, "d123")]
     return {"rules": "docs/api/receipts.md#workload-hash", "domain_hex": WORKLOAD_DOMAIN.hex(), "jobs": jobs, "statistics": stats}
 

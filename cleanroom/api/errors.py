@@ -12,6 +12,7 @@ import uuid
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -45,10 +46,16 @@ CATALOG: dict[ErrorCode, grpc.StatusCode] = {
 QUOTA_CODES = frozenset({ErrorCode.PRIVACY_BUDGET_EXHAUSTED, ErrorCode.UPLOAD_TOO_LARGE})
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
+
+
+def _grpc_status(status: status_pb2.Status) -> grpc.Status:
+    """grpc_status ships no type information; its to_status returns a grpc.Status (typed here, once)."""
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
 
 
 def to_status(error: CleanroomError) -> grpc.Status:
@@ -64,7 +71,7 @@ def to_status(error: CleanroomError) -> grpc.Status:
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
     status = status_pb2.Status(code=grpc_code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return _grpc_status(status)
 
 
 def internal_status(exc: BaseException, method: str) -> grpc.Status:
@@ -75,4 +82,4 @@ def internal_status(exc: BaseException, method: str) -> grpc.Status:
         message=f"internal error; quote reference {reference} to the operators",
         details=[_pack(error_details_pb2.ErrorInfo(reason=ErrorCode.INTERNAL.value, domain=DOMAIN))],
     )
-    return rpc_status.to_status(status)
+    return _grpc_status(status)

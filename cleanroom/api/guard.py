@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -21,7 +22,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from cleanroom.api import auth
 from cleanroom.api.errors import internal_status, to_status
-from cleanroom.domain.errors import CleanroomError, bad_request
+from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
 from cleanroom.domain.identity import Principal
 from cleanroom.observability import logs
 
@@ -39,14 +40,25 @@ MALFORMED = _Malformed()
 
 
 class CallContext:
-    """The gRPC context plus the authenticated principal. Everything else is delegated."""
+    """The gRPC context plus the authenticated principal. Everything else is delegated.
 
-    def __init__(self, context: grpc.ServicerContext, principal: Principal | None) -> None:
+    Servicers receive it where gRPC's stubs say `grpc.ServicerContext` and read the principal with
+    `caller(context)`."""
+
+    def __init__(self, context: grpc.ServicerContext, principal: Principal) -> None:
         self._context = context
         self.principal = principal
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+def caller(context: grpc.ServicerContext) -> Principal:
+    """The principal the guard authenticated and authorised for this call. A context that did not
+    pass the guard has none: refused (fail closed), never served anonymously."""
+    if not isinstance(context, CallContext):
+        raise CleanroomError(ErrorCode.UNAUTHENTICATED, "a valid bearer token is required")
+    return context.principal
 
 
 def _has_unknown_fields(message: Message) -> bool:
@@ -103,14 +115,16 @@ class GuardInterceptor(grpc.ServerInterceptor):
 
     def _call_context(self, method: str, context: grpc.ServicerContext) -> CallContext:
         metadata = context.invocation_metadata()
-        logs.request_id.set(logs.clean_request_id(dict(metadata).get("x-request-id")))  # type: ignore[arg-type]
+        header = dict(metadata).get("x-request-id")  # text: only "-bin" headers carry bytes
+        logs.request_id.set(logs.clean_request_id(header if isinstance(header, str) else None))
         context.set_trailing_metadata((("x-request-id", logs.request_id.get()),))
         token = auth.bearer_token(metadata)
         principal = self._authenticate(token) if token else None
         return CallContext(context, auth.authorize(method, principal))
 
 
-class _Status(NamedTuple):
+@dataclass(frozen=True)
+class _Status(grpc.Status):
     code: grpc.StatusCode
     details: str
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
@@ -121,7 +135,7 @@ def _with_request_id(status: grpc.Status) -> grpc.Status:
     would drop the x-request-id set at the start of the call: carry it along."""
     request_id = logs.request_id.get()
     extra = (("x-request-id", request_id),) if request_id else ()
-    return _Status(status.code, status.details, (*tuple(status.trailing_metadata or ()), *extra))  # type: ignore[return-value]
+    return _Status(status.code, status.details, (*tuple(status.trailing_metadata or ()), *extra))
 
 
 def _ended_by_grpc(error: grpc.RpcError, method: str, context: grpc.ServicerContext, observe: Observer, started: float) -> None:

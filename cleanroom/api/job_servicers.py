@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cleanroom.api.guard import CallContext
+import grpc
+
+from cleanroom.api.guard import caller
 from cleanroom.domain.idempotency import RequestKey
-from cleanroom.domain.jobs import Job, JobKind
+from cleanroom.domain.job_params import JobParams
+from cleanroom.domain.jobs import Job
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.jobs.service import JobService
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.v1 import jobs_pb2, jobs_pb2_grpc
-from cleanroom.wire import convert
-from cleanroom.wire import jobs as jobspec
+from cleanroom.wire.jobs import evaluation_params_from_proto, job_to_proto, training_params_from_proto
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -21,35 +23,37 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._idempotency = idempotency
 
     def _proto(self, job: Job) -> jobs_pb2.Job:
-        return convert.job_to_proto(job, self._jobs.artifacts(job))
+        return job_to_proto(job, self._jobs.artifacts(job))
 
-    def _submit(self, context: CallContext, method: str, request, kind: JobKind, params: dict) -> jobs_pb2.Job:  # type: ignore[no-untyped-def]
+    def _submit(self, context: grpc.ServicerContext, method: str, request: jobs_pb2.SubmitTrainingRequest | jobs_pb2.SubmitEvaluationRequest,
+                params: JobParams) -> jobs_pb2.Job:
         check_request_id(request.request_id)
-        key = RequestKey(context.principal.id, method, request.request_id)
+        principal = caller(context)
+        key = RequestKey(principal.id, method, request.request_id)
         return self._idempotency.run(key, fingerprint(request), jobs_pb2.Job, lambda: self._proto(
-            self._jobs.submit(context.principal, kind, request.spec.model, request.spec.dataset, params)))
+            self._jobs.submit(principal, request.spec.model, request.spec.dataset, params)))
 
-    def SubmitTraining(self, request: jobs_pb2.SubmitTrainingRequest, context: CallContext) -> jobs_pb2.Job:
-        return self._submit(context, "SubmitTraining", request, JobKind.TRAINING, jobspec.training_parameters(request.spec))
+    def SubmitTraining(self, request: jobs_pb2.SubmitTrainingRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self._submit(context, "SubmitTraining", request, training_params_from_proto(request.spec))
 
-    def SubmitEvaluation(self, request: jobs_pb2.SubmitEvaluationRequest, context: CallContext) -> jobs_pb2.Job:
-        return self._submit(context, "SubmitEvaluation", request, JobKind.EVALUATION, jobspec.evaluation_parameters(request.spec))
+    def SubmitEvaluation(self, request: jobs_pb2.SubmitEvaluationRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self._submit(context, "SubmitEvaluation", request, evaluation_params_from_proto(request.spec))
 
-    def GetJob(self, request: jobs_pb2.GetJobRequest, context: CallContext) -> jobs_pb2.Job:
-        return self._proto(self._jobs.get(context.principal, request.name))
+    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self._proto(self._jobs.get(caller(context), request.name))
 
-    def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: CallContext) -> jobs_pb2.ListJobsResponse:
+    def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
         page = parse_page(request.page_size, request.page_token)
-        jobs = self._jobs.list(context.principal, page)
+        jobs = self._jobs.list(caller(context), page)
         return jobs_pb2.ListJobsResponse(jobs=[self._proto(j) for j in jobs], next_page_token=next_page_token([j.id for j in jobs], page.size))
 
-    def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: CallContext) -> Iterator[jobs_pb2.Job]:
-        for job in self._jobs.watch(context.principal, request.name, active=context.is_active):
+    def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Job]:
+        for job in self._jobs.watch(caller(context), request.name, active=context.is_active):
             yield self._proto(job)
 
-    def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: CallContext) -> jobs_pb2.Job:
-        return self._proto(self._jobs.cancel(context.principal, request.name))
+    def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self._proto(self._jobs.cancel(caller(context), request.name))
 
-    def DownloadArtifact(self, request: jobs_pb2.DownloadArtifactRequest, context: CallContext) -> Iterator[jobs_pb2.ArtifactChunk]:
-        for chunk in self._jobs.download(context.principal, request.job, request.artifact):
+    def DownloadArtifact(self, request: jobs_pb2.DownloadArtifactRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.ArtifactChunk]:
+        for chunk in self._jobs.download(caller(context), request.job, request.artifact):
             yield jobs_pb2.ArtifactChunk(data=chunk)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cleanroom.api.guard import CallContext
+import grpc
+
+from cleanroom.api.guard import caller
 from cleanroom.api.streams import upload_parts
 from cleanroom.datasets.service import DatasetService
 from cleanroom.domain.errors import FieldViolation, bad_request
@@ -14,11 +16,13 @@ from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.principals import PrincipalService
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.v1 import datasets_pb2, datasets_pb2_grpc, identity_pb2, identity_pb2_grpc
-from cleanroom.wire import convert
+from cleanroom.wire.common import role_from_proto
+from cleanroom.wire.datasets import dataset_to_proto, upload_request_from_proto
+from cleanroom.wire.identity import principal_to_proto
 
 
-def _key(context: CallContext, method: str, request_id: str) -> RequestKey:
-    return RequestKey(context.principal.id, method, request_id)
+def _key(context: grpc.ServicerContext, method: str, request_id: str) -> RequestKey:
+    return RequestKey(caller(context).id, method, request_id)
 
 
 class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
@@ -27,14 +31,14 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         self._keys = keys
         self._idempotency = idempotency
 
-    def CreatePrincipal(self, request: identity_pb2.CreatePrincipalRequest, context: CallContext) -> identity_pb2.CreatePrincipalResponse:
+    def CreatePrincipal(self, request: identity_pb2.CreatePrincipalRequest, context: grpc.ServicerContext) -> identity_pb2.CreatePrincipalResponse:
         check_request_id(request.request_id)
-        role = convert.role_from_proto(request.role)
+        role = role_from_proto(request.role)
 
         def create() -> identity_pb2.CreatePrincipalResponse:
-            principal, _token = self._principals.create(request.display_name, role, actor=context.principal.resource_name)
+            principal, _token = self._principals.create(request.display_name, role, actor=caller(context).resource_name)
             # The token is never stored: a retry re-derives it from the principal id.
-            return identity_pb2.CreatePrincipalResponse(principal=convert.principal_to_proto(principal))
+            return identity_pb2.CreatePrincipalResponse(principal=principal_to_proto(principal))
 
         response = self._idempotency.run(
             _key(context, "CreatePrincipal", request.request_id), fingerprint(request), identity_pb2.CreatePrincipalResponse, create
@@ -42,19 +46,19 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         response.token = self._principals.token_for(response.principal.name.removeprefix("principals/"))
         return response
 
-    def ListPrincipals(self, request: identity_pb2.ListPrincipalsRequest, context: CallContext) -> identity_pb2.ListPrincipalsResponse:
+    def ListPrincipals(self, request: identity_pb2.ListPrincipalsRequest, context: grpc.ServicerContext) -> identity_pb2.ListPrincipalsResponse:
         page = parse_page(request.page_size, request.page_token)
         principals = self._principals.list(page)
         return identity_pb2.ListPrincipalsResponse(
-            principals=[convert.principal_to_proto(p) for p in principals],
+            principals=[principal_to_proto(p) for p in principals],
             next_page_token=next_page_token([p.id for p in principals], page.size),
         )
 
-    def RotateKeys(self, request: identity_pb2.RotateKeysRequest, context: CallContext) -> identity_pb2.RotateKeysResponse:
+    def RotateKeys(self, request: identity_pb2.RotateKeysRequest, context: grpc.ServicerContext) -> identity_pb2.RotateKeysResponse:
         check_request_id(request.request_id)
 
         def rotate() -> identity_pb2.RotateKeysResponse:
-            key_id, count = self._keys.rotate(actor=context.principal.resource_name)
+            key_id, count = self._keys.rotate(actor=caller(context).resource_name)
             return identity_pb2.RotateKeysResponse(key_id=key_id, rewrapped_data_keys=count)
 
         return self._idempotency.run(
@@ -63,8 +67,8 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def WhoAmI(self, request: identity_pb2.WhoAmIRequest, context: CallContext) -> identity_pb2.Principal:
-        return convert.principal_to_proto(context.principal)
+    def WhoAmI(self, request: identity_pb2.WhoAmIRequest, context: grpc.ServicerContext) -> identity_pb2.Principal:
+        return principal_to_proto(caller(context))
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -72,17 +76,17 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self._datasets = datasets
         self._idempotency = idempotency
 
-    def UploadDataset(self, requests: Iterator[datasets_pb2.UploadDatasetRequest], context: CallContext) -> datasets_pb2.Dataset:
+    def UploadDataset(self, requests: Iterator[datasets_pb2.UploadDatasetRequest], context: grpc.ServicerContext) -> datasets_pb2.Dataset:
         first = next(requests, None)
         if first is None or first.WhichOneof("payload") != "metadata":
             raise bad_request("the first message must carry the metadata", FieldViolation("metadata", "missing"))
         metadata = first.metadata
         check_request_id(metadata.request_id, "metadata.request_id")
-        upload = convert.upload_request_from_proto(metadata)
+        upload = upload_request_from_proto(metadata)
         self._datasets.validate_upload(upload)
 
         def store() -> datasets_pb2.Dataset:
-            return convert.dataset_to_proto(self._datasets.upload(context.principal, upload, upload_parts(requests)))
+            return dataset_to_proto(self._datasets.upload(caller(context), upload, upload_parts(requests)))
 
         return self._idempotency.run(
             _key(context, "UploadDataset", metadata.request_id),
@@ -91,22 +95,22 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             store,
         )
 
-    def GetDataset(self, request: datasets_pb2.GetDatasetRequest, context: CallContext) -> datasets_pb2.Dataset:
-        return convert.dataset_to_proto(self._datasets.get(context.principal, request.name))
+    def GetDataset(self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext) -> datasets_pb2.Dataset:
+        return dataset_to_proto(self._datasets.get(caller(context), request.name))
 
-    def ListDatasets(self, request: datasets_pb2.ListDatasetsRequest, context: CallContext) -> datasets_pb2.ListDatasetsResponse:
+    def ListDatasets(self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext) -> datasets_pb2.ListDatasetsResponse:
         page = parse_page(request.page_size, request.page_token)
-        datasets = self._datasets.list(context.principal, page)
+        datasets = self._datasets.list(caller(context), page)
         return datasets_pb2.ListDatasetsResponse(
-            datasets=[convert.dataset_to_proto(d) for d in datasets],
+            datasets=[dataset_to_proto(d) for d in datasets],
             next_page_token=next_page_token([d.id for d in datasets], page.size),
         )
 
-    def DeleteDataset(self, request: datasets_pb2.DeleteDatasetRequest, context: CallContext) -> datasets_pb2.DeleteDatasetResponse:
+    def DeleteDataset(self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext) -> datasets_pb2.DeleteDatasetResponse:
         check_request_id(request.request_id)
 
         def delete() -> datasets_pb2.DeleteDatasetResponse:
-            return datasets_pb2.DeleteDatasetResponse(name=self._datasets.delete(context.principal, request.name))
+            return datasets_pb2.DeleteDatasetResponse(name=self._datasets.delete(caller(context), request.name))
 
         return self._idempotency.run(
             _key(context, "DeleteDataset", request.request_id), fingerprint(request), datasets_pb2.DeleteDatasetResponse, delete

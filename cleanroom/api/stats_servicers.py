@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from cleanroom.api.guard import CallContext
-from cleanroom.api.privacy_servicers import cost_estimate_to_proto
+import grpc
+
+from cleanroom.api.guard import caller
 from cleanroom.domain.idempotency import RequestKey
 from cleanroom.server.idempotency import JournalledIdempotency, check_request_id, fingerprint
 from cleanroom.statistics.service import QueryResult, StatsQueryService
 from cleanroom.v1 import stats_pb2, stats_pb2_grpc
-from cleanroom.wire import convert
+from cleanroom.wire.datasets import dataset_id_from_name
+from cleanroom.wire.privacy import cost_estimate_to_proto
 from cleanroom.wire.stats import KIND_ENUMS, query_from_proto
 
 
@@ -32,16 +34,17 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         self._stats = stats
         self._idempotency = idempotency
 
-    def RunQuery(self, request: stats_pb2.RunQueryRequest, context: CallContext) -> stats_pb2.QueryAnswer:
+    def RunQuery(self, request: stats_pb2.RunQueryRequest, context: grpc.ServicerContext) -> stats_pb2.QueryAnswer:
         check_request_id(request.request_id)
-        dataset_id = convert.dataset_id_from_name(request.dataset)
+        dataset_id = dataset_id_from_name(request.dataset)
         query = query_from_proto(request.query)
-        key = RequestKey(context.principal.id, "RunQuery", request.request_id)
+        principal = caller(context)
+        key = RequestKey(principal.id, "RunQuery", request.request_id)
         return self._idempotency.run(key, fingerprint(request), stats_pb2.QueryAnswer, lambda: answer_to_proto(
-            dataset_id, self._stats.run(context.principal, dataset_id, query, privacy_request=request.privacy_request)))
+            dataset_id, self._stats.run(principal, dataset_id, query, privacy_request=request.privacy_request)))
 
-    def EstimateQuery(self, request: stats_pb2.EstimateQueryRequest, context: CallContext) -> stats_pb2.QueryEstimate:
-        dataset_id = convert.dataset_id_from_name(request.dataset)
-        estimate = self._stats.estimate(context.principal, dataset_id, query_from_proto(request.query))
+    def EstimateQuery(self, request: stats_pb2.EstimateQueryRequest, context: grpc.ServicerContext) -> stats_pb2.QueryEstimate:
+        dataset_id = dataset_id_from_name(request.dataset)
+        estimate = self._stats.estimate(caller(context), dataset_id, query_from_proto(request.query))
         return stats_pb2.QueryEstimate(epsilon=estimate.cost.epsilon_value, delta=estimate.cost.delta_value,
                                        expected_error=estimate.expected_error, budget=cost_estimate_to_proto(estimate.budget))

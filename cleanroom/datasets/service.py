@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
 
 from cleanroom import crypto
 from cleanroom.datasets import deidentify as ops
 from cleanroom.datasets.intake import ingest
 from cleanroom.datasets.upload_stream import Trailer, UploadStream, too_large
 from cleanroom.domain import deid
-from cleanroom.domain.datasets import Dataset, can_manage, new_dataset_id, parse_dataset_name, schema_view
+from cleanroom.domain.datasets import Dataset, UploadRequest, can_manage, new_dataset_id, parse_dataset_name, schema_view
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
@@ -24,16 +23,6 @@ from cleanroom.storage.db import Database
 log = logging.getLogger(__name__)
 
 NOT_FOUND_MESSAGE = "dataset not found"
-
-
-@dataclass(frozen=True)
-class UploadRequest:
-    display_name: str
-    description: str
-    file_format: str
-    columns: tuple[deid.ColumnSpec, ...]
-    k_anonymity: int  # 0: the server default
-    size_bytes: int   # 0: unknown
 
 
 class DatasetService:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-# The canonical number text of receipts and workload hashes (stdlib only; the contract vectors pin it).
+# The canonical number text of receipts and workload hashes (a stdlib-only module; the vectors pin it).
 from enclave_sim.canonical import decimal_text
 
 T = TypeVar("T")

@@ -54,13 +54,20 @@ def check_outputs(kind: str, outputs: dict[str, bytes], *, trainable_shapes: dic
 def _result(data: bytes) -> dict[str, Any]:
     try:
         result = json.loads(data)
-        valid = (isinstance(result["epsilon_spent"], (int, float)) and isinstance(result["delta"], (int, float))
-                 and isinstance(result["accountant"], str) and isinstance(result["dp_parameters"], dict))
-    except (ValueError, KeyError, TypeError):
-        valid = False
-    if not valid or not math.isfinite(result["epsilon_spent"]):
+    except ValueError:
+        result = None
+    if not isinstance(result, dict) or not _well_formed(result):
         raise ReleaseRefused("the worker's result summary is malformed")
     return result
+
+
+def _well_formed(result: dict[str, Any]) -> bool:
+    try:
+        return (isinstance(result["epsilon_spent"], (int, float)) and isinstance(result["delta"], (int, float))
+                and isinstance(result["accountant"], str) and isinstance(result["dp_parameters"], dict)
+                and math.isfinite(result["epsilon_spent"]))
+    except KeyError:
+        return False
 
 
 def _clean_weights(data: bytes, shapes: dict[str, tuple[int, ...]]) -> bytes:

@@ -30,19 +30,21 @@ from typing import Any
 
 import enclave_sim
 from cleanroom import crypto
+from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain.approvals import RequestState
+from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
-from cleanroom.domain.privacy import Privacy
+from cleanroom.domain.model_versions import ModelVersion
+from cleanroom.domain.privacy import Spend
 from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import release, validation
 from cleanroom.jobs.service import JobService, job_context
 from cleanroom.models.versions import ModelVersionService
+from cleanroom.observability import logs
+from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.sandbox import cgroups
 from cleanroom.sandbox.base import Outcome, SandboxLauncher, SandboxPolicy, SandboxRequest, error_type
-from cleanroom.observability import logs
-from cleanroom.attestation.enclave import Enclave
-from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
@@ -58,6 +60,13 @@ class JobFailed(Exception):
     def __init__(self, code: FailureCode) -> None:
         super().__init__(code.value)
         self.code = code
+
+
+def _workload(job: Job) -> str:
+    """The workload hash every submitted job carries (a job without one cannot run)."""
+    if job.workload is None:
+        raise JobFailed(FailureCode.INTERNAL)
+    return job.workload
 
 
 class JobCancelled(Exception):
@@ -185,11 +194,11 @@ class JobRunner:
         try:
             if cancel.is_set():
                 raise JobCancelled
-            secrets = self._attest_and_release_key(job, wrapped_dataset_key)
+            secrets = self._attest_and_release_key(job, spend.id, wrapped_dataset_key)
             outputs = self._run_worker(job, model, dataset, work, secrets, cancel)
             if cancel.is_set():  # cancelled as the worker finished: its outputs are discarded unread
                 raise JobCancelled
-            return self._gate_and_store(job, model, dataset, spend.reserved, outputs, secrets["nonce"])
+            return self._gate_and_store(job, model, dataset, spend, outputs, secrets["nonce"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -197,15 +206,15 @@ class JobRunner:
         self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self._work_dir
 
-    def _attest_and_release_key(self, job: Job, wrapped_dataset_key: bytes) -> dict[str, str]:
-        self._ledger.mark_decrypted(job.spend_id)  # before the key leaves the broker: from now on it is spent
+    def _attest_and_release_key(self, job: Job, spend_id: str, wrapped_dataset_key: bytes) -> dict[str, str]:
+        self._ledger.mark_decrypted(spend_id)  # before the key leaves the broker: from now on it is spent
         dataset_key = self._keys.unwrap_dataset_key(job.dataset_id, wrapped_dataset_key)
         try:
-            return self._enclave.release_to_sandbox(job.workload, job.dataset_id, dataset_key)
+            return self._enclave.release_to_sandbox(_workload(job), job.dataset_id, dataset_key)
         except enclave_sim.AttestationError:
             raise JobFailed(FailureCode.ATTESTATION_REFUSED) from None
 
-    def _run_worker(self, job: Job, model: Any, dataset: Any, work: Path, secrets: dict[str, str],
+    def _run_worker(self, job: Job, model: ModelVersion, dataset: Dataset, work: Path, secrets: dict[str, str],
                     cancel: threading.Event | None = None) -> dict[str, bytes]:
         inputs, out = work / "in", work / "out"
         inputs.mkdir()
@@ -227,24 +236,26 @@ class JobRunner:
         return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     @staticmethod
-    def _job_input(job: Job, model: Any, dataset: Any) -> dict[str, Any]:
-        params = json.loads(job.spec_json)
+    def _job_input(job: Job, model: ModelVersion, dataset: Dataset) -> dict[str, object]:
+        """job.json, what the worker reads: the parameters' JSON form and what it needs of the model and dataset."""
+        params = job.params
         patient_key = next(c.name for c in dataset.columns if c.role.name == "PATIENT_KEY")
-        return {"params": params, "dataset_id": dataset.id, "patient_column": patient_key, "task": model.task,
+        return {"params": params.to_json(), "dataset_id": dataset.id, "patient_column": patient_key, "task": model.task,
                 "num_classes": model.num_classes, "input_shape": list(model.input_shape), "trainable": list(model.trainable),
-                "metrics": validation.metrics_for(model, params.get("metrics", []))}
+                "metrics": validation.metrics_for(model, params)}
 
-    def _gate_and_store(self, job: Job, model: Any, dataset: Any, reserved: Privacy, outputs: dict[str, bytes], nonce: str) -> tuple[list[dict[str, Any]], bytes]:
+    def _gate_and_store(self, job: Job, model: ModelVersion, dataset: Dataset, spend: Spend, outputs: dict[str, bytes],
+                        nonce: str) -> tuple[list[dict[str, Any]], bytes]:
         try:
-            checked = release.check_outputs(job.kind.value, outputs, trainable_shapes=self._trainable_shapes(model), reserved=reserved)
+            checked = release.check_outputs(job.kind.value, outputs, trainable_shapes=self._trainable_shapes(model), reserved=spend.reserved)
         except release.ReleaseRefused:
             raise JobFailed(FailureCode.RELEASE_REFUSED) from None
         receipt = self._sign(job, dataset, checked, nonce)
-        self._ledger.release(job.spend_id, checked.spent)
+        self._ledger.release(spend.id, checked.spent)
         files = {**checked.released, "receipt.json": receipt}
         return self._seal_artifacts(job, files)
 
-    def _trainable_shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
+    def _trainable_shapes(self, model: ModelVersion) -> dict[str, tuple[int, ...]]:
         from safetensors import safe_open
 
         with tempfile.NamedTemporaryFile(dir=self._ensure_work_dir()) as handle:
@@ -254,17 +265,17 @@ class JobRunner:
                 shapes = {k.removeprefix("state/"): tuple(stored.get_slice(k).get_shape()) for k in stored.keys() if k.startswith("state/")}
         return {name: shapes[name] for name in model.trainable}
 
-    def _sign(self, job: Job, dataset: Any, checked: release.Checked, nonce: str) -> bytes:
-        enclave = self._enclave
+    def _sign(self, job: Job, dataset: Dataset, checked: release.Checked, nonce: str) -> bytes:
+        enclave, workload = self._enclave, _workload(job)
         report = enclave_sim.sign_report(
-            enclave.attestation_key, measurement=enclave.measurement, workload=job.workload,
+            enclave.attestation_key, measurement=enclave.measurement, workload=workload,
             dp_parameters=release.canonical_parameters(checked.dp_parameters), epsilon_spent=checked.spent.epsilon_value,
             accountant=checked.accountant, dataset_commitment=dataset.ciphertext_sha256, released_files=checked.released, nonce=nonce,
         )
         try:  # fail closed: the receipt must pass the checks a client will run
             bundle = enclave.trust_bundle()
             enclave_sim.verify_report(report, pinned_root_public_key_pem=bundle.root_public_key_pem.encode(),
-                                      allowed_measurements=bundle.allowed_measurements, expected_workload=job.workload,
+                                      allowed_measurements=bundle.allowed_measurements, expected_workload=workload,
                                       released_files=checked.released, expected_nonce=nonce)
         except enclave_sim.VerificationError:
             raise JobFailed(FailureCode.RELEASE_REFUSED) from None

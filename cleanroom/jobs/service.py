@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import builtins
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import enclave_sim
@@ -14,16 +14,17 @@ from cleanroom.domain.approvals import RequestState
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
-from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState, new_job_id, transition
+from cleanroom.domain.job_params import JobParams, TrainingParams, to_spec_json
+from cleanroom.domain.jobs import Artifact, FailureCode, Job, JobKind, JobState, new_job_id, transition
 from cleanroom.domain.model_versions import ModelState, ModelVersion, parse_model_name
 from cleanroom.domain.ownership import owned_or_not_found
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import Mechanism, Privacy
 from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import validation
+from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.ledger import Ledger, SpendRequest
-from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import audit_repo, clock, dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
@@ -49,17 +50,18 @@ class JobService:
 
     # --- submission ------------------------------------------------------------------------------
 
-    def submit(self, maker: Principal, kind: JobKind, model_name: str, dataset_name: str, params: dict[str, Any]) -> Job:
+    def submit(self, maker: Principal, model_name: str, dataset_name: str, params: JobParams) -> Job:
         """Checks everything first; only then asks for budget (auto-approved or queued for an officer)."""
+        kind = JobKind(params.kind)
         model, dataset = self._inputs(maker, model_name, dataset_name)
-        self._validate(kind, params, model, dataset)
-        cost = Privacy.cost(float(params["target_epsilon"]), float(params["target_delta"]), field_prefix="spec.target_")
+        self._validate(params, model, dataset)
+        cost = Privacy.cost(params.target_epsilon, params.target_delta, field_prefix="spec.target_")
         job_id = new_job_id()
-        workload = enclave_sim.workload_hash(model.package_sha256, params, dataset.id)
+        workload = enclave_sim.workload_hash(model.package_sha256, params.to_json(), dataset.id)
         mechanism = Mechanism("subsampled-gaussian" if kind is JobKind.TRAINING else "gaussian", "prv" if kind is JobKind.TRAINING else "zcdp-rdp")
         request = self._approvals.submit(maker, SpendRequest(dataset.id, maker.id, kind.value, f"jobs/{job_id}", cost, mechanism, workload))
         state = JobState.QUEUED if request.state is RequestState.APPROVED else JobState.PENDING_APPROVAL
-        job = Job(job_id, kind, maker.id, model.id, dataset.id, json.dumps(params, sort_keys=True), state, clock.now(),
+        job = Job(job_id, kind, maker.id, model.id, dataset.id, to_spec_json(params), state, clock.now(),
                   privacy_request_id=request.id, spend_id=request.spend_id, workload=workload)
         with self._db.transaction() as session:
             job_repo.add_job(session, job)
@@ -87,9 +89,9 @@ class JobService:
         return model, dataset
 
     @staticmethod
-    def _validate(kind: JobKind, params: dict[str, Any], model: ModelVersion, dataset: Dataset) -> None:
+    def _validate(params: JobParams, model: ModelVersion, dataset: Dataset) -> None:
         violations = validation.column_violations(params, model, dataset)
-        if kind is JobKind.TRAINING:
+        if isinstance(params, TrainingParams):
             violations += validation.training_violations(params, dataset.patient_count)
         else:
             violations += validation.evaluation_violations(params, model)
@@ -104,11 +106,11 @@ class JobService:
             job = job_repo.get_job(session, job_id)
         return owned_or_not_found(job, maker.id, NOT_FOUND)
 
-    def list(self, maker: Principal, page: PageRequest) -> list[Job]:
+    def list(self, maker: Principal, page: PageRequest) -> builtins.list[Job]:
         with self._db.read() as session:
             return job_repo.list_jobs(session, owner_id=maker.id, after_id=page.after_id, limit=page.size)
 
-    def watch(self, maker: Principal, name: str, *, active: Any = lambda: True) -> Iterator[Job]:
+    def watch(self, maker: Principal, name: str, *, active: Callable[[], bool] = lambda: True) -> Iterator[Job]:
         """Yields the job at each state change until it is final: coarse states only."""
         last = None
         while active():
@@ -120,10 +122,10 @@ class JobService:
                 return
             time.sleep(WATCH_POLL_SECONDS)
 
-    def artifacts(self, job: Job) -> list[dict[str, Any]]:
+    def artifacts(self, job: Job) -> builtins.list[Artifact]:
         with self._db.read() as session:
             listing, _ = job_repo.artifacts(session, job.id)
-        return listing
+        return [Artifact(name=a["name"], sha256=a["sha256"], size_bytes=a["size"]) for a in listing]
 
     def download(self, maker: Principal, name: str, artifact: str) -> Iterator[bytes]:
         job = self.get(maker, name)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import FieldViolation
+from cleanroom.domain.job_params import OPTIMIZERS, SUPPORTED_METRICS, EvaluationParams, JobParams, TrainingParams
 from cleanroom.domain.model_versions import ModelVersion
-from cleanroom.wire.jobs import OPTIMIZERS, SUPPORTED_METRICS
 
 NUMERIC = {deid.ColumnType.INTEGER, deid.ColumnType.FLOAT, deid.ColumnType.BOOLEAN}
 CLASS_LABELS = {deid.ColumnType.INTEGER, deid.ColumnType.BOOLEAN}
@@ -33,9 +32,9 @@ def _feature_violation(name: str, spec: deid.ColumnSpec | None) -> FieldViolatio
     return None
 
 
-def column_violations(params: dict[str, Any], model: ModelVersion, dataset: Dataset) -> list[FieldViolation]:
+def column_violations(params: JobParams, model: ModelVersion, dataset: Dataset) -> list[FieldViolation]:
     columns, out = _stored(dataset), []
-    features = params["feature_columns"]
+    features = params.feature_columns
     for name in features:
         violation = _feature_violation(name, columns.get(name))
         if violation is not None:
@@ -45,7 +44,7 @@ def column_violations(params: dict[str, Any], model: ModelVersion, dataset: Data
     expected = math.prod(model.input_shape)
     if len(features) != expected:
         out.append(FieldViolation("spec.feature_columns", f"the model takes {expected} inputs {list(model.input_shape)}, not {len(features)}"))
-    out += _label_violations(params["label_column"], model, columns)
+    out += _label_violations(params.label_column, model, columns)
     return out
 
 
@@ -77,29 +76,31 @@ def _range(out: list[FieldViolation], field: str, value: float, low: float, high
         out.append(FieldViolation(field, what))
 
 
-def training_violations(params: dict[str, Any], patients: int) -> list[FieldViolation]:
+def training_violations(params: TrainingParams, patients: int) -> list[FieldViolation]:
     out: list[FieldViolation] = []
-    _range(out, "spec.epochs", params["epochs"], 1, 1000, "between 1 and 1000")
-    _range(out, "spec.expected_batch_patients", params["expected_batch_patients"], 1, max(patients, 1),
+    _range(out, "spec.epochs", params.epochs, 1, 1000, "between 1 and 1000")
+    _range(out, "spec.expected_batch_patients", params.expected_batch_patients, 1, max(patients, 1),
            "between 1 and the number of patients")
-    _range(out, "spec.learning_rate", float(params["learning_rate"]), 1e-6, 10, "above 0 and at most 10")
-    _range(out, "spec.clipping_norm", float(params["clipping_norm"]), 1e-6, 1e6, "above 0")
-    _range(out, "spec.validation_fraction", float(params["validation_fraction"]), 0, 0.5, "between 0 and 0.5")
-    _range(out, "spec.max_rows_per_patient", params["max_rows_per_patient"], 1, 1000, "between 1 and 1000")
-    if params["optimizer"] not in OPTIMIZERS:
+    _range(out, "spec.learning_rate", params.learning_rate, 1e-6, 10, "above 0 and at most 10")
+    _range(out, "spec.clipping_norm", params.clipping_norm, 1e-6, 1e6, "above 0")
+    _range(out, "spec.validation_fraction", params.validation_fraction, 0, 0.5, "between 0 and 0.5")
+    _range(out, "spec.max_rows_per_patient", params.max_rows_per_patient, 1, 1000, "between 1 and 1000")
+    if params.optimizer not in OPTIMIZERS:
         out.append(FieldViolation("spec.optimizer", f"one of {', '.join(OPTIMIZERS)}"))
     return out
 
 
-def evaluation_violations(params: dict[str, Any], model: ModelVersion) -> list[FieldViolation]:
+def evaluation_violations(params: EvaluationParams, model: ModelVersion) -> list[FieldViolation]:
     out: list[FieldViolation] = []
-    _range(out, "spec.max_rows_per_patient", params["max_rows_per_patient"], 1, 1000, "between 1 and 1000")
+    _range(out, "spec.max_rows_per_patient", params.max_rows_per_patient, 1, 1000, "between 1 and 1000")
     known = set(SUPPORTED_METRICS.get(model.task, ()))
-    unknown = sorted(set(params["metrics"]) - known)
+    unknown = sorted(set(params.metrics) - known)
     if unknown:
         out.append(FieldViolation("spec.metrics", f"unknown for this task: {', '.join(unknown)}; choose from {', '.join(sorted(known))}"))
     return out
 
 
-def metrics_for(model: ModelVersion, wanted: list[str]) -> list[str]:
+def metrics_for(model: ModelVersion, params: JobParams) -> list[str]:
+    """The metrics a job reports: those its request names, else every one the model's task offers."""
+    wanted = list(params.metrics) if isinstance(params, EvaluationParams) else []
     return wanted or list(SUPPORTED_METRICS.get(model.task, ()))

@@ -9,7 +9,6 @@ so an approved request always holds its budget.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cleanroom.domain.approvals import (
@@ -21,46 +20,19 @@ from cleanroom.domain.approvals import (
     new_request_id,
     new_spend_id,
 )
-from cleanroom.domain.cost_reasons import CostReason, Rule, budget_reason
+from cleanroom.domain.budgets import BudgetLine
+from cleanroom.domain.budgets import Estimate as Estimate  # re-exported: callers name it here
+from cleanroom.domain.cost_reasons import Rule, budget_reason
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import ZERO, Balance, Privacy, dataset_budget_id, share_budget_id
-from cleanroom.privacy.budgets import NOT_FOUND, BudgetLine, load_dataset, require_reason, retry_after_release
+from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.storage import audit_repo, clock, principal_repo, privacy_repo
 from cleanroom.storage.db import Database
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    cost: Privacy
-    check: PolicyCheck
-    balances: tuple[BudgetLine, ...]   # the budgets the caller may see, now, as GetBudgets shows them
-    fits: bool
-    budget_reasons: tuple[CostReason, ...] = ()  # the budgets that would refuse, and what would make it fit
-
-    @property
-    def reasons(self) -> tuple[CostReason, ...]:
-        """Every rule that refuses or makes the request wait: budgets first, then the policy."""
-        return self.budget_reasons + self.check.details
-
-    @property
-    def decision(self) -> Decision:
-        """What submitting it now would do: within auto-approval but beyond a budget it is refused
-        (PRIVACY_BUDGET_EXHAUSTED), never approved; one that waits for an officer still waits."""
-        if self.check.decision is Decision.AUTO_APPROVE and not self.fits:
-            return Decision.REFUSED
-        return self.check.decision
-
-    def balances_after(self) -> tuple[BudgetLine, ...]:
-        """The same budgets once the request is reserved; none when it cannot be (nothing would change)."""
-        if not self.fits or self.decision is Decision.REFUSED:
-            return ()
-        return tuple(replace(line, balance=Balance(line.balance.cap, line.balance.reserved + self.cost, line.balance.spent))
-                     for line in self.balances)
 
 
 class ApprovalService:

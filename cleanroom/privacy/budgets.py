@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import ApprovalPolicy
+from cleanroom.domain.budgets import BudgetLine, BudgetView
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
@@ -20,23 +21,6 @@ from cleanroom.storage.db import Database
 
 NOT_FOUND = "dataset not found"
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BudgetLine:
-    budget_id: str
-    manufacturer: Principal | None  # None: the dataset-wide budget
-    balance: Balance
-    basic_epsilon: float = 0.0
-    rdp_epsilon: float | None = None  # None: some committed spend cannot be composed under RDP
-
-
-@dataclass(frozen=True)
-class BudgetView:
-    dataset: Dataset
-    lines: tuple[BudgetLine, ...]
-    policy: ApprovalPolicy
-    dataset_cap_set: bool = True  # False: no dataset-wide cap yet, so nothing can be spent
 
 
 def retry_after_release(action: Callable[[], T], *, refused: type[Exception], release: Callable[[], bool]) -> T:

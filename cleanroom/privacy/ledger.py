@@ -211,7 +211,10 @@ class Ledger:
         with self._db.read() as session:
             return privacy_repo.open_spend_for_workload(session, workload) is not None
 
-    def events(self, where: privacy_repo.EventFilter) -> list[LedgerEvent]:
+    def events(self, *, dataset_id: str | None = None, manufacturer_id: str | None = None, kind: EventKind | None = None,
+               after_seq: int = 0, limit: int) -> list[LedgerEvent]:
+        """A page of ledger events after `after_seq`, optionally of one dataset, manufacturer or kind."""
+        where = privacy_repo.EventFilter(dataset_id=dataset_id, manufacturer_id=manufacturer_id, kind=kind, after_seq=after_seq, limit=limit)
         with self._db.read() as session:
             return privacy_repo.events(session, where)
 

@@ -77,8 +77,7 @@ def job_parameters(job: Any) -> dict[str, Any]:
     """The canonical parameters of a job as the SDK sent them (TrainingSpec or EvaluationSpec)."""
     from cleanroom.wire import jobs as jobspec
 
-    spec_kind = job.WhichOneof("spec")
-    return jobspec.training_parameters(job.training) if spec_kind == "training" else jobspec.evaluation_parameters(job.evaluation)
+    return jobspec.params_from_job(job).to_json()
 
 
 def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str | Path, pinned_root_pem: bytes,
@@ -91,7 +90,8 @@ def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str |
     from cleanroom.wire import jobs as jobspec
 
     if spec is not None:
-        params = jobspec.training_parameters(spec) if hasattr(spec, "epochs") else jobspec.evaluation_parameters(spec)
+        sent = jobspec.training_params_from_proto(spec) if hasattr(spec, "epochs") else jobspec.evaluation_params_from_proto(spec)
+        params = sent.to_json()
     else:
         params = job_parameters(job)
     source = job.training if job.WhichOneof("spec") == "training" else job.evaluation

@@ -1,62 +1,98 @@
-"""Job requests as canonical parameters, shared by the service and the SDK.
+"""jobs.proto <-> domain: job requests as typed parameters, and jobs with their artefacts.
 
-The workload hash binds the model version's package digest, these parameters and the dataset id.
-The SDK recomputes it from the request it sent, so both sides must build the same mapping from the
-same request: that is this module's only job. Floats become exact decimal text (canonical JSON has
-no floats).
+The workload hash binds the model version's package digest, the parameters' JSON form and the
+dataset id. The SDK recomputes it from the request it sent, so the server and the SDK build the same
+parameters from the same request: through this module (and `to_json`, cleanroom/domain/job_params.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, TrainingParams
+from cleanroom.domain.jobs import Artifact, FailureCode, Job, JobState
 from cleanroom.v1 import jobs_pb2
-from enclave_sim import decimal_text
+from cleanroom.wire.common import timestamp
 
-OPTIMIZERS = ("sgd", "adam")
-# The DP metrics each task offers (the trainer's evaluate() implements exactly these).
-SUPPORTED_METRICS = {
-    "binary-classification": ("accuracy", "sensitivity", "specificity", "auroc", "calibration"),
-    "multiclass-classification": ("accuracy", "macro_recall", "calibration"),
-    "regression": ("mae", "rmse"),
-}
-DEFAULT_ROWS_PER_PATIENT = 1
+_JOB_STATES: dict[JobState, jobs_pb2.JobState.ValueType] = {state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.name}") for state in JobState}
+_FAILURES: dict[FailureCode, jobs_pb2.JobFailure.ValueType] = {code: jobs_pb2.JobFailure.Value(f"JOB_FAILURE_{code.name}") for code in FailureCode if code is not FailureCode.NONE}
 
 
-def _number(value: float, field: str) -> str:
-    """Exact decimal text of a finite, non-negative number; anything else is a bad request."""
+def _number(value: float, field: str) -> float:
+    """A finite, non-negative number; anything else is a bad request."""
     if not math.isfinite(value) or value < 0:
         raise bad_request("the job request is invalid; nothing was reserved",
                           FieldViolation(f"spec.{field}", "must be a finite number, 0 or more"))
-    return decimal_text(value)
+    return value
 
 
-def training_parameters(spec: jobs_pb2.TrainingSpec) -> dict[str, Any]:
-    return {
-        "kind": "training",
-        "feature_columns": list(spec.feature_columns),
-        "label_column": spec.label_column,
-        "target_epsilon": _number(spec.target_epsilon, "target_epsilon"),
-        "target_delta": _number(spec.target_delta, "target_delta"),
-        "epochs": spec.epochs,
-        "expected_batch_patients": spec.expected_batch_patients,
-        "learning_rate": _number(spec.learning_rate, "learning_rate"),
-        "optimizer": spec.optimizer,
-        "clipping_norm": _number(spec.clipping_norm, "clipping_norm"),
-        "validation_fraction": _number(spec.validation_fraction, "validation_fraction"),
-        "max_rows_per_patient": spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
-    }
+# --- requests ------------------------------------------------------------------------------------
 
 
-def evaluation_parameters(spec: jobs_pb2.EvaluationSpec) -> dict[str, Any]:
-    return {
-        "kind": "evaluation",
-        "feature_columns": list(spec.feature_columns),
-        "label_column": spec.label_column,
-        "target_epsilon": _number(spec.target_epsilon, "target_epsilon"),
-        "target_delta": _number(spec.target_delta, "target_delta"),
-        "metrics": sorted(spec.metrics),
-        "max_rows_per_patient": spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
-    }
+def training_params_from_proto(spec: jobs_pb2.TrainingSpec) -> TrainingParams:
+    return TrainingParams(
+        feature_columns=tuple(spec.feature_columns),
+        label_column=spec.label_column,
+        target_epsilon=_number(spec.target_epsilon, "target_epsilon"),
+        target_delta=_number(spec.target_delta, "target_delta"),
+        epochs=spec.epochs,
+        expected_batch_patients=spec.expected_batch_patients,
+        learning_rate=_number(spec.learning_rate, "learning_rate"),
+        optimizer=spec.optimizer,
+        clipping_norm=_number(spec.clipping_norm, "clipping_norm"),
+        validation_fraction=_number(spec.validation_fraction, "validation_fraction"),
+        max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+    )
+
+
+def evaluation_params_from_proto(spec: jobs_pb2.EvaluationSpec) -> EvaluationParams:
+    return EvaluationParams(
+        feature_columns=tuple(spec.feature_columns),
+        label_column=spec.label_column,
+        target_epsilon=_number(spec.target_epsilon, "target_epsilon"),
+        target_delta=_number(spec.target_delta, "target_delta"),
+        metrics=tuple(sorted(spec.metrics)),
+        max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+    )
+
+
+def params_from_job(job: jobs_pb2.Job) -> JobParams:
+    """The parameters of a job as its requester sent them (from the spec the job echoes)."""
+    if job.WhichOneof("spec") == "training":
+        return training_params_from_proto(job.training)
+    return evaluation_params_from_proto(job.evaluation)
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+def _fill_spec(spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec, job: Job, params: JobParams) -> None:
+    spec.model, spec.dataset = f"models/{job.model_id}", f"datasets/{job.dataset_id}"
+    spec.feature_columns.extend(params.feature_columns)
+    spec.label_column = params.label_column
+    spec.target_epsilon, spec.target_delta = params.target_epsilon, params.target_delta
+    spec.max_rows_per_patient = params.max_rows_per_patient
+
+
+def job_to_proto(job: Job, artifacts: list[Artifact]) -> jobs_pb2.Job:
+    message = jobs_pb2.Job(
+        name=job.resource_name, kind=job.kind.value, state=_JOB_STATES[job.state],
+        failure=_FAILURES.get(job.failure, jobs_pb2.JOB_FAILURE_UNSPECIFIED),
+        privacy_request=f"privacyRequests/{job.privacy_request_id}" if job.privacy_request_id else "",
+        create_time=timestamp(job.created_at), workload=job.workload or "",
+        artifacts=[jobs_pb2.Artifact(name=a.name, sha256=a.sha256, size_bytes=a.size_bytes) for a in artifacts],
+    )
+    if job.finished_at is not None:
+        message.finish_time.CopyFrom(timestamp(job.finished_at))
+    params = job.params
+    if isinstance(params, TrainingParams):
+        _fill_spec(message.training, job, params)
+        spec = message.training
+        spec.epochs, spec.expected_batch_patients, spec.optimizer = params.epochs, params.expected_batch_patients, params.optimizer
+        spec.learning_rate, spec.clipping_norm = params.learning_rate, params.clipping_norm
+        spec.validation_fraction = params.validation_fraction
+    else:
+        _fill_spec(message.evaluation, job, params)
+        message.evaluation.metrics.extend(params.metrics)
+    return message
