@@ -36,7 +36,7 @@ def test_intervals_cover_the_exact_values(cases, model, monkeypatch) -> None:
         for metric, (hits, width) in coverage.coverage(cases[model], eps, RUNS, seed=1000).items():
             if hits < need:
                 short[f"ε={eps:g} {metric}"] = hits
-            assert 0 < width < 0.3, (eps, metric, width)  # informative, not a [0, 1] that covers by default
+            assert 0 < width < 0.4, (eps, metric, width)  # informative, not a [0, 1] that covers by default
     assert not short, short
 
 
