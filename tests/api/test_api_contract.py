@@ -148,7 +148,7 @@ def test_job_workload(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", vectors("workload.json")["statistics"], ids=lambda c: c["dataset_id"])
 def test_statistics_workload(case: dict[str, Any]) -> None:
     assert stats_workload(case["dataset_id"]) == case["workload"]
-    assert hashlib.sha256(b"cleanroom.statistics.engine.v1\x00" + case["dataset_id"].encode()).hexdigest() == case["workload"]
+    assert hashlib.sha256(b"cleanroom.stats.v1\x00" + case["dataset_id"].encode()).hexdigest() == case["workload"]
 
 
 # --------------------------------------------------------------------------- receipts

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 import enclave_sim
+from cleanroom.cli import main as cli
 from cleanroom.cli import samples
-from cleanroom.cli.main import main as cli
 from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy

@@ -17,8 +17,9 @@ ANSWER_FILE = "answer.json"  # the name the receipt gives the signed answer
 
 def stats_workload(dataset_id: str) -> str:
     """The attested workload of every statistics worker on a dataset: its key release and every
-    receipt it signs are bound to it (the SDK recomputes it from the answer's dataset)."""
-    return hashlib.sha256(b"cleanroom.statistics.engine.v1\x00" + dataset_id.encode("utf-8")).hexdigest()
+    receipt it signs are bound to it (the SDK recomputes it from the answer's dataset). The domain
+    string is part of the API contract (docs/api/receipts.md), not a module path: it never moves."""
+    return hashlib.sha256(b"cleanroom.stats.v1\x00" + dataset_id.encode("utf-8")).hexdigest()
 
 
 def _plain(value: object) -> object:
