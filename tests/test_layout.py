@@ -160,3 +160,55 @@ def test_packages_do_not_import_each_other_in_a_cycle() -> None:
 def test_the_top_level_holds_packages_and_a_handful_of_modules() -> None:
     modules = sorted(p.name for p in (ROOT / "cleanroom").glob("*.py"))
     assert modules == ["__init__.py", "codegen.py"], modules
+
+
+# What each package may import besides cleanroom.domain: the table in ARCHITECTURE.md. A new arrow
+# is a design decision: add it here and there together, or find the room the code belongs in.
+SERVICES = {"attestation", "crypto", "datasets", "identity", "jobs", "models", "observability", "privacy", "sandbox", "statistics", "storage"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "domain": {"enclave_sim"},
+    "enclave_sim": set(),
+    "trainer": set(),
+    "statistics.engine": set(),
+    "storage": set(),
+    "crypto": {"storage"},
+    "identity": {"crypto", "storage"},
+    "sandbox": set(),
+    "observability": {"sandbox"},
+    "attestation": {"enclave_sim", "observability", "privacy", "sandbox", "storage"},
+    "datasets": {"crypto", "identity", "observability", "storage"},
+    "models": {"crypto", "datasets", "identity", "observability", "sandbox", "storage", "enclave_sim"},
+    "privacy": {"observability", "storage"},
+    "jobs": {"attestation", "crypto", "identity", "models", "observability", "privacy", "sandbox", "storage", "enclave_sim"},
+    "statistics": {"attestation", "jobs", "observability", "privacy", "sandbox", "storage", "statistics.engine", "enclave_sim"},
+    "worker": {"crypto", "models", "sandbox", "statistics.engine", "trainer", "enclave_sim"},
+    "wire": {"statistics.engine"},
+    "api": SERVICES | {"server", "wire", "statistics.engine"},
+    "server": SERVICES | {"statistics.engine", "enclave_sim"},
+    "sdk": {"wire", "models", "statistics.engine", "trainer", "enclave_sim"},
+    "cli": {"sdk", "api", "server", "storage", "attestation", "statistics.engine", "enclave_sim"},
+}
+
+
+def _room(package: str) -> str:
+    """The table's name for a package: cleanroom.models.intake -> models; enclave_sim stays itself."""
+    name = package.removeprefix("cleanroom.")
+    return next((room for room in sorted(MAY_IMPORT, key=len, reverse=True) if name == room or name.startswith(room + ".")), name)
+
+
+def test_every_package_imports_only_what_the_architecture_allows() -> None:
+    unexpected = {}
+    for package, targets in package_dependencies().items():
+        room = _room(package)
+        assert room in MAY_IMPORT, f"{package} is a new room: add it to ARCHITECTURE.md and MAY_IMPORT"
+        extra = {_room(t) for t in targets} - MAY_IMPORT[room] - {room, "domain"}
+        if extra:
+            unexpected[package] = sorted(extra)
+    assert unexpected == {}, f"imports outside ARCHITECTURE.md's table: {unexpected}"
+
+
+def test_the_architecture_table_matches_the_document() -> None:
+    document = (ROOT / "ARCHITECTURE.md").read_text()
+    for room in MAY_IMPORT:
+        path = room.replace(".", "/")
+        assert f"| `{path}/` |" in document, f"ARCHITECTURE.md has no row for {path}/"

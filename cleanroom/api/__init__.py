@@ -1,1 +1,1 @@
-"""gRPC transport: thin servicers, auth, the error catalog and proto<->domain conversion."""
+"""gRPC transport: thin servicers, the guard (authentication, roles, error mapping), client streams, reflection."""

@@ -1,1 +1,1 @@
-"""The server program: start-up checks (and, as the layout moves, app wiring, serve, config)."""
+"""The server program: the composition root (app), configuration, start-up self-check, leases, request idempotency, serve."""
