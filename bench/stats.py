@@ -338,6 +338,7 @@ def _instrument(timings: dict[str, list[float]]) -> None:
     from cleanroom.server import idempotency
     from cleanroom.statistics import allowance, pool, service
     from cleanroom.storage import db, group_commit
+    from cleanroom.wire import stats as stats_wire
 
     def wrap(owner: Any, attribute: str, label: str) -> None:
         original = getattr(owner, attribute)
@@ -369,7 +370,7 @@ def _instrument(timings: dict[str, list[float]]) -> None:
     wrap_context(db.Database, "read", "every read transaction")
     wrap(stats_servicers.StatsServicer, "RunQuery", "RunQuery handler (all below)")
     wrap(idempotency.JournalledIdempotency, "run", "idempotency (memory, one read) and all below")
-    wrap(stats_servicers, "answer_to_proto", "answer_to_proto")
+    wrap(stats_wire, "answer_to_proto", "answer_to_proto")
     wrap(service.StatsQueryService, "run", "service.run")
     wrap(service.StatsQueryService, "_priced", "  dataset, share and policy (read), validate, price")
     wrap(allowance.Allowances, "draw", "  draw on the allowance")

@@ -28,10 +28,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cleanroom.domain.privacy import ZERO, Balance, Privacy
 from cleanroom.privacy.ledger import BudgetExhausted, Ledger, SpendRequest
 from cleanroom.storage.group_commit import GroupCommit
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +225,11 @@ class Allowances:
 
     def _submit_close(self, allowance: Allowance) -> None:
         used, spend_id = allowance.used, allowance.spend_id
-        self._journal.submit(lambda session: self._ledger.settle_in(session, spend_id, used, reason="statistics allowance closed"))
+
+        def settle(session: Session) -> None:
+            self._ledger.settle_in(session, spend_id, used, reason="statistics allowance closed")
+
+        self._journal.submit(settle)
 
     def sweep(self, now: float | None = None) -> int:
         """Closes allowances idle past the limit; returns how many."""

@@ -18,8 +18,10 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import enclave_sim
+from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain import deid
 from cleanroom.domain.approvals import ApprovalPolicy, Decision, RequestState, check_against_policy
 from cleanroom.domain.datasets import Dataset
@@ -27,11 +29,10 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.identity import Principal
 from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
+from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
-from cleanroom.attestation.enclave import Enclave
-from cleanroom.observability.metrics import Metrics
 from cleanroom.statistics.allowance import Allowances
 from cleanroom.statistics.engine import Answer, Query, expected_error, validate_query
 from cleanroom.statistics.engine.codec import (
@@ -391,7 +392,7 @@ def _error_code(error: BaseException) -> str:
     return error.code.value if isinstance(error, CleanroomError) else ErrorCode.INTERNAL.value
 
 
-def _worker_error(reply: dict) -> CleanroomError:
+def _worker_error(reply: dict[str, Any]) -> CleanroomError:
     """The worker's error, as service code worded it; anything else is an internal failure."""
     try:
         code = ErrorCode(reply.get("error"))

@@ -1,18 +1,20 @@
-"""Statistics queries between their API messages and cleanroom.statistics.engine Query, both directions:
-the server reads requests with query_from_proto, the SDK writes them with query_to_proto."""
+"""DP statistics between their API messages and the engine's plain types, both directions: the
+server reads requests with query_from_proto and writes answers with answer_to_proto; the SDK writes
+requests with query_to_proto. Imports only protos, the domain and the engine's light description
+types (query, kinds, answer): no numpy, pyarrow or OpenDP."""
 
 from __future__ import annotations
 
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.statistics.engine.answer import Answer
+from cleanroom.statistics.engine.kinds import SPECS, StatKind
 from cleanroom.statistics.engine.query import Filter, Query
 from cleanroom.v1 import stats_pb2
 
-KINDS = {
-    stats_pb2.STATISTIC_KIND_COUNT: "count", stats_pb2.STATISTIC_KIND_SUM: "sum", stats_pb2.STATISTIC_KIND_MEAN: "mean",
-    stats_pb2.STATISTIC_KIND_VARIANCE: "variance", stats_pb2.STATISTIC_KIND_HISTOGRAM: "histogram",
-    stats_pb2.STATISTIC_KIND_QUANTILE: "quantile",
-}
-KIND_ENUMS = {name: value for value, name in KINDS.items()}
+KINDS: dict[stats_pb2.StatisticKind.ValueType, StatKind] = {stats_pb2.StatisticKind.Value(spec.proto): kind for kind, spec in SPECS.items()}
+KIND_ENUMS: dict[str, stats_pb2.StatisticKind.ValueType] = {kind.value: value for value, kind in KINDS.items()}
+_KIND_NAMES = list(KIND_ENUMS)
+_KIND_CHOICE = ", ".join(_KIND_NAMES[:-1]) + " or " + _KIND_NAMES[-1]
 NOISES = {stats_pb2.NOISE_KIND_UNSPECIFIED: "laplace", stats_pb2.NOISE_KIND_LAPLACE: "laplace", stats_pb2.NOISE_KIND_GAUSSIAN: "gaussian"}
 OPS = {
     stats_pb2.FILTER_OP_EQ: "==", stats_pb2.FILTER_OP_NE: "!=", stats_pb2.FILTER_OP_LT: "<", stats_pb2.FILTER_OP_LE: "<=",
@@ -23,10 +25,10 @@ OP_ENUMS = {word: value for value, word in OPS.items()}
 
 def query_from_proto(message: stats_pb2.StatsQuery) -> Query:
     """Shape checks only (enums, one value per filter); the rules live in cleanroom.statistics.engine."""
-    violations = []
+    violations: list[FieldViolation] = []
     kind = KINDS.get(message.kind)
     if kind is None:
-        violations.append(FieldViolation("query.kind", "choose count, sum, mean, variance, histogram or quantile"))
+        violations.append(FieldViolation("query.kind", f"choose {_KIND_CHOICE}"))
     noise = NOISES.get(message.noise)
     if noise is None:
         violations.append(FieldViolation("query.noise", "choose laplace or gaussian"))
@@ -35,7 +37,7 @@ def query_from_proto(message: stats_pb2.StatsQuery) -> Query:
         converted = _filter_from_proto(flt, f"query.filters[{index}]", violations)
         if converted is not None:
             filters.append(converted)
-    if violations:
+    if violations or kind is None or noise is None:
         raise bad_request("the statistics query is invalid", *violations)
     bounds = (message.bounds.lower, message.bounds.upper) if message.HasField("bounds") else None
     return Query(
@@ -77,8 +79,8 @@ def query_to_proto(query: Query) -> stats_pb2.StatsQuery:
     if query.bounds_epsilon is not None:
         message.bounds_epsilon = query.bounds_epsilon
     for flt in query.filters:
-        values = flt.value if flt.op == "in" else [flt.value]
-        message.filters.append(stats_pb2.Filter(column=flt.column, op=OP_ENUMS.get(flt.op, stats_pb2.FILTER_OP_UNSPECIFIED), values=[_value_to_proto(v) for v in values]))
+        message.filters.append(stats_pb2.Filter(column=flt.column, op=OP_ENUMS.get(flt.op, stats_pb2.FILTER_OP_UNSPECIFIED),
+                                                values=[_value_to_proto(v) for v in flt.values()]))
     return message
 
 
@@ -88,5 +90,20 @@ def _value_to_proto(value: object) -> stats_pb2.FilterValue:
     if isinstance(value, (int, float)):
         return stats_pb2.FilterValue(number=float(value))
     if hasattr(value, "isoformat"):
-        return stats_pb2.FilterValue(date=value.isoformat())  # type: ignore[attr-defined]
+        return stats_pb2.FilterValue(date=value.isoformat())
     return stats_pb2.FilterValue(text=str(value))
+
+
+def answer_to_proto(dataset_id: str, answer: Answer, *, answer_json: bytes, receipt: bytes) -> stats_pb2.QueryAnswer:
+    """An engine Answer as the message the server returns, with the signed answer bytes and their receipt."""
+    message = stats_pb2.QueryAnswer(
+        dataset=f"datasets/{dataset_id}", kind=KIND_ENUMS[answer.kind], epsilon=answer.epsilon, delta=answer.delta,
+        confidence=answer.confidence, mechanism=answer.mechanism.name, rows_per_patient=answer.rows_per_patient,
+        answer_json=answer_json, receipt=receipt,
+    )
+    for cell in answer.cells:
+        message.cells.append(stats_pb2.AnswerCell(key=list(cell.key), statistic=cell.statistic, value=cell.value,
+                                                  half_width=cell.half_width, unit=cell.unit, level=cell.level))
+    if answer.bounds is not None:
+        message.bounds.lower, message.bounds.upper = answer.bounds
+    return message

@@ -16,7 +16,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cleanroom.statistics.engine.prepared import PreparedTable
+    from cleanroom.statistics.engine.query import Query
 
 IN = Path("/in/job")
 
@@ -44,9 +48,9 @@ class _Queries:
     LIMIT = 1024
 
     def __init__(self) -> None:
-        self._parsed: dict[bytes, Any] = {}
+        self._parsed: dict[bytes, Query] = {}
 
-    def parse(self, frame: bytes) -> Any:
+    def parse(self, frame: bytes) -> Query:
         from cleanroom.statistics.engine.codec import query_from_dict
 
         query = self._parsed.get(frame)
@@ -58,7 +62,7 @@ class _Queries:
         return query
 
 
-def _load(path: Path, settings: dict[str, Any]) -> Any:
+def _load(path: Path, settings: dict[str, Any]) -> PreparedTable:
     from cleanroom.statistics.engine.prepared import PreparedTable
     from cleanroom.worker.phase_b import _decrypt_dataset
 
@@ -66,7 +70,7 @@ def _load(path: Path, settings: dict[str, Any]) -> Any:
     return PreparedTable(table, patient_column=settings["patient_column"])
 
 
-def _answer(prepared: Any, settings: dict[str, Any], queries: _Queries, frame: bytes) -> dict[str, Any]:
+def _answer(prepared: PreparedTable, settings: dict[str, Any], queries: _Queries, frame: bytes) -> dict[str, Any]:
     from cleanroom.domain.errors import CleanroomError
     from cleanroom.statistics.engine import run_query
     from cleanroom.statistics.engine.codec import answer_to_dict

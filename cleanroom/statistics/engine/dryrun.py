@@ -8,19 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from cleanroom.domain.deid import ColumnType
 from cleanroom.statistics.engine import mechanisms
 from cleanroom.statistics.engine.clamp_bounds import pass_threshold
-from cleanroom.statistics.engine.compute import QUANTILE_CANDIDATES, component_alpha, count_noise, quantile_candidates, sum_noise
+from cleanroom.statistics.engine.compute import component_alpha
+from cleanroom.statistics.engine.kinds import kind_spec
 from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT, Plan, Step, make_plan
 from cleanroom.statistics.engine.query import Query, check_privacy_amounts, column_types, may_need_delta, validate_query
 
 PublicKeys = Mapping[str, Sequence[str]]
+Schema = Sequence[tuple[str, "str | ColumnType"]]
 
 
 def estimate_cost(
     query: Query,
     *,
-    schema: Sequence[tuple[str, object]] | None = None,
+    schema: Schema | None = None,
     public_group_keys: PublicKeys | None = None,
 ) -> tuple[float, float]:
     """(ε, δ) the query is charged. Without a schema, δ is charged whenever it might be needed."""
@@ -36,7 +39,7 @@ def estimate_cost(
 def expected_error(
     query: Query,
     *,
-    schema: Sequence[tuple[str, object]],
+    schema: Schema,
     public_group_keys: PublicKeys | None = None,
     default_rows_per_patient: int = DEFAULT_ROWS_PER_PATIENT,
 ) -> dict[str, float]:
@@ -57,6 +60,7 @@ def expected_error(
 
 
 def step_error(plan: Plan, step: Step, *, integer: bool) -> dict[str, float]:
+    """One step's expected error: the bounds and the τ-threshold here, the kind's own steps by its module."""
     alpha = component_alpha(plan.query.kind)
     if step.name == "bounds":
         noise = mechanisms.calibrate(sensitivity=plan.rows, epsilon=step.epsilon)
@@ -64,25 +68,4 @@ def step_error(plan: Plan, step: Step, *, integer: bool) -> dict[str, float]:
     if step.name == "select":
         threshold = mechanisms.calibrate_threshold(rows=plan.rows, epsilon=step.epsilon, delta=step.delta, gaussian=plan.gaussian)
         return {"select.threshold": float(threshold.threshold), "count": threshold.noise.half_width(alpha=alpha)}
-    if step.name == "count":
-        return {"count": count_noise(plan, step).half_width(alpha=alpha)}
-    if step.level is not None:
-        selector = mechanisms.calibrate_quantile(rows=plan.rows, level=step.level, epsilon=step.epsilon)
-        bounds = plan.query.bounds
-        size = len(quantile_candidates(bounds, integer=integer)) if bounds else QUANTILE_CANDIDATES
-        return {f"{step.name}.rank_rows": selector.rank_half_width(size)}
-    return _sum_error(plan, step, alpha)
-
-
-def _sum_error(plan: Plan, step: Step, alpha: float) -> dict[str, float]:
-    bounds = plan.query.bounds
-    if bounds is None:
-        noise, bits = sum_noise(plan, 1.0, step)
-        return {f"{step.name}.per_unit_bound": noise.half_width(alpha=alpha) * 2.0**-bits}
-    lo, hi = bounds
-    if plan.query.kind == "variance":
-        magnitude = (hi - lo) / 2 if step.name == "sum" else ((hi - lo) / 2) ** 2
-    else:
-        magnitude = max(abs(lo), abs(hi))
-    noise, bits = sum_noise(plan, magnitude, step)
-    return {step.name: noise.half_width(alpha=alpha) * 2.0**-bits}
+    return kind_spec(plan.query.kind).implementation().error(plan, step, integer=integer, alpha=alpha)

@@ -21,7 +21,8 @@ from cleanroom.statistics.engine import group_keys as keyspace
 from cleanroom.statistics.engine import mechanisms
 from cleanroom.statistics.engine.answer import Answer
 from cleanroom.statistics.engine.clamp_bounds import estimate_bounds
-from cleanroom.statistics.engine.compute import COMPUTE, Cells
+from cleanroom.statistics.engine.compute import Cells
+from cleanroom.statistics.engine.kinds import kind_spec
 from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT, Plan, make_plan
 from cleanroom.statistics.engine.prepared import PreparedTable
 from cleanroom.statistics.engine.query import Query, column_types, validate_query
@@ -52,7 +53,7 @@ def run_query(
     _clamp(cells)
     if not plan.public_keys:
         _select(cells, raw_keys)
-    released = tuple(COMPUTE[query.kind](cells))
+    released = tuple(kind_spec(query.kind).implementation().compute(cells))
     return Answer(
         kind=query.kind,
         cells=released,
@@ -67,8 +68,8 @@ def run_query(
 def _cells(prepared: PreparedTable, plan: Plan, dims: list[list[str]] | None) -> tuple[Cells, list[str]]:
     query = plan.query
     selection = prepared.select(plan, dims)
-    numeric = query.kind in ("sum", "mean", "variance", "quantile")
-    values = prepared.values_at(query.column, selection.rows) if numeric else None
+    numeric = kind_spec(query.kind).numeric
+    values = prepared.values_at(query.require_column(), selection.rows) if numeric else None
     integer = prepared.types.get(query.column or "") == "integer"
     keys = [keyspace.split_key(k, query) for k in selection.keys]
     counts = None if selection.counts is None else selection.counts.astype(np.int64, copy=False)
@@ -83,13 +84,16 @@ def _clamp(cells: Cells) -> None:
     if step is not None:
         cells.bounds = estimate_bounds(cells.values, rows=cells.plan.rows, epsilon=step.epsilon, integer=cells.integer)
         cells.trace.append(("bounds", mechanisms.calibrate(sensitivity=cells.plan.rows, epsilon=step.epsilon)))
+    if cells.bounds is None:  # validation requires public bounds unless they are estimated
+        raise mechanisms.internal_failure()
+    lo, hi = cells.bounds
     shared = not cells.values.flags.writeable  # the table's own bounded values: clamp into a copy
-    cells.values = np.clip(cells.values, *cells.bounds, out=None if shared else cells.values)
+    cells.values = np.clip(cells.values, lo, hi, out=None if shared else cells.values)
 
 
 def _select(cells: Cells, raw_keys: list[str]) -> None:
     """τ-thresholding: keep only keys whose noisy count passes; the rest vanish without a trace."""
-    step = cells.plan.step("select")
+    step = cells.plan.required_step("select")
     threshold = mechanisms.calibrate_threshold(rows=cells.plan.rows, epsilon=step.epsilon, delta=step.delta, gaussian=cells.plan.gaussian)
     cells.trace.append(("select", threshold))
     counts = cells.counts()
@@ -106,8 +110,7 @@ def _select(cells: Cells, raw_keys: list[str]) -> None:
         cells.values = None if cells.values is None else cells.values[inside]
         cells.known_counts = counts[kept_positions]
     cells.keys = [keyspace.split_key(k, cells.plan.query) for k in kept]
-    cells.selected = [released[k] for k in kept]
-    cells.select_noise = threshold.noise
+    cells.selected = ([released[k] for k in kept], threshold.noise)
 
 
 def describe(plan: Plan, trace: Sequence[tuple[str, object]]) -> Mechanism:
@@ -133,6 +136,8 @@ def _describe_one(calibrated: object) -> tuple[str, list[tuple[str, float]]]:
     if isinstance(calibrated, mechanisms.QuantileSelector):
         entries = [("scale", calibrated.scale), ("sensitivity", calibrated.rows), ("epsilon", calibrated.epsilon)]
         return "private-quantile", entries
+    if not isinstance(calibrated, mechanisms.Noise):
+        raise TypeError("not a calibrated mechanism")
     noise = calibrated
     entries = [("scale", noise.scale), ("sensitivity", noise.sensitivity), ("epsilon", noise.epsilon), ("delta", noise.delta)]
     return noise.name, entries

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.statistics.engine.kinds import kind_spec
 from cleanroom.statistics.engine.query import Query
 
 SEPARATOR = "\x1f"
@@ -53,7 +54,7 @@ def with_row_keys(table: pa.Table, query: Query) -> pa.Table:
     parts = []
     if query.group_by is not None:
         parts.append(pc.cast(table.column(query.group_by).combine_chunks(), pa.string()))
-    if query.kind == "histogram":
+    if kind_spec(query.kind).binned:
         parts.append(_histogram_keys(table, query))
     if not parts:
         key = pa.repeat(pa.scalar("", pa.string()), table.num_rows)  # one cell: the whole table
@@ -71,13 +72,13 @@ def public_dims(query: Query, types: Mapping[str, str], public_group_keys: Mappi
     dims: list[list[str]] = []
     if query.group_by is not None:
         dims.append(_in_order(public[query.group_by]))
-    if query.kind == "histogram":
+    if kind_spec(query.kind).binned:
         if query.bins is not None:
             dims.append(bin_labels(query.bins))
         elif types.get(query.column or "") == "boolean":
             dims.append(["false", "true"])
         else:
-            dims.append(_in_order(public[query.column]))
+            dims.append(_in_order(public[query.require_column()]))
     return dims
 
 
@@ -117,7 +118,7 @@ def codes_and_keys(table: pa.Table, keyspace: Sequence[str] | None) -> tuple[np.
 
 
 def split_key(key: str, query: Query) -> tuple[str, ...]:
-    dims = (query.group_by is not None) + (query.kind == "histogram")
+    dims = (query.group_by is not None) + kind_spec(query.kind).binned
     if dims == 0:
         return ()
     return (key,) if dims == 1 else tuple(key.split(SEPARATOR, 1))

@@ -7,6 +7,7 @@ sum to more than the whole that the ledger charges.
 Steps, in the order they run:
   bounds          DP clamping bounds (only with estimate_bounds; its own ε share)
   select          τ-thresholded counts, when group keys are not public; doubles as the count
+  then the kind's own steps (its KindSpec in cleanroom.statistics.engine.kinds), e.g.
   count           noisy row counts (count, histogram, the denominator of mean and variance)
   sum             noisy clamped sum (sum, mean, variance)
   sum_of_squares  noisy clamped sum of squared centred values (variance)
@@ -18,17 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cleanroom.statistics.engine.kinds import kind_spec
 from cleanroom.statistics.engine.query import Query, keyspace_is_public
 
 _SHAVE = 1 - 1e-9
 DEFAULT_ROWS_PER_PATIENT = 1  # when neither the query nor the dataset policy says otherwise
-_BASE_STEPS = {
-    "count": ("count",),
-    "histogram": ("count",),
-    "sum": ("sum",),
-    "mean": ("count", "sum"),
-    "variance": ("count", "sum", "sum_of_squares"),
-}
 
 
 @dataclass(frozen=True)
@@ -55,8 +50,12 @@ class Plan:
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
 
-    def quantile_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if s.level is not None)
+    def required_step(self, name: str) -> Step:
+        """A step the query's kind always plans (a missing one is the engine's bug, not the query's)."""
+        step = self.step(name)
+        if step is None:
+            raise LookupError(f"the plan has no {name} step")
+        return step
 
 
 def make_plan(
@@ -69,7 +68,8 @@ def make_plan(
     """The steps of a (validated) query with their ε and δ shares."""
     public = keyspace_is_public(query, types, public_group_keys)
     names = _step_names(query, public)
-    uses_delta = [n == "select" or (query.noise == "gaussian" and n in ("count", "sum", "sum_of_squares")) for n in names]
+    additive = kind_spec(query.kind).additive and query.noise == "gaussian"
+    uses_delta = [n == "select" or additive for n in names]
     stat_epsilon = (query.epsilon - query.bounds_share) / len(names) * _SHAVE
     delta_share = query.delta / sum(uses_delta) * _SHAVE if any(uses_delta) else 0.0
     steps = [_step(name, stat_epsilon, delta_share if d else 0.0) for name, d in zip(names, uses_delta)]
@@ -81,10 +81,11 @@ def make_plan(
 
 
 def _step_names(query: Query, public: bool) -> list[str]:
-    if query.kind == "quantile":
-        names = [f"quantile@{level!r}" for level in query.quantiles]
+    spec = kind_spec(query.kind)
+    if spec.per_level:
+        names = [f"{step}@{level!r}" for level in query.quantiles for step in spec.steps]
     else:
-        names = list(_BASE_STEPS[query.kind])
+        names = list(spec.steps)
     if public:
         return names
     # A τ-threshold release is itself a noisy count per surviving key, so it replaces "count".
@@ -92,5 +93,5 @@ def _step_names(query: Query, public: bool) -> list[str]:
 
 
 def _step(name: str, epsilon: float, delta: float) -> Step:
-    level = float(name.split("@", 1)[1]) if name.startswith("quantile@") else None
+    level = float(name.split("@", 1)[1]) if "@" in name else None
     return Step(name, epsilon, delta, level)

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cleanroom.statistics.engine import group_keys as keyspace
+from cleanroom.statistics.engine.kinds import kind_spec
 from cleanroom.statistics.engine.plan import Plan
-from cleanroom.statistics.engine.query import Filter, Query, parse_date
+from cleanroom.statistics.engine.query import Filter, Query, as_float, parse_date
 from cleanroom.statistics.engine.row_bounding import fresh_rng
 
 _EPOCH = np.datetime64("1970-01-01", "D")
@@ -47,14 +48,23 @@ class Column:
     labels: tuple[str, ...] = ()
 
     def reordered(self, order: np.ndarray) -> Column:
-        take = (lambda a: None if a is None else a[order])  # noqa: E731
+        def take(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[order]
+
         return Column(self.kind, self.null[order], take(self.values), take(self.codes), self.labels)
+
+    def numbers(self) -> np.ndarray:
+        """The values of a numeric or date column."""
+        if self.values is None:
+            raise ValueError("not a numeric or date column")
+        return self.values
 
     @property
     def missing(self) -> np.ndarray:
         """Rows without a usable value: null, or NaN in a float column."""
         if self.kind == "float":
-            return self.null | np.isnan(self.values)
+            missing: np.ndarray = self.null | np.isnan(self.numbers())
+            return missing
         return self.null
 
 
@@ -119,8 +129,9 @@ class PreparedTable:
         rows = self._bound(mask, plan.rows)
         if cell is None:
             codes = np.broadcast_to(np.int64(0), rows.shape)  # read-only zeros
-        elif mask is None and self._cell_complete(query, public_dims) and rows is self._kept_by_limit.get(plan.rows):
-            codes = self._bounded_codes(query.group_by, plan.rows, rows)  # type: ignore[arg-type]
+        elif (mask is None and query.group_by is not None and self._cell_complete(query, public_dims)
+              and rows is self._kept_by_limit.get(plan.rows)):
+            codes = self._bounded_codes(query.group_by, plan.rows, rows)
         else:
             codes = cell[rows]
         if public_dims is not None:
@@ -134,13 +145,21 @@ class PreparedTable:
         gathered once and shared (read-only: the caller copies before changing them)."""
         limit = next((L for L, kept in self._kept_by_limit.items() if kept is rows), None)
         if limit is None:
-            return self.column(name).values[rows]  # type: ignore[index]
-        return self._gathered(("values", name, limit), lambda: self.column(name).values[rows])  # type: ignore[index]
+            return self._values_at(name, rows)
+        return self._gathered(("values", name, limit), lambda: self._values_at(name, rows))
+
+    def _values_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        values: np.ndarray = self.column(name).numbers()[rows]
+        return values
 
     def _bounded_codes(self, name: str, limit: int, kept: np.ndarray) -> np.ndarray:
         """A categorical column's codes over the unfiltered bounded rows of `limit`, gathered once
         (like the row set itself, they are the same for every query at that bound)."""
-        return self._gathered(("codes", name, limit), lambda: self._categorical_dim(name)[0][kept])
+        def gather() -> np.ndarray:
+            codes: np.ndarray = self._categorical_dim(name)[0][kept]
+            return codes
+
+        return self._gathered(("codes", name, limit), gather)
 
     def _gathered(self, key: tuple[str, str, int], gather: Callable[[], np.ndarray]) -> np.ndarray:
         if key not in self._by_limit:
@@ -160,18 +179,19 @@ class PreparedTable:
     def _cell_complete(self, query: Query, public_dims: list[list[str]] | None) -> bool:
         """Whether every row has a cell: one categorical dimension over a complete column (a
         column's codes are -1 only where it is null); bins and public key spaces can drop rows."""
-        return (public_dims is None and query.kind != "histogram" and query.group_by is not None
+        return (public_dims is None and not kind_spec(query.kind).binned and query.group_by is not None
                 and self._complete(query.group_by))
 
     # --- filters -----------------------------------------------------------------------------
 
     def _filter_mask(self, flt: Filter) -> np.ndarray:
         column = self.column(flt.column)
-        wanted = list(flt.value) if flt.op == "in" else [flt.value]  # type: ignore[call-overload]
+        wanted = flt.values()
         if column.codes is not None:
-            return ~column.null & _code_mask(column, flt.op, wanted)
+            coded: np.ndarray = ~column.null & _code_mask(column, flt.op, wanted)
+            return coded
         targets = np.asarray([_as_number(v, column.kind) for v in wanted], dtype=np.float64)
-        values = column.values
+        values = column.numbers()
         if flt.op == "in":
             hit = np.isin(values, targets)
         else:
@@ -186,8 +206,9 @@ class PreparedTable:
         dims = []
         if query.group_by is not None:
             dims.append(self._categorical_dim(query.group_by))
-        if query.kind == "histogram":
-            dims.append(self._bin_dim(query) if query.bins is not None else self._categorical_dim(query.column))
+        if kind_spec(query.kind).binned:
+            dims.append(self._bin_dim(query.bins, query.require_column()) if query.bins is not None
+                        else self._categorical_dim(query.require_column()))
         if not dims:
             return None, lambda code: "", 1
         if public_dims is not None:
@@ -198,7 +219,9 @@ class PreparedTable:
         column = self.column(name)
         if column.codes is None:  # an integer column with declared categories: its values as text keys
             column = self._text_column(name)
-        return column.codes, column.labels  # type: ignore[return-value]
+        if column.codes is None:
+            raise ValueError("not a categorical column")
+        return column.codes, column.labels
 
     def _text_column(self, name: str) -> Column:
         """A column's values cast to text and coded like a string column ("0", "1": as declared
@@ -208,13 +231,13 @@ class PreparedTable:
             self._as_text[name] = _prepare_column(text, "string").reordered(self._order)
         return self._as_text[name]
 
-    def _bin_dim(self, query: Query) -> tuple[np.ndarray, tuple[str, ...]]:
-        edges = np.asarray(query.bins, dtype=np.float64)
-        values = self.column(query.column).values
+    def _bin_dim(self, bins: tuple[float, ...], column: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        edges = np.asarray(bins, dtype=np.float64)
+        values = self.column(column).numbers()
         index = np.searchsorted(edges, values, side="right") - 1
         index[values == edges[-1]] = len(edges) - 2  # the closed top edge
         inside = (index >= 0) & (index < len(edges) - 1)
-        return np.where(inside, index, -1).astype(np.int64), tuple(keyspace.bin_labels(query.bins))
+        return np.where(inside, index, -1).astype(np.int64), tuple(keyspace.bin_labels(bins))
 
     # --- per-patient bound -------------------------------------------------------------------
 
@@ -303,7 +326,7 @@ def _prepare_column(column: pa.ChunkedArray, kind: str) -> Column:
 def _as_number(value: object, kind: str) -> float:
     if kind == "date":
         return float((np.datetime64(parse_date(value), "D") - _EPOCH).astype(np.int64))
-    return float(value)  # type: ignore[arg-type]
+    return as_float(value)
 
 
 def _code_mask(column: Column, op: str, wanted: list[object]) -> np.ndarray:

@@ -1,5 +1,9 @@
 """A statistics query as a caller states it, and its validation against the stored schema.
 
+Light on purpose (stdlib and cleanroom.domain only): the SDK builds queries with it without
+loading the engine's numpy, pyarrow or OpenDP. What a kind needs (a column, bounds, bins, levels)
+is its spec in cleanroom.statistics.engine.kinds.
+
 Validation never quotes a value: violations name the field and the rule only, because a filter
 value or a column's content may be the very thing the clean room must not echo.
 """
@@ -10,12 +14,13 @@ import datetime as _dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import SupportsFloat, SupportsIndex
 
 from cleanroom.domain.deid import ColumnType
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.statistics.engine.kinds import KIND_NAMES, find_kind
 
-KINDS = ("count", "sum", "mean", "variance", "histogram", "quantile")
-NUMERIC_KINDS = ("sum", "mean", "variance", "quantile")
+KINDS = KIND_NAMES  # the kinds' names, in the registry's order
 OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
 NOISES = ("laplace", "gaussian")
 NUMERIC_TYPES = ("integer", "float")
@@ -36,10 +41,20 @@ class Filter:
     op: str
     value: object
 
+    def values(self) -> list[object]:
+        """The items of an `in` filter's value; the one value of any other, as a list."""
+        if self.op != "in":
+            return [self.value]
+        if not isinstance(self.value, Iterable):
+            raise TypeError("an in filter takes a list of values")
+        return list(self.value)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Query:
     """One DP statistic. ε (and δ) are the query's total; the engine splits them across steps.
+
+    `kind` is a StatKind (or its name: StatKind is a str); validation refuses any other name.
 
     `bounds` are public clamping bounds (lo, hi). With `estimate_bounds`, `bounds_epsilon` (a part
     of `epsilon`, default a quarter) buys DP bounds first. `bins` are public histogram edges for a
@@ -59,6 +74,12 @@ class Query:
     quantiles: tuple[float, ...] = (0.5,)
     max_rows_per_patient: int | None = None
     noise: str = "laplace"
+
+    def require_column(self) -> str:
+        """The measured column of a validated query whose kind needs one."""
+        if self.column is None:
+            raise ValueError("this query names no column")
+        return self.column
 
     @property
     def bounds_share(self) -> float:
@@ -92,14 +113,20 @@ def keyspace_is_public(query: Query, types: Mapping[str, str], public_group_keys
     public = public_group_keys or {}
     if query.group_by is not None and query.group_by not in public:
         return False
-    if query.kind == "histogram" and query.bins is None:
+    if _binned(query) and query.bins is None:
         return types.get(query.column or "") == "boolean" or query.column in public
     return True
 
 
+def _binned(query: Query) -> bool:
+    spec = find_kind(query.kind)
+    return spec is not None and spec.binned
+
+
 def _gaussian_applies(query: Query) -> bool:
-    # Quantiles select with the exponential mechanism (pure ε); there is no additive noise to pick.
-    return query.noise == "gaussian" and query.kind != "quantile"
+    # A selection (a quantile's exponential mechanism) is pure ε; there is no additive noise to pick.
+    spec = find_kind(query.kind)
+    return query.noise == "gaussian" and (spec is None or spec.additive)
 
 
 def needs_delta(query: Query, types: Mapping[str, str], public_group_keys: Mapping[str, Sequence[str]] | None) -> bool:
@@ -147,18 +174,19 @@ def is_categorical(column: str, types: Mapping[str, str], public_group_keys: Map
 
 def _check_kind(query: Query, types: Mapping[str, str], patient: str | None,
                 public_keys: Mapping[str, Sequence[str]] | None, v: _Violations) -> None:
-    if query.kind not in KINDS:
+    spec = find_kind(query.kind)
+    if spec is None:
         v.add("kind", "must be one of " + ", ".join(KINDS))
         return
     if query.column is None:
-        if query.kind != "count":
+        if spec.column_required:
             v.add("column", f"is required for a {query.kind} query")
     elif _check_column("column", query.column, types, patient, v):
         kind = types[query.column]
-        if query.kind in NUMERIC_KINDS and kind not in NUMERIC_TYPES:
+        if spec.numeric and kind not in NUMERIC_TYPES:
             v.add_not_numeric("column", query.column, f"a {query.kind} needs a numeric (integer or float) column")
-        if query.kind == "histogram" and kind not in (*NUMERIC_TYPES, "string", "boolean"):
-            v.add("column", "a histogram needs a string, boolean or numeric column")
+        if spec.binned and kind not in (*NUMERIC_TYPES, "string", "boolean"):
+            v.add("column", f"a {query.kind} needs a string, boolean or numeric column")
     if query.group_by is not None and _check_column("group_by", query.group_by, types, patient, v):
         if not is_categorical(query.group_by, types, public_keys):
             v.add("group_by", "must name a categorical column: a string column, or one whose categories "
@@ -179,7 +207,7 @@ def _check_amounts(query: Query, v: _Violations) -> bool:
 
 
 def _check_privacy(query: Query, types: Mapping[str, str], public_keys: Mapping[str, Sequence[str]] | None, v: _Violations) -> None:
-    if _check_amounts(query, v) and query.delta == 0 and query.kind in KINDS and needs_delta(query, types, public_keys):
+    if _check_amounts(query, v) and query.delta == 0 and find_kind(query.kind) is not None and needs_delta(query, types, public_keys):
         v.add("delta", "must be above 0: gaussian noise or groups with non-public keys need a δ")
     if query.noise not in NOISES:
         v.add("noise", "must be one of " + ", ".join(NOISES))
@@ -189,7 +217,8 @@ def _check_privacy(query: Query, types: Mapping[str, str], public_keys: Mapping[
 
 
 def _check_bounds(query: Query, types: Mapping[str, str], v: _Violations) -> None:
-    if query.kind not in NUMERIC_KINDS:
+    spec = find_kind(query.kind)
+    if spec is None or not spec.numeric:
         if query.bounds is not None or query.estimate_bounds:
             v.add("bounds", f"a {query.kind} query takes no bounds")
         return
@@ -212,17 +241,18 @@ def _check_bounds(query: Query, types: Mapping[str, str], v: _Violations) -> Non
 
 
 def _check_shape(query: Query, types: Mapping[str, str], public_keys: Mapping[str, Sequence[str]] | None, v: _Violations) -> None:
-    numeric_histogram = query.kind == "histogram" and types.get(query.column or "") in NUMERIC_TYPES
+    spec = find_kind(query.kind)
+    numeric_histogram = _binned(query) and types.get(query.column or "") in NUMERIC_TYPES
     if numeric_histogram and query.bins is None and query.column in (public_keys or {}):
         pass  # a declared categorical integer column: one bar per declared category
     elif numeric_histogram:
         bins = query.bins
         ok = isinstance(bins, (tuple, list)) and 2 <= len(bins) <= MAX_BINS + 1 and all(_finite(b) for b in bins)
-        if not ok or any(a >= b for a, b in zip(bins, bins[1:])):
+        if bins is None or not ok or any(a >= b for a, b in zip(bins, bins[1:])):
             v.add("bins", f"a numeric histogram needs 2 to {MAX_BINS + 1} finite, increasing edges")
     elif query.bins is not None:
         v.add_not_numeric("bins", query.column, "only a histogram over a numeric column takes bins")
-    if query.kind == "quantile":
+    if spec is not None and spec.per_level:
         levels = query.quantiles
         ok = isinstance(levels, (tuple, list)) and 1 <= len(levels) <= MAX_QUANTILES and all(_finite(q) and 0 < q < 1 for q in levels)
         if not ok or len(set(levels)) != len(levels):
@@ -281,9 +311,16 @@ def parse_date(value: object) -> _dt.date | None:
     return None
 
 
+def as_float(value: object) -> float:
+    """A numeric filter value (validated: an int or a float) as a float; float()'s own TypeError otherwise."""
+    if isinstance(value, (SupportsFloat, SupportsIndex, str, bytes)):
+        return float(value)
+    raise TypeError("a numeric filter value must be a number")
+
+
 def may_need_delta(query: Query) -> bool:
     """Without a schema: δ is charged whenever some key space could turn out not to be public."""
-    return _gaussian_applies(query) or query.group_by is not None or query.kind == "histogram"
+    return _gaussian_applies(query) or query.group_by is not None or _binned(query)
 
 
 def check_privacy_amounts(query: Query) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cleanroom.statistics.engine.query import Filter, parse_date
+from cleanroom.statistics.engine.query import Filter, as_float, parse_date
 
 _COMPARE = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}
 
@@ -48,7 +48,7 @@ def _filter_mask(column: pa.ChunkedArray, flt: Filter) -> pa.ChunkedArray:
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         column = pc.cast(column, pa.float64())  # exact for integers below 2^53; one comparison type
         kind = pa.float64()
-    values = list(flt.value) if flt.op == "in" else [flt.value]
+    values = flt.values()
     scalars = pa.array([_coerce(x, kind) for x in values], kind)
     if flt.op == "in":
         return pc.is_in(column, value_set=scalars)
@@ -57,7 +57,7 @@ def _filter_mask(column: pa.ChunkedArray, flt: Filter) -> pa.ChunkedArray:
 
 def _coerce(value: object, kind: pa.DataType) -> object:
     if pa.types.is_floating(kind):
-        return float(value)  # type: ignore[arg-type]
+        return as_float(value)
     if pa.types.is_date(kind):
         return parse_date(value)
     return value
@@ -97,7 +97,8 @@ def bound_rows(table: pa.Table, *, patient_column: str, max_rows: int, rng: np.r
 
 def _patient_codes(patients: pa.ChunkedArray) -> np.ndarray:
     encoded = pc.dictionary_encode(patients.combine_chunks())
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes: np.ndarray = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes
 
 
 def sample_per_patient(codes: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
