@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
 import enclave_sim
+from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.ledger import Ledger
 from cleanroom.sandbox.base import SandboxPolicy
-from cleanroom.observability.metrics import Metrics
 from cleanroom.storage import audit_repo, clock
 from cleanroom.storage.db import Database
 from cleanroom.storage.tables import UsedNonceRow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cleanroom.attestation.enclave import Enclave
 from cleanroom.crypto import LocalKeyFileProvider
 from cleanroom.datasets.service import DatasetService
 from cleanroom.identity.keyring import KeyService
@@ -13,6 +14,7 @@ from cleanroom.jobs.runner import JobRunner
 from cleanroom.jobs.service import JobService
 from cleanroom.models.intake.service import ModelIntake
 from cleanroom.models.versions import ModelVersionService
+from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
 from cleanroom.privacy.budgets import BudgetService
@@ -20,11 +22,9 @@ from cleanroom.privacy.ledger import Ledger, budget_snapshots
 from cleanroom.sandbox import backends
 from cleanroom.sandbox.backends import Placement, StatisticsHost, Workload
 from cleanroom.sandbox.base import SandboxLauncher, SandboxPolicy
-from cleanroom.attestation.enclave import Enclave
 from cleanroom.server.config import ServerConfig
 from cleanroom.server.idempotency import Idempotency, JournalledIdempotency
 from cleanroom.server.lease import ServerLease, utcnow
-from cleanroom.observability.metrics import Metrics
 from cleanroom.statistics.allowance import Allowances
 from cleanroom.statistics.pool import StatsWorkerPool
 from cleanroom.statistics.service import StatsQueryService

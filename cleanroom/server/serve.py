@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Mapping
 
 from cleanroom.domain.identity import Role
-from cleanroom.server import selfcheck
 from cleanroom.observability import logs
+from cleanroom.server import selfcheck
 from cleanroom.server.app import App, build_app, recover
 from cleanroom.server.config import build_config
 from cleanroom.storage import principal_repo

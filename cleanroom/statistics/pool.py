@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import enclave_sim
+from cleanroom.attestation.enclave import Enclave
 from cleanroom.sandbox.base import SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.session import SandboxSession, SessionBroken, SessionHost
-from cleanroom.attestation.enclave import Enclave
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cleanroom.attestation.enclave import root_directory
 from cleanroom.cli import main as cli
 from cleanroom.domain.identity import Role
-from cleanroom.attestation.enclave import root_directory
 from cleanroom.storage import privacy_repo
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom.observability.metrics import Metrics
 from cleanroom.sandbox import backends
 from cleanroom.sandbox.backends import Backend, Placement, StatisticsHost, Workload
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest, SandboxResult, SetupError
@@ -16,7 +17,6 @@ from cleanroom.sandbox.bwrap import BubblewrapLauncher
 from cleanroom.sandbox.probed import ProbedLauncher
 from cleanroom.sandbox.runsc import RunscLauncher
 from cleanroom.server import config as server_config
-from cleanroom.observability.metrics import Metrics
 
 
 def _probes(monkeypatch: pytest.MonkeyPatch, runsc: tuple[bool, str], bwrap: tuple[bool, str]) -> None:

@@ -13,10 +13,10 @@ import kubernetes_validate
 import pytest
 from kubernetes import client
 
+from cleanroom.observability.metrics import Metrics
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.k8s_render import render_worker_job
 from cleanroom.sandbox.kubernetes import KubernetesLauncher
-from cleanroom.observability.metrics import Metrics
 from tests.k8s_fake import FakeApiServer, Worker
 from tests.sandbox.test_k8s import K8S_VERSIONS
 

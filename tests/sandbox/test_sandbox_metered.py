@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cleanroom.observability.metrics import Metrics
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest, SandboxResult
 from cleanroom.sandbox.metered import MeteredLauncher
-from cleanroom.observability.metrics import Metrics
 
 
 class Scripted:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from cleanroom.domain.identity import Role
-from cleanroom.sdk import CleanroomClientError
 from cleanroom.observability import logs
+from cleanroom.sdk import CleanroomClientError
 from cleanroom.v1 import identity_pb2
 from tests.api.test_datasets_api import CANARIES, _rows, _upload
 
