@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.observability.test_dashboard_promql import exported_names, metric_names, require_binary
 from tests.paths import REPO_ROOT
-from tests.server.test_dashboard_promql import exported_names, metric_names, require_binary
 
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"

@@ -20,8 +20,8 @@ import yaml
 from cleanroom.sdk import Client
 from tests.api.test_datasets_api import _rows, _schema, _write_csv
 from tests.conftest import Running, make_config, start_server
+from tests.observability.test_dashboard_promql import require_binary
 from tests.paths import REPO_ROOT
-from tests.server.test_dashboard_promql import require_binary
 
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 WAIT_SECONDS = 30

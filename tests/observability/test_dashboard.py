@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.paths import REPO_ROOT
-from tests.server.test_dashboard_promql import (
+from tests.observability.test_dashboard_promql import (
     exported_families,
     exported_names,
     metric_names,
     require_binary,
     substitute_grafana,
 )
+from tests.paths import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "cleanroom-dashboard.json"
 SECTIONS = ("Service health", "Jobs", "Privacy budgets", "Sandboxes", "Key broker")
