@@ -379,13 +379,13 @@ def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
     value), so a grouping by either answers every key (empty ones too, with noise) without a
     τ-threshold or δ. Never from the data: a key list read from the rows would reveal them."""
     bands = {c.name: c.generalization.labels() for c in dataset.columns
-             if c.role is deid.ColumnRole.QUASI_IDENTIFIER and isinstance(c.generalization, deid.AgeBand)}
+             if c.role.spec.treatment is deid.Treatment.GENERALIZE and isinstance(c.generalization, deid.AgeBand)}
     declared = {c.name: list(c.categories) for c in deid.stored_schema(dataset.columns) if c.categories}
     return {**bands, **declared}
 
 
 def _patient_column(dataset: Dataset) -> str:
-    return next(c.name for c in dataset.columns if c.role is deid.ColumnRole.PATIENT_KEY)
+    return next(c.name for c in dataset.columns if c.role.spec.privacy_unit)
 
 
 def _error_code(error: BaseException) -> str:
