@@ -13,6 +13,7 @@ all: $(STUBS)
 $(DEPS): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps scikit-survival
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	touch $@
 

@@ -222,6 +222,9 @@ TRAINING_SPEC = {"model": "models/3b1f", "dataset": f"datasets/{DATASET_ID}", "f
 EVALUATION_SPEC = {"model": "models/3b1f", "dataset": f"datasets/{DATASET_ID}", "feature_columns": ["age", "heart_rate", "spo2", "temp"],
                    "label_column": "event", "target_epsilon": 0.5, "target_delta": 1e-06,
                    "metrics": ["specificity", "auroc", "accuracy"], "max_rows_per_patient": 3}
+# The report options appear in the job parameters only when set (lists of decimal text, in the order sent).
+EVALUATION_REPORT_SPEC = {**EVALUATION_SPEC, "sensitivity_at_specificity": [0.95, 0.9], "specificity_at_sensitivity": [0.8],
+                          "net_benefit_thresholds": [0.05, 0.15], "score_bins": 40}
 
 
 def job_parameters_of(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +243,8 @@ def _job_case(kind: str, spec: dict[str, Any], package_digest: str) -> dict[str,
 
 def workload_vectors() -> dict[str, Any]:
     digest = enclave_sim.model_package_digest(PACKAGE)
-    jobs = [_job_case("training", TRAINING_SPEC, digest), _job_case("evaluation", EVALUATION_SPEC, digest)]
+    jobs = [_job_case("training", TRAINING_SPEC, digest), _job_case("evaluation", EVALUATION_SPEC, digest),
+            _job_case("evaluation", EVALUATION_REPORT_SPEC, digest)]
     stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.stats.v1\x00" + dataset_id.encode()).hex(),
               "workload": stats_workload(dataset_id)} for dataset_id in (DATASET_ID, "d123")]
     return {"rules": "docs/api/receipts.md#workload-hash", "domain_hex": WORKLOAD_DOMAIN.hex(), "jobs": jobs, "statistics": stats}

@@ -7,9 +7,11 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cleanroom.cli import render
 from cleanroom.cli.trust import read_pinned_root
+from cleanroom.domain.recipe import RULE
 from cleanroom.sdk import Client
 from cleanroom.sdk.verify import verify_job
 from cleanroom.v1 import jobs_pb2
@@ -35,6 +37,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="watch until the job is final")
 
 
+def _fractions(text: str) -> list[float]:
+    """A comma-separated list of numbers (the service checks each is strictly between 0 and 1)."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _report_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """Binary classification: the named operating points, net-benefit thresholds and bin count of `what`."""
+    parser.add_argument("--sensitivity-at-specificity", type=_fractions, default=[], metavar="S[,S...]",
+                        help=f"report sensitivity at these specificities in {what}, e.g. 0.95,0.9 (default 0.95)")
+    parser.add_argument("--specificity-at-sensitivity", type=_fractions, default=[], metavar="S[,S...]",
+                        help=f"report specificity at these sensitivities in {what} (default 0.95)")
+    parser.add_argument("--net-benefit-thresholds", type=_fractions, default=[], metavar="T[,T...]",
+                        help=f"threshold probabilities for net benefit in {what} (default 0.05,0.1,0.2,0.3)")
+    parser.add_argument("--score-bins", type=int, default=0,
+                        help="a fixed number of score bins, 4 to 640 (default: the documented rule of the patient count and ε)")
+
+
 def _features(text: str) -> list[str]:
     if text.startswith("@"):
         return [line.strip() for line in Path(text[1:]).read_text().splitlines() if line.strip()]
@@ -44,18 +66,25 @@ def _features(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: ClientFactory) -> None:
     job = sub.add_parser("job", help="DP training and validation jobs (manufacturer)")
     actions = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
-    train = actions.add_parser("train", help="fine-tune a model with DP-SGD on a shared dataset")
+    train = actions.add_parser(
+        "train", help="fine-tune a model with DP-SGD on a shared dataset",
+        description="Each recipe flag left out is chosen by the service's budget-aware recipe "
+                    f"({RULE}: from the dataset's public patient count, ε and the model's trainable parameter count); "
+                    "the job and its receipt name the recipe. Set all five to run exactly your own.")
     _common(train)
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-patients", type=int, default=64, help="expected patients per Poisson-sampled step")
-    train.add_argument("--learning-rate", type=float, default=0.1)
-    train.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    train.add_argument("--clipping-norm", type=float, default=1.0)
-    train.add_argument("--validation-fraction", type=float, default=0.2, help="patients held out for a DP evaluation")
+    recipe = "default: the service's recipe"
+    train.add_argument("--epochs", type=int, default=None, help=recipe)
+    train.add_argument("--batch-patients", type=int, default=None, help=f"expected patients per Poisson-sampled step ({recipe})")
+    train.add_argument("--learning-rate", type=float, default=None, help=recipe)
+    train.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help=f"{recipe} (sgd)")
+    train.add_argument("--clipping-norm", type=float, default=None, help=recipe)
+    train.add_argument("--validation-fraction", type=float, default=0.2, help="patients held out for a DP evaluation (default 0.2)")
+    _report_options(train, "the held-out validation report")
     train.set_defaults(handler=lambda a: _submit(client(a), a, _training_spec(a)))
     evaluate = actions.add_parser("evaluate", help="DP validation of a model's pretrained weights")
     _common(evaluate)
     evaluate.add_argument("--metrics", default="", help="comma separated; default: all for the task")
+    _report_options(evaluate, "the report")
     evaluate.set_defaults(handler=lambda a: _submit(client(a), a, _evaluation_spec(a)))
     for name, help_text, handler in (("show", "a job's state and artefacts", _show), ("watch", "a live status line until the job is final", _watch),
                                      ("cancel", "cancel a job", _cancel)):
@@ -70,12 +99,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: C
     download.set_defaults(handler=lambda a: _download(client(a), a))
 
 
+def _report_fields(a: argparse.Namespace) -> dict[str, Any]:
+    return {"sensitivity_at_specificity": a.sensitivity_at_specificity, "specificity_at_sensitivity": a.specificity_at_sensitivity,
+            "net_benefit_thresholds": a.net_benefit_thresholds, "score_bins": a.score_bins}
+
+
 def _training_spec(a: argparse.Namespace) -> jobs_pb2.TrainingSpec:
+    # A flag left out stays at its zero value: the service's recipe fills it.
     return jobs_pb2.TrainingSpec(
         model=a.model, dataset=a.dataset, feature_columns=_features(a.features), label_column=a.label,
-        target_epsilon=a.epsilon, target_delta=a.delta, epochs=a.epochs, expected_batch_patients=a.batch_patients,
-        learning_rate=a.learning_rate, optimizer=a.optimizer, clipping_norm=a.clipping_norm,
-        validation_fraction=a.validation_fraction, max_rows_per_patient=a.max_rows_per_patient,
+        target_epsilon=a.epsilon, target_delta=a.delta, epochs=a.epochs or 0, expected_batch_patients=a.batch_patients or 0,
+        learning_rate=a.learning_rate or 0.0, optimizer=a.optimizer or "", clipping_norm=a.clipping_norm or 0.0,
+        validation_fraction=a.validation_fraction, max_rows_per_patient=a.max_rows_per_patient, **_report_fields(a),
     )
 
 
@@ -83,7 +118,7 @@ def _evaluation_spec(a: argparse.Namespace) -> jobs_pb2.EvaluationSpec:
     return jobs_pb2.EvaluationSpec(
         model=a.model, dataset=a.dataset, feature_columns=_features(a.features), label_column=a.label,
         target_epsilon=a.epsilon, target_delta=a.delta, max_rows_per_patient=a.max_rows_per_patient,
-        metrics=[m for m in a.metrics.split(",") if m],
+        metrics=[m for m in a.metrics.split(",") if m], **_report_fields(a),
     )
 
 
@@ -103,9 +138,31 @@ def _watch(client: Client, name: str) -> int:
     return 0 if last.state == jobs_pb2.JOB_STATE_RELEASED else 5
 
 
+def spec_lines(job: jobs_pb2.Job) -> list[str]:
+    """What the job runs with: the recipe (and who chose it) and the report's named choices."""
+    spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec = job.training if job.WhichOneof("spec") == "training" else job.evaluation
+    lines = [f"  ε {spec.target_epsilon:g}, δ {spec.target_delta:g}, at most {spec.max_rows_per_patient} rows per patient"]
+    if isinstance(spec, jobs_pb2.TrainingSpec):
+        lines.append(f"  recipe            {spec.recipe or 'as requested'}: {spec.epochs} epochs, expected batch "
+                     f"{spec.expected_batch_patients} patients, {spec.optimizer} learning rate {spec.learning_rate:g}, "
+                     f"clipping norm {spec.clipping_norm:g}, validation fraction {spec.validation_fraction:g}")
+    else:
+        lines.append(f"  metrics           {', '.join(spec.metrics) or 'all for the task'}")
+
+    def listed(values: Any, default: str) -> str:
+        return ", ".join(f"{v:g}" for v in values) or f"{default} (default)"
+
+    lines += [f"  sensitivity at specificity  {listed(spec.sensitivity_at_specificity, '0.95')}",
+              f"  specificity at sensitivity  {listed(spec.specificity_at_sensitivity, '0.95')}",
+              f"  net benefit thresholds      {listed(spec.net_benefit_thresholds, '0.05, 0.1, 0.2, 0.3')}",
+              f"  score bins                  {spec.score_bins or 'the documented rule (default)'}"]
+    return lines
+
+
 def _show(client: Client, name: str) -> int:
     job = client.get_job(name)
     print(f"{job.name}  {job.kind}: {state_name(job)}")
+    print("\n".join(spec_lines(job)))
     print(render.table(("artifact", "bytes", "sha256"), [(x.name, f"{x.size_bytes:,}", x.sha256[:16]) for x in job.artifacts]))
     return 0
 
@@ -127,6 +184,7 @@ def _download(client: Client, a: argparse.Namespace) -> int:
     for name, data in files.items():
         (target / name).write_bytes(data)
     report = verified.report
+    recipe = report.dp_parameters.get("recipe")  # present when the service's recipe chose the settings
     print(json.dumps({"verified": True, "simulated": report.simulated, "epsilon": report.epsilon_spent,
-                      "accountant": report.accountant, "files": sorted(files)}, indent=1))
+                      "accountant": report.accountant, **({"recipe": recipe} if recipe else {}), "files": sorted(files)}, indent=1))
     return 0

@@ -23,7 +23,8 @@ def intake_summary(version: models_pb2.ModelVersion) -> str:
         f"  task              {version.task}, input {list(version.input_shape)}, classes {version.num_classes}",
         f"  package sha256    {version.package_sha256}",
         f"  sandbox           {report.sandbox_backend} ({report.sandbox_backend_reason}), {report.sandbox_seconds:.1f} s",
-        f"  parameters        {report.parameter_count:,}; trainable: {', '.join(report.trainable_parameters) or '-'}",
+        f"  parameters        {report.parameter_count:,}; trainable"
+        f"{f' ({report.trainable_parameter_count:,})' if report.trainable_parameter_count else ''}: {', '.join(report.trainable_parameters) or '-'}",
     ]
     lines += [f"  finding           {f.code}: {f.message}" for f in report.findings]
     if report.traceback:

@@ -10,7 +10,11 @@ keys appear in the order written below, and the stored text has its keys sorted.
 
 Adding a parameter: give it a default, write it in `to_json` only when it differs from the default
 and read it in `from_json` with the same default when the key is absent, so the stored specs, the
-workload hashes and the receipts of requests without it keep their bytes.
+workload hashes and the receipts of requests without it keep their bytes. So it went for `recipe`
+(the name of the rule that filled a training request's left-out optimisation fields, set by the
+service, never by the request: cleanroom/domain/recipe.py) and for the report options
+(`ReportOptions`: named operating points, net-benefit thresholds, the score-bin count; empty or 0
+means the evaluator's defaults).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ SUPPORTED_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("mae", "rmse"),
 }
 DEFAULT_ROWS_PER_PATIENT = 1
+# Bounds of the report options (the evaluator checks the same: cleanroom/trainer/evaluate.Options).
+MAX_REPORT_VALUES = 16
+MIN_SCORE_BINS, MAX_SCORE_BINS = 4, 640
+REPORT_SEQUENCES = ("sensitivity_at_specificity", "specificity_at_sensitivity", "net_benefit_thresholds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +59,37 @@ class _Shared:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingParams(_Shared):
+class ReportOptions:
+    """A binary report's public choices, for an evaluation job and a training job's validation.
+
+    Empty (or 0 bins) means the evaluator's defaults: sensitivity at 95% specificity, specificity
+    at 95% sensitivity, net benefit at 0.05, 0.1, 0.2 and 0.3, and the documented bin rule."""
+
+    sensitivity_at_specificity: tuple[float, ...] = ()
+    specificity_at_sensitivity: tuple[float, ...] = ()
+    net_benefit_thresholds: tuple[float, ...] = ()
+    score_bins: int = 0
+
+    def _report_json(self) -> JsonParams:
+        """Only the options a request sets (none: the JSON form is what it was before they existed)."""
+        out: JsonParams = {name: [decimal_text(v) for v in getattr(self, name)] for name in REPORT_SEQUENCES if getattr(self, name)}
+        if self.score_bins:
+            out["score_bins"] = self.score_bins
+        return out
+
+    @staticmethod
+    def _report_from(data: Mapping[str, object]) -> ReportOptions:
+        def numbers(key: str) -> tuple[float, ...]:
+            return _numbers(data, key) if key in data else ()
+
+        return ReportOptions(sensitivity_at_specificity=numbers("sensitivity_at_specificity"),
+                             specificity_at_sensitivity=numbers("specificity_at_sensitivity"),
+                             net_benefit_thresholds=numbers("net_benefit_thresholds"),
+                             score_bins=_whole(data, "score_bins") if "score_bins" in data else 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingParams(_Shared, ReportOptions):
     kind: ClassVar[str] = "training"
 
     epochs: int
@@ -60,9 +98,10 @@ class TrainingParams(_Shared):
     optimizer: str
     clipping_norm: float
     validation_fraction: float
+    recipe: str = ""  # set by the service when it filled what the request left out (domain/recipe.py)
 
     def to_json(self) -> JsonParams:
-        return {
+        out: JsonParams = {
             "kind": self.kind,
             "feature_columns": list(self.feature_columns),
             "label_column": self.label_column,
@@ -76,10 +115,14 @@ class TrainingParams(_Shared):
             "validation_fraction": decimal_text(self.validation_fraction),
             "max_rows_per_patient": self.max_rows_per_patient,
         }
+        if self.recipe:
+            out["recipe"] = self.recipe
+        return {**out, **self._report_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> TrainingParams:
         _expect_kind(data, cls.kind)
+        report = cls._report_from(data)
         return cls(
             feature_columns=_names(data, "feature_columns"),
             label_column=_get(data, "label_column", str),
@@ -92,11 +135,15 @@ class TrainingParams(_Shared):
             optimizer=_get(data, "optimizer", str),
             clipping_norm=_number(data, "clipping_norm"),
             validation_fraction=_number(data, "validation_fraction"),
+            recipe=_get(data, "recipe", str) if "recipe" in data else "",
+            sensitivity_at_specificity=report.sensitivity_at_specificity,
+            specificity_at_sensitivity=report.specificity_at_sensitivity,
+            net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
         )
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluationParams(_Shared):
+class EvaluationParams(_Shared, ReportOptions):
     kind: ClassVar[str] = "evaluation"
 
     metrics: tuple[str, ...]  # sorted; empty: every metric the model's task offers
@@ -110,11 +157,13 @@ class EvaluationParams(_Shared):
             "target_delta": decimal_text(self.target_delta),
             "metrics": list(self.metrics),
             "max_rows_per_patient": self.max_rows_per_patient,
+            **self._report_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> EvaluationParams:
         _expect_kind(data, cls.kind)
+        report = cls._report_from(data)
         return cls(
             feature_columns=_names(data, "feature_columns"),
             label_column=_get(data, "label_column", str),
@@ -122,6 +171,9 @@ class EvaluationParams(_Shared):
             target_delta=_number(data, "target_delta"),
             max_rows_per_patient=_whole(data, "max_rows_per_patient"),
             metrics=_names(data, "metrics"),
+            sensitivity_at_specificity=report.sensitivity_at_specificity,
+            specificity_at_sensitivity=report.specificity_at_sensitivity,
+            net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
         )
 
 
@@ -172,6 +224,14 @@ def _whole(data: Mapping[str, object], key: str) -> int:
 def _number(data: Mapping[str, object], key: str) -> float:
     """Exact decimal text back to the float it was written from (the text is that float's repr)."""
     return float(_get(data, key, str))
+
+
+def _numbers(data: Mapping[str, object], key: str) -> tuple[float, ...]:
+    values: list[object] = _get(data, key, list)
+    texts = [v for v in values if isinstance(v, str)]
+    if len(texts) != len(values):
+        raise ValueError(f"job parameter {key} must be a list of decimal texts")
+    return tuple(float(v) for v in texts)
 
 
 def _names(data: Mapping[str, object], key: str) -> tuple[str, ...]:

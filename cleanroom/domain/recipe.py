@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 RULE = "budget-aware-dpsgd/v1"
 OPTIMIZERS = ("sgd", "adam")
@@ -104,18 +104,25 @@ def left_out(*, epochs: int, expected_batch_patients: int, learning_rate: float,
 
 
 class RecipeFields(Protocol):
-    """What the rule reads of a training request (TrainingParams has these fields)."""
+    """What the rule reads of a training request (TrainingParams has these fields, read-only)."""
 
-    target_epsilon: float
-    epochs: int
-    expected_batch_patients: int
-    learning_rate: float
-    optimizer: str
-    clipping_norm: float
-    validation_fraction: float
+    @property
+    def target_epsilon(self) -> float: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def expected_batch_patients(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def clipping_norm(self) -> float: ...
+    @property
+    def validation_fraction(self) -> float: ...
 
 
-def defaults_for(request: RecipeFields, *, patients: int, model_parameters: int) -> dict[str, object]:
+def defaults_for(request: RecipeFields, *, patients: int, model_parameters: int) -> dict[str, Any]:
     """The fields to fill in a training request that leaves any of the recipe out, plus `recipe`:
     the rule's name, to be kept with the job's parameters (so the workload hash binds it and the
     receipt names it). Empty when the request sets the whole recipe, or when no recipe fits (the
@@ -129,6 +136,6 @@ def defaults_for(request: RecipeFields, *, patients: int, model_parameters: int)
                                validation_fraction=request.validation_fraction, optimizer=request.optimizer or "sgd")
     except ValueError:
         return {}
-    filled: dict[str, object] = {name: getattr(recipe, name) for name in missing}
+    filled: dict[str, Any] = {name: getattr(recipe, name) for name in missing}
     filled["recipe"] = recipe.rule
     return filled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from cleanroom.domain.model_versions import ModelState, ModelVersion, parse_mode
 from cleanroom.domain.ownership import owned_or_not_found
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import Mechanism, Privacy
+from cleanroom.domain.recipe import defaults_for
 from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import validation
 from cleanroom.observability.metrics import Metrics
@@ -39,6 +41,14 @@ def job_context(job_id: str) -> str:
     return f"job:{job_id}"
 
 
+def trainable_parameter_count(model: ModelVersion) -> int:
+    """From the intake report: the trainable count (versions accepted before it was recorded give
+    their whole parameter count, all of it trainable for a manifest of ["*"])."""
+    report = model.report
+    count = report.get("trainable_parameter_count") or report.get("parameter_count") or 0
+    return int(count)
+
+
 class JobService:
     def __init__(self, db: Database, approvals: ApprovalService, ledger: Ledger, blobs: BlobStore, keys: KeyService, metrics: Metrics) -> None:
         self._db = db
@@ -51,9 +61,12 @@ class JobService:
     # --- submission ------------------------------------------------------------------------------
 
     def submit(self, maker: Principal, model_name: str, dataset_name: str, params: JobParams) -> Job:
-        """Checks everything first; only then asks for budget (auto-approved or queued for an officer)."""
+        """Checks everything first; only then asks for budget (auto-approved or queued for an officer).
+        A training request that leaves recipe fields out gets them from the budget-aware recipe; the
+        job's parameters (hence its workload, its echoed spec and its receipt) name the rule."""
         kind = JobKind(params.kind)
         model, dataset = self._inputs(maker, model_name, dataset_name)
+        params = self._with_recipe(params, model, dataset)
         self._validate(params, model, dataset)
         cost = Privacy.cost(params.target_epsilon, params.target_delta, field_prefix="spec.target_")
         job_id = new_job_id()
@@ -89,12 +102,22 @@ class JobService:
         return model, dataset
 
     @staticmethod
+    def _with_recipe(params: JobParams, model: ModelVersion, dataset: Dataset) -> JobParams:
+        """Fills what a training request left out (0 or "") from public numbers only: the dataset's
+        disclosed patient count, the request's ε and the model's trainable parameter count."""
+        if not isinstance(params, TrainingParams):
+            return params
+        filled = defaults_for(params, patients=dataset.patient_count, model_parameters=trainable_parameter_count(model))
+        return dataclasses.replace(params, **filled) if filled else params
+
+    @staticmethod
     def _validate(params: JobParams, model: ModelVersion, dataset: Dataset) -> None:
         violations = validation.column_violations(params, model, dataset)
         if isinstance(params, TrainingParams):
             violations += validation.training_violations(params, dataset.patient_count)
         else:
             violations += validation.evaluation_violations(params, model)
+        violations += validation.report_violations(params, model)
         if violations:
             raise bad_request("the job request is invalid; nothing was reserved", *violations)
 

@@ -7,8 +7,20 @@ import math
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import FieldViolation
-from cleanroom.domain.job_params import OPTIMIZERS, SUPPORTED_METRICS, EvaluationParams, JobParams, TrainingParams
+from cleanroom.domain.job_params import (
+    MAX_REPORT_VALUES,
+    MAX_SCORE_BINS,
+    MIN_SCORE_BINS,
+    OPTIMIZERS,
+    REPORT_SEQUENCES,
+    SUPPORTED_METRICS,
+    EvaluationParams,
+    JobParams,
+    ReportOptions,
+    TrainingParams,
+)
 from cleanroom.domain.model_versions import ModelVersion
+from cleanroom.domain.recipe import left_out
 
 NUMERIC = {deid.ColumnType.INTEGER, deid.ColumnType.FLOAT, deid.ColumnType.BOOLEAN}
 CLASS_LABELS = {deid.ColumnType.INTEGER, deid.ColumnType.BOOLEAN}
@@ -76,17 +88,28 @@ def _range(out: list[FieldViolation], field: str, value: float, low: float, high
         out.append(FieldViolation(field, what))
 
 
+# Said of a recipe field still left out after the service's recipe ran: no recipe fits the request.
+NO_RECIPE = "; left out, and the service's recipe fits no request with fewer than 2 training patients or ε not above 0"
+
+
 def training_violations(params: TrainingParams, patients: int) -> list[FieldViolation]:
+    """The request as it will run: the recipe has already filled what it could (JobService.submit)."""
     out: list[FieldViolation] = []
-    _range(out, "spec.epochs", params.epochs, 1, 1000, "between 1 and 1000")
+    unfilled = set(left_out(epochs=params.epochs, expected_batch_patients=params.expected_batch_patients, learning_rate=params.learning_rate,
+                            optimizer=params.optimizer, clipping_norm=params.clipping_norm))
+
+    def said(name: str, what: str) -> str:
+        return what + (NO_RECIPE if name in unfilled else "")
+
+    _range(out, "spec.epochs", params.epochs, 1, 1000, said("epochs", "between 1 and 1000"))
     _range(out, "spec.expected_batch_patients", params.expected_batch_patients, 1, max(patients, 1),
-           "between 1 and the number of patients")
-    _range(out, "spec.learning_rate", params.learning_rate, 1e-6, 10, "above 0 and at most 10")
-    _range(out, "spec.clipping_norm", params.clipping_norm, 1e-6, 1e6, "above 0")
+           said("expected_batch_patients", "between 1 and the number of patients"))
+    _range(out, "spec.learning_rate", params.learning_rate, 1e-6, 10, said("learning_rate", "above 0 and at most 10"))
+    _range(out, "spec.clipping_norm", params.clipping_norm, 1e-6, 1e6, said("clipping_norm", "above 0"))
     _range(out, "spec.validation_fraction", params.validation_fraction, 0, 0.5, "between 0 and 0.5")
     _range(out, "spec.max_rows_per_patient", params.max_rows_per_patient, 1, 1000, "between 1 and 1000")
     if params.optimizer not in OPTIMIZERS:
-        out.append(FieldViolation("spec.optimizer", f"one of {', '.join(OPTIMIZERS)}"))
+        out.append(FieldViolation("spec.optimizer", said("optimizer", f"one of {', '.join(OPTIMIZERS)}")))
     return out
 
 
@@ -97,6 +120,27 @@ def evaluation_violations(params: EvaluationParams, model: ModelVersion) -> list
     unknown = sorted(set(params.metrics) - known)
     if unknown:
         out.append(FieldViolation("spec.metrics", f"unknown for this task: {', '.join(unknown)}; choose from {', '.join(sorted(known))}"))
+    return out
+
+
+def report_violations(options: ReportOptions, model: ModelVersion) -> list[FieldViolation]:
+    """The report's named operating points, net-benefit thresholds and bin count (public choices;
+    binary classification only, where the evaluator computes them), for either kind of job."""
+    out: list[FieldViolation] = []
+    if model.task != "binary-classification":
+        return [FieldViolation(f"spec.{name}", f"applies to binary classification only; this model's task is {model.task}")
+                for name in (*REPORT_SEQUENCES, "score_bins") if getattr(options, name)]
+    for name in REPORT_SEQUENCES:
+        values: tuple[float, ...] = getattr(options, name)
+        bad = [v for v in values if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v < 1)]
+        if len(values) > MAX_REPORT_VALUES:  # one violation per field, the first rule broken
+            out.append(FieldViolation(f"spec.{name}", f"at most {MAX_REPORT_VALUES} values, not {len(values)}"))
+        elif bad:
+            out.append(FieldViolation(f"spec.{name}", f"each value strictly between 0 and 1 (not {bad[0]!r})"))
+        elif len(set(values)) != len(values):
+            out.append(FieldViolation(f"spec.{name}", "a value is named twice"))
+    if options.score_bins and not MIN_SCORE_BINS <= options.score_bins <= MAX_SCORE_BINS:
+        out.append(FieldViolation("spec.score_bins", f"0 (the documented bin rule) or between {MIN_SCORE_BINS} and {MAX_SCORE_BINS}"))
     return out
 
 

@@ -245,9 +245,18 @@ class Client:
     # --- DP jobs (manufacturer) --------------------------------------------------------------------
 
     def train(self, spec: jobs_pb2.TrainingSpec, *, request_id: str | None = None) -> jobs_pb2.Job:
+        """Submits DP-SGD training. Recipe fields left at 0 / "" (epochs, expected_batch_patients,
+        learning_rate, optimizer, clipping_norm) are chosen by the service's budget-aware recipe: the
+        returned job's `training` echoes the values and `training.recipe` names the rule (verify_job
+        takes them from there). The report options (sensitivity_at_specificity,
+        specificity_at_sensitivity, net_benefit_thresholds, score_bins) shape the validation report."""
         return self._call(self.jobs.SubmitTraining, jobs_pb2.SubmitTrainingRequest(request_id=request_id or _request_id(), spec=spec))
 
     def evaluate(self, spec: jobs_pb2.EvaluationSpec, *, request_id: str | None = None) -> jobs_pb2.Job:
+        """Submits a DP evaluation. A binary model's report gives sensitivity at each of
+        `spec.sensitivity_at_specificity`, specificity at each of `spec.specificity_at_sensitivity`
+        and net benefit at each of `spec.net_benefit_thresholds` (each ≤ 16 values in (0, 1); empty:
+        the defaults), over `spec.score_bins` bins (4 to 640; 0: the documented rule)."""
         return self._call(self.jobs.SubmitEvaluation, jobs_pb2.SubmitEvaluationRequest(request_id=request_id or _request_id(), spec=spec))
 
     def get_job(self, name: str) -> jobs_pb2.Job:

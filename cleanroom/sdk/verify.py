@@ -74,10 +74,30 @@ def verify_release(
 
 
 def job_parameters(job: Any) -> dict[str, Any]:
-    """The canonical parameters of a job as the SDK sent them (TrainingSpec or EvaluationSpec)."""
+    """The canonical parameters of a job from its echoed spec (TrainingSpec or EvaluationSpec): as the
+    SDK sent them, with what the service's recipe filled and the recipe's name."""
     from cleanroom.wire import jobs as jobspec
 
     return jobspec.params_from_job(job).to_json()
+
+
+def sent_parameters(job: Any, spec: Any) -> dict[str, Any]:
+    """The canonical parameters of the request you sent, with what the service's recipe filled."""
+    from dataclasses import replace
+
+    from cleanroom.domain.job_params import TrainingParams
+    from cleanroom.domain.recipe import left_out
+    from cleanroom.wire import jobs as jobspec
+
+    if not hasattr(spec, "epochs"):
+        return jobspec.evaluation_params_from_proto(spec).to_json()
+    sent = jobspec.training_params_from_proto(spec)
+    missing = left_out(epochs=sent.epochs, expected_batch_patients=sent.expected_batch_patients, learning_rate=sent.learning_rate,
+                       optimizer=sent.optimizer, clipping_norm=sent.clipping_norm)
+    echoed = jobspec.params_from_job(job) if job.WhichOneof("spec") == "training" else None
+    if missing and isinstance(echoed, TrainingParams) and echoed.recipe:
+        sent = replace(sent, recipe=echoed.recipe, **{name: getattr(echoed, name) for name in missing})
+    return sent.to_json()
 
 
 def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str | Path, pinned_root_pem: bytes,
@@ -85,13 +105,12 @@ def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str |
     """Verifies a released job's receipt against the files downloaded and the caller's own request.
 
     Pass the `spec` you submitted to recompute the workload from your own request; without it the
-    spec echoed in the job is used (weaker: it trusts the server's echo of your request).
+    spec echoed in the job is used (weaker: it trusts the server's echo of your request). A training
+    spec that left recipe fields out (0 or "") takes those, and the recipe's name, from the job's
+    echo: only what you left out; every field you set is yours.
     """
-    from cleanroom.wire import jobs as jobspec
-
     if spec is not None:
-        sent = jobspec.training_params_from_proto(spec) if hasattr(spec, "epochs") else jobspec.evaluation_params_from_proto(spec)
-        params = sent.to_json()
+        params = sent_parameters(job, spec)
     else:
         params = job_parameters(job)
     source = job.training if job.WhichOneof("spec") == "training" else job.evaluation

@@ -3,14 +3,20 @@
 The workload hash binds the model version's package digest, the parameters' JSON form and the
 dataset id. The SDK recomputes it from the request it sent, so the server and the SDK build the same
 parameters from the same request: through this module (and `to_json`, cleanroom/domain/job_params.py).
+
+"Left out" is the proto3 zero value: a recipe field at 0 or "" (none of them a valid setting) is
+filled by the service's recipe, an empty report-option list or score_bins 0 means the evaluator's
+default. `TrainingSpec.recipe` is output only: a request's is ignored (only the service names the
+rule it applied), a job's echo carries it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from cleanroom.domain.errors import FieldViolation, bad_request
-from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, TrainingParams
+from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, ReportOptions, TrainingParams
 from cleanroom.domain.jobs import Artifact, FailureCode, Job, JobState
 from cleanroom.v1 import jobs_pb2
 from cleanroom.wire.common import timestamp
@@ -29,8 +35,19 @@ def _number(value: float, field: str) -> float:
 
 # --- requests ------------------------------------------------------------------------------------
 
+Spec = jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec
+
+
+def _report_options(spec: Spec) -> ReportOptions:
+    """Checked by the job validation (jobs/validation.py), with every other field, before any reservation."""
+    return ReportOptions(sensitivity_at_specificity=tuple(spec.sensitivity_at_specificity),
+                         specificity_at_sensitivity=tuple(spec.specificity_at_sensitivity),
+                         net_benefit_thresholds=tuple(spec.net_benefit_thresholds), score_bins=spec.score_bins)
+
 
 def training_params_from_proto(spec: jobs_pb2.TrainingSpec) -> TrainingParams:
+    """A training request's parameters (`spec.recipe` is output only and not read here)."""
+    report = _report_options(spec)
     return TrainingParams(
         feature_columns=tuple(spec.feature_columns),
         label_column=spec.label_column,
@@ -43,10 +60,13 @@ def training_params_from_proto(spec: jobs_pb2.TrainingSpec) -> TrainingParams:
         clipping_norm=_number(spec.clipping_norm, "clipping_norm"),
         validation_fraction=_number(spec.validation_fraction, "validation_fraction"),
         max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+        sensitivity_at_specificity=report.sensitivity_at_specificity, specificity_at_sensitivity=report.specificity_at_sensitivity,
+        net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
     )
 
 
 def evaluation_params_from_proto(spec: jobs_pb2.EvaluationSpec) -> EvaluationParams:
+    report = _report_options(spec)
     return EvaluationParams(
         feature_columns=tuple(spec.feature_columns),
         label_column=spec.label_column,
@@ -54,25 +74,32 @@ def evaluation_params_from_proto(spec: jobs_pb2.EvaluationSpec) -> EvaluationPar
         target_delta=_number(spec.target_delta, "target_delta"),
         metrics=tuple(sorted(spec.metrics)),
         max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+        sensitivity_at_specificity=report.sensitivity_at_specificity, specificity_at_sensitivity=report.specificity_at_sensitivity,
+        net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
     )
 
 
 def params_from_job(job: jobs_pb2.Job) -> JobParams:
-    """The parameters of a job as its requester sent them (from the spec the job echoes)."""
+    """The parameters a job ran with, from the spec it echoes: the request as sent, with what the
+    service's recipe filled and the recipe's name."""
     if job.WhichOneof("spec") == "training":
-        return training_params_from_proto(job.training)
+        return replace(training_params_from_proto(job.training), recipe=job.training.recipe)
     return evaluation_params_from_proto(job.evaluation)
 
 
 # --- jobs ----------------------------------------------------------------------------------------
 
 
-def _fill_spec(spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec, job: Job, params: JobParams) -> None:
+def _fill_spec(spec: Spec, job: Job, params: JobParams) -> None:
     spec.model, spec.dataset = f"models/{job.model_id}", f"datasets/{job.dataset_id}"
     spec.feature_columns.extend(params.feature_columns)
     spec.label_column = params.label_column
     spec.target_epsilon, spec.target_delta = params.target_epsilon, params.target_delta
     spec.max_rows_per_patient = params.max_rows_per_patient
+    spec.sensitivity_at_specificity.extend(params.sensitivity_at_specificity)
+    spec.specificity_at_sensitivity.extend(params.specificity_at_sensitivity)
+    spec.net_benefit_thresholds.extend(params.net_benefit_thresholds)
+    spec.score_bins = params.score_bins
 
 
 def job_to_proto(job: Job, artifacts: list[Artifact]) -> jobs_pb2.Job:
@@ -91,7 +118,7 @@ def job_to_proto(job: Job, artifacts: list[Artifact]) -> jobs_pb2.Job:
         spec = message.training
         spec.epochs, spec.expected_batch_patients, spec.optimizer = params.epochs, params.expected_batch_patients, params.optimizer
         spec.learning_rate, spec.clipping_norm = params.learning_rate, params.clipping_norm
-        spec.validation_fraction = params.validation_fraction
+        spec.validation_fraction, spec.recipe = params.validation_fraction, params.recipe
     else:
         _fill_spec(message.evaluation, job, params)
         message.evaluation.metrics.extend(params.metrics)

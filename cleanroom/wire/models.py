@@ -17,7 +17,8 @@ def model_to_proto(version: ModelVersion) -> models_pb2.ModelVersion:
         sandbox_backend=sandbox.get("backend", ""), sandbox_backend_reason=sandbox.get("backend_reason", ""),
         traceback=report.get("manufacturer_traceback", ""), sandbox_stdout=report.get("sandbox_stdout", ""),
         sandbox_stderr=report.get("sandbox_stderr", ""), parameter_count=report.get("parameter_count") or 0,
-        trainable_parameters=report.get("trainable", []), op_histogram=report.get("op_histogram", {}),
+        trainable_parameters=report.get("trainable", []), trainable_parameter_count=report.get("trainable_parameter_count") or 0,
+        op_histogram=report.get("op_histogram", {}),
         sandbox_seconds=float(timings.get("sandbox_seconds", 0.0)), validation_seconds=float(timings.get("validation_seconds", 0.0)),
     )
     state = models_pb2.MODEL_STATE_ACCEPTED if version.state is ModelState.ACCEPTED else models_pb2.MODEL_STATE_REJECTED

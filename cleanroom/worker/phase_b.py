@@ -112,9 +112,12 @@ def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[
         optimizer=params["optimizer"], clipping_norm=float(params["clipping_norm"]), allowed_modules=_allowed(),
     )
     weights = save({k: v.contiguous() for k, v in result.trained_state.items()})
+    # The receipt names the recipe that chose the optimisation settings when the service filled any
+    # (cleanroom/domain/recipe.py); a request that set them all keeps the receipt it always had.
+    recipe = {"recipe": params["recipe"]} if params.get("recipe") else {}
     summary = {"epsilon_spent": result.epsilon_spent, "delta": result.delta, "accountant": result.accountant,
                "dp_parameters": {**result.dp_parameters, "noise_multiplier": result.noise_multiplier,
-                                 "sample_rate": result.sample_rate, "steps": result.steps, "delta": result.delta}}
+                                 "sample_rate": result.sample_rate, "steps": result.steps, "delta": result.delta, **recipe}}
     outputs = {"weights.safetensors": weights}
     if held_out.any():
         evaluation = _evaluate_rows(job, examples, held_out, program, state=result.trained_state)

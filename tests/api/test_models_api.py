@@ -34,6 +34,7 @@ def test_submit_accepts_a_good_package_and_stores_its_program(running, maker, tm
     assert version.display_name == "arrhythmia-mlp" and list(version.input_shape) == [30]
     assert version.intake_report.sandbox_backend in ("runsc", "bwrap")
     assert version.intake_report.parameter_count == 30 * 32 + 32 + 32 * 2 + 2
+    assert version.intake_report.trainable_parameter_count == version.intake_report.parameter_count  # trainable = ["*"]
     assert progress
     samples = {(s.name, tuple(s.labels.values())): s.value for m in running.app.metrics.registry.collect() for s in m.samples}
     backend = version.intake_report.sandbox_backend

@@ -30,6 +30,7 @@ pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 EXAMPLE = REPO_ROOT / "examples" / "breast-cancer-mlp"
 MODELS = MODEL_PACKAGES
+MLP = MODELS / "mlp"  # a two-layer MLP over the same 30 features (the example package is a logistic regression)
 FEATURES = samples.feature_names()
 
 
@@ -69,9 +70,9 @@ def _training(world, epsilon: float = 1.0, **changes) -> jobs_pb2.TrainingSpec:
     return spec
 
 
-def _verify(world, job, files, spec):
+def _verify(world, job, files, spec, package=EXAMPLE):
     app = world["running"].app
-    return verify_job(job, files, package_directory=EXAMPLE, pinned_root_pem=app.enclave.root.public_key_pem(),
+    return verify_job(job, files, package_directory=package, pinned_root_pem=app.enclave.root.public_key_pem(),
                       allowed_measurements=[app.enclave.measurement], spec=spec)
 
 
@@ -97,18 +98,28 @@ def test_evaluation_of_pretrained_weights_is_released_with_a_verifiable_receipt(
 
 
 def test_training_releases_exactly_the_trainable_tensors(world) -> None:
-    maker, spec = world["maker"], _training(world)
+    """A multi-layer model (the fixture MLP: two linear layers around a ReLU), so that "every trainable
+    tensor, nothing else" is more than one layer; the expected set is the one intake resolved."""
+    maker = world["maker"]
+    mlp = maker.submit_model(MLP)
+    assert mlp.state == models_pb2.MODEL_STATE_ACCEPTED, mlp.intake_report.findings
+    trainable = set(mlp.intake_report.trainable_parameters)
+    assert trainable == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    spec = _training(world, model=mlp.name)
     job = maker.train(spec)
+    assert job.training.recipe == ""  # every recipe field was set: it runs exactly as sent
     done = maker.wait_job(job.name, timeout=300)
     assert done.state == jobs_pb2.JOB_STATE_RELEASED, jobs_pb2.JobFailure.Name(done.failure)
     files = maker.download_all(done)
     weights = load(files["weights.safetensors"])
-    assert set(weights) == {"1.weight", "1.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+    assert set(weights) == trainable
+    assert {name: tuple(t.shape) for name, t in weights.items()} == {"0.weight": (32, 30), "0.bias": (32,), "2.weight": (2, 32), "2.bias": (2,)}
     assert all(bool(t.isfinite().all()) for t in weights.values())
-    verified = _verify(world, done, files, spec)
+    verified = _verify(world, done, files, spec, package=MLP)
     assert verified.report.accountant in ("prv", "rdp") and verified.epsilon_recomputed <= 1.0 + 1e-6
+    assert "recipe" not in verified.report.dp_parameters  # the receipt of a fully named request is what it always was
     with pytest.raises(enclave_sim.VerificationError):
-        _verify(world, done, files, _training(world, learning_rate=0.2))  # not the request that was sent
+        _verify(world, done, files, _training(world, model=mlp.name, learning_rate=0.2), package=MLP)  # not the request that was sent
     messages = [str(j) for j in maker.watch_job(done.name)]
     assert all("loss" not in m and "accuracy" not in m for m in messages)  # coarse states only
 

@@ -225,6 +225,7 @@ def test_good_models_pass_with_trainable_names_resolved(tmp_path: Path) -> None:
     result = check(mlp(), tmp_path, trainable=("2.*",))
     assert result.accepted, result.findings
     assert result.trainable == ["2.weight", "2.bias"] and result.parameter_count == 4 * 8 + 8 + 8 * 2 + 2
+    assert result.trainable_parameter_count == 8 * 2 + 2  # what the training recipe reads: the head only
     assert result.output_shape == [1, 2] and result.op_histogram == {
         "aten.addmm.default": 2, "aten.permute.default": 2, "aten.relu.default": 1}
     for out_shape in ([1], [1, 1]):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pytest
 
@@ -93,3 +95,73 @@ def test_a_job_echoes_the_request_it_was_sent(kind: JobKind, spec: jobs_pb2.Trai
     assert (message.artifacts[0].name, message.artifacts[0].size_bytes, message.privacy_request) == ("metrics.json", 12, "privacyRequests/r1")
     echoed = message.training if kind is JobKind.TRAINING else message.evaluation
     assert (echoed.model, echoed.dataset) == ("models/m1", "datasets/d1")
+
+
+# --- the report options and the recipe's name ------------------------------------------------------
+
+REPORT = {"sensitivity_at_specificity": [0.95, 0.9], "specificity_at_sensitivity": [0.8], "net_benefit_thresholds": [0.15, 0.25],
+          "score_bins": 24}
+
+
+Spec = TypeVar("Spec", jobs_pb2.TrainingSpec, jobs_pb2.EvaluationSpec)
+
+
+def _with(spec: Spec, **fields: object) -> Spec:
+    copy = type(spec)()
+    copy.CopyFrom(spec)
+    for name, value in fields.items():
+        if isinstance(value, list):
+            getattr(copy, name).extend(value)
+        else:
+            setattr(copy, name, value)
+    return copy
+
+
+def test_report_options_are_written_only_when_set_as_exact_decimal_text() -> None:
+    params = evaluation_params_from_proto(_with(EVALUATION, **REPORT))
+    items = list(params.to_json().items())
+    plain = list(evaluation_params_from_proto(EVALUATION).to_json().items())
+    assert items[:len(plain)] == plain  # the old form, then only the new keys
+    assert items[len(plain):] == [("sensitivity_at_specificity", ["0.95", "0.9"]), ("specificity_at_sensitivity", ["0.8"]),
+                                  ("net_benefit_thresholds", ["0.15", "0.25"]), ("score_bins", 24)]
+    training = training_params_from_proto(_with(TRAINING, net_benefit_thresholds=[0.1]))
+    assert list(training.to_json())[-1] == "net_benefit_thresholds" and "score_bins" not in training.to_json()
+
+
+@pytest.mark.parametrize("spec", [_with(TRAINING, **REPORT), _with(EVALUATION, **REPORT)])
+def test_report_options_round_trip_through_the_stored_text_and_the_job_echo(spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec) -> None:
+    params = training_params_from_proto(spec) if isinstance(spec, jobs_pb2.TrainingSpec) else evaluation_params_from_proto(spec)
+    assert (params.sensitivity_at_specificity, params.score_bins) == ((0.95, 0.9), 24)
+    assert from_spec_json(to_spec_json(params)) == params
+    kind = JobKind.TRAINING if isinstance(params, TrainingParams) else JobKind.EVALUATION
+    message = job_to_proto(_job(kind, params), [])
+    echoed = message.training if kind is JobKind.TRAINING else message.evaluation
+    assert list(echoed.net_benefit_thresholds) == [0.15, 0.25] and echoed.score_bins == 24
+    assert params_from_job(message) == params
+
+
+def test_the_recipe_is_named_by_the_service_only_and_echoed_with_the_job() -> None:
+    asked = _with(TRAINING, recipe="budget-aware-dpsgd/v1")
+    sent = training_params_from_proto(asked)
+    assert sent.recipe == "" and "recipe" not in sent.to_json()  # a request cannot claim a recipe
+    ran = replace(sent, recipe="budget-aware-dpsgd/v1")
+    assert ran.to_json()["recipe"] == "budget-aware-dpsgd/v1" and list(ran.to_json())[-1] == "recipe"
+    assert from_spec_json(to_spec_json(ran)) == ran
+    message = job_to_proto(_job(JobKind.TRAINING, ran), [])
+    assert message.training.recipe == "budget-aware-dpsgd/v1" and params_from_job(message) == ran
+    assert job_to_proto(_job(JobKind.TRAINING, sent), []).training.recipe == ""
+
+
+def test_stored_specs_written_before_the_new_fields_read_back_unchanged() -> None:
+    for params in (training_params_from_proto(TRAINING), evaluation_params_from_proto(EVALUATION)):
+        old = json.dumps(params.to_json(), sort_keys=True)  # no recipe, no report options
+        again = from_spec_json(old)
+        assert again == params and to_spec_json(again) == old
+        assert again.sensitivity_at_specificity == () and again.score_bins == 0
+
+
+@pytest.mark.parametrize("data", [{"net_benefit_thresholds": [0.1]}, {"net_benefit_thresholds": ["x"]}, {"score_bins": "24"},
+                                  {"recipe": 1}])
+def test_malformed_stored_options_are_refused(data: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        params_from_json({**training_params_from_proto(TRAINING).to_json(), **data})

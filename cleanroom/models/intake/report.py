@@ -49,6 +49,7 @@ class IntakeReport:
     parameter_count: int | None = None
     parameter_names: list[str] = field(default_factory=list)
     trainable: list[str] = field(default_factory=list)
+    trainable_parameter_count: int | None = None
     op_histogram: dict[str, int] = field(default_factory=dict)
     output_shape: list[int] | None = None
     # seconds: package_check, sandbox (start + export, wall clock seen by the service), validation,

@@ -141,6 +141,7 @@ class ModelIntake:
             report.timings["validation_seconds"] = round(time.monotonic() - started, 4)
         report.parameter_count, report.parameter_names = result.parameter_count, result.parameter_names
         report.trainable, report.op_histogram, report.output_shape = result.trainable, result.op_histogram, result.output_shape
+        report.trainable_parameter_count = result.trainable_parameter_count
         if not result.accepted:
             raise IntakeRejected(result.findings[0].code, result.findings[0].message, *result.findings[1:])
         data = artifact_bytes(ep)

@@ -39,6 +39,7 @@ class ValidationResult:
     parameter_count: int = 0
     parameter_names: list[str] = field(default_factory=list)
     trainable: list[str] = field(default_factory=list)
+    trainable_parameter_count: int = 0  # what the service's training recipe reads (domain/recipe.py)
     op_histogram: dict[str, int] = field(default_factory=dict)
     output_shape: list[int] | None = None
 
@@ -136,6 +137,7 @@ def _resolve_trainable(ep: torch.export.ExportedProgram, manifest: Manifest, res
         if not ep.state_dict[name].is_floating_point():
             result.add(Reason.TRAINABLE_NOT_FLOAT, f"trainable parameter {name} is {ep.state_dict[name].dtype}, not a float tensor")
     result.trainable = [n for n in names if n in chosen]
+    result.trainable_parameter_count = sum(ep.state_dict[n].numel() for n in result.trainable)
 
 
 def _check_shapes(ep: torch.export.ExportedProgram, manifest: Manifest, limits: IntakeLimits, result: ValidationResult) -> None:

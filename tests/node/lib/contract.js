@@ -136,6 +136,16 @@ function releasedFileDigests(files) {
   return out;
 }
 
+/** The report options, only those set (lists of decimal text in the order sent; score_bins when not 0). */
+function reportOptions(spec) {
+  const out = {};
+  for (const name of ['sensitivity_at_specificity', 'specificity_at_sensitivity', 'net_benefit_thresholds']) {
+    if ((spec[name] || []).length) out[name] = spec[name].map(decimalText);
+  }
+  if (spec.score_bins) out.score_bins = spec.score_bins;
+  return out;
+}
+
 /** A job's parameters as the workload binds them, from the spec the client sent (proto field names). */
 function evaluationParameters(spec) {
   return {
@@ -146,6 +156,7 @@ function evaluationParameters(spec) {
     target_delta: decimalText(spec.target_delta),
     metrics: [...(spec.metrics || [])].sort(compareCodePoints),
     max_rows_per_patient: spec.max_rows_per_patient || 1,
+    ...reportOptions(spec),
   };
 }
 
@@ -163,6 +174,9 @@ function trainingParameters(spec) {
     clipping_norm: decimalText(spec.clipping_norm),
     validation_fraction: decimalText(spec.validation_fraction),
     max_rows_per_patient: spec.max_rows_per_patient || 1,
+    // Fields left out (0 / ''): pass the job's echoed spec, whose `recipe` names the rule that filled them.
+    ...(spec.recipe ? { recipe: spec.recipe } : {}),
+    ...reportOptions(spec),
   };
 }
 
