@@ -46,7 +46,7 @@ check: $(STUBS)
 	$(VENV)/bin/mypy
 
 ## test: the static checks, then the whole suite; starts a throw-away PostgreSQL for the storage tests
-test: setup-test $(STUBS) $(NODE_DEPS)
+test: setup-test $(STUBS) $(NODE_DEPS) check
 	scripts/with-services $(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## bench: performance targets, each measured against its baseline in the same run
@@ -61,4 +61,4 @@ bench: setup-test $(STUBS)
 	$(PY) bench/stats.py
 
 clean:
-	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis
+	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis .mypy_cache .ruff_cache
