@@ -22,8 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -49,11 +51,31 @@ DEFAULT_OUTPUT = Path("demo-output")
 PUBLIC_PATIENTS, EXAMPLE_PARAMETERS, VALIDATION_FRACTION = 569, 62, 0.5
 
 
-def training(epsilon: float) -> dict[str, object]:
-    recipe = budget_recipe(patients=PUBLIC_PATIENTS, epsilon=epsilon, model_parameters=EXAMPLE_PARAMETERS,
-                           validation_fraction=VALIDATION_FRACTION)
-    return dict(epochs=recipe.epochs, expected_batch_patients=recipe.expected_batch_patients, learning_rate=recipe.learning_rate,
-                optimizer=recipe.optimizer, clipping_norm=recipe.clipping_norm, validation_fraction=VALIDATION_FRACTION)
+# One plotted job: its title, its ε and its DP accuracy entry from metrics.json (value and ci95).
+Point = tuple[str, float, dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class JobBase:
+    """What every job of the demo shares: the model, the dataset, the columns and δ."""
+
+    model: str
+    dataset: str
+    target_delta: float = 1e-5
+
+    def evaluation(self, epsilon: float) -> jobs_pb2.EvaluationSpec:
+        return jobs_pb2.EvaluationSpec(model=self.model, dataset=self.dataset, feature_columns=samples.feature_names(),
+                                       label_column="malignant", target_epsilon=epsilon, target_delta=self.target_delta)
+
+    def training(self, epsilon: float) -> jobs_pb2.TrainingSpec:
+        """A fine-tune with the budget-aware recipe for the public patient count."""
+        recipe = budget_recipe(patients=PUBLIC_PATIENTS, epsilon=epsilon, model_parameters=EXAMPLE_PARAMETERS,
+                               validation_fraction=VALIDATION_FRACTION)
+        return jobs_pb2.TrainingSpec(model=self.model, dataset=self.dataset, feature_columns=samples.feature_names(),
+                                     label_column="malignant", target_epsilon=epsilon, target_delta=self.target_delta,
+                                     epochs=recipe.epochs, expected_batch_patients=recipe.expected_batch_patients,
+                                     learning_rate=recipe.learning_rate, optimizer=recipe.optimizer,
+                                     clipping_norm=recipe.clipping_norm, validation_fraction=VALIDATION_FRACTION)
 
 
 def _root_pem(state_dir: Path) -> bytes:
@@ -84,7 +106,7 @@ def step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def upload(client: Client, path: Path, schema: Schema, name: str) -> object:
+def upload(client: Client, path: Path, schema: Schema, name: str) -> datasets_pb2.Dataset:
     with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="upload", file=sys.stdout) as bar:
         return client.upload_dataset(path, schema, display_name=name, progress=lambda sent, _t: bar.update(sent - bar.n))
 
@@ -110,7 +132,7 @@ class DemoOutput:
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
         return self._write(f"job-{step_number}-{slug}-eps{epsilon:g}-report.html", files["report.html"])
 
-    def plot(self, points: list[tuple[str, float, dict | None]]) -> Path:
+    def plot(self, points: list[Point]) -> Path:
         path = plot_utility(points, self.directory / PLOT_NAME)
         self.written.append(path)
         return path
@@ -231,11 +253,11 @@ def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes,
     bundle = manufacturer.trust_bundle()
     print(f"\ntrust bundle (simulated={bundle.simulated}): root {bundle.root_fingerprint[:16]}…, "
           f"{len(bundle.allowed_measurements)} allowed trainer measurement(s)")
-    base = dict(model=model, dataset=dataset, feature_columns=samples.feature_names(), label_column="malignant", target_delta=1e-5)
-    plan = [("validate the submitted weights", jobs_pb2.EvaluationSpec(target_epsilon=0.5, **base)),
-            ("fine-tune", jobs_pb2.TrainingSpec(target_epsilon=1.0, **base, **training(1.0))),
-            ("fine-tune", jobs_pb2.TrainingSpec(target_epsilon=3.0, **base, **training(3.0)))]
-    rows, points = [], []
+    base = JobBase(model, dataset)
+    plan: list[tuple[str, jobs_pb2.EvaluationSpec | jobs_pb2.TrainingSpec]] = [
+        ("validate the submitted weights", base.evaluation(0.5)), ("fine-tune", base.training(1.0)), ("fine-tune", base.training(3.0))]
+    rows: list[tuple[str, ...]] = []
+    points: list[Point] = []
     for number, (title, spec) in enumerate(plan, start=1):
         step(f"Manufacturer: {title} at ε={spec.target_epsilon:g} (phase B: service code in bubblewrap, key from the broker)")
         if isinstance(spec, jobs_pb2.TrainingSpec):
@@ -260,12 +282,12 @@ def run_jobs(manufacturer: Client, model: str, dataset: str, pinned_root: bytes,
     print(f"privacy-utility plot: {output.plot(points)}")
     step("Bad input: a second fine-tune at ε=3 would exceed the share's budget")
     try:
-        manufacturer.train(jobs_pb2.TrainingSpec(target_epsilon=3.0, **base, **training(3.0)))
+        manufacturer.train(base.training(3.0))
     except CleanroomClientError as error:
         print(error)
 
 
-def plot_utility(points: list[tuple[str, float, dict | None]], path: Path) -> Path:
+def plot_utility(points: list[Point], path: Path) -> Path:
     """DP accuracy with its 95% interval against ε: the fine-tunes as a curve, the evaluation of the
     submitted weights as a reference (its ε is the evaluation's own)."""
     import matplotlib
@@ -274,8 +296,9 @@ def plot_utility(points: list[tuple[str, float, dict | None]], path: Path) -> Pa
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, marker, chosen in (("fine-tuned (held-out patients)", "o-", lambda t: t == "fine-tune"),
-                                  ("submitted weights", "s", lambda t: t != "fine-tune")):
+    series: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+        ("fine-tuned (held-out patients)", "o-", lambda t: t == "fine-tune"), ("submitted weights", "s", lambda t: t != "fine-tune"))
+    for label, marker, chosen in series:
         shown = [(eps, m) for title, eps, m in points if chosen(title) and m]
         if shown:
             values = [m["value"] for _, m in shown]
@@ -290,8 +313,14 @@ def plot_utility(points: list[tuple[str, float, dict | None]], path: Path) -> Pa
 
 
 def _metrics_row(title: str, epsilon: float, files: dict[str, bytes]) -> tuple[str, ...]:
-    metrics = json.loads(files["metrics.json"])["evaluation"]["metrics"]
-    cell = lambda name: f"{metrics[name]['value']:.3f} [{metrics[name]['ci95'][0]:.2f}, {metrics[name]['ci95'][1]:.2f}]" if name in metrics else "-"  # noqa: E731
+    metrics: dict[str, Any] = json.loads(files["metrics.json"])["evaluation"]["metrics"]
+
+    def cell(name: str) -> str:
+        if name not in metrics:
+            return "-"
+        entry = metrics[name]
+        return f"{entry['value']:.3f} [{entry['ci95'][0]:.2f}, {entry['ci95'][1]:.2f}]"
+
     return (title, f"{epsilon:g}", cell("accuracy"), cell("sensitivity"), cell("specificity"), cell("auroc"))
 
 

@@ -6,6 +6,15 @@ N(0, (σC)²) per coordinate (clipping.py). Because a patient moves the clipped 
 whatever its row count, the standard sampled-Gaussian analysis at rate q is patient-level DP.
 The number of patients is treated as public (it is in the dataset's metadata), as Opacus does.
 
+What is released: the mean of the iterates over the last half of the steps (suffix averaging,
+Rakhlin, Shamir & Sridharan, ICML 2012; in DP-SGD, iterate averaging as in De et al. 2022), not
+the last iterate. Constant-rate noisy SGD ends wherever the last noise draws pushed it, so the
+last iterate varies widely from run to run at small ε (and its logits drift to large norms);
+averaging T/2 iterates cancels most of that noise. It costs no privacy: the accountant already
+covers releasing every iterate (each step's noisy gradient is the mechanism's output), and any
+function of them, the average included, is post-processing. `tail_fraction` = 0 releases the
+last iterate as before; the fraction used is recorded in dp_parameters (`released`).
+
 Randomness. Opacus's secure_mode needs torchcsprng, which does not install with torch 2.x. A
 torch.Generator seeded from os.urandom would be the obvious substitute, but torch's CPU generator
 keeps only 32 bits of its seed, so the noise would be one of 2**32 streams. The noise therefore
@@ -33,6 +42,7 @@ from cleanroom.trainer.graph import ExportedModel, Task
 from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES, assert_no_foreign_modules
 
 OPTIMIZERS = ("sgd", "adam")
+TAIL_FRACTION = 0.5      # the released weights average the iterates of the last half of the steps
 CHUNK_ELEMENTS = 1 << 26  # per-example gradient floats held at once (256 MiB of float32)
 
 Tensors = dict[str, torch.Tensor]
@@ -145,14 +155,18 @@ def _validate(*, clipping_norm: float, learning_rate: float, max_rows_per_patien
 def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray, patient: np.ndarray,
           task: str, num_classes: int, trainable: Sequence[str], target_epsilon: float, target_delta: float,
           epochs: int, expected_batch_patients: int, max_rows_per_patient: int, learning_rate: float,
-          optimizer: str, clipping_norm: float, momentum: float = 0.0, seed_source: sampling.SeedSource = os.urandom,
+          optimizer: str, clipping_norm: float, momentum: float = 0.0, tail_fraction: float = TAIL_FRACTION,
+          seed_source: sampling.SeedSource = os.urandom,
           noise_source: clipping.GaussianSource | None = None,
           allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
     """Patient-level (ε, δ)-DP training of the program's trainable tensors; see the module docstring.
-    `noise_source` defaults to the OS CSPRNG; a seeded one is for tests only."""
+    `noise_source` defaults to the OS CSPRNG; a seeded one is for tests only. The released weights
+    average the iterates of the last `tail_fraction` of the steps (at least the last one)."""
     assert_no_foreign_modules(allowed_modules)
     _validate(clipping_norm=clipping_norm, learning_rate=learning_rate, max_rows_per_patient=max_rows_per_patient,
               momentum=momentum, optimizer=optimizer)
+    if not 0 <= tail_fraction <= 1:
+        raise bad_request("tail_fraction must be in [0, 1]")
     model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
     X_t = model.features(X)
     y_t = model.labels(y, len(X_t))
@@ -164,23 +178,39 @@ def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray
     master = model.initial_trainable()
     opt = make_optimizer(optimizer, list(master.values()), learning_rate=learning_rate, momentum=momentum)
     source = noise_source or noise.SecureGaussian()
-    _run(model, master, opt, X_t, y_t, index, plan=plan, rng=sampling.numpy_generator(seed_source),
-         noise_source=source, clipping_norm=clipping_norm, max_rows=max_rows_per_patient)
+    tail = tail_steps(plan.steps, tail_fraction)
+    released = _run(model, master, opt, X_t, y_t, index, plan=plan, rng=sampling.numpy_generator(seed_source),
+                    noise_source=source, clipping_norm=clipping_norm, max_rows=max_rows_per_patient, tail=tail)
     settings = dict(clipping_norm=clipping_norm, expected_batch_patients=expected_batch_patients, epochs=epochs,
                     max_rows_per_patient=max_rows_per_patient, optimizer=optimizer, learning_rate=learning_rate,
                     momentum=momentum, target_epsilon=target_epsilon, n_patients=index.n_patients,
-                    noise_rng=source.name)
-    return _result(master, plan, settings)
+                    noise_rng=source.name, tail_fraction=tail_fraction, averaged_steps=tail,
+                    released=f"mean of the iterates after each of the last {tail} of {plan.steps} steps "
+                             "(suffix averaging; post-processing, no privacy cost)")
+    return _result(released, plan, settings)
+
+
+def tail_steps(steps: int, tail_fraction: float) -> int:
+    """How many final iterates the released weights average: ceil(fraction x steps), at least 1."""
+    return max(1, min(steps, math.ceil(tail_fraction * steps)))
 
 
 def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
          index: sampling.PatientIndex, *, plan: StepPlan, rng: np.random.Generator,
-         noise_source: clipping.GaussianSource, clipping_norm: float, max_rows: int) -> None:
+         noise_source: clipping.GaussianSource, clipping_norm: float, max_rows: int, tail: int) -> Tensors:
+    """Runs the plan's steps; returns the mean of the iterates after each of the last `tail` steps
+    (accumulated in float64, so averaging hundreds of iterates adds no rounding of its own)."""
     chunk_rows = _chunk_rows(master, max_rows)
-    for _ in range(plan.steps):
+    total = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in master.items()}
+    for step in range(plan.steps):
         batch = sample_batch(index, rng, sample_rate=plan.sample_rate, max_rows=max_rows)
         dp_step(model, master, opt, X, y, batch, plan=plan, clipping_norm=clipping_norm,
                 noise_source=noise_source, chunk_rows=chunk_rows)
+        if step >= plan.steps - tail:
+            with torch.no_grad():
+                for name, tensor in master.items():
+                    total[name] += tensor.detach().double()
+    return {n: (total[n] / tail).to(master[n].dtype) for n in master}
 
 
 def _result(master: Tensors, plan: StepPlan, params: dict[str, Any]) -> TrainingResult:

@@ -74,5 +74,7 @@ def test_fine_tunes_use_the_budget_aware_recipe_from_public_inputs() -> None:
     spec.loader.exec_module(module)
     assert sum(p.numel() for p in module.build_model().parameters()) == demo.EXAMPLE_PARAMETERS
     recipe = budget_recipe(patients=569, epsilon=1.0, model_parameters=demo.EXAMPLE_PARAMETERS, validation_fraction=demo.VALIDATION_FRACTION)
-    assert demo.training(1.0)["epochs"] == recipe.epochs
-    assert demo.training(1.0)["expected_batch_patients"] == recipe.expected_batch_patients
+    spec = demo.JobBase("models/m", "datasets/d").training(1.0)
+    assert (spec.epochs, spec.expected_batch_patients, spec.learning_rate) == (recipe.epochs, recipe.expected_batch_patients,
+                                                                               recipe.learning_rate)
+    assert spec.validation_fraction == demo.VALIDATION_FRACTION and spec.target_epsilon == 1.0

@@ -218,3 +218,26 @@ def test_secure_gaussian_noise_is_standard_normal_and_never_repeats() -> None:
     assert abs(((draws / 2) ** 4).mean().item() - 3.0) < 0.1  # Gaussian kurtosis, not just the variance
     assert not torch.equal(source.normal((4, 3), 1.0), source.normal((4, 3), 1.0))
     assert source.normal((), 1.0).shape == ()
+
+
+def test_released_weights_average_the_last_iterates() -> None:
+    """Suffix averaging is post-processing of the same trajectory: with the same seeds and noise,
+    tail_fraction 0 releases the last iterate, the default the mean of the last half."""
+    assert [dpsgd.tail_steps(t, 0.5) for t in (1, 2, 7, 600)] == [1, 1, 4, 300]
+    assert dpsgd.tail_steps(10, 0.0) == 1 and dpsgd.tail_steps(10, 1.0) == 10
+    torch.manual_seed(12)
+    program = export(MLP())
+    X, y = separable_data(300, seed=5)
+
+    def run(tail: float) -> dpsgd.TrainingResult:
+        noise_source = noise.TorchGaussian(torch.Generator().manual_seed(3))
+        return _train(program, X, y, np.arange(300), tail_fraction=tail, seed_source=fixed_seed(2), noise_source=noise_source)
+
+    last, again, averaged = run(0.0), run(0.0), run(0.5)
+    assert all(torch.equal(last.trained_state[n], again.trained_state[n]) for n in last.trained_state)
+    assert not all(torch.equal(last.trained_state[n], averaged.trained_state[n]) for n in last.trained_state)
+    assert averaged.dp_parameters["averaged_steps"] == dpsgd.tail_steps(averaged.steps, 0.5)
+    assert last.dp_parameters["averaged_steps"] == 1
+    assert averaged.epsilon_spent == last.epsilon_spent  # the same mechanism, the same account
+    with pytest.raises(Exception, match="tail_fraction"):
+        run(1.5)
