@@ -23,6 +23,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from cleanroom.api import auth
 from cleanroom.api.errors import internal_status, to_status
 from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
+from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Principal
 from cleanroom.observability import logs
 
@@ -59,6 +60,11 @@ def caller(context: grpc.ServicerContext) -> Principal:
     if not isinstance(context, CallContext):
         raise CleanroomError(ErrorCode.UNAUTHENTICATED, "a valid bearer token is required")
     return context.principal
+
+
+def request_key(context: grpc.ServicerContext, method: str, request_id: str) -> RequestKey:
+    """A retryable call's identity: who called, which method, which request_id."""
+    return RequestKey(caller(context).id, method, request_id)
 
 
 def _has_unknown_fields(message: Message) -> bool:

@@ -8,10 +8,9 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from cleanroom.api.guard import caller
+from cleanroom.api.guard import caller, request_key
 from cleanroom.domain.audit import Anchor
 from cleanroom.domain.errors import FieldViolation, bad_request
-from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Role
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.privacy.approvals import ApprovalService
@@ -51,7 +50,7 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     def _once(self, context: grpc.ServicerContext, method: str, request: Message, request_id: str, response_type: type[M],
               compute: Callable[[], M]) -> M:
         check_request_id(request_id)
-        key = RequestKey(caller(context).id, method, request_id)
+        key = request_key(context, method, request_id)
         return self._idempotency.run(key, fingerprint(request), response_type, compute)
 
     def ShareDataset(self, request: privacy_pb2.ShareDatasetRequest, context: grpc.ServicerContext) -> privacy_pb2.BudgetReport:

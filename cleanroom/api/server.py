@@ -14,11 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cleanroom.api import reflection
+from cleanroom.api.dataset_servicers import DatasetServicer
 from cleanroom.api.guard import GuardInterceptor
+from cleanroom.api.identity_servicers import AdminServicer, IdentityServicer
 from cleanroom.api.job_servicers import JobServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
-from cleanroom.api.servicers import AdminServicer, DatasetServicer, IdentityServicer
 from cleanroom.api.stats_servicers import StatsServicer
 from cleanroom.server.config import ServerConfig
 from cleanroom.v1 import (

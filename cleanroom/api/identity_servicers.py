@@ -1,0 +1,60 @@
+"""Thin servicers for principals (the admin service) and the caller's own identity."""
+
+from __future__ import annotations
+
+import grpc
+
+from cleanroom.api.guard import caller, request_key
+from cleanroom.domain.pagination import next_page_token, parse_page
+from cleanroom.identity.keyring import KeyService
+from cleanroom.identity.principals import PrincipalService
+from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
+from cleanroom.v1 import identity_pb2, identity_pb2_grpc
+from cleanroom.wire.common import role_from_proto
+from cleanroom.wire.identity import principal_to_proto
+
+
+class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
+    def __init__(self, principals: PrincipalService, keys: KeyService, idempotency: Idempotency) -> None:
+        self._principals = principals
+        self._keys = keys
+        self._idempotency = idempotency
+
+    def CreatePrincipal(self, request: identity_pb2.CreatePrincipalRequest, context: grpc.ServicerContext) -> identity_pb2.CreatePrincipalResponse:
+        check_request_id(request.request_id)
+        role = role_from_proto(request.role)
+
+        def create() -> identity_pb2.CreatePrincipalResponse:
+            principal, _token = self._principals.create(request.display_name, role, actor=caller(context).resource_name)
+            # The token is never stored: a retry re-derives it from the principal id.
+            return identity_pb2.CreatePrincipalResponse(principal=principal_to_proto(principal))
+
+        response = self._idempotency.run(
+            request_key(context, "CreatePrincipal", request.request_id), fingerprint(request), identity_pb2.CreatePrincipalResponse, create
+        )
+        response.token = self._principals.token_for(response.principal.name.removeprefix("principals/"))
+        return response
+
+    def ListPrincipals(self, request: identity_pb2.ListPrincipalsRequest, context: grpc.ServicerContext) -> identity_pb2.ListPrincipalsResponse:
+        page = parse_page(request.page_size, request.page_token)
+        principals = self._principals.list(page)
+        return identity_pb2.ListPrincipalsResponse(
+            principals=[principal_to_proto(p) for p in principals],
+            next_page_token=next_page_token([p.id for p in principals], page.size),
+        )
+
+    def RotateKeys(self, request: identity_pb2.RotateKeysRequest, context: grpc.ServicerContext) -> identity_pb2.RotateKeysResponse:
+        check_request_id(request.request_id)
+
+        def rotate() -> identity_pb2.RotateKeysResponse:
+            key_id, count = self._keys.rotate(actor=caller(context).resource_name)
+            return identity_pb2.RotateKeysResponse(key_id=key_id, rewrapped_data_keys=count)
+
+        return self._idempotency.run(
+            request_key(context, "RotateKeys", request.request_id), fingerprint(request), identity_pb2.RotateKeysResponse, rotate
+        )
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def WhoAmI(self, request: identity_pb2.WhoAmIRequest, context: grpc.ServicerContext) -> identity_pb2.Principal:
+        return principal_to_proto(caller(context))
