@@ -183,7 +183,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "statistics": {"attestation", "jobs", "observability", "privacy", "sandbox", "storage", "statistics.engine", "enclave_sim"},
     "worker": {"crypto", "models", "sandbox", "statistics.engine", "trainer", "enclave_sim"},
     "wire": {"statistics.engine"},
-    "api": SERVICES | {"server", "wire", "statistics.engine"},
+    "api": SERVICES - {"storage", "crypto", "sandbox"} | {"server", "wire", "statistics.engine"},  # services, never their storage
     "server": SERVICES | {"statistics.engine", "enclave_sim"},
     "sdk": {"wire", "models", "statistics.engine", "trainer", "enclave_sim"},
     "cli": {"sdk", "api", "server", "storage", "attestation", "statistics.engine", "enclave_sim"},
