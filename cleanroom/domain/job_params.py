@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypedDict, TypeVar
 
 # The canonical number text of receipts and workload hashes (a stdlib-only module; the vectors pin it).
 from enclave_sim.canonical import decimal_text
@@ -56,6 +56,34 @@ class _Shared:
     target_epsilon: float
     target_delta: float
     max_rows_per_patient: int
+
+
+class _Common(TypedDict):
+    feature_columns: tuple[str, ...]
+    label_column: str
+    target_epsilon: float
+    target_delta: float
+    max_rows_per_patient: int
+    sensitivity_at_specificity: tuple[float, ...]
+    specificity_at_sensitivity: tuple[float, ...]
+    net_benefit_thresholds: tuple[float, ...]
+    score_bins: int
+
+
+def _common_from(data: Mapping[str, object]) -> _Common:
+    """The fields every job's JSON form carries: the shared request and the report options."""
+    report = ReportOptions._report_from(data)
+    return _Common(
+        feature_columns=_names(data, "feature_columns"),
+        label_column=_get(data, "label_column", str),
+        target_epsilon=_number(data, "target_epsilon"),
+        target_delta=_number(data, "target_delta"),
+        max_rows_per_patient=_whole(data, "max_rows_per_patient"),
+        sensitivity_at_specificity=report.sensitivity_at_specificity,
+        specificity_at_sensitivity=report.specificity_at_sensitivity,
+        net_benefit_thresholds=report.net_benefit_thresholds,
+        score_bins=report.score_bins,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,13 +150,8 @@ class TrainingParams(_Shared, ReportOptions):
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> TrainingParams:
         _expect_kind(data, cls.kind)
-        report = cls._report_from(data)
         return cls(
-            feature_columns=_names(data, "feature_columns"),
-            label_column=_get(data, "label_column", str),
-            target_epsilon=_number(data, "target_epsilon"),
-            target_delta=_number(data, "target_delta"),
-            max_rows_per_patient=_whole(data, "max_rows_per_patient"),
+            **_common_from(data),
             epochs=_whole(data, "epochs"),
             expected_batch_patients=_whole(data, "expected_batch_patients"),
             learning_rate=_number(data, "learning_rate"),
@@ -136,9 +159,6 @@ class TrainingParams(_Shared, ReportOptions):
             clipping_norm=_number(data, "clipping_norm"),
             validation_fraction=_number(data, "validation_fraction"),
             recipe=_get(data, "recipe", str) if "recipe" in data else "",
-            sensitivity_at_specificity=report.sensitivity_at_specificity,
-            specificity_at_sensitivity=report.specificity_at_sensitivity,
-            net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
         )
 
 
@@ -163,18 +183,7 @@ class EvaluationParams(_Shared, ReportOptions):
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> EvaluationParams:
         _expect_kind(data, cls.kind)
-        report = cls._report_from(data)
-        return cls(
-            feature_columns=_names(data, "feature_columns"),
-            label_column=_get(data, "label_column", str),
-            target_epsilon=_number(data, "target_epsilon"),
-            target_delta=_number(data, "target_delta"),
-            max_rows_per_patient=_whole(data, "max_rows_per_patient"),
-            metrics=_names(data, "metrics"),
-            sensitivity_at_specificity=report.sensitivity_at_specificity,
-            specificity_at_sensitivity=report.specificity_at_sensitivity,
-            net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
-        )
+        return cls(**_common_from(data), metrics=_names(data, "metrics"))
 
 
 JobParams = TrainingParams | EvaluationParams
