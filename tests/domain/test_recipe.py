@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from cleanroom.domain.recipe import RULE, budget_recipe, defaults_for, left_out
+from cleanroom.domain.recipe import RULE, RULE_V1, budget_recipe, defaults_for, left_out
 
 
 def test_the_documented_values_for_a_few_cases() -> None:
     small = budget_recipe(patients=455, epsilon=1.0, model_parameters=62, validation_fraction=0.25)
     assert (small.expected_batch_patients, small.epochs, small.optimizer, small.learning_rate, small.clipping_norm) == \
-        (32, 57, "sgd", 1.0, 1.0)  # m = 341, 341 / 8 -> 32; ceil(600 x 32 / 341) = 57
+        (64, 57, "sgd", 1.0, 1.0)  # m = 341, 341 / 4 -> 64; ceil(300 x 64 / 341) = 57
     large = budget_recipe(patients=5098, epsilon=3.0, model_parameters=14, validation_fraction=0.25)
-    assert (large.expected_batch_patients, large.epochs) == (512, 81)  # m = 3823 -> 478 -> 512; ceil(600 x 512 / 3823)
-    assert large.rule == RULE and RULE in large.describe()
+    assert (large.expected_batch_patients, large.epochs) == (1024, 81)  # m = 3823 -> 956 -> 1024; ceil(300 x 1024 / 3823)
+    assert large.rule == RULE == "budget-aware-dpsgd/v2" and RULE in large.describe()
+    tight = budget_recipe(patients=10_000, epsilon=0.5, model_parameters=100)
+    assert (tight.expected_batch_patients, tight.epochs) == (4096, 164)  # 10,000 / 2 -> 4096; ceil(400 x 4096 / 10,000)
+
+
+def test_v1_is_still_reproducible_by_name() -> None:
+    """v1: half v2's batch, twice its steps, the same epochs."""
+    small = budget_recipe(patients=455, epsilon=1.0, model_parameters=62, validation_fraction=0.25, rule=RULE_V1)
+    assert (small.expected_batch_patients, small.epochs, small.rule) == (32, 57, RULE_V1)  # ceil(600 x 32 / 341)
+    large = budget_recipe(patients=5098, epsilon=3.0, model_parameters=14, validation_fraction=0.25, rule=RULE_V1)
+    assert (large.expected_batch_patients, large.epochs) == (512, 81) and RULE_V1 in large.describe()
+    with pytest.raises(ValueError, match="rule"):
+        budget_recipe(patients=455, epsilon=1.0, model_parameters=62, rule="budget-aware-dpsgd/v0")
 
 
 def test_smaller_epsilon_gets_larger_batches_and_more_steps() -> None:
@@ -72,10 +84,10 @@ def test_defaults_for_fills_only_what_the_request_leaves_out_and_names_the_rule(
         validation_fraction: float = 0.25
 
     filled = defaults_for(Request(), patients=455, model_parameters=62)
-    assert filled == {"epochs": 57, "expected_batch_patients": 32, "learning_rate": 1.0, "optimizer": "sgd",
+    assert filled == {"epochs": 57, "expected_batch_patients": 64, "learning_rate": 1.0, "optimizer": "sgd",
                       "clipping_norm": 1.0, "recipe": RULE}
     partial = defaults_for(Request(epochs=5, optimizer="adam", clipping_norm=2.0), patients=455, model_parameters=62)
-    assert partial == {"expected_batch_patients": 32, "learning_rate": 0.05, "recipe": RULE}
+    assert partial == {"expected_batch_patients": 64, "learning_rate": 0.05, "recipe": RULE}
     assert defaults_for(Request(epochs=5, expected_batch_patients=8, learning_rate=0.5, optimizer="sgd", clipping_norm=1.0),
                         patients=455, model_parameters=62) == {}
     assert defaults_for(Request(), patients=1, model_parameters=62) == {}  # no recipe fits: validation refuses
