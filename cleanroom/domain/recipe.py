@@ -30,9 +30,9 @@ m / 4 below ε = 1; T = 400 / 600 / 800), the same epochs. v2 was chosen on a se
 advance (bench/recipe_seeds.py; BENCHMARKS.md, "Privacy-utility on public clinical tables"): on
 validation splits carved from the bench tables' training parts, 20 seeds per cell, doubling the
 batch and halving the steps lowered the mean AUROC gap to non-private logistic regression and its
-spread on the small tables (ACTG 320 at ε = 1: +0.058 ± 0.049 against +0.091 ± 0.064) and left
+spread on the small tables (ACTG 320 at ε = 1: +0.059 ± 0.050 against +0.091 ± 0.065) and left
 the large one unchanged, while learning-rate decay (cosine, linear) and a halved learning rate did
-not help. σ rises with the batch, but the noise per averaged gradient σ/B falls (Sander et al.).
+not help consistently. σ rises with the batch, but the noise per averaged gradient σ/B falls (Sander et al.).
 `budget_recipe(..., rule=RULE_V1)` still gives v1.
 
 Fields the request does set are kept; only the ones it leaves out (0 or empty) come from the rule,
