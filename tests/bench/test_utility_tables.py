@@ -12,8 +12,6 @@ import torch
 
 from bench.tables import horizon_outcome, split, tables
 
-SURVIVAL = importlib.util.find_spec("sksurv") is not None
-
 
 def _build(package: Path) -> torch.nn.Module:
     spec = importlib.util.spec_from_file_location(f"pkg_{package.name.replace('-', '_')}", package / "model.py")
@@ -31,7 +29,6 @@ def test_horizon_outcome_counts_events_within_and_drops_early_censoring() -> Non
     assert y[known].tolist() == [1, 0, 0, 1]
 
 
-@pytest.mark.skipif(not SURVIVAL, reason="scikit-survival's data files are not installed (pip install --no-deps scikit-survival)")
 @pytest.mark.parametrize("table", tables(), ids=lambda t: t.name)
 def test_table_loads_with_a_binary_outcome_and_its_package(table) -> None:  # type: ignore[no-untyped-def]
     X, y = table.load()
