@@ -21,36 +21,21 @@ from cleanroom.sdk.verify import verify_job
 from cleanroom.statistics.engine import Filter, Query
 from cleanroom.storage import job_repo, privacy_repo
 from cleanroom.v1 import jobs_pb2, models_pb2
-from tests.conftest import make_config, start_server
-from tests.paths import MODEL_PACKAGES, REPO_ROOT
+from tests.jobs.study import EXAMPLE, FEATURES, breast_cancer_study
+from tests.paths import MODEL_PACKAGES
 from tests.processes import alive
 from tests.tools import needs
 
 pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
-EXAMPLE = REPO_ROOT / "examples" / "breast-cancer-mlp"
 MODELS = MODEL_PACKAGES
 MLP = MODELS / "mlp"  # a two-layer MLP over the same 30 features (the example package is a logistic regression)
-FEATURES = samples.feature_names()
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("jobs")
-    running = start_server(make_config(base / "state", work_dir=base / "work"))
-    _, owner_token = running.principal(Role.DATA_OWNER)
-    maker_id, maker_token = running.principal(Role.MANUFACTURER)
-    _, officer_token = running.principal(Role.PRIVACY_OFFICER)
-    owner, maker, officer = (running.client(t) for t in (owner_token, maker_token, officer_token))
-    dataset = owner.upload_dataset(samples.write_breast_cancer_csv(base / "bc.csv"), Schema(samples.breast_cancer_schema(), 5))
-    officer.set_budget(dataset.name, epsilon=6, delta=1e-4, reason="total")
-    officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=5, delta=1e-4, reason="pilot")
-    officer.set_approval_policy(dataset.name, max_epsilon=3, auto_approve_epsilon=1.5, reason="routine")
-    model = maker.submit_model(EXAMPLE)
-    yield {"running": running, "maker_token": maker_token, "maker": maker, "officer": officer, "dataset": dataset.name, "model": model.name}
-    for client in (owner, maker, officer):
-        client.close()
-    running.server.stop(grace=0)
+    with breast_cancer_study(tmp_path_factory.mktemp("jobs")) as study:
+        yield study
 
 
 def _evaluation(world, epsilon: float = 0.5, **changes) -> jobs_pb2.EvaluationSpec:

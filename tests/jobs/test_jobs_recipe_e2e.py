@@ -15,44 +15,24 @@ import pytest
 
 import enclave_sim
 from cleanroom.cli import main as cli
-from cleanroom.cli import samples
-from cleanroom.domain.identity import Role
 from cleanroom.domain.recipe import RULE, budget_recipe
 from cleanroom.sdk import CleanroomClientError
-from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.verify import verify_job
 from cleanroom.storage import privacy_repo
 from cleanroom.v1 import jobs_pb2
-from tests.conftest import make_config, start_server
-from tests.paths import REPO_ROOT
+from tests.jobs.study import EXAMPLE, FEATURES, breast_cancer_study
 from tests.tools import needs
 
 pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
-EXAMPLE = REPO_ROOT / "examples" / "breast-cancer-mlp"
-FEATURES = samples.feature_names()
 VALIDATION = 0.5
 World = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("recipe")
-    running = start_server(make_config(base / "state", work_dir=base / "work"))
-    _, owner_token = running.principal(Role.DATA_OWNER)
-    maker_id, maker_token = running.principal(Role.MANUFACTURER)
-    _, officer_token = running.principal(Role.PRIVACY_OFFICER)
-    owner, maker, officer = (running.client(t) for t in (owner_token, maker_token, officer_token))
-    dataset = owner.upload_dataset(samples.write_breast_cancer_csv(base / "bc.csv"), Schema(samples.breast_cancer_schema(), 5))
-    officer.set_budget(dataset.name, epsilon=6, delta=1e-4, reason="total")
-    officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=5, delta=1e-4, reason="pilot")
-    officer.set_approval_policy(dataset.name, max_epsilon=3, auto_approve_epsilon=1.5, reason="routine")
-    model = maker.submit_model(EXAMPLE)
-    yield {"running": running, "maker": maker, "maker_token": maker_token, "dataset": dataset.name, "patients": dataset.patient_count,
-           "model": model.name, "parameters": model.intake_report.trainable_parameter_count}
-    for client in (owner, maker, officer):
-        client.close()
-    running.server.stop(grace=0)
+    with breast_cancer_study(tmp_path_factory.mktemp("recipe")) as study:
+        yield study
 
 
 def _verify(world: World, job: jobs_pb2.Job, files: dict[str, bytes], spec: Any) -> enclave_sim.VerifiedReport:

@@ -11,12 +11,13 @@ from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.server.app import build_app, recover
-from cleanroom.storage import clock, request_repo
+from cleanroom.storage import request_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.identity import MARKER
 from tests.api.test_datasets_api import _rows, _schema, _write_csv
 from tests.conftest import make_config
 from tests.server.test_server_process import _spawn_server, cli
+from tests.storage.rows import add_released_training_job
 from tests.tools import needs
 
 
@@ -98,10 +99,6 @@ def test_recover_removes_staging_files_keeps_unreferenced_blobs_and_releases_cla
 def test_recover_keeps_model_programs_and_job_artefacts(tmp_path: Path) -> None:
     """The orphan sweep once deleted every blob that was not a dataset: after any restart no model
     could train again and no released artefact could be downloaded."""
-    import json
-
-    from cleanroom.storage.tables import JobRow, ModelRow
-
     app = build_app(make_config(tmp_path / "state"))
     blobs = app.datasets._blobs
     for blob_id in ("mprogram", "jdone-a0", "jdone-a1", "dorphan"):
@@ -110,14 +107,8 @@ def test_recover_keeps_model_programs_and_job_artefacts(tmp_path: Path) -> None:
         pending.commit()
     maker, _ = app.principals.create("maker", Role.MANUFACTURER, actor="test")
     with app.db.transaction() as session:
-        session.execute(ModelRow.__table__.insert().values(
-            id="mprogram", owner_id=maker.id, name="m", version="1", state="accepted", package_sha256="0" * 64, task="t",
-            num_classes=2, input_shape_json="[30]", trainable_json="[]", report_json="{}", wrapped_key=b"k",
-            created_at=clock.now()))
-        session.execute(JobRow.__table__.insert().values(
-            id="jdone", kind="training", owner_id=maker.id, model_id="mprogram", dataset_id="d", spec_json="{}",
-            state="released", failure="none", cancel_requested=False, created_at=clock.now(),
-            artifacts_json=json.dumps([{"name": "weights.safetensors", "blob": "jdone-a0"}, {"name": "receipt.json", "blob": "jdone-a1"}])))
+        add_released_training_job(session, owner_id=maker.id, model_id="mprogram", job_id="jdone",
+                                  artifacts=[("weights.safetensors", "jdone-a0"), ("receipt.json", "jdone-a1")])
     recover(app)
     assert _files(app.config.blob_dir) == ["dorphan.blob", "jdone-a0.blob", "jdone-a1.blob", "mprogram.blob"]
     app.close()

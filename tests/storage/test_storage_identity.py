@@ -16,10 +16,11 @@ from cleanroom.server.app import build_app, recover
 from cleanroom.storage import audit_repo, clock, identity
 from cleanroom.storage.db import Database, default_url, migrate
 from cleanroom.storage.identity import MARKER, StorageIdentityError
-from cleanroom.storage.tables import JobRow, ModelRow
+from cleanroom.storage.tables import ModelRow
 from tests.api.test_datasets_api import _rows, _schema, _write_csv
 from tests.conftest import make_config
 from tests.server.test_server_process import _spawn_server, cli
+from tests.storage.rows import add_released_training_job
 from tests.tools import needs
 
 
@@ -192,14 +193,8 @@ def _deployment_with_an_orphan(tmp_path: Path) -> Path:
         _store(app, blob_id, f"sealed {blob_id}".encode())
     maker, _ = app.principals.create("maker", Role.MANUFACTURER, actor="test")
     with app.db.transaction() as session:
-        session.execute(ModelRow.__table__.insert().values(
-            id="mprogram", owner_id=maker.id, name="m", version="1", state="accepted", package_sha256="0" * 64, task="t",
-            num_classes=2, input_shape_json="[30]", trainable_json="[]", report_json="{}", wrapped_key=b"k",
-            created_at=clock.now()))
-        session.execute(JobRow.__table__.insert().values(
-            id="jdone", kind="training", owner_id=maker.id, model_id="mprogram", dataset_id="d", spec_json="{}",
-            state="released", failure="none", cancel_requested=False, created_at=clock.now(),
-            artifacts_json=json.dumps([{"name": "weights.safetensors", "blob": "jdone-a0"}])))
+        add_released_training_job(session, owner_id=maker.id, model_id="mprogram", job_id="jdone",
+                                  artifacts=[("weights.safetensors", "jdone-a0")])
     recover(app)
     app.close()
     return state
