@@ -58,7 +58,9 @@ class _Shared:
     max_rows_per_patient: int
 
 
-class _Common(TypedDict):
+class SharedFields(TypedDict):
+    """The fields both request kinds carry, as keyword arguments (the JSON and the wire readers build one)."""
+
     feature_columns: tuple[str, ...]
     label_column: str
     target_epsilon: float
@@ -70,10 +72,10 @@ class _Common(TypedDict):
     score_bins: int
 
 
-def _common_from(data: Mapping[str, object]) -> _Common:
+def _common_from(data: Mapping[str, object]) -> SharedFields:
     """The fields every job's JSON form carries: the shared request and the report options."""
     report = ReportOptions._report_from(data)
-    return _Common(
+    return SharedFields(
         feature_columns=_names(data, "feature_columns"),
         label_column=_get(data, "label_column", str),
         target_epsilon=_number(data, "target_epsilon"),

@@ -16,7 +16,7 @@ import math
 from dataclasses import replace
 
 from cleanroom.domain.errors import FieldViolation, bad_request
-from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, ReportOptions, TrainingParams
+from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, SharedFields, TrainingParams
 from cleanroom.domain.jobs import Artifact, FailureCode, Job, JobState
 from cleanroom.v1 import jobs_pb2
 from cleanroom.wire.common import timestamp
@@ -38,45 +38,37 @@ def _number(value: float, field: str) -> float:
 Spec = jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec
 
 
-def _report_options(spec: Spec) -> ReportOptions:
-    """Checked by the job validation (jobs/validation.py), with every other field, before any reservation."""
-    return ReportOptions(sensitivity_at_specificity=tuple(spec.sensitivity_at_specificity),
-                         specificity_at_sensitivity=tuple(spec.specificity_at_sensitivity),
-                         net_benefit_thresholds=tuple(spec.net_benefit_thresholds), score_bins=spec.score_bins)
-
-
-def training_params_from_proto(spec: jobs_pb2.TrainingSpec) -> TrainingParams:
-    """A training request's parameters (`spec.recipe` is output only and not read here)."""
-    report = _report_options(spec)
-    return TrainingParams(
+def _shared(spec: Spec) -> SharedFields:
+    """What both request kinds carry. The report options are checked by the job validation
+    (jobs/validation.py), with every other field, before any reservation."""
+    return SharedFields(
         feature_columns=tuple(spec.feature_columns),
         label_column=spec.label_column,
         target_epsilon=_number(spec.target_epsilon, "target_epsilon"),
         target_delta=_number(spec.target_delta, "target_delta"),
+        max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
+        sensitivity_at_specificity=tuple(spec.sensitivity_at_specificity),
+        specificity_at_sensitivity=tuple(spec.specificity_at_sensitivity),
+        net_benefit_thresholds=tuple(spec.net_benefit_thresholds),
+        score_bins=spec.score_bins,
+    )
+
+
+def training_params_from_proto(spec: jobs_pb2.TrainingSpec) -> TrainingParams:
+    """A training request's parameters (`spec.recipe` is output only and not read here)."""
+    return TrainingParams(
+        **_shared(spec),
         epochs=spec.epochs,
         expected_batch_patients=spec.expected_batch_patients,
         learning_rate=_number(spec.learning_rate, "learning_rate"),
         optimizer=spec.optimizer,
         clipping_norm=_number(spec.clipping_norm, "clipping_norm"),
         validation_fraction=_number(spec.validation_fraction, "validation_fraction"),
-        max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
-        sensitivity_at_specificity=report.sensitivity_at_specificity, specificity_at_sensitivity=report.specificity_at_sensitivity,
-        net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
     )
 
 
 def evaluation_params_from_proto(spec: jobs_pb2.EvaluationSpec) -> EvaluationParams:
-    report = _report_options(spec)
-    return EvaluationParams(
-        feature_columns=tuple(spec.feature_columns),
-        label_column=spec.label_column,
-        target_epsilon=_number(spec.target_epsilon, "target_epsilon"),
-        target_delta=_number(spec.target_delta, "target_delta"),
-        metrics=tuple(sorted(spec.metrics)),
-        max_rows_per_patient=spec.max_rows_per_patient or DEFAULT_ROWS_PER_PATIENT,
-        sensitivity_at_specificity=report.sensitivity_at_specificity, specificity_at_sensitivity=report.specificity_at_sensitivity,
-        net_benefit_thresholds=report.net_benefit_thresholds, score_bins=report.score_bins,
-    )
+    return EvaluationParams(**_shared(spec), metrics=tuple(sorted(spec.metrics)))
 
 
 def params_from_job(job: jobs_pb2.Job) -> JobParams:
