@@ -89,6 +89,9 @@ class PrivacyRequest:
     reason: str = ""
     decided_at: datetime | None = None
     workload: str | None = None  # bound to the reservation an approval makes
+    # A cohort request is one row per dataset, each decided by that dataset's own officers, joined
+    # by a group id (the first row's id). It is approved once every row is, and rejected by any.
+    group_id: str | None = None
 
     @property
     def resource_name(self) -> str:

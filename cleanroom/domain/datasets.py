@@ -42,6 +42,7 @@ class Dataset:
     ciphertext_sha256: str
     created_at: datetime
     schema_only: bool = field(default=False, compare=False)
+    organisation_id: str = ""  # the owner's organisation, whose officers govern the dataset
 
     @property
     def resource_name(self) -> str:

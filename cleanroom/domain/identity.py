@@ -29,6 +29,8 @@ class Principal:
     display_name: str
     role: Role
     created_at: datetime
+    # The organisation it belongs to (cleanroom/domain/organisations.py); "" only in tests that predate them.
+    organisation_id: str = ""
 
     @property
     def resource_name(self) -> str:

@@ -194,10 +194,22 @@ class Spend:
     released: bool = False
     created_at: datetime | None = field(default=None, compare=False)
     workload: str | None = None  # the attested workload hash the reservation pays for
+    # A cohort's other datasets (cleanroom/domain/cohort.py): each is charged the same amount, in the
+    # same transaction, against its own dataset and share budgets; all settle together.
+    cohort: tuple[str, ...] = ()
 
     @property
-    def budget_ids(self) -> tuple[str, str]:
-        return dataset_budget_id(self.dataset_id), share_budget_id(self.dataset_id, self.manufacturer_id)
+    def dataset_ids(self) -> tuple[str, ...]:
+        return (self.dataset_id, *self.cohort)
+
+    @property
+    def budget_ids(self) -> tuple[str, ...]:
+        return tuple(b for d in self.dataset_ids for b in budget_ids_of(d, self.manufacturer_id))
+
+
+def budget_ids_of(dataset_id: str, manufacturer_id: str) -> tuple[str, str]:
+    """The two budgets a spend on one dataset moves: the dataset's and the manufacturer's share of it."""
+    return dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id)
 
 
 def settlement_after_crash(spend: Spend) -> EventKind:

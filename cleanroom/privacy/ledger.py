@@ -24,6 +24,7 @@ from cleanroom.domain.privacy import (
     Privacy,
     Spend,
     SpendState,
+    budget_ids_of,
     dataset_budget_id,
     settlement_after_crash,
     share_budget_id,
@@ -79,6 +80,17 @@ class SpendRequest:
     # The caller opens the data as soon as the reservation exists (a statistics query on a warm
     # worker): mark the spend decrypted in the reserving transaction, so it is spent from birth.
     decrypted_on_reserve: bool = False
+    # A cohort's other datasets: one spend charges every dataset the same cost, all or none.
+    cohort: tuple[str, ...] = ()
+
+
+def record_spend_event(session: Session, event: LedgerEvent, spend: Spend) -> None:
+    """A spend's event, as one event per dataset it charges: each hospital's ledger and audit trail
+    hold its own part of a cohort spend (its two budgets), never the other sites'."""
+    for dataset_id in spend.dataset_ids:
+        own = budget_ids_of(dataset_id, spend.manufacturer_id)
+        part = dataclasses.replace(event, budget_ids=tuple(b for b in event.budget_ids if b in own))
+        record(session, part, spend, dataset_id=dataset_id, manufacturer_id=spend.manufacturer_id)
 
 
 def record(session: Session, event: LedgerEvent, spend: Spend | None, *, dataset_id: str, manufacturer_id: str | None) -> None:
@@ -113,7 +125,7 @@ class Ledger:
     def reserve_in(self, session: Session, request: SpendRequest, *, actor_id: str, spend_id: str | None = None) -> Spend:
         """Reserves on the dataset budget and the share budget together, inside the caller's transaction."""
         spend = Spend(spend_id or new_spend_id(), request.dataset_id, request.manufacturer_id, request.kind, request.reference,
-                      request.cost, SpendState.RESERVED, request.mechanism, workload=request.workload)
+                      request.cost, SpendState.RESERVED, request.mechanism, workload=request.workload, cohort=request.cohort)
         refused = tuple(b for b in sorted(spend.budget_ids) if not privacy_repo.try_reserve(session, b, request.cost))
         if refused:
             self._count("exhausted")
@@ -126,7 +138,7 @@ class Ledger:
                 raise CleanroomError(ErrorCode.INTERNAL, "the new reservation could not be marked decrypted")
         event = LedgerEvent(EventKind.RESERVE, spend.budget_ids, request.cost, actor_id, clock.now(),
                             spend_id=spend.id, mechanism=request.mechanism)
-        record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
+        record_spend_event(session, event, spend)
         return spend
 
     def reserve(self, request: SpendRequest, *, actor_id: str) -> Spend:
@@ -204,7 +216,7 @@ class Ledger:
             if amount != ZERO:
                 event = LedgerEvent(kind, spend.budget_ids, amount, actor_id, clock.now(), spend_id=spend.id,
                                     mechanism=spend.mechanism if kind is EventKind.COMMIT else None, reason=reason)
-                record(session, event, spend, dataset_id=spend.dataset_id, manufacturer_id=spend.manufacturer_id)
+                record_spend_event(session, event, spend)
 
     def has_open_reservation(self, workload: str) -> bool:
         """The key broker's check: an open reservation exists for exactly this workload."""

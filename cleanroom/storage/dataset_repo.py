@@ -76,6 +76,7 @@ def add_dataset(session: Session, dataset: Dataset, wrapped_key: bytes) -> None:
         DatasetRow(
             id=dataset.id,
             owner_id=dataset.owner_id,
+            organisation_id=dataset.organisation_id,
             display_name=dataset.display_name,
             description=dataset.description,
             columns_json=json.dumps([_column_to_json(c) for c in dataset.columns]),
@@ -95,6 +96,7 @@ def _dataset(row: DatasetRow) -> Dataset:
     return Dataset(
         id=row.id,
         owner_id=row.owner_id,
+        organisation_id=row.organisation_id,
         display_name=row.display_name,
         description=row.description,
         columns=tuple(_column_from_json(c) for c in columns),
@@ -156,3 +158,9 @@ def set_wrapped_dataset_key(session: Session, dataset_id: str, wrapped_key: byte
 def owned_dataset_ids(session: Session, owner_id: str) -> set[str]:
     """Including deleted ones: a hospital keeps reading the audit trail of what it deleted."""
     return set(session.scalars(select(DatasetRow.id).where(DatasetRow.owner_id == owner_id)))
+
+
+def organisation_dataset_ids(session: Session, organisation_id: str) -> set[str]:
+    """Live datasets whose owner belongs to `organisation_id` (its officers govern them)."""
+    query = select(DatasetRow.id).where(DatasetRow.organisation_id == organisation_id, DatasetRow.deleted_at.is_(None))
+    return set(session.scalars(query))

@@ -17,12 +17,13 @@ def add_principal(session: Session, principal: Principal, token_hash: str) -> No
             role=principal.role.value,
             token_hash=token_hash,
             created_at=principal.created_at,
+            organisation_id=principal.organisation_id,
         )
     )
 
 
 def _principal(row: PrincipalRow) -> Principal:
-    return Principal(row.id, row.display_name, Role(row.role), row.created_at)
+    return Principal(row.id, row.display_name, Role(row.role), row.created_at, row.organisation_id)
 
 
 def principal_by_token_hash(session: Session, token_hash: str) -> Principal | None:

@@ -145,6 +145,7 @@ def add_spend(session: Session, spend: Spend, owner: str | None = None) -> None:
         reference=spend.reference, state=spend.state.value, reserved_epsilon=spend.reserved.epsilon,
         reserved_delta=spend.reserved.delta, committed_epsilon=0, committed_delta=0,
         mechanism_json=mechanism_json(spend.mechanism), created_at=now(), workload=spend.workload,
+        cohort_json=json.dumps(list(spend.cohort)),
     ))
 
 
@@ -155,7 +156,7 @@ def _spend(row: SpendRow) -> Spend:
         state=SpendState(row.state), mechanism=mechanism_from_json(row.mechanism_json),
         committed=Privacy(row.committed_epsilon, row.committed_delta),
         decrypted=row.decrypted_at is not None, released=row.released_at is not None, created_at=row.created_at,
-        workload=row.workload,
+        workload=row.workload, cohort=tuple(json.loads(row.cohort_json or "[]")),
     )
 
 
@@ -253,7 +254,7 @@ def add_request(session: Session, request: PrivacyRequest) -> None:
         reference=request.reference, cost_epsilon=request.cost.epsilon, cost_delta=request.cost.delta,
         mechanism_json=mechanism_json(request.mechanism), state=request.state.value, spend_id=request.spend_id,
         decided_by=request.decided_by, reason=request.reason, created_at=request.created_at, decided_at=request.decided_at,
-        workload=request.workload,
+        workload=request.workload, group_id=request.group_id,
     ))
 
 
@@ -262,7 +263,7 @@ def _request(row: PrivacyRequestRow) -> PrivacyRequest:
         id=row.id, dataset_id=row.dataset_id, manufacturer_id=row.manufacturer_id, kind=row.kind, reference=row.reference,
         cost=Privacy(row.cost_epsilon, row.cost_delta), state=RequestState(row.state), created_at=row.created_at,
         mechanism=mechanism_from_json(row.mechanism_json), spend_id=row.spend_id, decided_by=row.decided_by,
-        reason=row.reason, decided_at=row.decided_at, workload=row.workload,
+        reason=row.reason, decided_at=row.decided_at, workload=row.workload, group_id=row.group_id,
     )
 
 

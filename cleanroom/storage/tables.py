@@ -32,6 +32,17 @@ class Base(DeclarativeBase):
     pass
 
 
+class OrganisationRow(Base):
+    """A hospital, a manufacturer or the platform operator (migration 0010)."""
+
+    __tablename__ = "organisations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class PrincipalRow(Base):
     __tablename__ = "principals"
 
@@ -40,6 +51,7 @@ class PrincipalRow(Base):
     role: Mapped[str] = mapped_column(String(32))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    organisation_id: Mapped[str] = mapped_column(String(32), index=True, default="")
 
 
 class DatasetRow(Base):
@@ -59,6 +71,7 @@ class DatasetRow(Base):
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    organisation_id: Mapped[str] = mapped_column(String(32), index=True, default="")  # the owner's (0010)
 
 
 class IdempotencyRow(Base):
@@ -134,6 +147,7 @@ class SpendRow(Base):
     # The attested workload this reservation pays for; the key broker releases a key only for it.
     workload: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # the reserving server (0009)
+    cohort_json: Mapped[str] = mapped_column(Text, default="[]")  # a cohort's other datasets (0010)
 
 
 class LedgerEventRow(Base):
@@ -173,6 +187,7 @@ class PrivacyRequestRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     workload: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    group_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # a cohort request's rows (0010)
 
 
 class ApprovalPolicyRow(Base):
