@@ -57,8 +57,9 @@ def known_enum(value: int, known: Mapping[int, T], field: str) -> T | None:
     return known[value]
 
 
-_SITE_ROLE_FROM_PROTO: dict[int, SiteRole] = {common_pb2.SITE_ROLE_TRAIN: SiteRole.TRAIN, common_pb2.SITE_ROLE_VALIDATE: SiteRole.VALIDATE}
-_SITE_ROLE_TO_PROTO = {v: k for k, v in _SITE_ROLE_FROM_PROTO.items()}
+_SITE_ROLE_TO_PROTO: dict[SiteRole, common_pb2.SiteRole.ValueType] = {
+    SiteRole.TRAIN: common_pb2.SITE_ROLE_TRAIN, SiteRole.VALIDATE: common_pb2.SITE_ROLE_VALIDATE}
+_SITE_ROLE_FROM_PROTO: dict[int, SiteRole] = {int(v): k for k, v in _SITE_ROLE_TO_PROTO.items()}
 
 
 def cohort_from_proto(sites: Iterable[common_pb2.CohortSite], field: str = "cohort") -> tuple[CohortSite, ...]:
