@@ -23,10 +23,18 @@ specificity at 0.5, AUROC with its binning bracket, sensitivity at named specifi
 reverse, net benefit at named thresholds, the expected calibration error and Brier score, a
 reliability diagram; multiclass gets accuracy, macro recall and calibration; regression MAE and
 RMSE from clamped error sums (`error_bound` is the public clamp). Intervals: intervals.py.
+
+Cohorts (several sites named in the request, a public fact): ρ is split exactly in two halves.
+The pooled half releases the statistics above over every evaluated row. The per-site half gives
+each privacy unit to exactly one site, the first of the request's sites where it has rows, and
+releases each site's statistics over that site's rows of its own units only, each with the whole
+per-site half: the sites' row sets belong to disjoint units, so they compose in parallel (one
+unit changes one site's statistics). Total: ρ/2 + ρ/2 = ρ, the same (ε, δ) as one evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -71,6 +79,16 @@ class EvaluationResult:
     operating_points: list[dict[str, Any]] = field(default_factory=list)   # binary only
     net_benefit: list[dict[str, Any]] = field(default_factory=list)        # binary only
     score_bins: dict[str, Any] = field(default_factory=dict)               # what the bins are, in words too
+    sites: list[SiteEvaluation] = field(default_factory=list)              # cohorts only: per-site results
+
+
+@dataclass(frozen=True)
+class SiteEvaluation:
+    """One site's part of a cohort evaluation: its own units' rows at this site, ρ/2 of the budget."""
+
+    name: str
+    index: int                       # the site's position in the request
+    result: EvaluationResult
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,16 @@ class Options:
                 raise bad_request(f"{name}: at most 16 values, each strictly between 0 and 1")
         if self.score_bins is not None and not m.MIN_BINS // 2 <= self.score_bins <= 4 * m.MAX_BINS:
             raise bad_request(f"score_bins must be between {m.MIN_BINS // 2} and {4 * m.MAX_BINS}")
+
+
+def first_sites(patient: NDArray[Any], site: NDArray[Any]) -> NDArray[np.int64]:
+    """Per row: its site when that is its unit's first site (lowest request index), else -1. The
+    per-site part reads only rows whose value is not -1, so every unit counts at one site only."""
+    units, inverse = np.unique(np.asarray(patient), return_inverse=True)
+    first = np.full(len(units), np.iinfo(np.int64).max, dtype=np.int64)
+    site = np.asarray(site, dtype=np.int64)
+    np.minimum.at(first, inverse.reshape(-1), site)
+    return np.where(site == first[inverse.reshape(-1)], site, -1).astype(np.int64)
 
 
 def _bounded_rows(patient: NDArray[Any], *, max_rows: int, rng: np.random.Generator) -> tuple[NDArray[np.int64], int]:
@@ -160,14 +188,18 @@ def evaluate(program: torch.export.ExportedProgram, *, X: NDArray[Any], y: NDArr
              sensitivity_at_specificity: Sequence[float] = SENSITIVITY_AT_SPECIFICITY,
              specificity_at_sensitivity: Sequence[float] = SPECIFICITY_AT_SENSITIVITY,
              net_benefit_thresholds: Sequence[float] = NET_BENEFIT_THRESHOLDS,
-             score_bins: int | None = None) -> EvaluationResult:
+             score_bins: int | None = None, site: NDArray[Any] | None = None,
+             site_names: Sequence[str] = ()) -> EvaluationResult:
     """Patient-level (ε, δ)-DP metrics of the program (with `state` overriding its trainable tensors).
     Noise comes from the OS CSPRNG unless `noise_rng` is given (tests only); `seed_source` seeds
     the row bounding and the bootstrap, neither of which the privacy argument relies on.
 
     Binary requests also name operating points (sensitivity at each specificity in
     `sensitivity_at_specificity`, specificity at each sensitivity in `specificity_at_sensitivity`)
-    and net-benefit thresholds, all in (0, 1); `score_bins` overrides the bin rule."""
+    and net-benefit thresholds, all in (0, 1); `score_bins` overrides the bin rule.
+
+    A cohort passes each row's site index (`site`, into `site_names`); `patient` is then the
+    privacy unit across sites. With two or more site names the result is pooled plus per site."""
     assert_no_foreign_modules(allowed_modules)
     kind, wanted = Task(task, num_classes), set(metrics)
     _check_request(kind, wanted, target_epsilon=target_epsilon, max_rows=max_rows_per_patient)
@@ -181,32 +213,89 @@ def evaluate(program: torch.export.ExportedProgram, *, X: NDArray[Any], y: NDArr
     y_arr = model.labels(y, len(X_t)).numpy()
     if len(patient) != len(X_t):
         raise bad_request("patient must hold one id per row")
+    per_site = _site_assignment(patient, site, site_names)
     rng = sampling.numpy_generator(seed_source)
     rows, n_patients = _bounded_rows(np.asarray(patient), max_rows=max_rows_per_patient, rng=rng)
     accounting.check_delta(delta=target_delta, n_patients=n_patients)
     outputs = _outputs(model, dict(state or {}), X_t[torch.as_tensor(rows)])
     return evaluate_outputs(kind, outputs, y_arr[rows], wanted=wanted, target_epsilon=target_epsilon,
                             target_delta=target_delta, max_rows=max_rows_per_patient, error_bound=error_bound,
-                            options=options, rng=rng, noise_rng=noise_rng)
+                            options=options, rng=rng, noise_rng=noise_rng, site_names=site_names,
+                            per_site=None if per_site is None else per_site[rows])
+
+
+def _site_assignment(patient: NDArray[Any], site: NDArray[Any] | None, site_names: Sequence[str]) -> NDArray[np.int64] | None:
+    if len(site_names) < 2:
+        return None
+    if site is None or len(site) != len(patient):
+        raise bad_request("a cohort evaluation needs one site index per row")
+    site = np.asarray(site, dtype=np.int64)
+    if len(site) and not (0 <= int(site.min()) and int(site.max()) < len(site_names)):
+        raise bad_request("a row's site index is not one of the cohort's sites")
+    return first_sites(patient, site)
 
 
 def evaluate_outputs(task: Task, outputs: Array, y: NDArray[Any], *, wanted: set[str], target_epsilon: float,
                      target_delta: float, max_rows: int, rng: np.random.Generator, options: Options = Options(),
-                     error_bound: float | None = None, noise_rng: random.Random | np.random.Generator | None = None) -> EvaluationResult:
+                     error_bound: float | None = None, noise_rng: random.Random | np.random.Generator | None = None,
+                     site_names: Sequence[str] = (), per_site: NDArray[np.int64] | None = None) -> EvaluationResult:
     """The mechanism and the metrics, given the model's outputs on the patient-bounded rows (the
-    coverage test and bench call this directly, with the exact outputs in hand)."""
+    coverage test and bench call this directly, with the exact outputs in hand). A cohort (two or
+    more `site_names`) also passes `per_site`: each row's site for the per-site part, or -1 where
+    the row's unit counts at an earlier site (first_sites)."""
     rho = accounting.calibrate_rho(target_epsilon=target_epsilon, delta=target_delta)
+
+    def release(rows_out: Array, rows_y: NDArray[Any], part_rho: float) -> EvaluationResult:
+        return _mechanism(task, rows_out, rows_y, rho=part_rho, wanted=wanted, max_rows=max_rows, rng=rng,
+                          options=options, error_bound=error_bound, noise_rng=noise_rng, delta=target_delta)
+
+    if len(site_names) < 2:
+        return release(outputs, y, rho)
+    if per_site is None or len(per_site) != len(y):
+        raise bad_request("a cohort evaluation needs each evaluated row's site")
+    pooled = release(outputs, y, rho / 2)
+    sites = [SiteEvaluation(name, s, release(outputs[per_site == s], y[per_site == s], rho / 2))
+             for s, name in enumerate(site_names)]
+    return _cohort_result(pooled, sites, rho=rho, delta=target_delta)
+
+
+def _cohort_result(pooled: EvaluationResult, sites: list[SiteEvaluation], *, rho: float, delta: float) -> EvaluationResult:
+    """The pooled result carrying the per-site ones; the mechanism description covers the whole ρ:
+    ρ/2 pooled plus ρ/2 per site (parallel over disjoint units), one Gaussian mechanism of ρ for
+    the ledger's RDP composition and the SDK's ε recomputation."""
+    params = dict(pooled.mechanism_parameters)
+    for entries in [params["statistics"], *(s.result.mechanism_parameters["statistics"] for s in sites)]:
+        for entry in entries.values():
+            entry["budget_fraction"] = entry["rho"] / rho
+    params.update({
+        "rho": rho, "noise_multiplier": math.sqrt(1 / (2 * rho)), "count": 1, "privacy_unit": "person",
+        "budget_split": {k: v["budget_fraction"] for k, v in params["statistics"].items()},
+        "budget_parts": {"pooled": 0.5, "per_site": 0.5},
+        "composition": ("zCDP: ρ/2 for the pooled statistics plus ρ/2 for the per-site statistics, which read "
+                        "disjoint units (each unit at its first site) and compose in parallel; converted to "
+                        "(ε, δ) through RDP"),
+        "per_site": {s.name: {"site_index": s.index, "rho": rho / 2, "statistics": s.result.mechanism_parameters["statistics"]}
+                     for s in sites},
+    })
+    return dataclasses.replace(pooled, epsilon_spent=accounting.zcdp_epsilon(rho=rho, delta=delta),
+                               mechanism_parameters=params, sites=sites)
+
+
+def _mechanism(task: Task, outputs: Array, y: NDArray[Any], *, rho: float, wanted: set[str], max_rows: int,
+               rng: np.random.Generator, options: Options, error_bound: float | None,
+               noise_rng: random.Random | np.random.Generator | None, delta: float) -> EvaluationResult:
+    """One release of ρ over the given rows: the statistics, then the metrics and their intervals."""
     planned = _planned(task, wanted)
     release = _Release(rho, sum(statistics.WEIGHTS[n] for n in planned), max_rows, noise_rng)
     if task.kind == "binary-classification":
-        return _binary(task, outputs, y, wanted, release, options, rng, delta=target_delta)
+        return _binary(task, outputs, y, wanted, release, options, rng, delta=delta)
     if task.kind == "multiclass-classification":
         release.add(statistics.multiclass(outputs, y, calibration="calibration" in wanted,
                                           confusion=bool(wanted & {"accuracy", "macro_recall"})), stage=1)
-        return _multiclass(task, wanted, release, rng, delta=target_delta)
+        return _multiclass(task, wanted, release, rng, delta=delta)
     assert error_bound is not None
     release.add(statistics.regression(outputs, y, bound=error_bound), stage=1)
-    return _regression(task, wanted, release, rng, delta=target_delta, bound=error_bound)
+    return _regression(task, wanted, release, rng, delta=delta, bound=error_bound)
 
 
 def _binary(task: Task, outputs: Array, y: NDArray[Any], wanted: set[str], release: _Release, options: Options,

@@ -43,17 +43,67 @@ def _privacy_statement(training: TrainingResult | None, evaluation: EvaluationRe
             "statement": f"Patient-level ({eps:.3g}, {delta:.2g})-differential privacy: " + "; ".join(parts) + "."}
 
 
+@dataclasses.dataclass(frozen=True)
+class Cohort:
+    """What a multi-site report says about its sites: names and roles in request order, and who
+    counts as one person (domain.cohort.linkage_statement)."""
+
+    sites: tuple[tuple[str, str], ...]     # (display name, "train" | "validate")
+    linkage: str
+
+    @property
+    def never_seen(self) -> list[str]:
+        return [name for name, role in self.sites if role == "validate"]
+
+    def never_seen_statement(self) -> str:
+        unseen = self.never_seen
+        if not unseen:
+            return "No site was held out whole: every site is one the model may have learned from."
+        names = _and(unseen)
+        verb = "was" if len(unseen) == 1 else "were"
+        return (f"The model never saw the data of {names}: {'it' if len(unseen) == 1 else 'they'} {verb} held out "
+                f"whole as external validation {'site' if len(unseen) == 1 else 'sites'}.")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sites": [{"name": n, "role": r} for n, r in self.sites], "never_seen": self.never_seen,
+                "never_seen_statement": self.never_seen_statement(), "linkage": self.linkage}
+
+
+def _and(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _metric_entries(metrics: dict[str, tuple[float, float, float]]) -> dict[str, dict[str, Any]]:
+    return {k: {"value": v, "ci95": [lo, hi]} for k, (v, lo, hi) in metrics.items()}
+
+
+def _evaluation_data(evaluation: EvaluationResult) -> dict[str, Any]:
+    data = {f.name: dataclasses.asdict(evaluation)[f.name] for f in dataclasses.fields(evaluation) if f.name != "sites"}
+    data["metrics"] = _metric_entries(evaluation.metrics)
+    if evaluation.sites:
+        # Each site's DP outputs; its mechanism is described once, under mechanism_parameters.per_site.
+        data["sites"] = [{"name": s.name, "index": s.index, "metrics": _metric_entries(s.result.metrics),
+                          "operating_points": s.result.operating_points, "net_benefit": s.result.net_benefit,
+                          "roc_points": s.result.roc_points, "reliability": s.result.reliability}
+                         for s in evaluation.sites]
+    return data
+
+
 def report_data(*, title: str, training: TrainingResult | None = None,
-                evaluation: EvaluationResult | None = None) -> dict[str, Any]:
-    """The report as plain data (the JSON form); trained weights are shipped separately, never here."""
+                evaluation: EvaluationResult | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
+    """The report as plain data (the JSON form); trained weights are shipped separately, never here.
+    A multi-site job passes its `cohort`; a single-site report is as it always was."""
     data: dict[str, Any] = {"title": title, "privacy": _privacy_statement(training, evaluation)}
+    if cohort is not None:
+        data["cohort"] = cohort.to_json()
+        data["privacy"]["unit"] = "person"
+        data["privacy"]["statement"] += f" Privacy unit: {cohort.linkage}."
     if training is not None:
         data["training"] = {"epsilon": training.epsilon_spent, "delta": training.delta,
                             "accountant": training.accountant, "parameters": training.dp_parameters,
                             "released_tensors": sorted(training.trained_state)}
     if evaluation is not None:
-        data["evaluation"] = dict(dataclasses.asdict(evaluation).items())
-        data["evaluation"]["metrics"] = {k: {"value": v, "ci95": [lo, hi]} for k, (v, lo, hi) in evaluation.metrics.items()}
+        data["evaluation"] = _evaluation_data(evaluation)
     return data
 
 
@@ -183,6 +233,36 @@ def _net_benefit_table(entries: list[dict[str, Any]]) -> str:
             "everyone and treating no one.</p>")
 
 
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "<td>—</td>"
+    return f"<td>{_fmt(entry['value'])} [{_fmt(entry['ci95'][0])}, {_fmt(entry['ci95'][1])}]</td>"
+
+
+def _sites_section(evaluation: dict[str, Any], cohort: dict[str, Any] | None) -> str:
+    """Pooled and per-site metrics side by side, each value with its 95% interval."""
+    sites = evaluation["sites"]
+    roles = {s["name"]: s["role"] for s in (cohort or {}).get("sites", [])}
+    head = "".join(f"<th>{html.escape(s['name'])}{' (never seen)' if roles.get(s['name']) == 'validate' else ''}</th>"
+                   for s in sites)
+    rows = "".join(f"<tr><td>{html.escape(NAMES.get(k, k))}</td>{_cell(evaluation['metrics'].get(k))}"
+                   + "".join(_cell(s["metrics"].get(k)) for s in sites) + "</tr>"
+                   for k in sorted(evaluation["metrics"]))
+    return ("<h2>Results by site</h2><table><tr><th>metric</th><th>pooled (all sites)</th>" + head + "</tr>" + rows
+            + "</table><p class=note>Each cell is the value with its 95% interval. Half of the evaluation's privacy "
+            "budget went to the pooled column and half to the site columns. For the site columns each person counts "
+            "at one site only: the first site of the request where they have records (a person linked across sites "
+            "is evaluated at that site alone), so the sites' results come from different people and together cost "
+            "that half once.</p>")
+
+
+def _cohort_section(cohort: dict[str, Any]) -> str:
+    roles = "".join(f"<li>{html.escape(s['name'])}: {'external validation (held out)' if s['role'] == 'validate' else 'training'}</li>"
+                    for s in cohort["sites"])
+    return (f"<h2>Sites</h2><p><strong>{html.escape(cohort['never_seen_statement'])}</strong></p><ul>{roles}</ul>"
+            f"<p>Who counts as one person: {html.escape(cohort['linkage'])}.</p>")
+
+
 def _parameters_table(params: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in sorted(params.items()) if not isinstance(v, (dict, list)))
@@ -227,9 +307,14 @@ def render_html(data: dict[str, Any]) -> str:
     body = [f"<h1>{html.escape(data['title'])}</h1>",
             f"<p class=privacy><strong>Privacy.</strong> {html.escape(data['privacy']['statement'])}</p>",
             _explanations(data)]
+    if data.get("cohort"):
+        body.append(_cohort_section(data["cohort"]))
     evaluation = data.get("evaluation")
     if evaluation:
-        body.append("<h2>Validation metrics</h2>" + _metrics_table(evaluation["metrics"]))
+        if evaluation.get("sites"):
+            body.append(_sites_section(evaluation, data.get("cohort")))
+        title = "Validation metrics (pooled over all sites)" if evaluation.get("sites") else "Validation metrics"
+        body.append(f"<h2>{title}</h2>" + _metrics_table(evaluation["metrics"]))
         if evaluation.get("operating_points"):
             body.append("<h2>Operating points</h2>" + _operating_table(evaluation["operating_points"]))
         if evaluation.get("net_benefit"):
