@@ -13,8 +13,9 @@ from cleanroom.cli import render
 from cleanroom.cli.trust import read_pinned_root
 from cleanroom.domain.recipe import RULE
 from cleanroom.sdk import Client
+from cleanroom.sdk.cohort import Site
 from cleanroom.sdk.verify import verify_job
-from cleanroom.v1 import jobs_pb2
+from cleanroom.v1 import common_pb2, jobs_pb2
 
 ClientFactory = Callable[[argparse.Namespace], Client]
 
@@ -28,13 +29,32 @@ def state_name(job: jobs_pb2.Job) -> str:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="models/{id}")
-    parser.add_argument("--dataset", required=True, help="datasets/{id} (shared with you)")
+    parser.add_argument("--dataset", help="datasets/{id} (shared with you); or name several hospitals' datasets with --site")
+    parser.add_argument("--site", type=_site, action="append", default=[], metavar="DATASET[:train|validate][,STUDY=COLUMN...]",
+                        help="one hospital's dataset in a cohort (repeat it per site, instead of --dataset): the feature and "
+                             "label names you give are study names, and STUDY=COLUMN maps one onto this dataset's own column "
+                             "(a name left out is the same here). train: the model learns from it (in an evaluation: a site "
+                             "the model saw; the default); validate: held out whole, and the validation runs on it. "
+                             "The cost is charged to every site, all or none, and each hospital's policy decides its part. "
+                             "Example: --site datasets/d1 --site datasets/d2:validate,malignant=diagnosis")
     parser.add_argument("--features", required=True, help="feature columns in the model's input order, comma separated, or @file with one per line")
     parser.add_argument("--label", required=True, help="label column")
     parser.add_argument("--epsilon", type=float, required=True, help="ε this job may spend")
     parser.add_argument("--delta", type=float, default=1e-5, help="δ (default 1e-5; must be below 1/patients)")
     parser.add_argument("--max-rows-per-patient", type=int, default=1, help="contribution bound per patient")
     parser.add_argument("--wait", action="store_true", help="watch until the job is final")
+
+
+def _site(text: str) -> Site:
+    """DATASET[:train|validate][,STUDY=COLUMN...] as one cohort site."""
+    head, *pairs = [part.strip() for part in text.split(",")]
+    dataset, _, role = head.partition(":")
+    if role and role not in ("train", "validate"):
+        raise argparse.ArgumentTypeError(f"a site's role is train or validate, not {role!r}")
+    columns = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if not dataset or len(columns) != len([p for p in pairs if p]) or not all(k.strip() and v.strip() for k, v in columns.items()):
+        raise argparse.ArgumentTypeError(f"expected DATASET[:train|validate][,STUDY=COLUMN...], not {text!r}")
+    return Site(dataset, {k.strip(): v.strip() for k, v in columns.items()}, role or "train")
 
 
 def _fractions(text: str) -> list[float]:
@@ -107,7 +127,7 @@ def _report_fields(a: argparse.Namespace) -> dict[str, Any]:
 def _training_spec(a: argparse.Namespace) -> jobs_pb2.TrainingSpec:
     # A flag left out stays at its zero value: the service's recipe fills it.
     return jobs_pb2.TrainingSpec(
-        model=a.model, dataset=a.dataset, feature_columns=_features(a.features), label_column=a.label,
+        model=a.model, dataset=a.dataset or "", feature_columns=_features(a.features), label_column=a.label,
         target_epsilon=a.epsilon, target_delta=a.delta, epochs=a.epochs or 0, expected_batch_patients=a.batch_patients or 0,
         learning_rate=a.learning_rate or 0.0, optimizer=a.optimizer or "", clipping_norm=a.clipping_norm or 0.0,
         validation_fraction=a.validation_fraction, max_rows_per_patient=a.max_rows_per_patient, **_report_fields(a),
@@ -116,15 +136,20 @@ def _training_spec(a: argparse.Namespace) -> jobs_pb2.TrainingSpec:
 
 def _evaluation_spec(a: argparse.Namespace) -> jobs_pb2.EvaluationSpec:
     return jobs_pb2.EvaluationSpec(
-        model=a.model, dataset=a.dataset, feature_columns=_features(a.features), label_column=a.label,
+        model=a.model, dataset=a.dataset or "", feature_columns=_features(a.features), label_column=a.label,
         target_epsilon=a.epsilon, target_delta=a.delta, max_rows_per_patient=a.max_rows_per_patient,
         metrics=[m for m in a.metrics.split(",") if m], **_report_fields(a),
     )
 
 
 def _submit(client: Client, a: argparse.Namespace, spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec) -> int:
-    job = client.train(spec) if isinstance(spec, jobs_pb2.TrainingSpec) else client.evaluate(spec)
+    if bool(a.dataset) == bool(a.site):
+        print("error: name either --dataset or one --site per hospital's dataset", file=sys.stderr)
+        return 2
+    job = client.train(spec, cohort=a.site) if isinstance(spec, jobs_pb2.TrainingSpec) else client.evaluate(spec, cohort=a.site)
     print(f"{job.name}: {state_name(job)}")
+    if job.linkage:
+        print(f"  linkage: {job.linkage}")
     return _watch(client, job.name) if a.wait else 0
 
 
@@ -142,6 +167,12 @@ def spec_lines(job: jobs_pb2.Job) -> list[str]:
     """What the job runs with: the recipe (and who chose it) and the report's named choices."""
     spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec = job.training if job.WhichOneof("spec") == "training" else job.evaluation
     lines = [f"  ε {spec.target_epsilon:g}, δ {spec.target_delta:g}, at most {spec.max_rows_per_patient} rows per patient"]
+    for site in spec.cohort:
+        role = "validate (held out)" if site.role == common_pb2.SITE_ROLE_VALIDATE else "train"
+        mapping = ", ".join(f"{k}={v}" for k, v in sorted(site.columns.items()))
+        lines.append(f"  site              {site.dataset} {role}{': ' + mapping if mapping else ''}")
+    if job.linkage:
+        lines.append(f"  linkage           {job.linkage}")
     if isinstance(spec, jobs_pb2.TrainingSpec):
         lines.append(f"  recipe            {spec.recipe or 'as requested'}: {spec.epochs} epochs, expected batch "
                      f"{spec.expected_batch_patients} patients, {spec.optimizer} learning rate {spec.learning_rate:g}, "

@@ -14,7 +14,8 @@ workload hashes and the receipts of requests without it keep their bytes. So it 
 (the name of the rule that filled a training request's left-out optimisation fields, set by the
 service, never by the request: cleanroom/domain/recipe.py) and for the report options
 (`ReportOptions`: named operating points, net-benefit thresholds, the score-bin count; empty or 0
-means the evaluator's defaults).
+means the evaluator's defaults), and for `cohort` (a request over several hospitals' datasets: its
+sites, each with its column mapping and role, so the workload and the receipt bind them too).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypedDict, TypeVar
 
+from cleanroom.domain.cohort import CohortSite
+
 # The canonical number text of receipts and workload hashes (a stdlib-only module; the vectors pin it).
 from enclave_sim.canonical import decimal_text
 
 T = TypeVar("T")
 
-# One JSON value of the parameters' JSON form: text, a whole number or a list of names.
-JsonParam = str | int | list[str]
+# One JSON value of the parameters' JSON form: text, a whole number, a list of names, or a cohort's sites.
+JsonParam = str | int | list[str] | list[dict[str, object]]
 JsonParams = dict[str, JsonParam]
 
 OPTIMIZERS = ("sgd", "adam")
@@ -56,6 +59,12 @@ class _Shared:
     target_epsilon: float
     target_delta: float
     max_rows_per_patient: int
+    # A cohort request's sites in order (the columns above are then study names, mapped per site);
+    # empty for a request over one dataset, whose JSON form then has no "cohort" key at all.
+    cohort: tuple[CohortSite, ...] = ()
+
+    def _cohort_json(self) -> JsonParams:
+        return {"cohort": [site.to_json() for site in self.cohort]} if self.cohort else {}
 
 
 class SharedFields(TypedDict):
@@ -70,6 +79,7 @@ class SharedFields(TypedDict):
     specificity_at_sensitivity: tuple[float, ...]
     net_benefit_thresholds: tuple[float, ...]
     score_bins: int
+    cohort: tuple[CohortSite, ...]
 
 
 def _common_from(data: Mapping[str, object]) -> SharedFields:
@@ -85,6 +95,7 @@ def _common_from(data: Mapping[str, object]) -> SharedFields:
         specificity_at_sensitivity=report.specificity_at_sensitivity,
         net_benefit_thresholds=report.net_benefit_thresholds,
         score_bins=report.score_bins,
+        cohort=_cohort(data),
     )
 
 
@@ -147,7 +158,7 @@ class TrainingParams(_Shared, ReportOptions):
         }
         if self.recipe:
             out["recipe"] = self.recipe
-        return {**out, **self._report_json()}
+        return {**out, **self._report_json(), **self._cohort_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> TrainingParams:
@@ -180,6 +191,7 @@ class EvaluationParams(_Shared, ReportOptions):
             "metrics": list(self.metrics),
             "max_rows_per_patient": self.max_rows_per_patient,
             **self._report_json(),
+            **self._cohort_json(),
         }
 
     @classmethod
@@ -243,6 +255,15 @@ def _numbers(data: Mapping[str, object], key: str) -> tuple[float, ...]:
     if len(texts) != len(values):
         raise ValueError(f"job parameter {key} must be a list of decimal texts")
     return tuple(float(v) for v in texts)
+
+
+def _cohort(data: Mapping[str, object]) -> tuple[CohortSite, ...]:
+    if "cohort" not in data:
+        return ()
+    sites: list[object] = _get(data, "cohort", list)
+    if not sites or not all(isinstance(site, Mapping) for site in sites):
+        raise ValueError("job parameter cohort must be a non-empty list of sites")
+    return tuple(CohortSite.from_json(site) for site in sites if isinstance(site, Mapping))
 
 
 def _names(data: Mapping[str, object], key: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -86,6 +87,16 @@ def _clean_weights(data: bytes, shapes: dict[str, tuple[int, ...]]) -> bytes:
         if tuple(tensor.shape) != tuple(shapes[name]) or not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
             raise ReleaseRefused("a released tensor has the wrong shape or a non-finite value")
     return save({name: tensors[name].contiguous() for name in sorted(tensors)})
+
+
+def dataset_commitment(sites: Sequence[tuple[str, str]], *, cohort: bool) -> str:
+    """What the receipt commits to of the data read: one dataset's ciphertext sha256; for a cohort,
+    sha256 over the sites' "dataset_id:ciphertext_sha256\\n" lines in request order (each hospital
+    knows its own dataset's ciphertext digest; an auditor with all of them recomputes it)."""
+    if not cohort:
+        (_, digest), = sites
+        return digest
+    return enclave_sim.sha256_hex("".join(f"{dataset_id}:{digest}\n" for dataset_id, digest in sites).encode())
 
 
 def canonical_parameters(value: Any) -> Any:

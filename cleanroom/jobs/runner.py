@@ -24,14 +24,18 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 import enclave_sim
 from cleanroom import crypto
 from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain.approvals import RequestState
+from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
 from cleanroom.domain.model_versions import ModelVersion
@@ -67,6 +71,36 @@ def _workload(job: Job) -> str:
     if job.workload is None:
         raise JobFailed(FailureCode.INTERNAL)
     return job.workload
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One dataset a job reads: its place in the request, the stored dataset, its wrapped key."""
+
+    site: CohortSite
+    dataset: Dataset
+    wrapped_key: bytes
+
+
+def _load_sites(session: Session, job: Job) -> list[_Site]:
+    """The job's sites in request order (a single-dataset job: its dataset as one TRAIN site)."""
+    sites = []
+    for site in job.params.cohort or (CohortSite(job.dataset_id),):
+        dataset = dataset_repo.get_dataset(session, site.dataset_id)
+        wrapped = dataset_repo.wrapped_dataset_key(session, site.dataset_id)
+        if dataset is None or wrapped is None:  # deleted since the request was checked
+            raise JobFailed(FailureCode.INTERNAL)
+        sites.append(_Site(site, dataset, wrapped))
+    return sites
+
+
+def _site_input(index: int, site: _Site, study: tuple[str, ...]) -> dict[str, object]:
+    """One site of job.json: every study name mapped onto this dataset's column, its patient key
+    and its linkage column (None: its patients link to no other site's)."""
+    return {"dataset_id": site.dataset.id, "name": site.dataset.display_name, "blob": f"site{index}.blob",
+            "columns": {name: site.site.column_for(name) for name in study},
+            "patient_column": next(c.name for c in site.dataset.columns if c.role.name == "PATIENT_KEY"),
+            "linkage_column": validation.linkage_column(site.dataset), "role": site.site.role.value}
 
 
 class JobCancelled(Exception):
@@ -131,17 +165,15 @@ class JobRunner:
     # --- queue -------------------------------------------------------------------------------------
 
     def promote_decided(self) -> None:
-        """Pending jobs whose privacy request an officer decided become queued or rejected."""
+        """Pending jobs whose privacy request was decided become queued or rejected (a cohort's once
+        every site's officers approved and its spend is reserved, or once any site rejected)."""
         with self._db.read() as session:
             pending = job_repo.jobs_in(session, JobState.PENDING_APPROVAL)
-            decided = {j.id: privacy_repo.get_request(session, j.privacy_request_id) for j in pending if j.privacy_request_id}
         for job in pending:
-            request = decided.get(job.id)
-            if request is None or request.state is RequestState.PENDING:
-                continue
-            if request.state is RequestState.APPROVED:
-                self._move(job, transition(job, JobState.QUEUED), spend_id=request.spend_id)
-            else:
+            state, spend_id = self._jobs.request_outcome(job)
+            if state is RequestState.APPROVED and spend_id:
+                self._move(job, transition(job, JobState.QUEUED), spend_id=spend_id)
+            elif state is RequestState.REJECTED:
                 self._jobs.finish(job, JobState.REJECTED)
 
     def _move(self, job: Job, moved: Job, **values: Any) -> bool:
@@ -186,19 +218,18 @@ class JobRunner:
         with self._db.read() as session:
             spend = privacy_repo.get_spend(session, job.spend_id) if job.spend_id else None
             model = model_repo.get_model(session, job.model_id)
-            dataset = dataset_repo.get_dataset(session, job.dataset_id)
-            wrapped_dataset_key = dataset_repo.wrapped_dataset_key(session, job.dataset_id)
-        if spend is None or model is None or dataset is None or wrapped_dataset_key is None:
+            sites = _load_sites(session, job)
+        if spend is None or model is None:
             raise JobFailed(FailureCode.INTERNAL)
         work = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self._ensure_work_dir()))
         try:
             if cancel.is_set():
                 raise JobCancelled
-            secrets = self._attest_and_release_key(job, spend.id, wrapped_dataset_key)
-            outputs = self._run_worker(job, model, dataset, work, secrets, cancel)
+            secrets = self._attest_and_release_keys(job, spend.id, sites)
+            outputs = self._run_worker(job, model, sites, work, secrets, cancel)
             if cancel.is_set():  # cancelled as the worker finished: its outputs are discarded unread
                 raise JobCancelled
-            return self._gate_and_store(job, model, dataset, spend, outputs, secrets["nonce"])
+            return self._gate_and_store(job, model, sites, spend, outputs, secrets[0]["nonce"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -206,23 +237,28 @@ class JobRunner:
         self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self._work_dir
 
-    def _attest_and_release_key(self, job: Job, spend_id: str, wrapped_dataset_key: bytes) -> dict[str, str]:
-        self._ledger.mark_decrypted(spend_id)  # before the key leaves the broker: from now on it is spent
-        dataset_key = self._keys.unwrap_dataset_key(job.dataset_id, wrapped_dataset_key)
-        try:
-            return self._enclave.release_to_sandbox(_workload(job), job.dataset_id, dataset_key)
-        except enclave_sim.AttestationError:
-            raise JobFailed(FailureCode.ATTESTATION_REFUSED) from None
+    def _attest_and_release_keys(self, job: Job, spend_id: str, sites: list[_Site]) -> list[dict[str, str]]:
+        """One key-broker release per dataset, each under its own quote of the job's workload."""
+        self._ledger.mark_decrypted(spend_id)  # before any key leaves the broker: from now on it is spent
+        released = []
+        for site in sites:
+            dataset_key = self._keys.unwrap_dataset_key(site.dataset.id, site.wrapped_key)
+            try:
+                released.append(self._enclave.release_to_sandbox(_workload(job), site.dataset.id, dataset_key))
+            except enclave_sim.AttestationError:
+                raise JobFailed(FailureCode.ATTESTATION_REFUSED) from None
+        return released
 
-    def _run_worker(self, job: Job, model: ModelVersion, dataset: Dataset, work: Path, secrets: dict[str, str],
+    def _run_worker(self, job: Job, model: ModelVersion, sites: list[_Site], work: Path, secrets: list[dict[str, str]],
                     cancel: threading.Event | None = None) -> dict[str, bytes]:
         inputs, out = work / "in", work / "out"
         inputs.mkdir()
         out.mkdir()
-        shutil.copyfile(self._blobs.path_of(dataset.id), inputs / "dataset.blob")  # ciphertext only
+        for index, site in enumerate(sites):
+            shutil.copyfile(self._blobs.path_of(site.dataset.id), inputs / f"site{index}.blob")  # ciphertext only
         (inputs / "model.safetensors").write_bytes(self._models.artifact_bytes(model.id))
-        (inputs / "job.json").write_text(json.dumps(self._job_input(job, model, dataset)))
-        stdin = json.dumps({k: v for k, v in secrets.items() if k != "nonce"}).encode()
+        (inputs / "job.json").write_text(json.dumps(self._job_input(job, model, sites)))
+        stdin = json.dumps({"sites": [{k: v for k, v in one.items() if k != "nonce"} for one in secrets]}).encode()
         result = self._launcher.run(SandboxRequest(argv=WORKER_ARGV, inputs={"job": inputs}, output_dir=out, stdin=stdin,
                                                    env={"CLEANROOM_REQUEST_ID": job.id}, cancel=cancel), self._policy)
         if result.outcome is Outcome.CANCELLED:
@@ -236,21 +272,24 @@ class JobRunner:
         return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     @staticmethod
-    def _job_input(job: Job, model: ModelVersion, dataset: Dataset) -> dict[str, object]:
-        """job.json, what the worker reads: the parameters' JSON form and what it needs of the model and dataset."""
+    def _job_input(job: Job, model: ModelVersion, sites: list[_Site]) -> dict[str, object]:
+        """job.json, what the worker reads: the parameters' JSON form, what it needs of the model, and
+        each site (a single-dataset job is one TRAIN site whose study names are its own columns)."""
         params = job.params
-        patient_key = next(c.name for c in dataset.columns if c.role.name == "PATIENT_KEY")
-        return {"params": params.to_json(), "dataset_id": dataset.id, "patient_column": patient_key, "task": model.task,
+        study = (*params.feature_columns, params.label_column)
+        return {"params": params.to_json(), "dataset_id": sites[0].dataset.id, "task": model.task,
                 "num_classes": model.num_classes, "input_shape": list(model.input_shape), "trainable": list(model.trainable),
-                "metrics": validation.metrics_for(model, params)}
+                "metrics": validation.metrics_for(model, params),
+                "sites": [_site_input(index, site, study) for index, site in enumerate(sites)]}
 
-    def _gate_and_store(self, job: Job, model: ModelVersion, dataset: Dataset, spend: Spend, outputs: dict[str, bytes],
+    def _gate_and_store(self, job: Job, model: ModelVersion, sites: list[_Site], spend: Spend, outputs: dict[str, bytes],
                         nonce: str) -> tuple[list[dict[str, Any]], bytes]:
         try:
             checked = release.check_outputs(job.kind.value, outputs, trainable_shapes=self._trainable_shapes(model), reserved=spend.reserved)
         except release.ReleaseRefused:
             raise JobFailed(FailureCode.RELEASE_REFUSED) from None
-        receipt = self._sign(job, dataset, checked, nonce)
+        receipt = self._sign(job, release.dataset_commitment([(s.dataset.id, s.dataset.ciphertext_sha256) for s in sites],
+                                                             cohort=bool(job.params.cohort)), checked, nonce)
         self._ledger.release(spend.id, checked.spent)
         files = {**checked.released, "receipt.json": receipt}
         return self._seal_artifacts(job, files)
@@ -265,12 +304,12 @@ class JobRunner:
                 shapes = {k.removeprefix("state/"): tuple(stored.get_slice(k).get_shape()) for k in stored.keys() if k.startswith("state/")}
         return {name: shapes[name] for name in model.trainable}
 
-    def _sign(self, job: Job, dataset: Dataset, checked: release.Checked, nonce: str) -> bytes:
+    def _sign(self, job: Job, dataset_commitment: str, checked: release.Checked, nonce: str) -> bytes:
         enclave, workload = self._enclave, _workload(job)
         report = enclave_sim.sign_report(
             enclave.attestation_key, measurement=enclave.measurement, workload=workload,
             dp_parameters=release.canonical_parameters(checked.dp_parameters), epsilon_spent=checked.spent.epsilon_value,
-            accountant=checked.accountant, dataset_commitment=dataset.ciphertext_sha256, released_files=checked.released, nonce=nonce,
+            accountant=checked.accountant, dataset_commitment=dataset_commitment, released_files=checked.released, nonce=nonce,
         )
         try:  # fail closed: the receipt must pass the checks a client will run
             bundle = enclave.trust_bundle()

@@ -11,7 +11,8 @@ from typing import Any
 
 import enclave_sim
 from cleanroom import crypto
-from cleanroom.domain.approvals import RequestState
+from cleanroom.domain.approvals import PrivacyRequest, RequestState, default_delta_limit
+from cleanroom.domain.cohort import CohortSite, SiteRole, cohort_key, linkage_statement, make_site
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
@@ -25,7 +26,7 @@ from cleanroom.domain.recipe import defaults_for
 from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import validation
 from cleanroom.observability.metrics import Metrics
-from cleanroom.privacy.approvals import ApprovalService
+from cleanroom.privacy.approvals import ApprovalService, GroupRequest
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.storage import audit_repo, clock, dataset_repo, job_repo, model_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
@@ -39,6 +40,26 @@ WATCH_POLL_SECONDS = 0.25
 
 def job_context(job_id: str) -> str:
     return f"job:{job_id}"
+
+
+def _one_source(dataset_name: str, params: JobParams) -> None:
+    """A request reads one dataset or a cohort of them: exactly one of the two fields."""
+    if dataset_name and params.cohort:
+        raise bad_request("name either one dataset or a cohort, not both; nothing was reserved",
+                          FieldViolation("spec.cohort", "set together with spec.dataset"))
+    if not dataset_name and not params.cohort:
+        raise bad_request("name a dataset or a cohort of datasets; nothing was reserved",
+                          FieldViolation("spec.dataset", "required (or spec.cohort)"))
+
+
+def _mechanism(params: JobParams) -> Mechanism:
+    training = isinstance(params, TrainingParams)
+    return Mechanism("subsampled-gaussian" if training else "gaussian", "prv" if training else "zcdp-rdp")
+
+
+def _state_of(request: PrivacyRequest | GroupRequest) -> JobState:
+    """Queued once the budget is held: a cohort's first site may auto-approve while another waits."""
+    return JobState.QUEUED if request.state is RequestState.APPROVED and request.spend_id else JobState.PENDING_APPROVAL
 
 
 def trainable_parameter_count(model: ModelVersion) -> int:
@@ -63,63 +84,132 @@ class JobService:
     def submit(self, maker: Principal, model_name: str, dataset_name: str, params: JobParams) -> Job:
         """Checks everything first; only then asks for budget (auto-approved or queued for an officer).
         A training request that leaves recipe fields out gets them from the budget-aware recipe; the
-        job's parameters (hence its workload, its echoed spec and its receipt) name the rule."""
-        kind = JobKind(params.kind)
+        job's parameters (hence its workload, its echoed spec and its receipt) name the rule. A
+        cohort request (params.cohort, no dataset name) goes to every site's approval at once."""
+        _one_source(dataset_name, params)
+        if params.cohort:
+            return self._submit_cohort(maker, model_name, params)
         model, dataset = self._inputs(maker, model_name, dataset_name)
         params = self._with_recipe(params, model, dataset)
         self._validate(params, model, dataset)
         cost = Privacy.cost(params.target_epsilon, params.target_delta, field_prefix="spec.target_")
         job_id = new_job_id()
         workload = enclave_sim.workload_hash(model.package_sha256, params.to_json(), dataset.id)
-        mechanism = Mechanism("subsampled-gaussian" if kind is JobKind.TRAINING else "gaussian", "prv" if kind is JobKind.TRAINING else "zcdp-rdp")
-        request = self._approvals.submit(maker, SpendRequest(dataset.id, maker.id, kind.value, f"jobs/{job_id}", cost, mechanism, workload))
-        state = JobState.QUEUED if request.state is RequestState.APPROVED else JobState.PENDING_APPROVAL
-        job = Job(job_id, kind, maker.id, model.id, dataset.id, to_spec_json(params), state, clock.now(),
-                  privacy_request_id=request.id, spend_id=request.spend_id, workload=workload)
+        request = self._approvals.submit(maker, SpendRequest(dataset.id, maker.id, params.kind, f"jobs/{job_id}", cost, _mechanism(params), workload))
+        return self._record(maker, Job(job_id, JobKind(params.kind), maker.id, model.id, dataset.id, to_spec_json(params),
+                                       _state_of(request), clock.now(), privacy_request_id=request.id, spend_id=request.spend_id,
+                                       workload=workload))
+
+    def _submit_cohort(self, maker: Principal, model_name: str, params: JobParams) -> Job:
+        """Several hospitals' datasets: all found and checked before any reservation, then one
+        request per site (each hospital's policy), one spend over every site's budgets."""
+        model = self._model(maker, model_name)
+        sites = self._sites(maker, params.cohort)
+        patients = validation.cohort_patients(params, sites)
+        params = self._with_recipe_for(params, model, patients)
+        violations = validation.cohort_violations(params, model, sites) + self._kind_violations(params, model, patients)
+        if violations:
+            raise bad_request("the job request is invalid; nothing was reserved", *violations)
+        cost = Privacy.cost(params.target_epsilon, params.target_delta, field_prefix="spec.target_")
+        if cost.delta > default_delta_limit(patients):
+            raise bad_request("the job request is invalid; nothing was reserved", FieldViolation(
+                "spec.target_delta", f"at most 1/(10 x {patients}), the cohort's public patient count"))
+        job_id, ids = new_job_id(), [site.dataset_id for site in params.cohort]
+        workload = enclave_sim.workload_hash(model.package_sha256, params.to_json(), cohort_key(ids))
+        request = self._approvals.submit_cohort(maker, SpendRequest(ids[0], maker.id, params.kind, f"jobs/{job_id}", cost, _mechanism(params),
+                                                                    workload, cohort=tuple(ids[1:])))
+        return self._record(maker, Job(job_id, JobKind(params.kind), maker.id, model.id, ids[0], to_spec_json(params),
+                                       _state_of(request), clock.now(), privacy_request_id=request.id, spend_id=request.spend_id,
+                                       workload=workload))
+
+    def _record(self, maker: Principal, job: Job) -> Job:
         with self._db.transaction() as session:
             job_repo.add_job(session, job)
+            datasets = [s.dataset_id for s in job.params.cohort] or [job.dataset_id]
             audit_repo.append(session, actor=maker.resource_name, action="job.submit", target=job.resource_name,
-                              details={"kind": kind.value, "dataset": dataset.id, "model": model.id, "state": state.value})
-        self._metrics.jobs_submitted.labels(kind.value).inc()
+                              details={"kind": job.kind.value, "dataset": job.dataset_id, "model": job.model_id, "state": job.state.value,
+                                       **({"cohort": datasets} if job.params.cohort else {})})
+        self._metrics.jobs_submitted.labels(job.kind.value).inc()
         # Links this call's request id to the job id, which the runner and the worker log under.
-        log.info("job submitted", extra={"job": job.id, "kind": kind.value, "state": state.value})
+        log.info("job submitted", extra={"job": job.id, "kind": job.kind.value, "state": job.state.value})
         return job
 
     def _inputs(self, maker: Principal, model_name: str, dataset_name: str) -> tuple[ModelVersion, Dataset]:
-        model_id, dataset_id = parse_model_name(model_name), dataset_name.removeprefix("datasets/")
+        model = self._model(maker, model_name)
+        return model, self._sites(maker, (make_site(dataset_name.removeprefix("datasets/")),))[0][1]
+
+    def _model(self, maker: Principal, model_name: str) -> ModelVersion:
+        model_id = parse_model_name(model_name)
         if model_id is None:
             raise bad_request("spec.model must look like models/{id}", FieldViolation("spec.model", "not a model name"))
         with self._db.read() as session:
-            model = model_repo.get_model(session, model_id)
-            dataset = dataset_repo.get_dataset(session, dataset_id)
-            shared = privacy_repo.is_shared(session, dataset_id, maker.id)
-        model = owned_or_not_found(model, maker.id, "model not found")
+            model = owned_or_not_found(model_repo.get_model(session, model_id), maker.id, "model not found")
         if model.state is not ModelState.ACCEPTED:
             raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "this model version failed intake; see its intake report",
                                  violations=[FieldViolation("spec.model", "rejected at intake")])
-        if dataset is None or not shared:
-            raise CleanroomError(ErrorCode.NOT_FOUND, "dataset not found")
-        return model, dataset
+        return model
+
+    def _sites(self, maker: Principal, cohort: tuple[CohortSite, ...]) -> list[validation.Site]:
+        """Each site's dataset, shared with the maker; any other answer is NOT_FOUND, the same for a
+        dataset that does not exist and one not shared (which would tell that it exists)."""
+        found = []
+        with self._db.read() as session:
+            for site in cohort:
+                dataset = dataset_repo.get_dataset(session, site.dataset_id)
+                if dataset is None or not privacy_repo.is_shared(session, site.dataset_id, maker.id):
+                    raise CleanroomError(ErrorCode.NOT_FOUND, "dataset not found")
+                found.append((site, dataset))
+        return found
+
+    @classmethod
+    def _with_recipe(cls, params: JobParams, model: ModelVersion, dataset: Dataset) -> JobParams:
+        return cls._with_recipe_for(params, model, dataset.patient_count)
 
     @staticmethod
-    def _with_recipe(params: JobParams, model: ModelVersion, dataset: Dataset) -> JobParams:
-        """Fills what a training request left out (0 or "") from public numbers only: the dataset's
-        disclosed patient count, the request's ε and the model's trainable parameter count."""
+    def _with_recipe_for(params: JobParams, model: ModelVersion, patients: int) -> JobParams:
+        """Fills what a training request left out (0 or "") from public numbers only: the disclosed
+        patient count (a cohort's TRAIN sites' sum), the request's ε and the model's trainable
+        parameter count. Whole held-out sites replace the random validation fraction."""
         if not isinstance(params, TrainingParams):
             return params
-        filled = defaults_for(params, patients=dataset.patient_count, model_parameters=trainable_parameter_count(model))
+        holds_out = any(site.role is SiteRole.VALIDATE for site in params.cohort)
+        asked = dataclasses.replace(params, validation_fraction=0.0) if holds_out else params
+        filled = defaults_for(asked, patients=patients, model_parameters=trainable_parameter_count(model))
         return dataclasses.replace(params, **filled) if filled else params
 
-    @staticmethod
-    def _validate(params: JobParams, model: ModelVersion, dataset: Dataset) -> None:
-        violations = validation.column_violations(params, model, dataset)
-        if isinstance(params, TrainingParams):
-            violations += validation.training_violations(params, dataset.patient_count)
-        else:
-            violations += validation.evaluation_violations(params, model)
-        violations += validation.report_violations(params, model)
+    @classmethod
+    def _validate(cls, params: JobParams, model: ModelVersion, dataset: Dataset) -> None:
+        violations = validation.column_violations(params, model, dataset) + cls._kind_violations(params, model, dataset.patient_count)
         if violations:
             raise bad_request("the job request is invalid; nothing was reserved", *violations)
+
+    @staticmethod
+    def _kind_violations(params: JobParams, model: ModelVersion, patients: int) -> list[FieldViolation]:
+        if isinstance(params, TrainingParams):
+            violations = validation.training_violations(params, patients)
+        else:
+            violations = validation.evaluation_violations(params, model)
+        return violations + validation.report_violations(params, model)
+
+    def request_outcome(self, job: Job) -> tuple[RequestState, str | None]:
+        """Where a pending job's privacy request stands: a cohort's is its group's (approved with the
+        spend once every site approved and the spend is reserved, rejected once any site rejected)."""
+        if not job.privacy_request_id:
+            return RequestState.PENDING, None
+        if job.params.cohort:
+            return self._approvals.group_outcome(job.privacy_request_id)
+        with self._db.read() as session:
+            request = privacy_repo.get_request(session, job.privacy_request_id)
+        return (request.state, request.spend_id) if request is not None else (RequestState.PENDING, None)
+
+    def linkage(self, job: Job) -> str:
+        """A cohort job's statement of who counts as one person across its sites ("" for one dataset)."""
+        if not job.params.cohort:
+            return ""
+        with self._db.read() as session:
+            datasets = [dataset_repo.get_dataset(session, site.dataset_id) for site in job.params.cohort]
+        known = [d for d in datasets if d is not None]
+        return linkage_statement([d.display_name for d in known], [validation.has_linkage(d) for d in known])
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from cleanroom.domain import deid
+from cleanroom.domain.cohort import CohortSite, SiteRole
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import FieldViolation
 from cleanroom.domain.job_params import (
@@ -32,10 +34,24 @@ def _stored(dataset: Dataset) -> dict[str, deid.ColumnSpec]:
     return {c.name: c for c in deid.stored_schema(dataset.columns)}
 
 
-def _feature_violation(name: str, spec: deid.ColumnSpec | None) -> FieldViolation | None:
-    field = f"spec.feature_columns[{name}]"
+def _linkage(spec: deid.ColumnSpec) -> bool:
+    """The cross-hospital linkage pseudonym: it links persons, it is never an input or a label."""
+    return spec.role.name == "LINKAGE_ID"
+
+
+def has_linkage(dataset: Dataset) -> bool:
+    return any(_linkage(c) for c in dataset.columns)
+
+
+def linkage_column(dataset: Dataset) -> str | None:
+    return next((c.name for c in dataset.columns if _linkage(c)), None)
+
+
+def _feature_violation(field: str, spec: deid.ColumnSpec | None) -> FieldViolation | None:
     if spec is None:
         return FieldViolation(field, "no such column in the dataset")
+    if _linkage(spec):
+        return FieldViolation(field, "the linkage column links patients across hospitals; it cannot be a feature")
     generalised = deid.stored_as_labels(spec)
     if generalised:
         return FieldViolation(field, f"{generalised}: it cannot be a numeric feature")
@@ -46,41 +62,114 @@ def _feature_violation(name: str, spec: deid.ColumnSpec | None) -> FieldViolatio
 
 def column_violations(params: JobParams, model: ModelVersion, dataset: Dataset) -> list[FieldViolation]:
     columns, out = _stored(dataset), []
-    features = params.feature_columns
-    for name in features:
-        violation = _feature_violation(name, columns.get(name))
+    for name in params.feature_columns:
+        violation = _feature_violation(f"spec.feature_columns[{name}]", columns.get(name))
         if violation is not None:
             out.append(violation)
+    out += _input_count_violations(params, model)
+    out += _label_violations("spec.label_column", model, columns.get(params.label_column))
+    return out
+
+
+def _input_count_violations(params: JobParams, model: ModelVersion) -> list[FieldViolation]:
+    features, out = params.feature_columns, []
     if len(set(features)) != len(features):
         out.append(FieldViolation("spec.feature_columns", "a column is named twice"))
     expected = math.prod(model.input_shape)
     if len(features) != expected:
         out.append(FieldViolation("spec.feature_columns", f"the model takes {expected} inputs {list(model.input_shape)}, not {len(features)}"))
-    out += _label_violations(params.label_column, model, columns)
     return out
 
 
-def _label_violations(label: str, model: ModelVersion, columns: dict[str, deid.ColumnSpec]) -> list[FieldViolation]:
-    spec = columns.get(label)
+def _label_violations(field: str, model: ModelVersion, spec: deid.ColumnSpec | None) -> list[FieldViolation]:
     if spec is None:
-        return [FieldViolation("spec.label_column", "no such column in the dataset")]
+        return [FieldViolation(field, "no such column in the dataset")]
+    if _linkage(spec):
+        return [FieldViolation(field, "the linkage column links patients across hospitals; it cannot be a label")]
     classification = model.task != "regression"
     generalised = deid.stored_as_labels(spec)
     if generalised:
-        return [FieldViolation("spec.label_column", f"{generalised}: it cannot be a label")]
+        return [FieldViolation(field, f"{generalised}: it cannot be a label")]
     if classification and spec.type not in CLASS_LABELS:
-        return [FieldViolation("spec.label_column", "a classification label must be an integer or boolean column")]
+        return [FieldViolation(field, "a classification label must be an integer or boolean column")]
     if not classification and spec.type not in NUMERIC:
-        return [FieldViolation("spec.label_column", "a regression label must be numeric")]
+        return [FieldViolation(field, "a regression label must be numeric")]
     # Which labels exist is data: the data owner declares it at upload (intake refuses any value
     # outside it), the manufacturer's num_classes must agree with it.
     if classification and not spec.label_classes:
-        return [FieldViolation("spec.label_column", "the dataset does not declare this label's classes; "
-                                                    "the data owner must declare label_classes at upload")]
+        return [FieldViolation(field, "the dataset does not declare this label's classes; "
+                                      "the data owner must declare label_classes at upload")]
     if classification and spec.label_classes != model.num_classes:
-        return [FieldViolation("spec.label_column", f"the dataset declares {spec.label_classes} classes for this label; "
-                                                    f"the model has {model.num_classes}")]
+        return [FieldViolation(field, f"the dataset declares {spec.label_classes} classes for this label; "
+                                      f"the model has {model.num_classes}")]
     return []
+
+
+# --- cohorts: the request's column names are study names, mapped onto each site's own columns ------
+
+Site = tuple[CohortSite, Dataset]
+
+
+def cohort_patients(params: JobParams, sites: Sequence[Site]) -> int:
+    """The public patient count a cohort job's δ and recipe read: the TRAIN sites' disclosed counts
+    for training (VALIDATE sites are held out whole), every evaluated site's for an evaluation."""
+    training = isinstance(params, TrainingParams)
+    return sum(d.patient_count for site, d in sites if not training or site.role is SiteRole.TRAIN)
+
+
+def cohort_violations(params: JobParams, model: ModelVersion, sites: Sequence[Site]) -> list[FieldViolation]:
+    """Every study name maps, at every site, onto a column that could serve on its own; the types
+    and the declared label domain agree across sites; a training job trains on at least one site."""
+    out = _input_count_violations(params, model)
+    for index, (site, dataset) in enumerate(sites):
+        out += _site_violations(index, site, params, model, _stored(dataset))
+    out += _agreement_violations(params, sites)
+    if isinstance(params, TrainingParams) and not any(site.role is SiteRole.TRAIN for site, _ in sites):
+        out.append(FieldViolation("spec.cohort", "a training job needs at least one TRAIN site (VALIDATE sites are held out)"))
+    return out
+
+
+def _site_violations(index: int, site: CohortSite, params: JobParams, model: ModelVersion,
+                     columns: dict[str, deid.ColumnSpec]) -> list[FieldViolation]:
+    where, study = f"spec.cohort[{index}].columns", (*params.feature_columns, params.label_column)
+    out = [FieldViolation(f"{where}[{name}]", "not a feature or label column of this request")
+           for name, _ in site.columns if name not in study]
+    for name in params.feature_columns:
+        violation = _feature_violation(f"{where}[{name}]", columns.get(site.column_for(name)))
+        if violation is not None:
+            out.append(violation)
+    out += _label_violations(f"{where}[{params.label_column}]", model, columns.get(site.column_for(params.label_column)))
+    mapped = [site.column_for(name) for name in dict.fromkeys(study)]
+    if len(set(mapped)) != len(mapped):
+        out.append(FieldViolation(where, "two study columns map onto the same column of this dataset"))
+    return out
+
+
+def _agreement_violations(params: JobParams, sites: Sequence[Site]) -> list[FieldViolation]:
+    """Each study column against the first site that has it: the same stored type, and for the
+    label the same declared classes and categories (a pooled model needs one label domain)."""
+    out: list[FieldViolation] = []
+    for name in dict.fromkeys((*params.feature_columns, params.label_column)):
+        found = [(i, site, spec) for i, (site, d) in enumerate(sites) if (spec := _stored(d).get(site.column_for(name))) is not None]
+        if not found:
+            continue
+        first, first_site, reference = found[0]
+        for index, site, spec in found[1:]:
+            field, here, there = f"spec.cohort[{index}].columns[{name}]", site.dataset_id, first_site.dataset_id
+            if spec.type is not reference.type:
+                out.append(FieldViolation(field, f"{name} is {spec.type.name} at datasets/{here} (cohort[{index}]) "
+                                                 f"but {reference.type.name} at datasets/{there} (cohort[{first}])"))
+            elif name == params.label_column and (spec.label_classes, spec.categories) != (reference.label_classes, reference.categories):
+                out.append(FieldViolation(field, f"the label domains differ: datasets/{here} (cohort[{index}]) declares "
+                                                 f"{_domain(spec)}, datasets/{there} (cohort[{first}]) declares {_domain(reference)}"))
+    return out
+
+
+def _domain(spec: deid.ColumnSpec) -> str:
+    parts = [f"{spec.label_classes} classes" if spec.label_classes else "no classes"]
+    if spec.categories:
+        parts.append(f"categories {', '.join(spec.categories)}")
+    return " and ".join(parts)
 
 
 def _range(out: list[FieldViolation], field: str, value: float, low: float, high: float, what: str) -> None:

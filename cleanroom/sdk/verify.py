@@ -100,12 +100,22 @@ def sent_parameters(job: Any, spec: Any) -> dict[str, Any]:
     return sent.to_json()
 
 
+def workload_dataset(spec: Any) -> str:
+    """The dataset argument of a job's workload hash: its dataset id, or for a cohort the order-free
+    name of its sites' datasets (cleanroom.domain.cohort.cohort_key)."""
+    from cleanroom.domain.cohort import cohort_key
+
+    if len(spec.cohort):
+        return cohort_key(site.dataset.removeprefix("datasets/") for site in spec.cohort)
+    return str(spec.dataset.removeprefix("datasets/"))
+
+
 def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str | Path, pinned_root_pem: bytes,
                allowed_measurements: Iterable[str], spec: Any = None) -> enclave_sim.VerifiedReport:
     """Verifies a released job's receipt against the files downloaded and the caller's own request.
 
-    Pass the `spec` you submitted to recompute the workload from your own request; without it the
-    spec echoed in the job is used (weaker: it trusts the server's echo of your request). A training
+    Pass the `spec` you submitted to recompute the workload from your own request (a cohort's from
+    its sites and their column mappings too); without it the spec echoed in the job is used (weaker: it trusts the server's echo of your request). A training
     spec that left recipe fields out (0 or "") takes those, and the recipe's name, from the job's
     echo: only what you left out; every field you set is yours.
     """
@@ -113,10 +123,10 @@ def verify_job(job: Any, files: Mapping[str, bytes], *, package_directory: str |
         params = sent_parameters(job, spec)
     else:
         params = job_parameters(job)
-    source = job.training if job.WhichOneof("spec") == "training" else job.evaluation
+    source = spec if spec is not None else (job.training if job.WhichOneof("spec") == "training" else job.evaluation)
     released = {name: data for name, data in files.items() if name != "receipt.json"}
     return verify_release(
         files["receipt.json"], files=released, package_directory=package_directory, job_parameters=params,
-        dataset_id=source.dataset.removeprefix("datasets/"), pinned_root_pem=pinned_root_pem,
+        dataset_id=workload_dataset(source), pinned_root_pem=pinned_root_pem,
         allowed_measurements=allowed_measurements,
     )

@@ -19,7 +19,7 @@ from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, SharedFields, TrainingParams
 from cleanroom.domain.jobs import Artifact, FailureCode, Job, JobState
 from cleanroom.v1 import jobs_pb2
-from cleanroom.wire.common import timestamp
+from cleanroom.wire.common import cohort_from_proto, cohort_to_proto, timestamp
 
 _JOB_STATES: dict[JobState, jobs_pb2.JobState.ValueType] = {state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.name}") for state in JobState}
 _FAILURES: dict[FailureCode, jobs_pb2.JobFailure.ValueType] = {code: jobs_pb2.JobFailure.Value(f"JOB_FAILURE_{code.name}") for code in FailureCode if code is not FailureCode.NONE}
@@ -51,6 +51,7 @@ def _shared(spec: Spec) -> SharedFields:
         specificity_at_sensitivity=tuple(spec.specificity_at_sensitivity),
         net_benefit_thresholds=tuple(spec.net_benefit_thresholds),
         score_bins=spec.score_bins,
+        cohort=cohort_from_proto(spec.cohort, "spec.cohort"),
     )
 
 
@@ -83,7 +84,11 @@ def params_from_job(job: jobs_pb2.Job) -> JobParams:
 
 
 def _fill_spec(spec: Spec, job: Job, params: JobParams) -> None:
-    spec.model, spec.dataset = f"models/{job.model_id}", f"datasets/{job.dataset_id}"
+    spec.model = f"models/{job.model_id}"
+    if params.cohort:  # echoed as sent: the sites, no single dataset
+        spec.cohort.extend(cohort_to_proto(params.cohort))
+    else:
+        spec.dataset = f"datasets/{job.dataset_id}"
     spec.feature_columns.extend(params.feature_columns)
     spec.label_column = params.label_column
     spec.target_epsilon, spec.target_delta = params.target_epsilon, params.target_delta
@@ -94,12 +99,13 @@ def _fill_spec(spec: Spec, job: Job, params: JobParams) -> None:
     spec.score_bins = params.score_bins
 
 
-def job_to_proto(job: Job, artifacts: list[Artifact]) -> jobs_pb2.Job:
+def job_to_proto(job: Job, artifacts: list[Artifact], linkage: str = "") -> jobs_pb2.Job:
+    """`linkage`: a cohort job's statement of who counts as one person across its sites."""
     message = jobs_pb2.Job(
         name=job.resource_name, kind=job.kind.value, state=_JOB_STATES[job.state],
         failure=_FAILURES.get(job.failure, jobs_pb2.JOB_FAILURE_UNSPECIFIED),
         privacy_request=f"privacyRequests/{job.privacy_request_id}" if job.privacy_request_id else "",
-        create_time=timestamp(job.created_at), workload=job.workload or "",
+        create_time=timestamp(job.created_at), workload=job.workload or "", linkage=linkage,
         artifacts=[jobs_pb2.Artifact(name=a.name, sha256=a.sha256, size_bytes=a.size_bytes) for a in artifacts],
     )
     if job.finished_at is not None:
