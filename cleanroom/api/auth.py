@@ -23,6 +23,8 @@ _OVERSIGHT = frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR})
 RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.AdminService/CreatePrincipal": _ADMIN,
     "/cleanroom.v1.AdminService/ListPrincipals": _ADMIN,
+    "/cleanroom.v1.AdminService/CreateOrganisation": _ADMIN,
+    "/cleanroom.v1.AdminService/ListOrganisations": _ADMIN,
     "/cleanroom.v1.AdminService/RotateKeys": _ADMIN,
     "/cleanroom.v1.IdentityService/WhoAmI": ALL_ROLES,
     "/cleanroom.v1.DatasetService/UploadDataset": _OWNER,

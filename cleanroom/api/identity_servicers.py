@@ -11,7 +11,12 @@ from cleanroom.identity.principals import PrincipalService
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.v1 import identity_pb2, identity_pb2_grpc
 from cleanroom.wire.common import role_from_proto
-from cleanroom.wire.identity import principal_to_proto
+from cleanroom.wire.identity import (
+    organisation_id_from_name,
+    organisation_kind_from_proto,
+    organisation_to_proto,
+    principal_to_proto,
+)
 
 
 class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
@@ -23,9 +28,11 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
     def CreatePrincipal(self, request: identity_pb2.CreatePrincipalRequest, context: grpc.ServicerContext) -> identity_pb2.CreatePrincipalResponse:
         check_request_id(request.request_id)
         role = role_from_proto(request.role)
+        organisation_id = organisation_id_from_name(request.organisation) if request.organisation else None
 
         def create() -> identity_pb2.CreatePrincipalResponse:
-            principal, _token = self._principals.create(request.display_name, role, actor=caller(context).resource_name)
+            principal, _token = self._principals.create(request.display_name, role, actor=caller(context).resource_name,
+                                                        organisation_id=organisation_id)
             # The token is never stored: a retry re-derives it from the principal id.
             return identity_pb2.CreatePrincipalResponse(principal=principal_to_proto(principal))
 
@@ -41,6 +48,26 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         return identity_pb2.ListPrincipalsResponse(
             principals=[principal_to_proto(p) for p in principals],
             next_page_token=next_page_token([p.id for p in principals], page.size),
+        )
+
+    def CreateOrganisation(self, request: identity_pb2.CreateOrganisationRequest, context: grpc.ServicerContext) -> identity_pb2.Organisation:
+        check_request_id(request.request_id)
+        kind = organisation_kind_from_proto(request.kind)
+
+        def create() -> identity_pb2.Organisation:
+            return organisation_to_proto(self._principals.create_organisation(request.display_name, kind, actor=caller(context).resource_name))
+
+        return self._idempotency.run(
+            request_key(context, "CreateOrganisation", request.request_id), fingerprint(request), identity_pb2.Organisation, create
+        )
+
+    def ListOrganisations(self, request: identity_pb2.ListOrganisationsRequest,
+                          context: grpc.ServicerContext) -> identity_pb2.ListOrganisationsResponse:
+        page = parse_page(request.page_size, request.page_token)
+        organisations = self._principals.list_organisations(page)
+        return identity_pb2.ListOrganisationsResponse(
+            organisations=[organisation_to_proto(o) for o in organisations],
+            next_page_token=next_page_token([o.id for o in organisations], page.size),
         )
 
     def RotateKeys(self, request: identity_pb2.RotateKeysRequest, context: grpc.ServicerContext) -> identity_pb2.RotateKeysResponse:

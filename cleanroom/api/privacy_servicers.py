@@ -100,12 +100,15 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         else:
             manufacturer_id = principal.id
         cost = cost_from_proto(request.cost, "cost")
+        if principal.role is not Role.MANUFACTURER:  # an officer estimates for its organisation's datasets only
+            self._budgets.check_governed(principal, dataset_id)
         return cost_estimate_to_proto(self._approvals.estimate(principal, dataset_id, manufacturer_id, cost))
 
     def ListLedger(self, request: privacy_pb2.ListLedgerRequest, context: grpc.ServicerContext) -> privacy_pb2.ListLedgerResponse:
         page = parse_page(request.page_size, request.page_token)
         kind = event_kind_from_proto(request.kind)
-        events = self._ledger.events(
+        events = self._budgets.ledger_events(
+            caller(context),
             dataset_id=dataset_id_from_name(request.dataset) if request.dataset else None,
             manufacturer_id=principal_id_from_name(request.manufacturer, "manufacturer") if request.manufacturer else None,
             kind=kind, after_seq=_seq_from_page(page.after_id), limit=page.size,
@@ -153,7 +156,7 @@ class AuditServicer(privacy_pb2_grpc.AuditServiceServicer):
 
     def VerifyAuditLog(self, request: privacy_pb2.VerifyAuditLogRequest, context: grpc.ServicerContext) -> privacy_pb2.AuditVerification:
         anchor = Anchor(request.anchor_seq, request.anchor_hash) if request.anchor_hash else None
-        return verdict_to_proto(self._audit.verify(anchor))
+        return verdict_to_proto(self._audit.verify(anchor, caller(context)))
 
     def ExportAuditLog(self, request: privacy_pb2.ExportAuditLogRequest, context: grpc.ServicerContext) -> Iterator[privacy_pb2.AuditEntry]:
         for entry in self._audit.export(caller(context), after_seq=request.after_seq):

@@ -1,4 +1,7 @@
-"""Dataset use cases: upload, read, list and delete, with the role rules of each."""
+"""Dataset use cases: upload, read, list and delete, with the role rules of each.
+
+A dataset belongs to its uploader's organisation: every data owner of that hospital sees and
+deletes it (a colleague's upload too); to another organisation it does not exist (NOT_FOUND)."""
 
 from __future__ import annotations
 
@@ -81,6 +84,7 @@ class DatasetService:
         data_key = crypto.new_data_key()
         stream = UploadStream(parts, max_bytes=self._max_upload_bytes)
         pseudonymizer = ops.Pseudonymizer(self._keys.pseudonym_key(owner.id))
+        linkage = ops.LinkagePseudonymizer(self._keys.linkage_key()) if policy.linkage is not None else None
         result = ingest(
             stream,
             file_format=request.file_format,
@@ -89,10 +93,12 @@ class DatasetService:
             blobs=self._blobs,
             dataset_id=dataset_id,
             data_key=data_key,
+            linkage=linkage,
         )
         dataset = Dataset(
             id=dataset_id,
             owner_id=owner.id,
+            organisation_id=owner.organisation_id,
             display_name=request.display_name.strip(),
             description=request.description,
             columns=policy.columns,
@@ -122,12 +128,15 @@ class DatasetService:
 
     def get(self, principal: Principal, name: str) -> Dataset:
         dataset = self._visible(principal, name)
-        return dataset if can_manage(principal, dataset) else schema_view(dataset)
+        return dataset if _manages(principal, dataset) else schema_view(dataset)
 
     def list(self, principal: Principal, page: PageRequest) -> list[Dataset]:
         """A hospital lists its own datasets; a manufacturer the schemas shared with it."""
         with self._db.read() as session:
-            if principal.role is Role.DATA_OWNER:
+            if principal.role is Role.DATA_OWNER and principal.organisation_id:
+                colleagues = dataset_repo.organisation_dataset_ids(session, principal.organisation_id)
+                return dataset_repo.list_datasets(session, owner_id=None, ids=colleagues, after_id=page.after_id, limit=page.size)
+            if principal.role is Role.DATA_OWNER:  # a principal made before organisations (tests only)
                 return dataset_repo.list_datasets(session, owner_id=principal.id, after_id=page.after_id, limit=page.size)
             shared = privacy_repo.shared_dataset_ids(session, principal.id)
             found = dataset_repo.list_datasets(session, owner_id=None, ids=shared, after_id=page.after_id, limit=page.size)
@@ -135,7 +144,7 @@ class DatasetService:
 
     def delete(self, principal: Principal, name: str) -> str:
         dataset = self._visible(principal, name)
-        if not can_manage(principal, dataset):
+        if not _manages(principal, dataset):
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         with self._db.transaction() as session:
             dataset_repo.shred_dataset(session, dataset.id)
@@ -168,6 +177,12 @@ class DatasetService:
             dataset = dataset_repo.get_dataset(session, dataset_id)
             shared = principal.role is Role.MANUFACTURER and privacy_repo.is_shared(session, dataset_id, principal.id)
         # Another tenant's dataset is reported exactly like a missing one.
-        if dataset is None or not (shared or can_manage(principal, dataset)):
+        if dataset is None or not (shared or _manages(principal, dataset)):
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         return dataset
+
+
+def _manages(principal: Principal, dataset: Dataset) -> bool:
+    """A data owner manages its own uploads and those of its organisation's other data owners."""
+    same_organisation = bool(principal.organisation_id) and principal.organisation_id == dataset.organisation_id
+    return can_manage(principal, dataset) or (principal.role is Role.DATA_OWNER and same_organisation)

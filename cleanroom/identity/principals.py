@@ -3,6 +3,9 @@
 A token is derived, not stored: HMAC(token root, principal id). Only its SHA-256 is kept, for
 lookup. Deriving lets a retried CreatePrincipal (same request_id) answer with the same token
 without the token ever being written down.
+
+Every principal belongs to an organisation (cleanroom/domain/organisations.py); MEMBERSHIP says
+which kind of organisation each role may join.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import hashlib
 import hmac
 import time
 
+from sqlalchemy.orm import Session
+
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import TOKEN_PREFIX, Principal, Role, hash_token, new_principal_id
+from cleanroom.domain.organisations import OPERATOR_ID, Organisation, OrgKind, new_organisation_id
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import TOKEN_ROOT, KeyService
-from cleanroom.storage import audit_repo, clock, principal_repo
+from cleanroom.storage import audit_repo, clock, organisation_repo, principal_repo
 from cleanroom.storage.db import Database
 
 MAX_DISPLAY_NAME = 200
@@ -24,6 +30,18 @@ MAX_DISPLAY_NAME = 200
 # arrives, it must clear this cache (a revoked token then stops working within CACHE_SECONDS anyway).
 CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 10_000
+
+# Which organisations each role may belong to. A hospital's officers and auditors govern its datasets
+# only; the operator's act platform-wide. The first kind listed is where an omitted organisation goes.
+MEMBERSHIP: dict[Role, tuple[OrgKind, ...]] = {
+    Role.DATA_OWNER: (OrgKind.HOSPITAL,),
+    Role.MANUFACTURER: (OrgKind.MANUFACTURER,),
+    Role.ADMIN: (OrgKind.OPERATOR,),
+    Role.PRIVACY_OFFICER: (OrgKind.OPERATOR, OrgKind.HOSPITAL),
+    Role.AUDITOR: (OrgKind.OPERATOR, OrgKind.HOSPITAL),
+}
+OPERATOR_NAME = "Platform operator"
+ORGANISATION_NOT_FOUND = "organisation not found"
 
 
 class PrincipalService:
@@ -36,16 +54,49 @@ class PrincipalService:
         mac = hmac.new(self._keys.secret(TOKEN_ROOT), principal_id.encode("ascii"), hashlib.sha256).digest()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
-    def create(self, display_name: str, role: Role, *, actor: str) -> tuple[Principal, str]:
-        """`actor` is the creating admin's resource name, or \"local-bootstrap\" for the first admin."""
+    def create(self, display_name: str, role: Role, *, actor: str, organisation_id: str | None = None) -> tuple[Principal, str]:
+        """`actor` is the creating admin's resource name, or \"local-bootstrap\" for the first admin.
+        Without `organisation_id` the principal gets its role's default organisation (MEMBERSHIP)."""
         _check_display_name(display_name)
-        principal = Principal(new_principal_id(), display_name.strip(), role, clock.now())
-        token = self.token_for(principal.id)
+        name, principal_id = display_name.strip(), new_principal_id()
+        token = self.token_for(principal_id)  # before the transaction: the token root may be made in one of its own
         with self._db.transaction() as session:
+            if organisation_id is None:
+                organisation = self._default_organisation(session, name, role, actor)
+            else:
+                organisation = _named_organisation(session, organisation_id, role)
+            principal = Principal(principal_id, name, role, clock.now(), organisation.id)
             principal_repo.add_principal(session, principal, hash_token(token))
             audit_repo.append(session, actor=actor, action="principal.create", target=principal.resource_name,
-                              details={"role": role.value})
+                              details={"role": role.value, "organisation": organisation.resource_name})
         return principal, token
+
+    def _default_organisation(self, session: Session, name: str, role: Role, actor: str) -> Organisation:
+        kind = MEMBERSHIP[role][0]
+        if kind is OrgKind.OPERATOR:
+            return organisation_repo.ensure_organisation(session, Organisation(OPERATOR_ID, OPERATOR_NAME, kind, clock.now()))
+        return self._add_organisation(session, name, kind, actor)
+
+    @staticmethod
+    def _add_organisation(session: Session, name: str, kind: OrgKind, actor: str) -> Organisation:
+        organisation = Organisation(new_organisation_id(), name, kind, clock.now())
+        organisation_repo.add_organisation(session, organisation)
+        audit_repo.append(session, actor=actor, action="organisation.create", target=organisation.resource_name,
+                          details={"kind": kind.value})
+        return organisation
+
+    def create_organisation(self, display_name: str, kind: OrgKind, *, actor: str) -> Organisation:
+        """A hospital or a manufacturer; the operator exists once and is made on first need."""
+        _check_display_name(display_name)
+        if kind is OrgKind.OPERATOR:
+            raise bad_request("only hospitals and manufacturers can be created; the operator organisation exists once",
+                              FieldViolation("kind", "HOSPITAL or MANUFACTURER"))
+        with self._db.transaction() as session:
+            return self._add_organisation(session, display_name.strip(), kind, actor)
+
+    def list_organisations(self, page: PageRequest) -> list[Organisation]:
+        with self._db.read() as session:
+            return organisation_repo.list_organisations(session, after_id=page.after_id, limit=page.size)
 
     def authenticate(self, token: str) -> Principal | None:
         """Every call authenticates; a short cache keeps that off the database's hot path."""
@@ -73,6 +124,18 @@ class PrincipalService:
     def list(self, page: PageRequest) -> list[Principal]:
         with self._db.read() as session:
             return principal_repo.list_principals(session, after_id=page.after_id, limit=page.size)
+
+
+def _named_organisation(session: Session, organisation_id: str, role: Role) -> Organisation:
+    organisation = organisation_repo.get_organisation(session, organisation_id)
+    if organisation is None:
+        raise CleanroomError(ErrorCode.NOT_FOUND, ORGANISATION_NOT_FOUND)
+    allowed = MEMBERSHIP[role]
+    if organisation.kind not in allowed:
+        kinds = " or ".join(k.value for k in allowed)
+        raise bad_request(f"a {role.value} belongs to an organisation of kind {kinds}",
+                          FieldViolation("organisation", f"must be a {kinds} organisation for this role"))
+    return organisation
 
 
 def _check_display_name(display_name: str) -> None:

@@ -1,4 +1,7 @@
-"""The privacy officer's controls: shares, caps and approval policies, and the budget views."""
+"""The privacy officer's controls: shares, caps and approval policies, and the budget views.
+
+Scoped by organisation (privacy/scope.py): a hospital's officers and auditors act on its own
+datasets only, and another organisation's dataset is NOT_FOUND; the operator's act platform-wide."""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from cleanroom.domain.budgets import BudgetLine, BudgetView
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.organisations import platform_wide
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Privacy, dataset_budget_id, share_budget_id
 from cleanroom.privacy import composition
 from cleanroom.privacy.ledger import record
+from cleanroom.privacy.scope import governed_dataset
 from cleanroom.storage import audit_repo, clock, dataset_repo, principal_repo, privacy_repo
 from cleanroom.storage.db import Database
 
@@ -81,7 +86,7 @@ class BudgetService:
 
     def _share(self, officer: Principal, dataset_id: str, manufacturer_id: str, cap: Privacy, reason: str) -> None:
         with self._db.transaction() as session:
-            load_dataset(session, dataset_id)
+            governed_dataset(session, officer, dataset_id)
             load_manufacturer(session, manufacturer_id)
             if privacy_repo.add_share(session, dataset_id, manufacturer_id, officer.id):
                 audit_repo.append(session, actor=officer.resource_name, action="dataset.share",
@@ -95,7 +100,7 @@ class BudgetService:
 
     def _set_cap_alone(self, officer: Principal, dataset_id: str, manufacturer_id: str | None, cap: Privacy, reason: str) -> Balance:
         with self._db.transaction() as session:
-            load_dataset(session, dataset_id)
+            governed_dataset(session, officer, dataset_id)
             if manufacturer_id is not None and not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
                 raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "share the dataset with this manufacturer first")
             return self._set_cap(session, officer, dataset_id, manufacturer_id, cap, reason)
@@ -111,7 +116,7 @@ class BudgetService:
     def set_policy(self, officer: Principal, dataset_id: str, policy: ApprovalPolicy, reason: str) -> ApprovalPolicy:
         reason = require_reason(reason)
         with self._db.transaction() as session:
-            load_dataset(session, dataset_id)
+            governed_dataset(session, officer, dataset_id)
             privacy_repo.put_policy(session, dataset_id, policy)
             audit_repo.append(session, actor=officer.resource_name, action="policy.set", target=f"datasets/{dataset_id}",
                               details={"max_epsilon": policy.max_epsilon, "max_delta": policy.max_delta,
@@ -122,9 +127,7 @@ class BudgetService:
     def view(self, principal: Principal, dataset_id: str) -> BudgetView:
         """Officers see every budget of the dataset; a manufacturer only its own share's budget."""
         with self._db.read() as session:
-            dataset = load_dataset(session, dataset_id)
-            if principal.role is Role.MANUFACTURER and not privacy_repo.is_shared(session, dataset_id, principal.id):
-                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+            dataset = self._readable(session, principal, dataset_id)
             lines = []
             balances = privacy_repo.dataset_balances(session, dataset_id)
             for budget_id, (manufacturer_id, balance) in balances.items():
@@ -136,6 +139,36 @@ class BudgetService:
             policy = privacy_repo.get_policy(session, dataset_id)
         return BudgetView(dataset, tuple(_with_composition(line, commits) for line in lines), policy,
                           dataset_cap_set=dataset_budget_id(dataset_id) in balances)
+
+
+    @staticmethod
+    def _readable(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+        """A manufacturer reads a dataset shared with it; oversight, a dataset its organisation governs."""
+        if principal.role is not Role.MANUFACTURER:
+            return governed_dataset(session, principal, dataset_id)
+        dataset = load_dataset(session, dataset_id)
+        if not privacy_repo.is_shared(session, dataset_id, principal.id):
+            raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+        return dataset
+
+    def check_governed(self, principal: Principal, dataset_id: str) -> None:
+        """NOT_FOUND unless `principal`'s organisation governs the dataset (an officer's estimate)."""
+        with self._db.read() as session:
+            governed_dataset(session, principal, dataset_id)
+
+    def ledger_events(self, principal: Principal, *, dataset_id: str | None, manufacturer_id: str | None,
+                      kind: EventKind | None, after_seq: int, limit: int) -> list[LedgerEvent]:
+        """A page of the ledger within the principal's scope: a hospital's officers and auditors see
+        the events of their organisation's datasets (deleted ones too), never another's."""
+        where = privacy_repo.EventFilter(dataset_id=dataset_id, manufacturer_id=manufacturer_id, kind=kind,
+                                         after_seq=after_seq, limit=limit)
+        with self._db.read() as session:
+            if platform_wide(principal.organisation_id):
+                return privacy_repo.events(session, where)
+            own = dataset_repo.organisation_dataset_ids(session, principal.organisation_id, deleted_too=True)
+            if where.dataset_id is not None and where.dataset_id not in own:
+                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+            return privacy_repo.events(session, replace(where, dataset_ids=frozenset(own)))
 
 
 def _with_composition(line: BudgetLine, commits: list[LedgerEvent]) -> BudgetLine:

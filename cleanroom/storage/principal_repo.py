@@ -45,3 +45,7 @@ def list_principals(session: Session, *, after_id: str | None, limit: int) -> li
 
 def count_admins(session: Session) -> int:
     return len(session.scalars(select(PrincipalRow.id).where(PrincipalRow.role == Role.ADMIN.value)).all())
+
+
+def organisation_principal_ids(session: Session, organisation_id: str) -> set[str]:
+    return set(session.scalars(select(PrincipalRow.id).where(PrincipalRow.organisation_id == organisation_id)))

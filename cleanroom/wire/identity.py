@@ -1,11 +1,19 @@
-"""identity.proto <-> domain: principals and their resource names."""
+"""identity.proto <-> domain: principals, organisations and their resource names."""
 
 from __future__ import annotations
 
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
+from cleanroom.domain.organisations import Organisation, OrgKind
 from cleanroom.v1 import identity_pb2
 from cleanroom.wire.common import role_to_proto, timestamp
+
+_KIND_TO_PROTO: dict[OrgKind, identity_pb2.OrganisationKind.ValueType] = {
+    OrgKind.HOSPITAL: identity_pb2.ORGANISATION_KIND_HOSPITAL,
+    OrgKind.MANUFACTURER: identity_pb2.ORGANISATION_KIND_MANUFACTURER,
+    OrgKind.OPERATOR: identity_pb2.ORGANISATION_KIND_OPERATOR,
+}
+_KIND_FROM_PROTO: dict[int, OrgKind] = {int(v): k for k, v in _KIND_TO_PROTO.items()}
 
 
 def principal_to_proto(principal: Principal) -> identity_pb2.Principal:
@@ -14,7 +22,30 @@ def principal_to_proto(principal: Principal) -> identity_pb2.Principal:
         display_name=principal.display_name,
         role=role_to_proto(principal.role),
         create_time=timestamp(principal.created_at),
+        organisation=f"organisations/{principal.organisation_id}" if principal.organisation_id else "",
     )
+
+
+def organisation_to_proto(organisation: Organisation) -> identity_pb2.Organisation:
+    return identity_pb2.Organisation(
+        name=organisation.resource_name,
+        display_name=organisation.display_name,
+        kind=_KIND_TO_PROTO[organisation.kind],
+        create_time=timestamp(organisation.created_at),
+    )
+
+
+def organisation_kind_from_proto(value: int, field: str = "kind") -> OrgKind:
+    kind = _KIND_FROM_PROTO.get(value)
+    if kind is None:
+        raise bad_request("an organisation kind is required", FieldViolation(field, "HOSPITAL or MANUFACTURER"))
+    return kind
+
+
+def organisation_id_from_name(name: str, field: str = "organisation") -> str:
+    if not name.startswith("organisations/") or len(name) <= len("organisations/"):
+        raise bad_request("expected an organisation name like organisations/{id}", FieldViolation(field, "not an organisation name"))
+    return name.removeprefix("organisations/")
 
 
 def principal_id_from_name(name: str, field: str) -> str:
