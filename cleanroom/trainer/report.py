@@ -50,6 +50,9 @@ class Cohort:
 
     sites: tuple[tuple[str, str], ...]     # (display name, "train" | "validate")
     linkage: str
+    # An evaluation of a pretrained model: which sites it never saw is the requester's declaration
+    # (the platform held them out of nothing); a training job held them out itself.
+    declared: bool = False
 
     @property
     def never_seen(self) -> list[str]:
@@ -59,10 +62,12 @@ class Cohort:
         unseen = self.never_seen
         if not unseen:
             return "No site was held out whole: every site is one the model may have learned from."
-        names = _and(unseen)
-        verb = "was" if len(unseen) == 1 else "were"
-        return (f"The model never saw the data of {names}: {'it' if len(unseen) == 1 else 'they'} {verb} held out "
-                f"whole as external validation {'site' if len(unseen) == 1 else 'sites'}.")
+        one = len(unseen) == 1
+        if self.declared:
+            return (f"The requester declares that the model never saw the data of {_and(unseen)}: "
+                    f"{'it is its external validation site' if one else 'they are its external validation sites'}.")
+        return (f"The model never saw the data of {_and(unseen)}: "
+                f"{'it was held out whole as an external validation site' if one else 'they were held out whole as external validation sites'}.")
 
     def to_json(self) -> dict[str, Any]:
         return {"sites": [{"name": n, "role": r} for n, r in self.sites], "never_seen": self.never_seen,
@@ -78,7 +83,8 @@ def _metric_entries(metrics: dict[str, tuple[float, float, float]]) -> dict[str,
 
 
 def _evaluation_data(evaluation: EvaluationResult) -> dict[str, Any]:
-    data = {f.name: dataclasses.asdict(evaluation)[f.name] for f in dataclasses.fields(evaluation) if f.name != "sites"}
+    data = dataclasses.asdict(dataclasses.replace(evaluation, sites=[]))
+    del data["sites"]
     data["metrics"] = _metric_entries(evaluation.metrics)
     if evaluation.sites:
         # Each site's DP outputs; its mechanism is described once, under mechanism_parameters.per_site.

@@ -243,7 +243,8 @@ def _cohort(job: dict[str, Any]) -> Any:
         return None
     names = [s["name"] for s in sites]
     return Cohort(tuple((s["name"], s["role"]) for s in sites),
-                  linkage_statement(names, [bool(s.get("linkage_column")) for s in sites]))
+                  linkage_statement(names, [bool(s.get("linkage_column")) for s in sites]),
+                  declared=job["params"]["kind"] != "training")
 
 
 def _evaluation_files(evaluation: Any, job: dict[str, Any], *, title: str) -> dict[str, bytes]:

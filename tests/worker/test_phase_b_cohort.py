@@ -102,7 +102,8 @@ def test_an_evaluation_over_three_sites_reports_each_site_and_the_pool(tmp_path,
     assert checked.spent.fits_in(Privacy.cost(2.0, 1e-6)) and checked.dp_parameters["per_site"].keys() == set(data.NAMES)
     report = json.loads(outputs["metrics.json"])
     assert report["cohort"]["never_seen"] == ["Hospital East"]
-    assert "never saw the data of Hospital East" in report["cohort"]["never_seen_statement"]
+    assert report["cohort"]["never_seen_statement"] == ("The requester declares that the model never saw the data of "
+                                                        "Hospital East: it is its external validation site.")
     assert report["cohort"]["linkage"].startswith("every site declared a linkage column")
     assert [s["name"] for s in report["evaluation"]["sites"]] == list(data.NAMES)
     for part in [report["evaluation"], *report["evaluation"]["sites"]]:
@@ -126,6 +127,8 @@ def test_training_holds_out_whole_sites_and_validates_on_them(tmp_path, tables, 
     assert report["title"] == "External validation on held-out sites"
     assert [s["name"] for s in report["evaluation"]["sites"]] == ["Hospital South", "Hospital East"]
     assert report["cohort"]["never_seen"] == ["Hospital South", "Hospital East"]
+    assert report["cohort"]["never_seen_statement"] == ("The model never saw the data of Hospital South and Hospital East: "
+                                                        "they were held out whole as external validation sites.")
     assert "linked across Hospital North, Hospital South only" in report["cohort"]["linkage"]
     _no_linkage_pseudonym(outputs)
 
