@@ -12,7 +12,7 @@ from google.protobuf.json_format import MessageToDict
 
 from cleanroom.cli import render
 from cleanroom.cli import trust as cli_trust
-from cleanroom.sdk import Client
+from cleanroom.sdk import Client, Site
 from cleanroom.statistics.engine import Filter, Query
 from cleanroom.statistics.engine.query import KINDS
 from cleanroom.v1 import datasets_pb2
@@ -27,9 +27,15 @@ EXAMPLES = """examples:
   cleanroom stats quantile datasets/d1 --column mean_radius --bounds 0 40 --quantiles 0.25,0.5,0.75 --epsilon 1
   cleanroom stats count datasets/d1 --epsilon 0.5 --root-pem root.pem --save answer.json   # verify now, keep the receipt
   cleanroom stats verify answer.json --root-pem root.pem                                   # verify later (auditors too)
+  cleanroom stats mean --site datasets/d1 --site datasets/d2,radius=mean_radius --site datasets/d3 \
+      --column radius --bounds 0 40 --epsilon 0.5                                         # three hospitals as one table
 
 Every answer is noisy (differential privacy) and comes with a 95% interval; each run spends its ε
 (and δ) from your share of the dataset's budget. --dry-run shows the cost and expected error first.
+With --site (one per hospital's dataset, instead of DATASET) the query's column names are study
+names, each mapped per site (a name a site does not map is its own column there); every site is
+charged the same cost, all or none, and each hospital's policy decides its part. A person counts once
+across the sites that declared a linkage column; --dry-run says who counts as one person.
 The root to pin: see `cleanroom trust --help` (prefer the operator's `trust export` to `trust show --pem`).
 Groups of a --group-by whose keys are not public need δ > 0: rare groups are then left out entirely."""
 
@@ -49,7 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: C
 
 def _query_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("dataset", help="datasets/{id}")
+    parser.add_argument("dataset", nargs="?", default="", help="datasets/{id}; or name several hospitals' datasets with --site")
+    parser.add_argument("--site", type=parse_site, action="append", default=[], metavar="DATASET[,STUDY=COLUMN...]",
+                        help="one hospital's dataset in a cohort (repeat it per site, instead of DATASET): the query's "
+                             "column names are study names, each mapped to this dataset's column (a name left out is the "
+                             "same here). Example: --site datasets/d1 --site datasets/d2,radius=mean_radius")
     parser.add_argument("--column", help="the measured column (not needed for a plain count)")
     parser.add_argument("--epsilon", type=float, required=True, help="ε this query spends, e.g. 0.5")
     parser.add_argument("--delta", type=float, default=0.0,
@@ -74,13 +84,16 @@ def _query_options() -> argparse.ArgumentParser:
 
 
 def _run(client: Client, args: argparse.Namespace) -> int:
+    if bool(args.dataset) == bool(args.site):
+        print("error: name either DATASET or one --site per hospital's dataset", file=sys.stderr)
+        return 2
     pinned = cli_trust.read_pinned_root(args.root_pem) if args.root_pem else None  # a bad PEM costs no ε
-    query = build_query(args, _column_types(client, args.dataset))
+    query = build_query(args, _study_types(client, args.site) if args.site else _column_types(client, args.dataset))
     if args.dry_run:
-        estimate = client.estimate_query(args.dataset, query)
+        estimate = client.estimate_query(args.dataset, query, cohort=args.site)
         print(json.dumps(MessageToDict(estimate), indent=2) if args.json else render_estimate(estimate))
         return 0
-    answer = client.run_query(args.dataset, query, privacy_request=args.privacy_request)
+    answer = client.run_query(args.dataset, query, privacy_request=args.privacy_request, cohort=args.site)
     print(answer.answer_json.decode() if args.json else render_answer(answer, receipt_hint=pinned is None))  # paid for: shown first
     if args.save:
         cli_trust.save_answer(answer, args.save)  # before the check: a failing receipt is evidence too
@@ -95,6 +108,21 @@ def _column_types(client: Client, dataset: str) -> dict[str, str]:
     stored_as_text = (datasets_pb2.PATIENT_KEY, datasets_pb2.QUASI_IDENTIFIER)  # pseudonyms, generalised values
     shown = client.get_dataset(dataset)
     return {c.name: "string" if c.role in stored_as_text else datasets_pb2.ColumnType.Name(c.type).lower() for c in shown.columns}
+
+
+def parse_site(text: str) -> Site:
+    """DATASET[,STUDY=COLUMN...] as one cohort site (statistics read every site alike: no role)."""
+    head, *pairs = [part.strip() for part in text.split(",")]
+    columns = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if not head or len(columns) != len([p for p in pairs if p]) or not all(k.strip() and v.strip() for k, v in columns.items()):
+        raise argparse.ArgumentTypeError(f"expected DATASET[,STUDY=COLUMN...], not {text!r}")
+    return Site(head, {k.strip(): v.strip() for k, v in columns.items()})
+
+
+def _study_types(client: Client, sites: list[Site]) -> dict[str, str]:
+    """A cohort's filter values are typed by the first site's columns, under their study names."""
+    types = _column_types(client, sites[0].dataset)
+    return {**types, **{study: types[column] for study, column in sites[0].columns.items() if column in types}}
 
 
 def build_query(args: argparse.Namespace, types: dict[str, str]) -> Query:
@@ -147,6 +175,8 @@ def render_answer(answer, *, receipt_hint: bool = True) -> str:  # type: ignore[
     lines = [render.table(headers, rows) if rows else "no group passed the release threshold (rare groups are never shown)"]
     lines.append(f"spent ε {answer.epsilon:g}, δ {answer.delta:.2g} · {answer.mechanism} · "
                  f"at most {answer.rows_per_patient} row(s) per patient")
+    if answer.cohort:
+        lines.append(f"cohort of {len(answer.cohort)} sites, each charged that ε: " + ", ".join(s.dataset for s in answer.cohort))
     if any(c.statistic == "count" and c.value < 0 for c in answer.cells):
         lines.append("a negative count is noise around a true count near zero (left as drawn: clamping would bias sums)")
     if answer.HasField("bounds"):
@@ -157,7 +187,11 @@ def render_answer(answer, *, receipt_hint: bool = True) -> str:  # type: ignore[
 
 
 def render_estimate(estimate) -> str:  # type: ignore[no-untyped-def]
-    lines = [render.cost_estimate(estimate.budget)]
+    if estimate.site_budgets:  # a cohort: every site's budgets, then who counts as one person
+        lines = [render.cost_estimate(budget) for budget in estimate.site_budgets]
+        lines.append(f"privacy unit: {estimate.linkage}")
+    else:
+        lines = [render.cost_estimate(estimate.budget)]
     errors = [(name, f"{value:.4g}") for name, value in sorted(estimate.expected_error.items())]
     lines.append(render.table(("noisy part", "expected 95% half-width"), errors))
     return "\n".join(lines)

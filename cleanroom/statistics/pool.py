@@ -9,6 +9,10 @@ it finishes the current one); different datasets run side by side.
 
 The key leaves the broker only against a fresh quote for the statistics workload of the dataset,
 and only while a statistics reservation on that dataset is open (the query that started it).
+
+A cohort (several hospitals' datasets read as one table) has a worker of its own, keyed by its
+datasets and their column mapping: one key release per dataset, each against its own quote for the
+cohort's workload; the worker's receipts carry the first site's quote nonce.
 """
 
 from __future__ import annotations
@@ -54,6 +58,31 @@ class DatasetSource:
     wrapped_key: bytes
     patient_column: str
     public_group_keys: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteSource:
+    """One dataset of a cohort: its ciphertext and wrapped key, its key columns, its study mapping."""
+
+    dataset_id: str
+    blob_path: Path
+    wrapped_key: bytes
+    patient_column: str
+    linkage_column: str | None
+    columns: dict[str, str]          # study name -> this site's column
+
+
+@dataclass(frozen=True)
+class CohortSource:
+    """What a cohort's worker needs: `id` is its pool key (the datasets and their mapping)."""
+
+    id: str
+    sites: tuple[SiteSource, ...]
+    unit_column: str                 # the study table's privacy unit (cleanroom.domain.cohort.unit_key)
+    public_group_keys: dict[str, list[str]] = field(default_factory=dict)
+
+
+Source = DatasetSource | CohortSource
 
 
 @dataclass
@@ -104,7 +133,7 @@ class StatsWorkerPool:
         self._reaper = threading.Thread(target=self._reap_loop, name="stats-reaper", daemon=True)
         self._reaper.start()
 
-    def ask(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str, query: dict[str, Any],
+    def ask(self, dataset_id: str, source: Callable[[], Source], workload: str, query: dict[str, Any],
             *, opening: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], str]:
         """The worker's reply to one query and the nonce of the worker's attestation; `source` is
         called only when no warm worker holds the dataset. `opening` runs once, just before data
@@ -152,7 +181,7 @@ class StatsWorkerPool:
 
     # --- starting ------------------------------------------------------------------------------
 
-    def _warm(self, dataset_id: str, source: Callable[[], DatasetSource], workload: str, opening: Callable[[], None]) -> _Warm:
+    def _warm(self, dataset_id: str, source: Callable[[], Source], workload: str, opening: Callable[[], None]) -> _Warm:
         with self._guard:
             warm = self._workers.get(dataset_id)
         if warm is not None and warm.session.alive:  # the common case: no start lock to take
@@ -172,17 +201,14 @@ class StatsWorkerPool:
                 self._workers[dataset_id] = warm
             return warm
 
-    def _start(self, source: DatasetSource, workload: str, opening: Callable[[], None]) -> _Warm:
+    def _start(self, source: Source, workload: str, opening: Callable[[], None]) -> _Warm:
         self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         work = Path(tempfile.mkdtemp(prefix=f"stats-{source.id}-", dir=self._work_dir))
         try:
             inputs = work / "in"
             inputs.mkdir()
-            shutil.copyfile(source.blob_path, inputs / "dataset.blob")  # ciphertext only
-            secrets, nonce = self._release_key(source, workload)
+            hello, nonce = self._stage(source, inputs, workload)
             session = self._open(inputs, source.id)
-            hello = {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
-                     "public_group_keys": source.public_group_keys}
             try:
                 opening()  # the worker is about to receive the key: from here on the data counts as opened
                 ready = json.loads(session.call(json.dumps(hello).encode(), timeout=LOAD_SECONDS))
@@ -201,18 +227,34 @@ class StatsWorkerPool:
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the sandbox holds its own open view of the input
 
-    def _release_key(self, source: DatasetSource, workload: str) -> tuple[dict[str, str], str]:
-        dataset_key = self._unwrap_key(source.id, source.wrapped_key)
+    def _stage(self, source: Source, inputs: Path, workload: str) -> tuple[dict[str, Any], str]:
+        """Copies the ciphertext in and has the broker release each key: (the worker's first frame, the nonce)."""
+        if isinstance(source, DatasetSource):
+            shutil.copyfile(source.blob_path, inputs / "dataset.blob")  # ciphertext only
+            secrets, nonce = self._release_key(source.id, source.wrapped_key, workload)
+            return {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
+                    "public_group_keys": source.public_group_keys}, nonce
+        sites, nonces = [], []
+        for index, site in enumerate(source.sites):
+            shutil.copyfile(site.blob_path, inputs / f"site{index}.blob")
+            secrets, nonce = self._release_key(site.dataset_id, site.wrapped_key, workload)
+            nonces.append(nonce)
+            sites.append({"dataset_id": site.dataset_id, "blob": f"site{index}.blob", "secrets": secrets, "columns": site.columns,
+                          "patient_column": site.patient_column, "linkage_column": site.linkage_column})
+        return {"sites": sites, "patient_column": source.unit_column, "public_group_keys": source.public_group_keys}, nonces[0]
+
+    def _release_key(self, dataset_id: str, wrapped_key: bytes, workload: str) -> tuple[dict[str, str], str]:
+        dataset_key = self._unwrap_key(dataset_id, wrapped_key)
         try:
-            secrets = self._enclave.release_to_sandbox(workload, source.id, dataset_key)
+            secrets = self._enclave.release_to_sandbox(workload, dataset_id, dataset_key)
         except enclave_sim.AttestationError:
             self._on_start("refused")
             raise WorkerFailed("attestation") from None
         nonce = secrets.pop("nonce")
         return secrets, nonce
 
-    def _open(self, inputs: Path, dataset_id: str) -> SandboxSession:
-        request = SandboxRequest(argv=STATS_WORKER_ARGV, inputs={"job": inputs}, env={"CLEANROOM_REQUEST_ID": f"stats-{dataset_id}"})
+    def _open(self, inputs: Path, key: str) -> SandboxSession:
+        request = SandboxRequest(argv=STATS_WORKER_ARGV, inputs={"job": inputs}, env={"CLEANROOM_REQUEST_ID": f"stats-{key}"})
         try:
             return SandboxSession(self._host, request, self._policy)
         except SessionBroken:

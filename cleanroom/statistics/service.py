@@ -14,7 +14,6 @@ group commit's batch), and every answer carries a receipt signed by the enclave'
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import enclave_sim
 from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain import deid
 from cleanroom.domain.approvals import ApprovalPolicy, Decision, RequestState, check_against_policy
+from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.identity import Principal
@@ -34,20 +34,18 @@ from cleanroom.privacy.approvals import ApprovalService, Estimate
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.statistics.allowance import Allowances
-from cleanroom.statistics.engine import Answer, Query, expected_error, validate_query
+from cleanroom.statistics.cohort import UNIT_COLUMN, CohortPriced, price_cohort
+from cleanroom.statistics.described import Described, patient_column
+from cleanroom.statistics.engine import Answer, Query, expected_error
 from cleanroom.statistics.engine.codec import (
     ANSWER_FILE,
     answer_from_dict,
     canonical_answer,
-    canonical_query,
     query_to_dict,
     stats_workload,
 )
-from cleanroom.statistics.engine.feasible import check_feasible
-from cleanroom.statistics.engine.group_keys import check_cells, public_dims
-from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT, make_plan
-from cleanroom.statistics.engine.query import column_types
-from cleanroom.statistics.pool import DatasetSource, StatsWorkerPool, WorkerFailed
+from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT
+from cleanroom.statistics.pool import CohortSource, DatasetSource, SiteSource, Source, StatsWorkerPool, WorkerFailed
 from cleanroom.storage import audit_repo, dataset_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
@@ -60,12 +58,6 @@ DATASET_CACHE = 256
 CHECKED_QUERIES = 1024  # per dataset
 # An allowance pays for queries of every kind; each answer's own mechanism is in its receipt and audit entry.
 ALLOWANCE_MECHANISM = Mechanism(name="statistics-allowance", accountant="basic")
-
-
-def query_reference(dataset_id: str, canonical: bytes) -> str:
-    """The same query on the same dataset has the same reference (an approval names it)."""
-    digest = hashlib.sha256(dataset_id.encode() + b"\x00" + canonical).hexdigest()
-    return f"queries/{digest[:32]}"
 
 
 @dataclass(frozen=True)
@@ -83,66 +75,25 @@ class Priced:
 
 
 @dataclass(frozen=True)
-class _Described:
-    """What validation needs of a dataset, derived once from its stored description."""
+class _Work:
+    """What answering and signing need, alike for one dataset and a cohort."""
 
-    dataset: Dataset
-    schema: list[tuple[str, deid.ColumnType]]
-    types: dict[str, str]
-    public_keys: dict[str, list[str]]
-    patient_column: str
-    stored_as_labels: dict[str, str]  # generalised column -> why it is text, for clearer refusals
-
-    checks: dict[Query, _Checked] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of(cls, dataset: Dataset) -> _Described:
-        stored = deid.stored_schema(dataset.columns)
-        schema = [(c.name, c.type) for c in stored]
-        labelled = {c.name: reason for c in stored if (reason := deid.stored_as_labels(c))}
-        return cls(dataset, schema, column_types(schema), public_group_keys(dataset), _patient_column(dataset), labelled)
-
-    def checked(self, query: Query) -> _Checked:
-        """Validation and price of a query with its row bound settled. They follow from the query and
-        the dataset's schema alone, so a query seen before on this dataset is not checked again."""
-        try:
-            known = self.checks.get(query)
-        except TypeError:  # a filter with a list value: not hashable, checked every time
-            return self._check(query)
-        if known is None:
-            known = self._check(query)
-            if len(self.checks) >= CHECKED_QUERIES:
-                self.checks.clear()
-            self.checks[query] = known
-        return known
-
-    def _check(self, query: Query) -> _Checked:
-        public, types = self.public_keys, self.types
-        validate_query(query, self.schema, patient_column=self.patient_column, public_group_keys=public,
-                       stored_as_labels=self.stored_as_labels)
-        plan = make_plan(query, types=types, public_group_keys=public, default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
-        if plan.public_keys:
-            check_cells(public_dims(query, types, public))
-        check_feasible(plan, integer=types.get(query.column or "") == "integer")
-        canonical = canonical_query(query)
-        return _Checked(Privacy.cost(plan.epsilon, plan.delta), hashlib.sha256(canonical).hexdigest(),
-                        query_reference(self.dataset.id, canonical))
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """A valid query's price and names (the receipt's query digest and the approval reference)."""
-
+    key: str                          # the warm worker's: a dataset id, or a cohort's key
+    source: Callable[[], Source]      # read only when a worker has to start
+    workload: str
+    query: Query
     cost: Privacy
     query_sha256: str
-    reference: str
+    commitment: str                   # the receipt's dataset commitment
 
 
 @dataclass(frozen=True)
 class QueryEstimate:
     cost: Privacy
     expected_error: dict[str, float]
-    budget: Estimate
+    budget: Estimate                          # the dataset's (a cohort: its first site's)
+    site_budgets: tuple[Estimate, ...] = ()   # a cohort: every site's, in site order
+    linkage: str = ""                         # a cohort: who counts as one person across its sites
 
 
 @dataclass(frozen=True)
@@ -170,7 +121,7 @@ class StatsQueryService:
         self._db, self._approvals, self._ledger, self._enclave = db, approvals, ledger, enclave
         self._blobs, self._pool, self._metrics = blobs, pool, metrics
         self._journal, self._allowances = journal, allowances
-        self._datasets: dict[str, _Described] = {}
+        self._datasets: dict[str, Described] = {}
 
     # --- before any budget moves ---------------------------------------------------------------
 
@@ -187,7 +138,7 @@ class StatsQueryService:
         return Priced(described.dataset, query, described.schema, described.public_keys, checked.cost, policy,
                       checked.query_sha256, checked.reference)
 
-    def _described(self, dataset_id: str) -> _Described | None:
+    def _described(self, dataset_id: str) -> Described | None:
         """A dataset's description never changes after intake, so it is read once; whether it still
         exists (and is shared) is checked on every query by `shared_policy`."""
         described = self._datasets.get(dataset_id)
@@ -196,7 +147,7 @@ class StatsQueryService:
                 dataset = dataset_repo.get_dataset(session, dataset_id)
             if dataset is None:
                 return None
-            described = _Described.of(dataset)
+            described = Described.of(dataset)
             if len(self._datasets) >= DATASET_CACHE:
                 self._datasets.clear()
             self._datasets[dataset_id] = described
@@ -221,6 +172,100 @@ class StatsQueryService:
             return self._run_reserved(principal, priced, privacy_request)
         return self._run_drawn(principal, priced)
 
+    # --- cohorts: several hospitals' datasets as one table ---------------------------------------
+
+    def estimate_cohort(self, principal: Principal, sites: tuple[CohortSite, ...], query: Query) -> QueryEstimate:
+        """The dry run over a cohort: the cost every site would be charged, the expected error, each
+        site's budget lines and whether it fits, and who counts as one person. Nothing is spent."""
+        priced = self._priced_cohort(principal, sites, query)
+        errors = expected_error(priced.query, schema=priced.schema, public_group_keys=priced.public_keys,
+                                default_rows_per_patient=DEFAULT_ROWS_PER_PATIENT)
+        budgets = tuple(self._approvals.estimate_cohort(principal, priced.dataset_ids, principal.id, priced.cost))
+        return QueryEstimate(priced.cost, errors, budgets[0], site_budgets=budgets, linkage=priced.linkage())
+
+    def run_cohort(self, principal: Principal, sites: tuple[CohortSite, ...], query: Query, *,
+                   privacy_request: str = "") -> QueryResult:
+        """A cohort query: always its own reservation on every site's budgets (all or none; no
+        allowance), approved by every site's policy or officers, committed with one audit entry per
+        site (each hospital's trail holds its own part)."""
+        priced = self._priced_cohort(principal, sites, query)
+        spend_id = self._reserve_cohort(principal, priced, privacy_request)
+        try:
+            answer, answer_json, receipt = self._answered(self._cohort_work(priced), lambda: self._ledger.mark_decrypted(spend_id))
+        except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
+            self._ledger.fail(spend_id, reason=f"query failed: {_error_code(error)}")
+            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            raise
+        spent = Privacy.cost(answer.epsilon, answer.delta)
+        with self._db.transaction() as session:  # the commit and its audit entries, together
+            self._ledger.release_in(session, spend_id, spent)
+            audit_repo.append_many(session, _cohort_records(principal, priced, "stats.answer", spent, spend_id))
+        self._metrics.stats_queries.labels(query.kind, "answered").inc()
+        return QueryResult(answer, answer_json, receipt, spend_id)
+
+    def _priced_cohort(self, principal: Principal, sites: tuple[CohortSite, ...], query: Query) -> CohortPriced:
+        """Every site shared with the caller (NOT_FOUND as for one dataset), then checked and priced."""
+        described, rows = [], []
+        for site in sites:
+            policy = privacy_repo.shared_policy(self._db.lookup(), site.dataset_id, principal.id)
+            facts = self._described(site.dataset_id) if policy is not None else None
+            if facts is None or policy is None:
+                raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+            described.append(facts)
+            rows.append(policy.stats_rows_per_patient)
+        return price_cohort(sites, described, rows, query)
+
+    def _reserve_cohort(self, principal: Principal, priced: CohortPriced, privacy_request: str) -> str:
+        if privacy_request:
+            return self._approved_cohort_spend(principal, privacy_request, priced.reference)
+        query = priced.query
+        first, *others = priced.dataset_ids
+        mechanism = Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
+        request = SpendRequest(first, principal.id, SPEND_KIND, priced.reference, priced.cost, mechanism,
+                               stats_workload(priced.cohort), cohort=tuple(others))
+        try:
+            submitted = self._approvals.submit_cohort(principal, request)
+        except CleanroomError:
+            self._metrics.stats_queries.labels(query.kind, "refused").inc()
+            raise
+        if submitted.state is not RequestState.APPROVED or submitted.spend_id is None:
+            self._metrics.stats_queries.labels(query.kind, "pending").inc()
+            raise ApprovalRequired(submitted.resource_name)
+        return submitted.spend_id
+
+    def _approved_cohort_spend(self, principal: Principal, name: str, reference: str) -> str:
+        request_id = name.removeprefix("privacyRequests/")
+        request = self._approvals.get(principal, request_id)
+        if request.reference != reference:
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that privacy request was for a different query or cohort",
+                                 violations=[FieldViolation("privacy_request", "must name the request made for this same query")])
+        state, spend_id = self._approvals.group_outcome(request_id)
+        if state is not RequestState.APPROVED or spend_id is None:
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {state.value}, not approved by every site")
+        return self._unused(spend_id)
+
+    def _unused(self, spend_id: str) -> str:
+        with self._db.read() as session:
+            spend = privacy_repo.get_spend(session, spend_id)
+        if spend is None or spend.decrypted or spend.state is not SpendState.RESERVED:
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that approval was already used; submit the query again")
+        return spend_id
+
+    def _cohort_work(self, priced: CohortPriced) -> _Work:
+        return _Work(priced.key, lambda: self._cohort_source(priced), stats_workload(priced.cohort), priced.query, priced.cost,
+                     priced.query_sha256, priced.commitment())
+
+    def _cohort_source(self, priced: CohortPriced) -> CohortSource:
+        sites = []
+        with self._db.read() as session:
+            for facts, columns in zip(priced.described, priced.site_columns, strict=True):
+                wrapped = dataset_repo.wrapped_dataset_key(session, facts.dataset.id)
+                if wrapped is None:
+                    raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
+                sites.append(SiteSource(facts.dataset.id, self._blobs.path_of(facts.dataset.id), wrapped, facts.patient_column,
+                                        facts.linkage_column, columns))
+        return CohortSource(priced.key, tuple(sites), UNIT_COLUMN, priced.public_keys)
+
     def _run_drawn(self, principal: Principal, priced: Priced) -> QueryResult:
         """An auto-approved query: paid from the caller's allowance, recorded by the group commit."""
         dataset, query = priced.dataset, priced.query
@@ -232,7 +277,7 @@ class StatsQueryService:
             self._metrics.stats_queries.labels(query.kind, "refused").inc()
             raise
         try:
-            answer, answer_json, receipt = self._answered(priced, lambda: self._allowances.open_data(draw))
+            answer, answer_json, receipt = self._answered(self._work(priced), lambda: self._allowances.open_data(draw))
         except Exception as error:  # noqa: BLE001 - whatever failed, the draw is settled before the error leaves
             try:
                 if draw.opened:  # the data was touched for it: spent, and recorded as such
@@ -266,7 +311,7 @@ class StatsQueryService:
         spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
         opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
         try:
-            answer, answer_json, receipt = self._answered(priced, opening)
+            answer, answer_json, receipt = self._answered(self._work(priced), opening)
         except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
             self._ledger.fail(spend_id, reason=f"query failed: {_error_code(error)}")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
@@ -278,11 +323,11 @@ class StatsQueryService:
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, spend_id)
 
-    def _answered(self, priced: Priced, opening: Callable[[], None]) -> tuple[Answer, bytes, bytes]:
+    def _answered(self, work: _Work, opening: Callable[[], None]) -> tuple[Answer, bytes, bytes]:
         """The worker's answer, checked against its price and signed: (answer, its canonical bytes, receipt)."""
-        answer, answer_json, nonce = self._answer(priced, opening)
-        self._gate(answer, priced.cost)
-        return answer, answer_json, self._sign(priced, answer, answer_json, nonce)
+        answer, answer_json, nonce = self._answer(work, opening)
+        self._gate(answer, work.cost)
+        return answer, answer_json, self._sign(work, answer, answer_json, nonce)
 
     @staticmethod
     def _record(principal: Principal, priced: Priced, action: str, spent: Privacy, spend_id: str, **extra: str) -> audit_repo.Record:
@@ -326,17 +371,11 @@ class StatsQueryService:
                                  violations=[FieldViolation("privacy_request", "must name the request made for this same query")])
         if request.state is not RequestState.APPROVED or request.spend_id is None:
             raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {request.state.value}, not approved")
-        with self._db.read() as session:
-            spend = privacy_repo.get_spend(session, request.spend_id)
-        if spend is None or spend.decrypted or spend.state is not SpendState.RESERVED:
-            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that approval was already used; submit the query again")
-        return spend.id
+        return self._unused(request.spend_id)
 
-    def _answer(self, priced: Priced, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
-        dataset, query = priced.dataset, priced.query
-        try:  # the wrapped key is read only when a worker has to start
-            reply, nonce = self._pool.ask(dataset.id, lambda: self._source(priced), stats_workload(dataset.id), query_to_dict(query),
-                                          opening=opening)
+    def _answer(self, work: _Work, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
+        try:  # the wrapped keys are read only when a worker has to start
+            reply, nonce = self._pool.ask(work.key, work.source, work.workload, query_to_dict(work.query), opening=opening)
         except WorkerFailed as failure:
             log.warning("statistics worker failed", extra={"reason": failure.reason})
             raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is refunded "
@@ -346,13 +385,18 @@ class StatsQueryService:
         answer = answer_from_dict(reply["answer"])
         return answer, canonical_answer(answer), nonce
 
+    def _work(self, priced: Priced) -> _Work:
+        dataset = priced.dataset
+        return _Work(dataset.id, lambda: self._source(priced), stats_workload(dataset.id), priced.query, priced.cost,
+                     priced.query_sha256, dataset.ciphertext_sha256)
+
     def _source(self, priced: Priced) -> DatasetSource:
         dataset = priced.dataset
         with self._db.read() as session:
             wrapped = dataset_repo.wrapped_dataset_key(session, dataset.id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, _patient_column(dataset), priced.public_keys)
+        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, patient_column(dataset), priced.public_keys)
 
     @staticmethod
     def _gate(answer: Answer, cost: Privacy) -> None:
@@ -361,31 +405,24 @@ class StatsQueryService:
         if not spent.fits_in(cost):
             raise CleanroomError(ErrorCode.INTERNAL, "the answer was withheld: it did not match its reservation")
 
-    def _sign(self, priced: Priced, answer: Answer, answer_json: bytes, nonce: str) -> bytes:
-        enclave, dataset = self._enclave, priced.dataset
-        parameters = {"query_sha256": priced.query_sha256, "delta": answer.delta,
+    def _sign(self, work: _Work, answer: Answer, answer_json: bytes, nonce: str) -> bytes:
+        enclave = self._enclave
+        parameters = {"query_sha256": work.query_sha256, "delta": answer.delta,
                       "mechanism": answer.mechanism.name, "rows_per_patient": answer.rows_per_patient,
                       **{k: v for k, v in answer.mechanism.parameters}}
         return enclave_sim.sign_report(
-            enclave.attestation_key, measurement=enclave.measurement, workload=stats_workload(dataset.id),
+            enclave.attestation_key, measurement=enclave.measurement, workload=work.workload,
             dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
-            dataset_commitment=dataset.ciphertext_sha256, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
+            dataset_commitment=work.commitment, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
         )
 
 
-def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
-    """Key spaces that follow from the schema alone. An age band's labels come from its rule, and a
-    column's declared categories from the data owner's declaration (intake refused any other
-    value), so a grouping by either answers every key (empty ones too, with noise) without a
-    τ-threshold or δ. Never from the data: a key list read from the rows would reveal them."""
-    bands = {c.name: c.generalization.labels() for c in dataset.columns
-             if c.role.spec.treatment is deid.Treatment.GENERALIZE and isinstance(c.generalization, deid.AgeBand)}
-    declared = {c.name: list(c.categories) for c in deid.stored_schema(dataset.columns) if c.categories}
-    return {**bands, **declared}
-
-
-def _patient_column(dataset: Dataset) -> str:
-    return next(c.name for c in dataset.columns if c.role.spec.privacy_unit)
+def _cohort_records(principal: Principal, priced: CohortPriced, action: str, spent: Privacy, spend_id: str) -> list[audit_repo.Record]:
+    """One entry per site, targeted at that site's dataset, naming no other site (each hospital reads its own part)."""
+    details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id,
+               "cohort": priced.cohort, "sites": len(priced.sites)}
+    return [audit_repo.Record(principal.resource_name, action, f"{facts.dataset.resource_name}/{priced.reference}", details)
+            for facts in priced.described]
 
 
 def _error_code(error: BaseException) -> str:

@@ -5,11 +5,15 @@ types (query, kinds, answer): no numpy, pyarrow or OpenDP."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.statistics.engine.answer import Answer
 from cleanroom.statistics.engine.kinds import SPECS, StatKind
 from cleanroom.statistics.engine.query import Filter, Query
-from cleanroom.v1 import stats_pb2
+from cleanroom.v1 import common_pb2, stats_pb2
+from cleanroom.wire.common import cohort_from_proto, cohort_to_proto
 
 KINDS: dict[stats_pb2.StatisticKind.ValueType, StatKind] = {stats_pb2.StatisticKind.Value(spec.proto): kind for kind, spec in SPECS.items()}
 KIND_ENUMS: dict[str, stats_pb2.StatisticKind.ValueType] = {kind.value: value for value, kind in KINDS.items()}
@@ -21,6 +25,21 @@ OPS = {
     stats_pb2.FILTER_OP_GT: ">", stats_pb2.FILTER_OP_GE: ">=", stats_pb2.FILTER_OP_IN: "in",
 }
 OP_ENUMS = {word: value for value, word in OPS.items()}
+
+
+def target_from_proto(dataset: str, cohort: Iterable[common_pb2.CohortSite]) -> tuple[str | None, tuple[CohortSite, ...]]:
+    """What a request reads: one dataset (its id, no sites) or a cohort (None, its sites), never both."""
+    sites = cohort_from_proto(cohort)
+    if sites and dataset:
+        raise bad_request("name either a dataset or a cohort, not both", FieldViolation("cohort", "set together with dataset"))
+    if len(sites) == 1:
+        raise bad_request("a cohort names at least two datasets (name one dataset in `dataset`)",
+                          FieldViolation("cohort", "one site"))
+    if sites:
+        return None, sites
+    if not dataset.startswith("datasets/") or len(dataset) <= len("datasets/"):
+        raise bad_request("expected a dataset name like datasets/{id}, or a cohort", FieldViolation("dataset", "not a dataset name"))
+    return dataset.removeprefix("datasets/"), ()
 
 
 def query_from_proto(message: stats_pb2.StatsQuery) -> Query:
@@ -94,12 +113,14 @@ def _value_to_proto(value: object) -> stats_pb2.FilterValue:
     return stats_pb2.FilterValue(text=str(value))
 
 
-def answer_to_proto(dataset_id: str, answer: Answer, *, answer_json: bytes, receipt: bytes) -> stats_pb2.QueryAnswer:
-    """An engine Answer as the message the server returns, with the signed answer bytes and their receipt."""
+def answer_to_proto(dataset_id: str, answer: Answer, *, answer_json: bytes, receipt: bytes,
+                    cohort: Sequence[CohortSite] = ()) -> stats_pb2.QueryAnswer:
+    """An engine Answer as the message the server returns, with the signed answer bytes and their
+    receipt; a cohort's answer names its first site in `dataset` and every site in `cohort`."""
     message = stats_pb2.QueryAnswer(
         dataset=f"datasets/{dataset_id}", kind=KIND_ENUMS[answer.kind], epsilon=answer.epsilon, delta=answer.delta,
         confidence=answer.confidence, mechanism=answer.mechanism.name, rows_per_patient=answer.rows_per_patient,
-        answer_json=answer_json, receipt=receipt,
+        answer_json=answer_json, receipt=receipt, cohort=cohort_to_proto(cohort),
     )
     for cell in answer.cells:
         message.cells.append(stats_pb2.AnswerCell(key=list(cell.key), statistic=cell.statistic, value=cell.value,

@@ -2,7 +2,8 @@
 
 Service code only (cleanroom.statistics.engine; no manufacturer code ever runs here). The first frame on
 stdin carries the secrets (the dataset key wrapped to this run's ephemeral key by the key broker,
-that key, the quote) and the dataset's public settings; the worker decrypts the dataset in memory,
+that key, the quote) and the dataset's public settings, or the same per site of a cohort (read as
+one table: see study_table); the worker decrypts the data in memory,
 prepares it once, answers "ready", then answers one query per frame until stdin closes or the host
 kills it. Answers are DP outputs only. An error is a code and a message written by service code
 (validation names fields, never values); anything unexpected is reported as "internal" and nothing
@@ -34,7 +35,7 @@ def main(inputs: Path = IN) -> int:
     if hello is None:
         return 1
     settings = json.loads(hello)
-    prepared = _load(inputs / "dataset.blob", settings)
+    prepared = _load_cohort(inputs, settings) if "sites" in settings else _load(inputs / "dataset.blob", settings)
     write_frame(frames_out, json.dumps({"ready": True}).encode())
     queries = _Queries()
     while (frame := read_frame(0)) is not None:
@@ -68,6 +69,39 @@ def _load(path: Path, settings: dict[str, Any]) -> PreparedTable:
 
     table = _decrypt_dataset(path, settings["secrets"], settings["dataset_id"])
     return PreparedTable(table, patient_column=settings["patient_column"])
+
+
+def _load_cohort(inputs: Path, settings: dict[str, Any]) -> PreparedTable:
+    """Every site decrypted, its mapped columns renamed to study names, the sites' rows one after
+    another, each with its privacy unit; the worker then answers on the unit column."""
+    from cleanroom.statistics.engine.prepared import PreparedTable
+    from cleanroom.worker.phase_b import _decrypt_dataset
+
+    tables = [_decrypt_dataset(inputs / site["blob"], site["secrets"], site["dataset_id"]) for site in settings["sites"]]
+    unit = settings["patient_column"]  # the service names the unit column: a name no stored column has
+    return PreparedTable(study_table(tables, settings["sites"], unit), patient_column=unit)
+
+
+def study_table(tables: list[Any], sites: list[dict[str, Any]], unit_column: str) -> Any:
+    """The cohort as one Arrow table: per site, its study columns under their study names (cast to
+    the first site's type, which validation found equal in kind) and the unit column
+    (cleanroom.domain.cohort.unit_key: the linkage pseudonym where the site declared linkage, else
+    the patient pseudonym qualified by the site), so a per-person row bound holds across sites."""
+    import pyarrow as pa
+
+    from cleanroom.domain.cohort import unit_key
+
+    names = sorted(sites[0]["columns"])
+    parts: list[Any] = []
+    for index, (table, site) in enumerate(zip(tables, sites, strict=True)):
+        patients = table.column(site["patient_column"]).to_pylist()
+        links = table.column(site["linkage_column"]).to_pylist() if site.get("linkage_column") else [None] * len(patients)
+        units = [None if p is None else unit_key(index, str(p), link or None) for p, link in zip(patients, links, strict=True)]
+        columns = {name: table.column(site["columns"][name]) for name in names}
+        if parts:
+            columns = {name: column.cast(parts[0].schema.field(name).type) for name, column in columns.items()}
+        parts.append(pa.table({**columns, unit_column: pa.array(units, type=pa.string())}))
+    return pa.concat_tables(parts)
 
 
 def _answer(prepared: PreparedTable, settings: dict[str, Any], queries: _Queries, frame: bytes) -> dict[str, Any]:
