@@ -24,6 +24,7 @@ from cleanroom.domain.privacy import Privacy
 from cleanroom.statistics.described import Described, check_and_price
 from cleanroom.statistics.engine import Query
 from cleanroom.statistics.engine.kinds import kind_spec
+from cleanroom.storage import audit_repo
 
 # The study table's privacy-unit column: no stored column can have this name (a NUL never passes intake).
 UNIT_COLUMN = "\x00unit"
@@ -56,6 +57,12 @@ class CohortPriced:
     def linkage(self) -> str:
         return linkage_statement([d.dataset.resource_name for d in self.described],
                                  [d.linkage_column is not None for d in self.described])
+
+    def audit_records(self, actor: str, action: str, spent: Privacy, spend_id: str) -> list[audit_repo.Record]:
+        """One entry per site, targeted at that site's dataset and naming no other (each hospital reads its own part)."""
+        details = {"kind": self.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id,
+                   "cohort": self.cohort, "sites": len(self.sites)}
+        return [audit_repo.Record(actor, action, f"{facts.dataset.resource_name}/{self.reference}", details) for facts in self.described]
 
     def commitment(self) -> str:
         """What the receipt commits to: every site's ciphertext, in site order."""

@@ -9,6 +9,10 @@ reservation, committed with its audit entry in one transaction. Either way the c
 spent once the query's data is touched, an answer never claims more than was paid, an answer
 leaves only once its audit entry is committed (audit before release: a drawn answer waits for its
 group commit's batch), and every answer carries a receipt signed by the enclave's attestation key.
+
+A cohort query (several hospitals' datasets as one table: cleanroom.statistics.cohort) is checked
+against every site, always has its own reservation on every site's budgets at once (no allowance),
+waits for every site's policy or officers, and is audited once per site.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import enclave_sim
 from cleanroom.attestation.enclave import Enclave
@@ -30,7 +33,7 @@ from cleanroom.domain.identity import Principal
 from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
 from cleanroom.observability.metrics import Metrics
-from cleanroom.privacy.approvals import ApprovalService, Estimate
+from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.statistics.allowance import Allowances
@@ -45,6 +48,7 @@ from cleanroom.statistics.engine.codec import (
     stats_workload,
 )
 from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT
+from cleanroom.statistics.outcomes import ApprovalRequired, QueryEstimate, QueryResult, error_code, worker_error
 from cleanroom.statistics.pool import CohortSource, DatasetSource, SiteSource, Source, StatsWorkerPool, WorkerFailed
 from cleanroom.storage import audit_repo, dataset_repo, privacy_repo
 from cleanroom.storage.blobs import BlobStore
@@ -85,34 +89,6 @@ class _Work:
     cost: Privacy
     query_sha256: str
     commitment: str                   # the receipt's dataset commitment
-
-
-@dataclass(frozen=True)
-class QueryEstimate:
-    cost: Privacy
-    expected_error: dict[str, float]
-    budget: Estimate                          # the dataset's (a cohort: its first site's)
-    site_budgets: tuple[Estimate, ...] = ()   # a cohort: every site's, in site order
-    linkage: str = ""                         # a cohort: who counts as one person across its sites
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    answer: Answer
-    answer_json: bytes
-    receipt: bytes
-    spend_id: str
-
-
-class ApprovalRequired(CleanroomError):
-    """Above the dataset's auto-approve threshold: an officer decides, then the caller asks again."""
-
-    def __init__(self, request_name: str) -> None:
-        super().__init__(ErrorCode.FAILED_PRECONDITION,
-                         f"this query needs a privacy officer's approval; once {request_name} is approved, "
-                         "send the same query again naming it in privacy_request",
-                         violations=[FieldViolation("privacy_request", request_name)])
-        self.request_name = request_name
 
 
 class StatsQueryService:
@@ -193,13 +169,13 @@ class StatsQueryService:
         try:
             answer, answer_json, receipt = self._answered(self._cohort_work(priced), lambda: self._ledger.mark_decrypted(spend_id))
         except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
-            self._ledger.fail(spend_id, reason=f"query failed: {_error_code(error)}")
+            self._ledger.fail(spend_id, reason=f"query failed: {error_code(error)}")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
         spent = Privacy.cost(answer.epsilon, answer.delta)
         with self._db.transaction() as session:  # the commit and its audit entries, together
             self._ledger.release_in(session, spend_id, spent)
-            audit_repo.append_many(session, _cohort_records(principal, priced, "stats.answer", spent, spend_id))
+            audit_repo.append_many(session, priced.audit_records(principal.resource_name, "stats.answer", spent, spend_id))
         self._metrics.stats_queries.labels(query.kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, spend_id)
 
@@ -282,7 +258,7 @@ class StatsQueryService:
             try:
                 if draw.opened:  # the data was touched for it: spent, and recorded as such
                     self._journal.submit(self._record(principal, priced, "stats.failed", draw.cost, draw.spend_id,
-                                                      outcome=_error_code(error)))
+                                                      outcome=error_code(error)))
             finally:
                 self._allowances.finish(draw, spent=draw.opened)
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
@@ -313,7 +289,7 @@ class StatsQueryService:
         try:
             answer, answer_json, receipt = self._answered(self._work(priced), opening)
         except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
-            self._ledger.fail(spend_id, reason=f"query failed: {_error_code(error)}")
+            self._ledger.fail(spend_id, reason=f"query failed: {error_code(error)}")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
         spent = Privacy.cost(answer.epsilon, answer.delta)
@@ -381,7 +357,7 @@ class StatsQueryService:
             raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is refunded "
                                  "unless the data had already been opened for it. Try again later.") from None
         if "answer" not in reply:
-            raise _worker_error(reply)
+            raise worker_error(reply)
         answer = answer_from_dict(reply["answer"])
         return answer, canonical_answer(answer), nonce
 
@@ -415,25 +391,3 @@ class StatsQueryService:
             dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
             dataset_commitment=work.commitment, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
         )
-
-
-def _cohort_records(principal: Principal, priced: CohortPriced, action: str, spent: Privacy, spend_id: str) -> list[audit_repo.Record]:
-    """One entry per site, targeted at that site's dataset, naming no other site (each hospital reads its own part)."""
-    details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id,
-               "cohort": priced.cohort, "sites": len(priced.sites)}
-    return [audit_repo.Record(principal.resource_name, action, f"{facts.dataset.resource_name}/{priced.reference}", details)
-            for facts in priced.described]
-
-
-def _error_code(error: BaseException) -> str:
-    return error.code.value if isinstance(error, CleanroomError) else ErrorCode.INTERNAL.value
-
-
-def _worker_error(reply: dict[str, Any]) -> CleanroomError:
-    """The worker's error, as service code worded it; anything else is an internal failure."""
-    try:
-        code = ErrorCode(reply.get("error"))
-    except ValueError:
-        return CleanroomError(ErrorCode.INTERNAL, "the statistics query failed inside the service")
-    violations = [FieldViolation(str(f), str(d)) for f, d in reply.get("violations", [])]
-    return CleanroomError(code, str(reply.get("message", "the statistics query failed")), violations=violations)
