@@ -62,6 +62,7 @@ class IntakeResult:
 class _Counts:
     rows_received: int = 0
     rows_without_patient_key: int = 0
+    rows_without_linkage_id: int = 0  # kept rows stored unlinked
     rows_kept: int = 0  # after de-identification, before suppression
     rows_stored: int = 0
     rows_suppressed: int = 0
@@ -76,7 +77,12 @@ def ingest(
     blobs: BlobStore,
     dataset_id: str,
     data_key: bytes,
+    linkage: ops.LinkagePseudonymizer | None = None,
 ) -> IntakeResult:
+    """`linkage` derives the platform-wide linkage pseudonyms: required when the policy declares
+    a linkage column (the identifier itself is dropped once they are derived)."""
+    if policy.linkage is not None and linkage is None:
+        raise ValueError("the policy declares a linkage column: pass the linkage pseudonymizer")
     counts = _Counts()
     counter = ops.EquivalenceClassCounter(policy)
     candidate = blobs.create(dataset_id)
@@ -87,7 +93,8 @@ def ingest(
             class_ids = temporaries.enter_context(blobs.create(f"{dataset_id}-classes"))
             ids_key = crypto.new_data_key()
             try:
-                _first_pass(batches, policy, pseudonymizer, counter, counts, candidate, data_key, class_ids, ids_key)
+                deidentified = _deidentified(batches, policy, _Pseudonymizers(pseudonymizer, linkage), counts)
+                _first_pass(batches, deidentified, policy, counter, counts, candidate, data_key, class_ids, ids_key)
             except CleanroomError as error:
                 raise stream.explain(error) from None
             stream.verify_trailer()
@@ -151,8 +158,8 @@ def _stage_raw(stream: UploadStream, blobs: BlobStore, dataset_id: str, temporar
 
 def _first_pass(
     batches: Generator[pa.RecordBatch],
+    deidentified: Iterator[ops.DeidBatchResult],
     policy: deid.DeidPolicy,
-    pseudonymizer: ops.Pseudonymizer,
     counter: ops.EquivalenceClassCounter,
     counts: _Counts,
     candidate: PendingBlob,
@@ -168,7 +175,7 @@ def _first_pass(
     with ipc.new_stream(sink, ops.stored_arrow_schema(policy)) as writer, \
             ipc.new_stream(ids_sink, _CLASS_SCHEMA) as ids_writer, \
             closing(batches), \
-            closing(_read_ahead(_deidentified(batches, policy, pseudonymizer, counts))) as results:
+            closing(_read_ahead(deidentified)) as results:
         for result in results:
             counts.rows_kept += result.batch.num_rows
             ids = counter.update(result.batch, result.patients)
@@ -180,14 +187,23 @@ def _first_pass(
     class_ids.file.flush()
 
 
+@dataclass(frozen=True)
+class _Pseudonymizers:
+    patients: ops.Pseudonymizer  # this hospital's own key
+    linkage: ops.LinkagePseudonymizer | None  # the platform-wide key; None: no linkage column
+
+
 def _deidentified(
     batches: Iterator[pa.RecordBatch],
     policy: deid.DeidPolicy,
-    pseudonymizer: ops.Pseudonymizer,
+    keys: _Pseudonymizers,
     counts: _Counts,
 ) -> Iterator[ops.DeidBatchResult]:
     """Scans and de-identifies each batch (on a helper thread of its own: the caller's thread,
-    counting and sealing, was the pipeline's slowest stage with this work on it too)."""
+    counting and sealing, was the pipeline's slowest stage with this work on it too), and checks
+    that each patient carries one linkage identifier throughout the upload."""
+    link = policy.linkage
+    checker = ops.LinkageChecker(link.name) if link is not None else None
     for batch in batches:
         violations = ops.scan_for_identifiers(batch, policy)
         if violations:
@@ -198,8 +214,12 @@ def _deidentified(
             )
         first_row = counts.rows_received + 1
         counts.rows_received += batch.num_rows
-        result = ops.deidentify_batch(batch, policy, pseudonymizer, first_row=first_row)
+        result = ops.deidentify_batch(batch, policy, keys.patients, first_row=first_row, linkage=keys.linkage)
         counts.rows_without_patient_key += result.rows_without_patient_key
+        counts.rows_without_linkage_id += result.rows_without_linkage_id
+        if checker is not None and link is not None:
+            stored = result.batch
+            checker.update(stored.column(policy.patient_key.name), stored.column(link.name))
         yield result
 
 
@@ -227,10 +247,12 @@ def _second_pass(
         with ipc.open_stream(data) as data_reader, ipc.open_stream(ids) as ids_reader, \
                 ipc.new_stream(sink, schema) as writer, \
                 closing(_read_ahead(zip(data_reader, ids_reader, strict=True))) as ahead:
+            counts.rows_without_linkage_id = 0  # counted again over the rows that stay
             for batch, batch_ids in ahead:
                 kept, removed = ops.suppress_small_classes(batch, small, batch_ids.column(0))
                 counts.rows_suppressed += removed
                 counts.rows_stored += kept.num_rows
+                counts.rows_without_linkage_id += ops.unlinked_rows(kept, policy)
                 writer.write_batch(kept)
     sink.close()
     final.file.flush()
@@ -306,6 +328,12 @@ def _report(
     notes = []
     if counts.rows_stored == 0:
         notes.append("no rows remain after de-identification; the dataset is stored empty")
+    link = policy.linkage
+    if link is None:
+        notes.append(deid.NO_LINKAGE_NOTE)
+    elif counts.rows_without_linkage_id:
+        notes.append(f"{counts.rows_without_linkage_id:,} rows have no linkage identifier in {link.name}: "
+                     "their patients stay unlinked, distinct privacy units from every other hospital's")
     return IntakeReport(
         bytes_received=bytes_received,
         rows_received=counts.rows_received,
@@ -317,6 +345,8 @@ def _report(
         rows_suppressed=counts.rows_suppressed,
         dropped_columns=tuple(c.name for c in policy.treated(deid.Treatment.DROP)),
         pseudonymized_columns=tuple(c.name for c in policy.treated(deid.Treatment.PSEUDONYMIZE)),
+        linkage_column=link.name if link is not None else "",
+        rows_without_linkage_id=counts.rows_without_linkage_id,
         generalized_columns=tuple(
             (c.name, c.generalization.describe()) for c in columns if c.generalization is not None
         ),

@@ -13,7 +13,7 @@ cleanroom.datasets.deidentify re-exports them.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -116,6 +116,57 @@ class Pseudonymizer:
         return hmac.digest(self._key, value.encode("utf-8"), "sha256").hex()[:PSEUDONYM_HEX_CHARS]
 
 
+LINKAGE_PREFIX = "lnk-"  # no patient pseudonym (bare hex) can look like a linkage pseudonym
+_LINKAGE_CONTEXT = b"cleanroom-linkage-id:"
+
+
+def normalise_linkage_id(value: str) -> str:
+    """The form a linkage identifier is keyed in: surrounding whitespace stripped (Python's
+    str.strip, Unicode whitespace included), then case-folded (str.casefold), so " ab12 " and
+    "AB12" link. Nothing else is changed: hospitals send the identifier in one agreed format
+    (e.g. a resident registration number with its hyphen, or without it, at every site)."""
+    return value.strip().casefold()
+
+
+class LinkagePseudonymizer(Pseudonymizer):
+    """The platform-wide linkage pseudonym: "lnk-" and a keyed HMAC-SHA256 (32 hex characters) of
+    the normalised identifier, under the one linkage key only the service holds, so the same person
+    gets the same pseudonym at every hospital and nobody outside the service can compute it.
+    A missing or blank identifier gives "" (the row stays unlinked)."""
+
+    def pseudonymize(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        return pc.fill_null(super().pseudonymize(values), _text(""))
+
+    def _digest(self, value: str) -> str:
+        normalised = normalise_linkage_id(value)
+        if not normalised:
+            return ""
+        digest = hmac.digest(self._key, _LINKAGE_CONTEXT + normalised.encode("utf-8"), "sha256")
+        return LINKAGE_PREFIX + digest.hex()[:PSEUDONYM_HEX_CHARS]
+
+
+class LinkageChecker:
+    """Refuses an upload in which one patient's rows carry different linkage identifiers (an empty
+    one counts as different from any other): one person split over two privacy units would escape
+    the per-person bound of a cohort. Keeps the distinct (patient, linkage) pseudonym pairs seen
+    so far, in Arrow: memory follows distinct patients, not rows."""
+
+    def __init__(self, column: str) -> None:
+        self._column = column
+        self._pairs = pa.table({"patient": pa.array([], pa.string()), "link": pa.array([], pa.string())})
+
+    def update(self, patients: pa.Array, links: pa.Array) -> None:
+        """`patients` and `links`: one batch's stored pseudonyms, rows without a patient removed."""
+        batch = pa.table({"patient": patients, "link": links})
+        pairs = pa.concat_tables([self._pairs, batch]).group_by(["patient", "link"]).aggregate([])
+        if pairs.num_rows != pc.count_distinct(pairs.column("patient")).as_py():
+            rule = ("a patient's rows carry different linkage identifiers (or some carry one and some "
+                    "none): every row of a patient must carry the same one, or all leave it empty")
+            raise bad_request("the linkage identifiers contradict the patient key; nothing was stored",
+                              FieldViolation(column_field(self._column), rule))
+        self._pairs = pairs
+
+
 # ---------------------------------------------------------------- generalisation
 
 
@@ -126,6 +177,7 @@ class DeidBatchResult:
     # The batch's pseudonyms, dictionary-encoded (distinct ones once), for
     # EquivalenceClassCounter.update: it spares hashing every row's pseudonym again.
     patients: pa.DictionaryArray | None = None
+    rows_without_linkage_id: int = 0  # kept rows stored unlinked (an empty linkage pseudonym)
 
 
 def _value_error(column: str, row: int, rule: str) -> CleanroomError:
@@ -238,9 +290,15 @@ def _check_categories(values: pa.Array, column: ColumnSpec, first_row: int) -> N
 
 
 def deidentify_batch(
-    batch: pa.RecordBatch, policy: DeidPolicy, pseudonymizer: Pseudonymizer, *, first_row: int = 1
+    batch: pa.RecordBatch,
+    policy: DeidPolicy,
+    pseudonymizer: Pseudonymizer,
+    *,
+    first_row: int = 1,
+    linkage: LinkagePseudonymizer | None = None,
 ) -> DeidBatchResult:
-    """Drops identifiers, pseudonymises the patient key, generalises quasi-identifiers.
+    """Drops identifiers, pseudonymises the patient key (and the linkage identifier, with
+    `linkage`, required when the policy declares one), generalises quasi-identifiers.
 
     `first_row` is the file row number of the batch's first row, for error messages.
     """
@@ -248,7 +306,11 @@ def deidentify_batch(
     for column in stored_columns(policy):
         values = batch.column(column.name)
         treatment = column.role.spec.treatment
-        if treatment is Treatment.PSEUDONYMIZE:
+        if treatment is Treatment.LINK:
+            if linkage is None:
+                raise ValueError("the policy declares a linkage column: pass the linkage pseudonymizer")
+            arrays.append(linkage.pseudonymize(values))
+        elif treatment is Treatment.PSEUDONYMIZE:
             pseudonyms = pseudonymizer.pseudonymize_encoded(values)
             arrays.append(pseudonyms.dictionary_decode())
             if column.role.spec.privacy_unit:
@@ -264,10 +326,23 @@ def deidentify_batch(
     result = pa.RecordBatch.from_arrays(arrays, schema=stored_arrow_schema(policy))
     keys = batch.column(policy.patient_key.name)
     if keys.null_count == 0:
-        return DeidBatchResult(result, 0, patients)  # the usual batch: spare a copy of it
+        return _with_linkage(DeidBatchResult(result, 0, patients), policy)  # the usual batch: spare a copy of it
     valid = pc.is_valid(keys)
     kept = result.filter(valid)
-    return DeidBatchResult(kept, batch.num_rows - kept.num_rows, patients.filter(valid))
+    return _with_linkage(DeidBatchResult(kept, batch.num_rows - kept.num_rows, patients.filter(valid)), policy)
+
+
+def _with_linkage(result: DeidBatchResult, policy: DeidPolicy) -> DeidBatchResult:
+    unlinked = unlinked_rows(result.batch, policy)
+    return replace(result, rows_without_linkage_id=unlinked) if unlinked else result
+
+
+def unlinked_rows(batch: pa.RecordBatch, policy: DeidPolicy) -> int:
+    """The de-identified rows left unlinked (an empty linkage pseudonym); 0 without a linkage column."""
+    column = policy.linkage
+    if column is None or batch.num_rows == 0:
+        return 0
+    return int(pc.sum(pc.equal(batch.column(column.name), _text(""))).as_py() or 0)
 
 
 # ---------------------------------------------------------------- k-anonymity

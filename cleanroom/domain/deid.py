@@ -44,6 +44,7 @@ class ColumnRole(enum.Enum):
     QUASI_IDENTIFIER = 3  # generalised, then checked for k-anonymity
     FEATURE = 4
     LABEL = 5
+    LINKAGE_ID = 6  # replaced by the platform-wide linkage pseudonym; links a person across hospitals
 
     @property
     def spec(self) -> RoleSpec:
@@ -57,6 +58,10 @@ class Treatment(enum.Enum):
     PSEUDONYMIZE = enum.auto()  # replaced by a keyed pseudonym, stored as text
     GENERALIZE = enum.auto()  # coarsened by the column's rule, stored as text, then checked for k-anonymity
     KEEP = enum.auto()  # stored as declared, once its values have the declared type
+    # Replaced by the platform-wide linkage pseudonym (the same person at every hospital gets the
+    # same one), stored as text; the identifier itself is never stored. Not the privacy unit: a
+    # cohort counts linked rows as one person (cleanroom.domain.cohort.unit_key).
+    LINK = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class RoleSpec:
     @property
     def stored_as_text(self) -> bool:
         """Whatever type the owner declared, the stored values are text (pseudonyms, generalised labels)."""
-        return self.treatment in (Treatment.PSEUDONYMIZE, Treatment.GENERALIZE)
+        return self.treatment in (Treatment.PSEUDONYMIZE, Treatment.GENERALIZE, Treatment.LINK)
 
     @property
     def scanned_for_identifiers(self) -> bool:
@@ -90,6 +95,7 @@ ROLE_SPECS: dict[ColumnRole, RoleSpec] = {
     ColumnRole.QUASI_IDENTIFIER: RoleSpec(Treatment.GENERALIZE),
     ColumnRole.FEATURE: RoleSpec(Treatment.KEEP, categories=True),
     ColumnRole.LABEL: RoleSpec(Treatment.KEEP, categories=True, label_classes=True),
+    ColumnRole.LINKAGE_ID: RoleSpec(Treatment.LINK),
 }
 
 
@@ -192,6 +198,12 @@ class DeidPolicy:
         return [c for c in self.columns if c.role.spec.privacy_unit][0]
 
     @property
+    def linkage(self) -> ColumnSpec | None:
+        """The declared linkage column, if any (validation allows at most one)."""
+        found = self.treated(Treatment.LINK)
+        return found[0] if found else None
+
+    @property
     def quasi_identifiers(self) -> tuple[ColumnSpec, ...]:
         """The generalised columns, whose combinations must each hold at least k patients."""
         return self.treated(Treatment.GENERALIZE)
@@ -204,6 +216,7 @@ def validate_policy(columns: tuple[ColumnSpec, ...] | list[ColumnSpec], k: int) 
     for column in columns:
         violations += _column_violations(column)
     violations += _patient_key_violations(columns)
+    violations += _linkage_violations(columns)
     violations += _k_violations(k)
     if violations:
         raise bad_request("the de-identification policy is invalid", *violations)
@@ -333,6 +346,31 @@ def _patient_key_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolat
     if isinstance(key.type, ColumnType) and key.type not in _PATIENT_KEY_TYPES:
         return [FieldViolation(_field(key), "a patient key must be INTEGER or STRING")]
     return []
+
+
+def _linkage_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolation]:
+    """At most one linkage column, INTEGER or STRING, and only beside a patient key: linkage joins
+    patients of several hospitals, so each row must first belong to a patient of its own."""
+    links = [c for c in columns if (spec := _role_spec(c)) is not None and spec.treatment is Treatment.LINK]
+    if not links:
+        return []
+    if len(links) > 1:
+        return [FieldViolation("columns", f"at most one column may have role LINKAGE_ID; {len(links)} do")]
+    link, violations = links[0], []
+    if isinstance(link.type, ColumnType) and link.type not in _PATIENT_KEY_TYPES:
+        violations.append(FieldViolation(_field(link), "a linkage identifier must be INTEGER or STRING"))
+    if not any((spec := _role_spec(c)) is not None and spec.privacy_unit for c in columns):
+        violations.append(FieldViolation(_field(link), "a linkage identifier needs a PATIENT_KEY column beside it"))
+    return violations
+
+
+def linkage_column(columns: Iterable[ColumnSpec]) -> str | None:
+    """The name of a dataset's linkage column (its stored linkage pseudonyms), or None when the
+    hospital declared none: its patients are then distinct privacy units from every other's."""
+    return next((c.name for c in columns if c.role.spec.treatment is Treatment.LINK), None)
+
+
+NO_LINKAGE_NOTE = "no linkage column declared: patients of this dataset are distinct privacy units from every other hospital's"
 
 
 def _k_violations(k: int) -> list[FieldViolation]:

@@ -15,6 +15,10 @@ from cleanroom.storage.db import Database
 
 PSEUDONYM_ROOT = "pseudonym-root"
 TOKEN_ROOT = "token-root"
+# The one platform-wide key of linkage pseudonyms (cleanroom.datasets.transforms.LinkagePseudonymizer):
+# the same at every hospital, so the same person links; held by the service only, never derived
+# from a hospital's or a manufacturer's key.
+LINKAGE_KEY = "linkage-key"
 
 
 def _dataset_context(dataset_id: str) -> bytes:
@@ -57,18 +61,30 @@ class KeyService:
             return self._secrets[name]
 
     def _load_or_create(self, name: str) -> bytes:
-        with self._db.transaction() as session:
-            wrapped = secret_repo.get_secret(session, name)
-            if wrapped is not None:
-                return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=_secret_context(name))
+        # Replicas starting together may all find no secret: each offers one, the database keeps the
+        # first, and the others read that one back (one secret, whoever created it).
+        wrapped = self._stored_secret(name)
+        if wrapped is None:
             value = crypto.new_data_key()
-            secret_repo.put_secret(session, name, self._provider.wrap(value, context=_secret_context(name)).to_bytes())
-            return value
+            if secret_repo.create_secret(self._db, name, self._provider.wrap(value, context=_secret_context(name)).to_bytes()):
+                return value
+            wrapped = self._stored_secret(name)
+            if wrapped is None:
+                raise RuntimeError(f"the service secret {name} was neither stored nor found")
+        return self._provider.unwrap(WrappedKey.from_bytes(wrapped), context=_secret_context(name))
+
+    def _stored_secret(self, name: str) -> bytes | None:
+        with self._db.read() as session:
+            return secret_repo.get_secret(session, name)
 
     def pseudonym_key(self, owner_id: str) -> bytes:
         """Per-hospital HMAC key: one hospital's pseudonyms cannot be joined with another's."""
         root = self.secret(PSEUDONYM_ROOT)
         return hmac.new(root, b"pseudonym:" + owner_id.encode("ascii"), hashlib.sha256).digest()
+
+    def linkage_key(self) -> bytes:
+        """The platform-wide linkage key: one for every hospital, unlike pseudonym_key."""
+        return self.secret(LINKAGE_KEY)
 
     def rotate(self, *, actor: str) -> tuple[str, int]:
         """New KEK; every wrapped key re-wrapped in one transaction; then the old KEKs are retired.

@@ -110,6 +110,8 @@ def report_to_proto(report: IntakeReport) -> datasets_pb2.IntakeReport:
         pseudonymized_columns=report.pseudonymized_columns,
         generalized_columns=[datasets_pb2.GeneralizedColumn(name=n, rule=r) for n, r in report.generalized_columns],
         notes=report.notes,
+        linkage_column=report.linkage_column,
+        rows_without_linkage_id=report.rows_without_linkage_id,
     )
 
 

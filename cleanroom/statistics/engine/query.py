@@ -140,29 +140,36 @@ def validate_query(
     patient_column: str | None = None,
     public_group_keys: Mapping[str, Sequence[str]] | None = None,
     stored_as_labels: Mapping[str, str] | None = None,
+    linkage_column: str | None = None,
 ) -> None:
     """Raise BAD_REQUEST with one FieldViolation per problem; names fields, never values.
 
     `stored_as_labels` says, per generalised column, why it is text although declared a number
-    (cleanroom.domain.deid.stored_as_labels): refusals of numeric use then give that reason."""
+    (cleanroom.domain.deid.stored_as_labels): refusals of numeric use then give that reason.
+    Neither the patient key nor the linkage column (cross-hospital linkage pseudonyms) may be a
+    query's column, group key or filter: a count of distinct pseudonyms, a group per pseudonym or
+    a filter on one would single people out."""
     types = column_types(schema)
     v = _Violations(labelled=stored_as_labels or {})
-    _check_kind(query, types, patient_column, public_group_keys, v)
+    hidden = {name: why for name, why in ((patient_column, "the patient key column cannot be queried"),
+                                          (linkage_column, "the linkage column cannot be queried")) if name}
+    _check_kind(query, types, hidden, public_group_keys, v)
     _check_privacy(query, types, public_group_keys, v)
     _check_bounds(query, types, v)
     _check_shape(query, types, public_group_keys, v)
     for index, flt in enumerate(query.filters):
-        _check_filter(index, flt, types, patient_column, v)
+        _check_filter(index, flt, types, hidden, v)
     if v.items:
         raise bad_request("the statistics query is invalid", *v.items)
 
 
-def _check_column(name: str, column: object, types: Mapping[str, str], patient: str | None, v: _Violations) -> bool:
+def _check_column(name: str, column: object, types: Mapping[str, str], hidden: Mapping[str, str], v: _Violations) -> bool:
+    """`hidden`: the columns no query may read (patient key, linkage), each with its refusal."""
     if not isinstance(column, str) or column not in types:
         v.add(name, "must name a stored column of the dataset")
         return False
-    if column == patient:
-        v.add(name, "the patient key column cannot be queried")
+    if column in hidden:
+        v.add(name, hidden[column])
         return False
     return True
 
@@ -172,7 +179,7 @@ def is_categorical(column: str, types: Mapping[str, str], public_group_keys: Map
     return types.get(column) == "string" or column in (public_group_keys or {})
 
 
-def _check_kind(query: Query, types: Mapping[str, str], patient: str | None,
+def _check_kind(query: Query, types: Mapping[str, str], hidden: Mapping[str, str],
                 public_keys: Mapping[str, Sequence[str]] | None, v: _Violations) -> None:
     spec = find_kind(query.kind)
     if spec is None:
@@ -181,13 +188,13 @@ def _check_kind(query: Query, types: Mapping[str, str], patient: str | None,
     if query.column is None:
         if spec.column_required:
             v.add("column", f"is required for a {query.kind} query")
-    elif _check_column("column", query.column, types, patient, v):
+    elif _check_column("column", query.column, types, hidden, v):
         kind = types[query.column]
         if spec.numeric and kind not in NUMERIC_TYPES:
             v.add_not_numeric("column", query.column, f"a {query.kind} needs a numeric (integer or float) column")
         if spec.binned and kind not in (*NUMERIC_TYPES, "string", "boolean"):
             v.add("column", f"a {query.kind} needs a string, boolean or numeric column")
-    if query.group_by is not None and _check_column("group_by", query.group_by, types, patient, v):
+    if query.group_by is not None and _check_column("group_by", query.group_by, types, hidden, v):
         if not is_categorical(query.group_by, types, public_keys):
             v.add("group_by", "must name a categorical column: a string column, or one whose categories "
                               "the data owner declared at upload")
@@ -259,12 +266,12 @@ def _check_shape(query: Query, types: Mapping[str, str], public_keys: Mapping[st
             v.add("quantiles", f"must be 1 to {MAX_QUANTILES} distinct levels strictly between 0 and 1")
 
 
-def _check_filter(index: int, flt: object, types: Mapping[str, str], patient: str | None, v: _Violations) -> None:
+def _check_filter(index: int, flt: object, types: Mapping[str, str], hidden: Mapping[str, str], v: _Violations) -> None:
     name = f"filters[{index}]"
     if not isinstance(flt, Filter):
         v.add(name, "must be a Filter(column, op, value)")
         return
-    if not _check_column(name + ".column", flt.column, types, patient, v):
+    if not _check_column(name + ".column", flt.column, types, hidden, v):
         return
     kind = types[flt.column]
     if kind not in (*NUMERIC_TYPES, "string", "boolean", "date"):
