@@ -86,7 +86,7 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
         # A fifth dataset, never shared with the manufacturer.
         hidden = owners[0].upload_dataset(base / "site0.csv", _schema({}), display_name="not shared")
         model = maker.submit_model(EXAMPLE)
-        yield {"running": running, "maker": maker, "officer": officer, "datasets": [d.name for d in datasets],
+        yield {"running": running, "maker": maker, "maker_token": maker_token, "officer": officer, "datasets": [d.name for d in datasets],
                "patients": [d.patient_count for d in datasets], "hidden": hidden.name, "model": model.name}
     finally:
         for client in (*owners, maker, officer):
@@ -252,3 +252,30 @@ def test_a_rejection_at_one_site_rejects_the_cohort_job_and_reserves_nothing(wor
     world["running"].app.runner.promote_decided()
     assert maker.get_job(job.name).state == jobs_pb2.JOB_STATE_REJECTED
     assert _ledger_state(world)[0] == before  # no ledger event: nothing was ever reserved
+
+
+def test_the_cli_submits_a_cohort_with_sites_shows_it_and_verifies_its_receipt(world, tmp_path, capsys) -> None:
+    from cleanroom.cli import main as cli
+
+    running = world["running"]
+    connection = ["--server", running.address, "--token", world["maker_token"]]
+    root = tmp_path / "root.pem"
+    assert cli.main([*connection, "trust", "show", "--pem"]) == 0
+    root.write_text(capsys.readouterr().out)
+    d = world["datasets"]
+    common = [*connection, "job", "evaluate", "--model", world["model"], "--features", ",".join(FEATURES), "--label", "malignant",
+              "--epsilon", "0.1"]
+    sites = ["--site", d[0], "--site", f"{d[1]},mean_radius=radius_mean,malignant=dx",
+             "--site", f"{d[2]}:validate,mean_texture=texture_avg,malignant=is_malignant"]
+    assert cli.main([*common, "--dataset", d[0], *sites[:2]]) == 2  # a dataset and sites: one or the other
+    assert "either --dataset or one --site" in capsys.readouterr().err
+    assert cli.main([*common, *sites, "--wait"]) == 0
+    out = capsys.readouterr().out
+    name = out.split(":", 1)[0]
+    assert name.startswith("jobs/") and out.rstrip().endswith("released") and "linkage: " in out
+    assert cli.main([*connection, "job", "show", name]) == 0
+    shown = capsys.readouterr().out
+    assert f"site              {d[2]} validate (held out): malignant=is_malignant, mean_texture=texture_avg" in shown
+    assert cli.main([*connection, "job", "download", name, "--to", str(tmp_path / "files"), "--package", str(EXAMPLE),
+                     "--root-pem", str(root)]) == 0
+    assert '"verified": true' in capsys.readouterr().out
