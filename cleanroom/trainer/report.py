@@ -36,8 +36,13 @@ def _privacy_statement(training: TrainingResult | None, evaluation: EvaluationRe
                      f"(RDP cross-check ε = {training.dp_parameters.get('rdp_epsilon', float('nan')):.3g})")
         eps, delta = eps + training.epsilon_spent, delta + training.delta
     if evaluation is not None:
+        count = len(evaluation.mechanism_parameters.get("statistics", {}))
+        where = ""
+        if evaluation.sites:
+            count += sum(len(s.result.mechanism_parameters.get("statistics", {})) for s in evaluation.sites)
+            where = f" (pooled and for each of {len(evaluation.sites)} sites)"
         parts.append(f"evaluation: ({evaluation.epsilon_spent:.3g}, {evaluation.delta:.2g})-DP, discrete Gaussian noise on "
-                     f"{len(evaluation.mechanism_parameters.get('statistics', {}))} statistic(s), zCDP composition")
+                     f"{count} statistic(s){where}, zCDP composition")
         eps, delta = eps + evaluation.epsilon_spent, delta + evaluation.delta
     return {"unit": "patient", "epsilon": eps, "delta": delta, "composition": "basic (ε and δ add)",
             "statement": f"Patient-level ({eps:.3g}, {delta:.2g})-differential privacy: " + "; ".join(parts) + "."}
