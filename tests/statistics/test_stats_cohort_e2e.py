@@ -171,6 +171,39 @@ def test_the_estimate_gives_every_sites_budget_and_who_counts_as_one_person(worl
     assert len(_events(world)) == before
 
 
+def test_a_cohort_linked_at_some_sites_only_says_so_in_the_estimate(world) -> None:
+    names = [*world["linked"][:2], world["unlinked"][2]]
+    estimate = world["maker"].estimate_query("", COUNT, cohort=_sites(names))
+    assert estimate.linkage.startswith(f"patients are linked across {names[0]}, {names[1]} only; patients of {names[2]}")
+
+
+def _key_releases(world) -> int:
+    with world["running"].app.db.read() as session:
+        return sum(1 for e in audit_repo.entries(session) if e.action == "broker.released")
+
+
+def test_a_warm_cohort_worker_answers_again_without_new_key_releases_and_a_new_mapping_starts_another(world) -> None:
+    maker, names = world["maker"], world["unlinked"]
+    world["running"].app.stats_pool.reap(now=float("inf"))  # no warm worker left from earlier tests
+    before = _key_releases(world)
+    maker.run_query("", COUNT, cohort=_sites(names))
+    assert _key_releases(world) == before + 3  # one release per hospital's dataset, each against its own quote
+    maker.run_query("", MEAN, cohort=_sites(names))
+    assert _key_releases(world) == before + 3  # the same attested worker
+    remapped = [Site(n, {"radius": RADIUS[i], "gender": "sex"}) for i, n in enumerate(names)]
+    maker.run_query("", Query(kind="count", group_by="gender", epsilon=1.0), cohort=remapped)
+    assert _key_releases(world) == before + 6  # another mapping is another study table: its own worker
+
+
+def test_a_retried_cohort_query_is_answered_once_and_charged_once(world) -> None:
+    maker, sites = world["maker"], _sites(world["linked"])
+    before = {e.spend_id for e in _events(world) if e.kind.value == "reserve"}
+    first = maker.run_query("", COUNT, cohort=sites, request_id="cohort-retry-1")
+    again = maker.run_query("", COUNT, cohort=sites, request_id="cohort-retry-1")
+    assert again == first
+    assert len({e.spend_id for e in _events(world) if e.kind.value == "reserve"} - before) == 1  # one spend (an event per site)
+
+
 def test_a_site_short_of_budget_refuses_the_whole_query_naming_it_and_reserves_nothing(world) -> None:
     names = [*world["linked"][:2], world["poor"]]
     before, balances = len(_events(world)), _balances(world, names)
