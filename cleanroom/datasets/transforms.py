@@ -148,23 +148,34 @@ class LinkagePseudonymizer(Pseudonymizer):
 class LinkageChecker:
     """Refuses an upload in which one patient's rows carry different linkage identifiers (an empty
     one counts as different from any other): one person split over two privacy units would escape
-    the per-person bound of a cohort. Keeps the distinct (patient, linkage) pseudonym pairs seen
-    so far, in Arrow: memory follows distinct patients, not rows."""
+    the per-person bound of a cohort. Keeps each patient's linkage pseudonym seen so far, in
+    Arrow (looked up once per distinct patient of a batch): memory follows patients, not rows."""
 
     def __init__(self, column: str) -> None:
         self._column = column
-        self._pairs = pa.table({"patient": pa.array([], pa.string()), "link": pa.array([], pa.string())})
+        self._patients = pa.array([], pa.string())  # aligned with their linkage pseudonyms
+        self._links = pa.array([], pa.string())
 
-    def update(self, patients: pa.Array, links: pa.Array) -> None:
+    def update(self, patients: pa.Array | pa.ChunkedArray, links: pa.Array | pa.ChunkedArray) -> None:
         """`patients` and `links`: one batch's stored pseudonyms, rows without a patient removed."""
-        batch = pa.table({"patient": patients, "link": links})
-        pairs = pa.concat_tables([self._pairs, batch]).group_by(["patient", "link"]).aggregate([])
-        if pairs.num_rows != pc.count_distinct(pairs.column("patient")).as_py():
-            rule = ("a patient's rows carry different linkage identifiers (or some carry one and some "
-                    "none): every row of a patient must carry the same one, or all leave it empty")
-            raise bad_request("the linkage identifiers contradict the patient key; nothing was stored",
-                              FieldViolation(column_field(self._column), rule))
-        self._pairs = pairs
+        pairs = pa.table({"patient": patients, "link": links}).group_by(["patient", "link"]).aggregate([])
+        batch_patients, batch_links = pairs.column("patient").combine_chunks(), pairs.column("link").combine_chunks()
+        if len(batch_patients) != pc.count_distinct(batch_patients).as_py():
+            raise self._conflict()
+        positions = pc.index_in(batch_patients, value_set=self._patients)
+        known = pc.is_valid(positions)
+        earlier = self._links.take(positions.filter(known))
+        if pc.any(pc.not_equal(earlier, batch_links.filter(known))).as_py():  # null (no known patient) passes
+            raise self._conflict()
+        unknown = pc.invert(known)
+        self._patients = pa.concat_arrays([self._patients, batch_patients.filter(unknown)])
+        self._links = pa.concat_arrays([self._links, batch_links.filter(unknown)])
+
+    def _conflict(self) -> CleanroomError:
+        rule = ("a patient's rows carry different linkage identifiers (or some carry one and some "
+                "none): every row of a patient must carry the same one, or all leave it empty")
+        return bad_request("the linkage identifiers contradict the patient key; nothing was stored",
+                           FieldViolation(column_field(self._column), rule))
 
 
 # ---------------------------------------------------------------- generalisation
