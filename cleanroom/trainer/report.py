@@ -5,6 +5,10 @@ and net benefit, the bin edges, the privacy parameters); no count, loss or timin
 released through a mechanism. Figures are inline SVG written here (the worker's sandbox loads no
 plotting library), so the page needs nothing external. The page says in plain words what ε, δ,
 the privacy unit, the intervals and the score bins mean.
+
+A multi-site job's report (`Cohort`) also names its sites and their roles, says in a sentence which
+sites the model never saw, who counts as one person (the linkage statement), and, when several
+sites were evaluated, gives each site's metrics with intervals beside the pooled ones.
 """
 
 from __future__ import annotations
