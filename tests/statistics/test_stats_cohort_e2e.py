@@ -120,6 +120,14 @@ def test_without_linkage_each_sites_copy_is_bounded_separately(world, rows: int)
     assert _count(world, world["unlinked"], rows) == 3 * SINGLES + 3 * rows
 
 
+def test_a_query_without_a_row_bound_gets_the_smallest_of_the_sites_policies(world) -> None:
+    names = world["unlinked"]
+    for name, rows in zip(names, (3, 2, 4)):
+        world["officer"].set_approval_policy(name, max_epsilon=100, auto_approve_epsilon=50, reason="study", stats_rows_per_patient=rows)
+    answer = world["maker"].run_query("", Query(kind="count", epsilon=EXACT), cohort=_sites(names))
+    assert answer.rows_per_patient == 2 and answer.cells[0].value == 3 * SINGLES + 3 * 2
+
+
 def test_sums_means_histograms_and_quantiles_read_every_sites_mapped_column(world) -> None:
     maker, sites = world["maker"], _sites(world["linked"])
     radii = [10 + j % 10 for j in range(SINGLES)] * 3 + [20]  # the planted person: one row kept (bound 1)
@@ -317,3 +325,32 @@ def test_the_cli_takes_one_site_flag_per_hospital(world, capsys, tmp_path) -> No
     assert "receipt verified" in capsys.readouterr().out
     assert cli.main(_cli(world, "count", world["linked"][0], "--epsilon", "0.5")) == 2  # DATASET and --site
     assert "either DATASET or one --site" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_cohort_query_charges_every_site_or_none(tmp_path, postgres_url) -> None:
+    running = start_server(make_config(tmp_path / "state", work_dir=tmp_path / "work", database_url=postgres_url))
+    try:
+        maker_id, maker_token = running.principal(Role.MANUFACTURER)
+        officer = running.client(running.principal(Role.PRIVACY_OFFICER)[1])
+        names = []
+        for site, share in enumerate((500.0, 500.0, 1.0)):
+            owner = running.client(running.principal(Role.DATA_OWNER)[1])
+            _write(tmp_path / f"h{site}.csv", site)
+            name = owner.upload_dataset(tmp_path / f"h{site}.csv", _schema(site, linked=True)).name
+            officer.set_budget(name, epsilon=1000, delta=1e-3, reason="study")
+            officer.share_dataset(name, f"principals/{maker_id}", epsilon=share, delta=1e-3, reason="study")
+            officer.set_approval_policy(name, max_epsilon=100, auto_approve_epsilon=50, reason="study")
+            names.append(name)
+        maker = running.client(maker_token)
+        assert maker.run_query("", Query(kind="count", epsilon=EXACT), cohort=_sites(names[:2])).cells[0].value == 2 * SINGLES + 1
+        with running.app.db.read() as session:
+            before = privacy_repo.events(session)
+        with pytest.raises(CleanroomClientError) as refused:
+            maker.run_query("", Query(kind="count", epsilon=2.0), cohort=_sites(names))
+        assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and names[2] in refused.value.message
+        with running.app.db.read() as session:
+            assert privacy_repo.events(session) == before  # nothing reserved on the two sites that had budget
+    finally:
+        running.server.stop(grace=0)
+        running.app.close()
