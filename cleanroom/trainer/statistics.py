@@ -102,7 +102,9 @@ def multiclass(probabilities: FloatArray, y: FloatArray | IntArray, *, calibrati
 
 def regression(predictions: FloatArray, y: FloatArray, *, bound: float) -> list[Statistic]:
     """Row count and sums of v = min(|error| / bound, 1) and v², quantized."""
-    v = np.minimum(np.abs(predictions.reshape(len(y), -1) - y.reshape(len(y), -1)).mean(1) / bound, 1.0)
+    # No rows (a cohort site whose persons all count at an earlier site): zero sums, still noised.
+    v = (np.minimum(np.abs(predictions.reshape(len(y), -1) - y.reshape(len(y), -1)).mean(1) / bound, 1.0)
+         if len(y) else np.zeros(0, dtype=np.float64))
 
     def quantized(a: FloatArray) -> IntArray:
         return np.array([int(np.rint(a * m.QUANT).sum())], dtype=np.int64)
