@@ -83,6 +83,10 @@ class SpendRequest:
     # A cohort's other datasets: one spend charges every dataset the same cost, all or none.
     cohort: tuple[str, ...] = ()
 
+    @property
+    def dataset_ids(self) -> tuple[str, ...]:
+        return (self.dataset_id, *self.cohort)
+
 
 def record_spend_event(session: Session, event: LedgerEvent, spend: Spend) -> None:
     """A spend's event, as one event per dataset it charges: each hospital's ledger and audit trail

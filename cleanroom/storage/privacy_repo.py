@@ -227,6 +227,7 @@ class EventFilter:
     kind: EventKind | None = None
     after_seq: int = 0
     limit: int = 1_000_000
+    dataset_ids: frozenset[str] | None = None  # an organisation's datasets (None: every one)
 
 
 def events(session: Session, where: EventFilter = EventFilter()) -> list[LedgerEvent]:
@@ -237,6 +238,8 @@ def events(session: Session, where: EventFilter = EventFilter()) -> list[LedgerE
         conditions.append(LedgerEventRow.manufacturer_id == where.manufacturer_id)
     if where.kind:
         conditions.append(LedgerEventRow.kind == where.kind.value)
+    if where.dataset_ids is not None:
+        conditions.append(LedgerEventRow.dataset_id.in_(where.dataset_ids))
     query = select(LedgerEventRow).where(and_(*conditions)).order_by(LedgerEventRow.seq).limit(where.limit)
     return [_event(r) for r in session.scalars(query)]
 
@@ -280,6 +283,29 @@ def decide_request(session: Session, request_id: str, state: RequestState, *, by
         .values(state=state.value, decided_by=by, reason=reason, spend_id=spend_id, decided_at=now())
     )
     return affected_rows(result) == 1
+
+
+def group_requests(session: Session, group_id: str) -> list[PrivacyRequest]:
+    """A cohort request's rows in site order (a group's row ids extend its first row's id)."""
+    query = select(PrivacyRequestRow).where(PrivacyRequestRow.group_id == group_id).order_by(PrivacyRequestRow.id)
+    return [_request(r) for r in session.scalars(query)]
+
+
+def lock_group(session: Session, group_id: str) -> None:
+    """Takes the group's first row's lock: a group's decisions run one at a time, so the decision
+    that approves the last pending row sees every other one (PostgreSQL; SQLite writers are serial)."""
+    session.execute(select(PrivacyRequestRow.id).where(PrivacyRequestRow.id == group_id).with_for_update())
+
+
+def set_group_spend(session: Session, group_id: str, spend_id: str) -> None:
+    session.execute(update(PrivacyRequestRow).where(PrivacyRequestRow.group_id == group_id).values(spend_id=spend_id))
+
+
+def reject_pending_in_group(session: Session, group_id: str, *, by: str, reason: str) -> list[str]:
+    """Rejects the group's still-pending rows; the ids it rejected."""
+    ids = list(session.scalars(select(PrivacyRequestRow.id).where(
+        PrivacyRequestRow.group_id == group_id, PrivacyRequestRow.state == RequestState.PENDING.value).order_by(PrivacyRequestRow.id)))
+    return [i for i in ids if decide_request(session, i, RequestState.REJECTED, by=by, reason=reason, spend_id=None)]
 
 
 def pending_requests(session: Session, *, dataset_ids: set[str] | None, after_id: str | None, limit: int) -> list[PrivacyRequest]:

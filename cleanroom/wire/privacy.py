@@ -3,6 +3,7 @@ estimates, ledger events, privacy requests and the audit trail."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from cleanroom.domain.approvals import MAX_STATS_ROWS_PER_PATIENT, ApprovalPolicy, PrivacyRequest
@@ -152,13 +153,17 @@ def privacy_request_id_from_name(name: str) -> str:
     return name[len(PRIVACY_REQUEST_PREFIX):]
 
 
-def request_to_proto(request: PrivacyRequest) -> privacy_pb2.PrivacyRequest:
+def request_to_proto(request: PrivacyRequest, group: Sequence[PrivacyRequest] = ()) -> privacy_pb2.PrivacyRequest:
+    """`group`: the rows of a cohort request's group the caller may see (its scope decides, not this)."""
     return privacy_pb2.PrivacyRequest(
         name=request.resource_name, dataset=f"datasets/{request.dataset_id}",
         manufacturer=f"principals/{request.manufacturer_id}", kind=request.kind, reference=request.reference,
         cost=amount_to_proto(request.cost), state=request.state.value,
         decided_by=f"principals/{request.decided_by}" if request.decided_by not in ("", "system") else request.decided_by,
         reason=request.reason, create_time=timestamp(request.created_at),
+        group=f"{PRIVACY_REQUEST_PREFIX}{request.group_id}" if request.group_id else "",
+        group_requests=[privacy_pb2.GroupRequestState(name=r.resource_name, dataset=f"datasets/{r.dataset_id}", state=r.state.value)
+                        for r in group],
     )
 
 
