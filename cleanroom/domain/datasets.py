@@ -24,6 +24,8 @@ class IntakeReport:
     pseudonymized_columns: tuple[str, ...] = ()
     generalized_columns: tuple[tuple[str, str], ...] = ()  # (column, rule description)
     notes: tuple[str, ...] = ()
+    linkage_column: str = ""  # the declared LINKAGE_ID column; "": none (patients not linked to other hospitals')
+    rows_without_linkage_id: int = 0  # stored rows left unlinked (an empty linkage pseudonym)
 
 
 @dataclass(frozen=True)
