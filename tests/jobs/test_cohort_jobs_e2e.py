@@ -33,7 +33,8 @@ pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 # How each hospital names two of the study's columns (the study's names are the first hospital's).
 RENAMED = ({}, {"mean_radius": "radius_mean", "malignant": "dx"}, {"mean_texture": "texture_avg", "malignant": "is_malignant"})
-SHARE_EPSILON = (5.0, 5.0, 1.2)  # the third hospital's share leaves room for one ε = 1 job only
+SHARE_EPSILON = (5.0, 5.0, 1.2)
+SHARED = 20  # patients of the first hospital also treated at the second, linked by their RRN  # the third hospital's share leaves room for one ε = 1 job only
 
 
 def _write_site(rows: list[list[str]], header: list[str], renamed: dict[str, str], path: Path, *, extra: bool) -> Path:
@@ -47,7 +48,7 @@ def _write_site(rows: list[list[str]], header: list[str], renamed: dict[str, str
     return path
 
 
-def _schema(renamed: dict[str, str], *, extra: bool = False, label_classes: int = 2) -> Schema:
+def _schema(renamed: dict[str, str], *, extra: bool = False, label_classes: int = 2, links: bool = False) -> Schema:
     columns = []
     for spec in samples.breast_cancer_schema():
         copy = datasets_pb2.ColumnSpec()
@@ -55,10 +56,21 @@ def _schema(renamed: dict[str, str], *, extra: bool = False, label_classes: int 
         copy.name = renamed.get(spec.name, spec.name)
         if spec.role == datasets_pb2.LABEL:
             copy.label_classes = label_classes
+        if spec.name == "rrn" and links:
+            copy.role = datasets_pb2.LINKAGE_ID
         columns.append(copy)
     if extra:
         columns.append(datasets_pb2.ColumnSpec(name="n_nodes", type=datasets_pb2.INTEGER, role=datasets_pb2.FEATURE))
     return Schema(columns, 5)
+
+
+def _site_rows(rows: list[list[str]], index: int) -> list[list[str]]:
+    """A third of the patients each; the second hospital also treated SHARED of the first's patients
+    (the same person and resident registration number, its own patient id)."""
+    own = rows[index::3]
+    if index != 1:
+        return own
+    return own + [[f"SMC-{row[0]}", *row[1:]] for row in rows[0::3][:SHARED]]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +86,8 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
     try:
         datasets = []
         for index, (owner, renamed) in enumerate(zip(owners, RENAMED, strict=True)):
-            path = _write_site(rows[index::3], header, renamed, base / f"site{index}.csv", extra=index == 2)
-            datasets.append(owner.upload_dataset(path, _schema(renamed, extra=index == 2), display_name=f"hospital {index + 1}"))
+            path = _write_site(_site_rows(rows, index), header, renamed, base / f"site{index}.csv", extra=index == 2)
+            datasets.append(owner.upload_dataset(path, _schema(renamed, extra=index == 2, links=index < 2), display_name=f"hospital {index + 1}"))
         # The third hospital's file again, declaring three label classes: a label domain no other site shares.
         datasets.append(owners[2].upload_dataset(base / "site2.csv", _schema(RENAMED[2], extra=True, label_classes=3),
                                                  display_name="hospital 3, three classes"))
@@ -131,7 +143,8 @@ def test_a_three_site_training_with_a_held_out_site_is_released_charged_to_each_
     job = maker.train(spec)
     assert job.state == jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JobState.Name(job.state)  # every site's policy auto-approves ε = 1
     assert job.training.dataset == "" and [s.dataset for s in job.training.cohort] == world["datasets"][:3]
-    assert "distinct privacy units" in job.linkage  # no site declared a linkage column
+    assert job.linkage == ("patients are linked across hospital 1, hospital 2 only; patients of hospital 3 are distinct "
+                           "privacy units, bounded separately")
     done = maker.wait_job(job.name, timeout=600)
     assert done.state == jobs_pb2.JOB_STATE_RELEASED, jobs_pb2.JobFailure.Name(done.failure)
     files = maker.download_all(done)
@@ -152,6 +165,8 @@ def test_a_three_site_training_with_a_held_out_site_is_released_charged_to_each_
         assert all(name.removeprefix("datasets/") in b for b in commits[0].budgets)  # each hospital's part only
     assert committed[0] > 0 and committed == [committed[0]] * 3
     assert committed[0] <= 1.0 + 1e-9 and abs(committed[0] - float(verified.report.epsilon_spent)) < 1e-6
+    # No linkage pseudonym in anything the manufacturer reads: the job, its artefacts, its receipt.
+    assert all(b"lnk-" not in data for data in files.values()) and "lnk-" not in str(done)
 
 
 def test_budget_short_on_one_site_refuses_the_whole_cohort_and_names_that_site(world) -> None:
