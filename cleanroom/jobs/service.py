@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 import enclave_sim
 from cleanroom import crypto
 from cleanroom.domain.approvals import PrivacyRequest, RequestState, default_delta_limit
@@ -50,6 +52,15 @@ def _one_source(dataset_name: str, params: JobParams) -> None:
     if not dataset_name and not params.cohort:
         raise bad_request("name a dataset or a cohort of datasets; nothing was reserved",
                           FieldViolation("spec.dataset", "required (or spec.cohort)"))
+
+
+def _withdraw(session: Session, job: Job) -> None:
+    """A cancelled job's request leaves the queue; a cohort's at every site still waiting for its officer."""
+    assert job.privacy_request_id is not None
+    rows = privacy_repo.group_requests(session, job.privacy_request_id) if job.params.cohort else []
+    for request_id in [r.id for r in rows if r.state is RequestState.PENDING] or [job.privacy_request_id]:
+        privacy_repo.decide_request(session, request_id, RequestState.REJECTED, by="system",
+                                    reason="withdrawn: the job was cancelled", spend_id=None)
 
 
 def _mechanism(params: JobParams) -> Mechanism:
@@ -197,7 +208,10 @@ class JobService:
         if not job.privacy_request_id:
             return RequestState.PENDING, None
         if job.params.cohort:
-            return self._approvals.group_outcome(job.privacy_request_id)
+            try:
+                return self._approvals.group_outcome(job.privacy_request_id)
+            except CleanroomError:  # the request is gone: nothing to promote
+                return RequestState.PENDING, None
         with self._db.read() as session:
             request = privacy_repo.get_request(session, job.privacy_request_id)
         return (request.state, request.spend_id) if request is not None else (RequestState.PENDING, None)
@@ -275,9 +289,8 @@ class JobService:
         with self._db.transaction() as session:
             if not job_repo.move(session, cancelled, job.state):
                 return self.get(maker, name)  # it moved meanwhile; report what it is now
-            if job.state is JobState.PENDING_APPROVAL and job.privacy_request_id:  # withdraw it from the officer's queue
-                privacy_repo.decide_request(session, job.privacy_request_id, RequestState.REJECTED, by="system",
-                                            reason="withdrawn: the job was cancelled", spend_id=None)
+            if job.state is JobState.PENDING_APPROVAL and job.privacy_request_id:  # withdraw it from the officers' queues
+                _withdraw(session, job)
             audit_repo.append(session, actor=maker.resource_name, action="job.cancel", target=job.resource_name, details={})
         if job.spend_id:
             self._ledger.fail(job.spend_id, reason="cancelled before it ran")

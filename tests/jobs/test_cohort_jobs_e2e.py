@@ -294,3 +294,11 @@ def test_the_cli_submits_a_cohort_with_sites_shows_it_and_verifies_its_receipt(w
     assert cli.main([*connection, "job", "download", name, "--to", str(tmp_path / "files"), "--package", str(EXAMPLE),
                      "--root-pem", str(root)]) == 0
     assert '"verified": true' in capsys.readouterr().out
+
+
+def test_cancelling_a_pending_cohort_job_withdraws_its_request_at_every_site(world) -> None:
+    maker = world["maker"]
+    job = maker.train(_training(world, _sites(world)[:2], epsilon=2.0))
+    assert len(_group_rows(world, job)) == 2
+    assert maker.cancel_job(job.name).state == jobs_pb2.JOB_STATE_CANCELLED
+    assert _group_rows(world, job) == []  # neither hospital's officer is left with it
