@@ -246,9 +246,7 @@ class ApprovalService:
         if not privacy_repo.decide_request(session, request.id, state, by=officer.id, reason=reason, spend_id=None):
             raise CleanroomError(ErrorCode.ALREADY_DECIDED, "this request was decided meanwhile")
         if state is RequestState.REJECTED:
-            for row_id in privacy_repo.reject_pending_in_group(session, group_id, by=SYSTEM, reason=REJECTED_ELSEWHERE):
-                row = privacy_repo.get_request(session, row_id)
-                assert row is not None
+            for row in privacy_repo.reject_pending_in_group(session, group_id, by=SYSTEM, reason=REJECTED_ELSEWHERE):
                 audit_repo.append(session, actor=SYSTEM, action="request.rejected", target=f"datasets/{row.dataset_id}",
                                   details={"request": row.resource_name, "reason": REJECTED_ELSEWHERE})
             return

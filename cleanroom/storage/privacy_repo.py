@@ -301,11 +301,10 @@ def set_group_spend(session: Session, group_id: str, spend_id: str) -> None:
     session.execute(update(PrivacyRequestRow).where(PrivacyRequestRow.group_id == group_id).values(spend_id=spend_id))
 
 
-def reject_pending_in_group(session: Session, group_id: str, *, by: str, reason: str) -> list[str]:
-    """Rejects the group's still-pending rows; the ids it rejected."""
-    ids = list(session.scalars(select(PrivacyRequestRow.id).where(
-        PrivacyRequestRow.group_id == group_id, PrivacyRequestRow.state == RequestState.PENDING.value).order_by(PrivacyRequestRow.id)))
-    return [i for i in ids if decide_request(session, i, RequestState.REJECTED, by=by, reason=reason, spend_id=None)]
+def reject_pending_in_group(session: Session, group_id: str, *, by: str, reason: str) -> list[PrivacyRequest]:
+    """Rejects the group's still-pending rows; the rows it rejected, as they were."""
+    pending = [r for r in group_requests(session, group_id) if r.state is RequestState.PENDING]
+    return [r for r in pending if decide_request(session, r.id, RequestState.REJECTED, by=by, reason=reason, spend_id=None)]
 
 
 def pending_requests(session: Session, *, dataset_ids: set[str] | None, after_id: str | None, limit: int) -> list[PrivacyRequest]:
