@@ -176,7 +176,8 @@ def test_budget_short_on_one_site_refuses_the_whole_cohort_and_names_that_site(w
     assert fields and all(third in budget for budget in fields), fields
 
 
-@pytest.mark.parametrize("case", ["unmapped", "not-a-study-column", "type", "label-domain", "no-train-site", "delta", "both", "neither"])
+@pytest.mark.parametrize("case", ["unmapped", "not-a-study-column", "type", "label-domain", "no-train-site", "delta", "both", "neither",
+                                  "twice", "role"])
 def test_bad_cohort_requests_are_refused_before_any_reservation(world, case) -> None:
     sites = _sites(world)
     d = world["datasets"]
@@ -202,6 +203,11 @@ def test_bad_cohort_requests_are_refused_before_any_reservation(world, case) -> 
         spec, field, words = _training(world, dataset=d[0]), "spec.cohort", "spec.dataset"
     elif case == "neither":
         spec, field, words = _training(world, sites=[]), "spec.dataset", "required"
+    elif case == "twice":
+        spec, field, words = _training(world, [*sites, sites[0]]), "spec.cohort[3].dataset", "named twice"
+    elif case == "role":  # a role number this server does not know
+        spec, field, words = _training(world), "spec.cohort[1].role", "one of"
+        spec.cohort[1].role = 7
     else:
         spec = _training(world, sites)
     fields = _refused(world, spec)
