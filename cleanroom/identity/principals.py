@@ -73,9 +73,12 @@ class PrincipalService:
 
     def _default_organisation(self, session: Session, name: str, role: Role, actor: str) -> Organisation:
         kind = MEMBERSHIP[role][0]
-        if kind is OrgKind.OPERATOR:
-            return organisation_repo.ensure_organisation(session, Organisation(OPERATOR_ID, OPERATOR_NAME, kind, clock.now()))
-        return self._add_organisation(session, name, kind, actor)
+        if kind is not OrgKind.OPERATOR:
+            return self._add_organisation(session, name, kind, actor)
+        operator, added = organisation_repo.ensure_organisation(session, Organisation(OPERATOR_ID, OPERATOR_NAME, kind, clock.now()))
+        if added:
+            audit_repo.append(session, actor=actor, action="organisation.create", target=operator.resource_name, details={"kind": kind.value})
+        return operator
 
     @staticmethod
     def _add_organisation(session: Session, name: str, kind: OrgKind, actor: str) -> Organisation:

@@ -15,21 +15,21 @@ def add_organisation(session: Session, organisation: Organisation) -> None:
                                 kind=organisation.kind.value, created_at=organisation.created_at))
 
 
-def ensure_organisation(session: Session, organisation: Organisation) -> Organisation:
-    """Adds `organisation` unless one with its id exists, and returns what is stored. Race-safe: two
-    servers creating the operator at once both end with the one row (the loser's insert is rolled
-    back to a savepoint, not its whole transaction)."""
+def ensure_organisation(session: Session, organisation: Organisation) -> tuple[Organisation, bool]:
+    """Adds `organisation` unless one with its id exists; (what is stored, whether this call added
+    it). Race-safe: two servers creating the operator at once both end with the one row (the
+    loser's insert is rolled back to a savepoint, not its whole transaction)."""
     existing = get_organisation(session, organisation.id)
     if existing is not None:
-        return existing
+        return existing, False
     try:
         with session.begin_nested():
             add_organisation(session, organisation)
     except IntegrityError:
-        pass
-    stored = get_organisation(session, organisation.id)
-    assert stored is not None
-    return stored
+        stored = get_organisation(session, organisation.id)
+        assert stored is not None
+        return stored, False
+    return organisation, True
 
 
 def _organisation(row: OrganisationRow) -> Organisation:

@@ -16,7 +16,7 @@ from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.principals import PrincipalService
 from cleanroom.storage import organisation_repo
 from cleanroom.storage.db import Database, migrate
-from cleanroom.storage.tables import OrganisationRow
+from cleanroom.storage.tables import AuditEntryRow, OrganisationRow
 
 
 @pytest.mark.postgres
@@ -56,4 +56,6 @@ def test_two_servers_making_the_operator_at_once_end_with_one(postgres_url: str,
     db = Database(postgres_url)
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(OrganisationRow)) == 1
+        made_by = session.scalars(select(AuditEntryRow.action).where(AuditEntryRow.target == f"organisations/{OPERATOR_ID}")).all()
+        assert made_by == ["organisation.create"]  # audited once, by the server whose insert won
     db.dispose()
