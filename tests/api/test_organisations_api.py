@@ -221,3 +221,28 @@ def test_audit_log_a_hospital_reads_its_own_part_and_verifies_it(two_hospitals) 
         assert reader.verify_audit_log(anchor_seq=own[-1].seq, anchor_hash=own[-1].hash).ok
     whole = platform.verify_audit_log()
     assert whole.ok and whole.entries == len(everything)
+
+
+# Dataset-bearing RPCs whose isolation is tested elsewhere: a manufacturer reaches a dataset only
+# through a share (another organisation's unshared dataset is NOT_FOUND: tests/statistics/
+# test_stats_e2e.py, test_stats_cohort_e2e.py, tests/jobs/test_jobs_e2e.py); an upload names no
+# existing dataset.
+ELSEWHERE = {"UploadDataset", "RunQuery", "EstimateQuery", "SubmitTraining", "SubmitEvaluation"}
+LISTINGS = {"ListDatasets"}  # test_listings_show_ones_own_organisation_only
+
+
+def _names_a_dataset(message: Any, depth: int = 0) -> bool:
+    return depth <= 3 and any(
+        field.name in ("dataset", "cohort") or (field.message_type is not None and field.message_type.full_name.startswith("cleanroom")
+                                                and _names_a_dataset(field.message_type, depth + 1))
+        for field in message.fields)
+
+
+def test_every_dataset_bearing_rpc_has_a_cross_organisation_case() -> None:
+    """A new RPC that takes a dataset must join _cases (or say where its isolation is tested)."""
+    from tests.api.test_api import ALL_METHODS
+
+    bearing = {m.name for s, m in ALL_METHODS if _names_a_dataset(m.input_type) or s.name == "DatasetService"}
+    fake = Hospital("", *([None] * 4), dataset="datasets/x")  # type: ignore[arg-type]
+    covered = {rpc.split("/")[0] for rpc, _, _ in _cases(fake, "principals/m")}
+    assert bearing == covered | ELSEWHERE | LISTINGS
