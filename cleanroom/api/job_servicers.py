@@ -23,7 +23,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._idempotency = idempotency
 
     def _proto(self, job: Job) -> jobs_pb2.Job:
-        return job_to_proto(job, self._jobs.artifacts(job))
+        return job_to_proto(job, self._jobs.artifacts(job), self._jobs.linkage(job))
 
     def _submit(self, context: grpc.ServicerContext, method: str, request: jobs_pb2.SubmitTrainingRequest | jobs_pb2.SubmitEvaluationRequest,
                 params: JobParams) -> jobs_pb2.Job:

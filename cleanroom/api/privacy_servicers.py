@@ -9,9 +9,10 @@ import grpc
 from google.protobuf.message import Message
 
 from cleanroom.api.guard import caller, request_key
+from cleanroom.domain.approvals import PrivacyRequest
 from cleanroom.domain.audit import Anchor
 from cleanroom.domain.errors import FieldViolation, bad_request
-from cleanroom.domain.identity import Role
+from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
@@ -121,11 +122,12 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     def ListPendingRequests(self, request: privacy_pb2.ListPendingRequestsRequest,
                             context: grpc.ServicerContext) -> privacy_pb2.ListPendingRequestsResponse:
         page = parse_page(request.page_size, request.page_token)
-        pending = self._approvals.pending(page)
+        officer = caller(context)
+        pending = self._approvals.pending(officer, page)
         messages = []
         for item in pending:
-            message = request_to_proto(item)
-            estimate = self._approvals.estimate(caller(context), item.dataset_id, item.manufacturer_id, item.cost)
+            message = request_to_proto(item, self._approvals.visible_group(officer, item))
+            estimate = self._approvals.estimate(officer, item.dataset_id, item.manufacturer_id, item.cost)
             message.remaining_before.extend(budget_lines_to_proto(estimate.balances))
             message.remaining_after.extend(budget_lines_to_proto(estimate.balances_after()))
             messages.append(message)
@@ -134,12 +136,15 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     def ApproveRequest(self, request: privacy_pb2.DecideRequest, context: grpc.ServicerContext) -> privacy_pb2.PrivacyRequest:
         request_id, officer = privacy_request_id_from_name(request.name), caller(context)
         return self._once(context, "ApproveRequest", request, request.request_id, privacy_pb2.PrivacyRequest,
-                          lambda: request_to_proto(self._approvals.approve(officer, request_id, request.reason)))
+                          lambda: self._decided(officer, self._approvals.approve(officer, request_id, request.reason)))
 
     def RejectRequest(self, request: privacy_pb2.DecideRequest, context: grpc.ServicerContext) -> privacy_pb2.PrivacyRequest:
         request_id, officer = privacy_request_id_from_name(request.name), caller(context)
         return self._once(context, "RejectRequest", request, request.request_id, privacy_pb2.PrivacyRequest,
-                          lambda: request_to_proto(self._approvals.reject(officer, request_id, request.reason)))
+                          lambda: self._decided(officer, self._approvals.reject(officer, request_id, request.reason)))
+
+    def _decided(self, officer: Principal, decided: PrivacyRequest) -> privacy_pb2.PrivacyRequest:
+        return request_to_proto(decided, self._approvals.visible_group(officer, decided))
 
 
 def _seq_from_page(after_id: str | None) -> int:

@@ -12,6 +12,7 @@ from google.protobuf import json_format
 import enclave_sim
 from cleanroom.cli import jobs as cli_jobs
 from cleanroom.cli import models as cli_models
+from cleanroom.cli import organisations as cli_organisations
 from cleanroom.cli import privacy as cli_privacy
 from cleanroom.cli import render
 from cleanroom.cli import stats as cli_stats
@@ -76,20 +77,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_whoami(args: argparse.Namespace) -> int:
     me = _client(args).whoami()
-    print(f"{me.name}  {me.display_name}  ({render.role_name(me.role)})")
+    print(f"{me.name}  {me.display_name}  ({render.role_name(me.role)})  {me.organisation}")
     return 0
 
 
 def cmd_principal_create(args: argparse.Namespace) -> int:
-    response = _client(args).create_principal(args.name, args.role)
-    print(f"created {response.principal.name} ({args.role})")
+    response = _client(args).create_principal(args.name, args.role, organisation=args.organisation or "")
+    print(f"created {response.principal.name} ({args.role}) in {response.principal.organisation}")
     print(f"token: {response.token}")
     return 0
 
 
 def cmd_principal_list(args: argparse.Namespace) -> int:
-    rows = [(p.name, p.display_name, render.role_name(p.role)) for p in _client(args).list_principals()]
-    print(render.table(("name", "display name", "role"), rows))
+    rows = [(p.name, p.display_name, render.role_name(p.role), p.organisation) for p in _client(args).list_principals()]
+    print(render.table(("name", "display name", "role", "organisation"), rows))
     return 0
 
 
@@ -107,7 +108,7 @@ def cmd_dataset_upload(args: argparse.Namespace) -> int:
     with tqdm(total=size, unit="B", unit_scale=True, desc="upload", disable=args.quiet, file=sys.stderr) as bar:
         dataset = _client(args).upload_dataset(
             args.file, schema, display_name=args.name, description=args.description,
-            progress=lambda sent, _total: bar.update(sent - bar.n),
+            progress=lambda sent, _total: bar.update(sent - bar.n), linkage_column=args.linkage_column,
         )
     _print_json(dataset) if args.json else print(render.intake_report(dataset))
     return 0
@@ -177,7 +178,12 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     create = _add(principal, "create", cmd_principal_create, "create a principal and print its token once")
     create.add_argument("--name", required=True, help="display name, e.g. 'Seoul General data team'")
     create.add_argument("--role", required=True, choices=sorted(ROLES), help="what the principal may do")
+    create.add_argument("--organisation", metavar="organisations/ID",
+                        help="the organisation it belongs to (`cleanroom admin organisation list`); without it a data owner or "
+                             "manufacturer gets a new organisation of its own, an officer, auditor or admin joins the operator "
+                             "(platform-wide). " + cli_organisations.EPILOG)
     _add(principal, "list", cmd_principal_list, "list principals")
+    cli_organisations.register(admin, _client)
     _add(admin, "rotate-keys", cmd_rotate_keys, "new key-encryption key; re-wrap every dataset key")
     gc = _add(admin, "gc", cmd_gc, "list blobs no dataset, model or job artefact references; remove them only with --yes "
               "(run on the server host; refuses if the database and blob store do not belong together)")
@@ -196,6 +202,9 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     upload.add_argument("--schema", required=True, help="TOML or JSON file with column types, roles and generalisation rules")
     upload.add_argument("--name", help="display name (default: the file name)")
     upload.add_argument("--description", default="", help="free-text description")
+    upload.add_argument("--linkage-column", metavar="COLUMN",
+                        help="declare this schema column the linkage identifier (role linkage_id): replaced by the "
+                             "platform-wide linkage pseudonym, so a person treated at several hospitals is one privacy unit")
     upload.add_argument("--quiet", action="store_true", help="no progress bar")
     upload.add_argument("--json", action="store_true", help="print the dataset as JSON")
     _add(dataset, "list", cmd_dataset_list, "list the datasets you may see")

@@ -62,6 +62,8 @@ def intake_report(dataset: datasets_pb2.Dataset) -> str:
         f"  no patient key    {r.rows_without_patient_key:,} rows dropped",
         f"  dropped columns   {', '.join(r.dropped_columns) or '-'}",
         f"  pseudonymised     {', '.join(r.pseudonymized_columns) or '-'} (keyed HMAC-SHA256)",
+        f"  linkage           {r.linkage_column or '-'}"
+        + (f" (platform-wide pseudonym; {r.rows_without_linkage_id:,} rows unlinked)" if r.linkage_column else ""),
     ]
     lines += [f"  generalised       {g.name}: {g.rule}" for g in r.generalized_columns]
     lines += [f"  note              {n}" for n in r.notes]

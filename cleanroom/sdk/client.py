@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from cleanroom.sdk.cohort import Site, cohort_protos
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
-from cleanroom.sdk.schema import Schema
+from cleanroom.sdk.schema import Schema, with_linkage_column
 from cleanroom.statistics.engine.query import Query
 from cleanroom.v1 import (
     common_pb2,
@@ -40,6 +41,10 @@ ROLES = {
     "privacy_officer": common_pb2.PRIVACY_OFFICER,
     "auditor": common_pb2.AUDITOR,
     "admin": common_pb2.ADMIN,
+}
+ORGANISATION_KINDS = {
+    "hospital": identity_pb2.ORGANISATION_KIND_HOSPITAL,
+    "manufacturer": identity_pb2.ORGANISATION_KIND_MANUFACTURER,
 }
 
 
@@ -111,13 +116,26 @@ class Client:
     def whoami(self) -> identity_pb2.Principal:
         return self._call(self.identity.WhoAmI, identity_pb2.WhoAmIRequest())
 
-    def create_principal(self, display_name: str, role: str, *, request_id: str | None = None) -> identity_pb2.CreatePrincipalResponse:
+    def create_principal(self, display_name: str, role: str, *, organisation: str = "",
+                         request_id: str | None = None) -> identity_pb2.CreatePrincipalResponse:
+        """`organisation` ("organisations/{id}") left empty gives the role's default organisation."""
         if role not in ROLES:
             raise CleanroomClientError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be one of {', '.join(ROLES)}")
         request = identity_pb2.CreatePrincipalRequest(
-            request_id=request_id or _request_id(), display_name=display_name, role=ROLES[role]
+            request_id=request_id or _request_id(), display_name=display_name, role=ROLES[role], organisation=organisation
         )
         return self._call(self.admin.CreatePrincipal, request)
+
+    def create_organisation(self, display_name: str, kind: str, *, request_id: str | None = None) -> identity_pb2.Organisation:
+        """`kind`: "hospital" or "manufacturer"."""
+        if kind not in ORGANISATION_KINDS:
+            raise CleanroomClientError(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(ORGANISATION_KINDS)}")
+        request = identity_pb2.CreateOrganisationRequest(
+            request_id=request_id or _request_id(), display_name=display_name, kind=ORGANISATION_KINDS[kind])
+        return self._call(self.admin.CreateOrganisation, request)
+
+    def list_organisations(self, page_size: int = 0) -> Iterator[identity_pb2.Organisation]:
+        return self._pages(self.admin.ListOrganisations, identity_pb2.ListOrganisationsRequest(page_size=page_size), "organisations")
 
     def list_principals(self, page_size: int = 0) -> Iterator[identity_pb2.Principal]:
         return self._pages(self.admin.ListPrincipals, identity_pb2.ListPrincipalsRequest(page_size=page_size), "principals")
@@ -136,8 +154,12 @@ class Client:
         description: str = "",
         request_id: str | None = None,
         progress: Progress | None = None,
+        linkage_column: str | None = None,
     ) -> datasets_pb2.Dataset:
+        """`linkage_column` declares that column LINKAGE_ID (as role = "linkage_id" in the schema does)."""
         path = Path(path)
+        if linkage_column:
+            schema = with_linkage_column(schema, linkage_column)
         metadata = datasets_pb2.UploadMetadata(
             request_id=request_id or _request_id(),
             display_name=display_name or path.stem,
@@ -244,19 +266,26 @@ class Client:
 
     # --- DP jobs (manufacturer) --------------------------------------------------------------------
 
-    def train(self, spec: jobs_pb2.TrainingSpec, *, request_id: str | None = None) -> jobs_pb2.Job:
+    def train(self, spec: jobs_pb2.TrainingSpec, *, cohort: Sequence[Site | common_pb2.CohortSite] = (),
+              request_id: str | None = None) -> jobs_pb2.Job:
         """Submits DP-SGD training. Recipe fields left at 0 / "" (epochs, expected_batch_patients,
         learning_rate, optimizer, clipping_norm) are chosen by the service's budget-aware recipe: the
         returned job's `training` echoes the values and `training.recipe` names the rule (verify_job
         takes them from there). The report options (sensitivity_at_specificity,
-        specificity_at_sensitivity, net_benefit_thresholds, score_bins) shape the validation report."""
+        specificity_at_sensitivity, net_benefit_thresholds, score_bins) shape the validation report.
+        `cohort`: several hospitals' datasets instead of `spec.dataset` (sdk.Site: dataset, column
+        mapping, "train" or "validate"); they are written into `spec`, so keep it for verify_job."""
+        _set_cohort(spec, cohort)
         return self._call(self.jobs.SubmitTraining, jobs_pb2.SubmitTrainingRequest(request_id=request_id or _request_id(), spec=spec))
 
-    def evaluate(self, spec: jobs_pb2.EvaluationSpec, *, request_id: str | None = None) -> jobs_pb2.Job:
+    def evaluate(self, spec: jobs_pb2.EvaluationSpec, *, cohort: Sequence[Site | common_pb2.CohortSite] = (),
+                 request_id: str | None = None) -> jobs_pb2.Job:
         """Submits a DP evaluation. A binary model's report gives sensitivity at each of
         `spec.sensitivity_at_specificity`, specificity at each of `spec.specificity_at_sensitivity`
         and net benefit at each of `spec.net_benefit_thresholds` (each ≤ 16 values in (0, 1); empty:
-        the defaults), over `spec.score_bins` bins (4 to 640; 0: the documented rule)."""
+        the defaults), over `spec.score_bins` bins (4 to 640; 0: the documented rule). `cohort` as
+        in train(): the report gives each site and the pooled result."""
+        _set_cohort(spec, cohort)
         return self._call(self.jobs.SubmitEvaluation, jobs_pb2.SubmitEvaluationRequest(request_id=request_id or _request_id(), spec=spec))
 
     def get_job(self, name: str) -> jobs_pb2.Job:
@@ -295,17 +324,22 @@ class Client:
     # --- DP statistics -------------------------------------------------------------------------
 
     def run_query(self, dataset: str, query: Query | stats_pb2.StatsQuery, *, privacy_request: str = "",
-                  request_id: str | None = None) -> stats_pb2.QueryAnswer:
-        """One DP answer, charged to the caller's share of the dataset's budget."""
+                  cohort: Sequence[Site | common_pb2.CohortSite] = (), request_id: str | None = None) -> stats_pb2.QueryAnswer:
+        """One DP answer, charged to the caller's share of the dataset's budget. With `cohort`
+        (sdk.Site: dataset and column mapping; pass dataset="") the query reads several hospitals'
+        datasets as one table, its column names being study names; every site is charged the cost."""
         message = query if isinstance(query, stats_pb2.StatsQuery) else query_to_proto(query)
         request = stats_pb2.RunQueryRequest(request_id=request_id or _request_id(), dataset=dataset, query=message,
-                                            privacy_request=privacy_request)
+                                            privacy_request=privacy_request, cohort=cohort_protos(cohort))
         return self._call(self.stats.RunQuery, request)
 
-    def estimate_query(self, dataset: str, query: Query | stats_pb2.StatsQuery) -> stats_pb2.QueryEstimate:
-        """The dry run: cost, expected error, and the budget before and after. Spends nothing."""
+    def estimate_query(self, dataset: str, query: Query | stats_pb2.StatsQuery, *,
+                       cohort: Sequence[Site | common_pb2.CohortSite] = ()) -> stats_pb2.QueryEstimate:
+        """The dry run: cost, expected error, and the budget before and after (a cohort: each site's
+        in `site_budgets`, and who counts as one person in `linkage`). Spends nothing."""
         message = query if isinstance(query, stats_pb2.StatsQuery) else query_to_proto(query)
-        return self._call(self.stats.EstimateQuery, stats_pb2.EstimateQueryRequest(dataset=dataset, query=message))
+        return self._call(self.stats.EstimateQuery, stats_pb2.EstimateQueryRequest(dataset=dataset, query=message,
+                                                                                    cohort=cohort_protos(cohort)))
 
     def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
         while True:
@@ -314,6 +348,12 @@ class Client:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+
+def _set_cohort(spec: jobs_pb2.TrainingSpec | jobs_pb2.EvaluationSpec, cohort: Sequence[Site | common_pb2.CohortSite]) -> None:
+    if cohort:
+        spec.ClearField("cohort")
+        spec.cohort.extend(cohort_protos(cohort))
 
 
 def _stream_bytes(message_type: Any, metadata: Any, data: bytes, progress: Progress | None, trailer_type: Any) -> Iterator[Any]:

@@ -20,13 +20,18 @@
     type = "integer"
     role = "feature"
     categories = [0, 1]                   # the public list of values: statistics may group by it
+    [[columns]]
+    name = "rrn"
+    type = "string"
+    role = "linkage_id"                   # at most one: the identifier that links a person across
+                                          # hospitals (replaced by the platform-wide linkage pseudonym)
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,22 @@ def parse_schema(data: dict[str, Any]) -> Schema:
     if not isinstance(columns, list) or not columns:
         raise SchemaError("the schema needs a non-empty list of columns")
     return Schema([column_spec(c) for c in columns], int(data.get("k_anonymity", 0)))
+
+
+def with_linkage_column(schema: Schema, name: str) -> Schema:
+    """The schema with column `name` declared LINKAGE_ID (e.g. a shared schema file, linked by one
+    hospital that holds the identifier); raises SchemaError when the schema has no such column."""
+    if not any(c.name == name for c in schema.columns):
+        raise SchemaError(f"column {name}: not in the schema, so it cannot be the linkage column")
+    columns = []
+    for column in schema.columns:
+        copy = datasets_pb2.ColumnSpec()
+        copy.CopyFrom(column)
+        if column.name == name:
+            copy.role = datasets_pb2.LINKAGE_ID
+            copy.ClearField("generalization")
+        columns.append(copy)
+    return replace(schema, columns=columns)
 
 
 def load_schema(path: str | Path) -> Schema:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import enclave_sim
+from cleanroom.domain.cohort import cohort_key
 from cleanroom.statistics.engine.codec import ANSWER_FILE, stats_workload
 from cleanroom.v1 import stats_pb2
 from cleanroom.wire.stats import KINDS
@@ -17,9 +18,11 @@ def verify_answer(answer: stats_pb2.QueryAnswer, *, pinned_root_pem: bytes, allo
     """Check an answer's receipt: the signature chain to the pinned root, an allowed measurement,
     the statistics workload of the answer's dataset, the signed bytes, and the ε it states.
     Raises enclave_sim.VerificationError naming the first failed check."""
-    dataset_id = answer.dataset.removeprefix("datasets/")
+    # A cohort's answer is signed for the cohort's workload: the cohort key of its sites' datasets.
+    sites = [site.dataset.removeprefix("datasets/") for site in answer.cohort]
+    target = cohort_key(sites) if sites else answer.dataset.removeprefix("datasets/")
     verified = enclave_sim.verify_report(answer.receipt, pinned_root_public_key_pem=pinned_root_pem,
-                                         allowed_measurements=allowed_measurements, expected_workload=stats_workload(dataset_id),
+                                         allowed_measurements=allowed_measurements, expected_workload=stats_workload(target),
                                          released_files={ANSWER_FILE: answer.answer_json})
     signed = json.loads(answer.answer_json)
     if abs(float(verified.report.epsilon_spent) - answer.epsilon) > 1e-9 or signed["epsilon"] != answer.epsilon:

@@ -160,7 +160,10 @@ def owned_dataset_ids(session: Session, owner_id: str) -> set[str]:
     return set(session.scalars(select(DatasetRow.id).where(DatasetRow.owner_id == owner_id)))
 
 
-def organisation_dataset_ids(session: Session, organisation_id: str) -> set[str]:
-    """Live datasets whose owner belongs to `organisation_id` (its officers govern them)."""
-    query = select(DatasetRow.id).where(DatasetRow.organisation_id == organisation_id, DatasetRow.deleted_at.is_(None))
+def organisation_dataset_ids(session: Session, organisation_id: str, *, deleted_too: bool = False) -> set[str]:
+    """Live datasets whose owner belongs to `organisation_id` (its officers govern them); with
+    `deleted_too`, deleted ones as well (a hospital keeps reading their ledger and audit trail)."""
+    query = select(DatasetRow.id).where(DatasetRow.organisation_id == organisation_id)
+    if not deleted_too:
+        query = query.where(DatasetRow.deleted_at.is_(None))
     return set(session.scalars(query))
