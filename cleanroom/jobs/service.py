@@ -57,6 +57,8 @@ def _one_source(dataset_name: str, params: JobParams) -> None:
 def _withdraw(session: Session, job: Job) -> None:
     """A cancelled job's request leaves the queue; a cohort's at every site still waiting for its officer."""
     assert job.privacy_request_id is not None
+    if job.params.cohort:  # serialised with the officers' decisions: the last approval cannot slip in between
+        privacy_repo.lock_group(session, job.privacy_request_id)
     rows = privacy_repo.group_requests(session, job.privacy_request_id) if job.params.cohort else []
     for request_id in [r.id for r in rows if r.state is RequestState.PENDING] or [job.privacy_request_id]:
         privacy_repo.decide_request(session, request_id, RequestState.REJECTED, by="system",
@@ -292,10 +294,18 @@ class JobService:
             if job.state is JobState.PENDING_APPROVAL and job.privacy_request_id:  # withdraw it from the officers' queues
                 _withdraw(session, job)
             audit_repo.append(session, actor=maker.resource_name, action="job.cancel", target=job.resource_name, details={})
-        if job.spend_id:
-            self._ledger.fail(job.spend_id, reason="cancelled before it ran")
+        spend_id = job.spend_id or self._approved_meanwhile(job)
+        if spend_id:
+            self._ledger.fail(spend_id, reason="cancelled before it ran")
         self._metrics.jobs_finished.labels(job.kind.value, "cancelled").inc()
         return cancelled
+
+    def _approved_meanwhile(self, job: Job) -> str | None:
+        """The reservation an officer's approval made after this job was read as pending (the
+        withdrawal found nothing left to withdraw): the cancelled job will never run, so it goes back."""
+        if job.state is not JobState.PENDING_APPROVAL or not job.privacy_request_id:
+            return None
+        return self._approvals.group_outcome(job.privacy_request_id)[1]
 
     def finish(self, job: Job, to: JobState, failure: FailureCode = FailureCode.NONE, **values: Any) -> bool:
         """Moves a job to a final state (used by the runner and at start-up)."""

@@ -16,12 +16,14 @@ from sqlalchemy import func, select
 
 import enclave_sim
 from cleanroom.cli import samples
+from cleanroom.datasets.transforms import LinkagePseudonymizer
 from cleanroom.domain.cohort import cohort_key
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.cohort import Site
 from cleanroom.sdk.schema import Schema
 from cleanroom.sdk.verify import verify_job
+from cleanroom.statistics.engine import Query
 from cleanroom.storage import privacy_repo
 from cleanroom.storage.tables import JobRow, LedgerEventRow, PrivacyRequestRow, SpendRow
 from cleanroom.v1 import datasets_pb2, jobs_pb2
@@ -99,7 +101,8 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
         hidden = owners[0].upload_dataset(base / "site0.csv", _schema({}), display_name="not shared")
         model = maker.submit_model(EXAMPLE)
         yield {"running": running, "maker": maker, "maker_token": maker_token, "officer": officer, "datasets": [d.name for d in datasets],
-               "patients": [d.patient_count for d in datasets], "hidden": hidden.name, "model": model.name}
+               "patients": [d.patient_count for d in datasets], "hidden": hidden.name, "model": model.name, "owners": owners,
+               "rrns": sorted({row[header.index("rrn")] for row in rows})}
     finally:
         for client in (*owners, maker, officer):
             client.close()
@@ -308,3 +311,63 @@ def test_cancelling_a_pending_cohort_job_withdraws_its_request_at_every_site(wor
     assert len(_group_rows(world, job)) == 2
     assert maker.cancel_job(job.name).state == jobs_pb2.JOB_STATE_CANCELLED
     assert _group_rows(world, job) == []  # neither hospital's officer is left with it
+
+
+def test_a_job_cancelled_after_its_last_approval_but_before_it_was_queued_gives_its_reservation_back(world) -> None:
+    """The race between a maker's cancel and the officers' last approval: with the runner paused, the
+    group is approved (its spend reserved) while the job still reads as pending; the cancel must
+    refund that spend, or the budget would stay reserved for a job that never runs."""
+    maker, officer, runner = world["maker"], world["officer"], world["running"].app.runner
+    runner.stop()
+    try:
+        job = maker.train(_training(world, _sites(world)[:2], epsilon=1.6))  # above both sites' auto-approval
+        for row in _group_rows(world, job):
+            officer.approve(row.name, reason="both hospitals agree")
+        with world["running"].app.db.read() as session:
+            spend_id = privacy_repo.get_request(session, job.privacy_request.removeprefix("privacyRequests/")).spend_id
+            assert spend_id is not None and privacy_repo.get_spend(session, spend_id).state.value == "reserved"
+        assert maker.cancel_job(job.name).state == jobs_pb2.JOB_STATE_CANCELLED
+        with world["running"].app.db.read() as session:
+            spend = privacy_repo.get_spend(session, spend_id)
+        assert spend is not None and spend.state.value == "refunded" and not spend.decrypted
+    finally:
+        runner.start()
+
+
+def _everything_readable(world) -> list[str]:
+    """Every response a manufacturer or a hospital can read after the jobs above: datasets and intake
+    reports, jobs and their artefacts, cohort statistics and their estimate, the hospitals' audit
+    exports; and the operator's ledger, budgets and requests, for good measure."""
+    maker, officer, owners = world["maker"], world["officer"], world["owners"]
+    # A job of its own, so the scan reads a released cohort job whatever ran before it.
+    own = maker.train(_training(world, _sites(world, ("train", "validate", "validate"))[:2], epsilon=0.3))
+    assert maker.wait_job(own.name, timeout=600).state == jobs_pb2.JOB_STATE_RELEASED
+    seen: list[str] = []
+    seen += [str(d) for d in maker.list_datasets()] + [str(maker.get_dataset(n)) for n in world["datasets"]]
+    seen += [str(m) for m in maker.list_models()]
+    for job in maker.list_jobs():
+        seen.append(str(maker.get_job(job.name)))
+        if job.state == jobs_pb2.JOB_STATE_RELEASED:
+            seen += [data.decode("utf-8", "replace") for data in maker.download_all(job).values()]
+    cohort = _sites(world)[:2]  # the third site's share is spent by the jobs above
+    query = Query(kind="count", epsilon=0.05)
+    seen += [str(maker.estimate_query("", query, cohort=cohort)), str(maker.run_query("", query, cohort=cohort))]
+    for owner in owners:
+        seen += [str(d) for d in owner.list_datasets()] + list(owner.export_audit_log())
+    seen += [str(e) for e in officer.ledger()] + [str(officer.get_budgets(n)) for n in world["datasets"]]
+    seen += [str(r) for r in officer.pending_requests()] + list(officer.export_audit_log())
+    return seen
+
+
+def test_no_linkage_pseudonym_or_identifier_reaches_anyone_outside_the_service(world) -> None:
+    """The linkage pseudonyms of every RRN in the study, computed with the service's own key, and the
+    RRNs themselves: none is in any response or artefact a manufacturer or a hospital reads."""
+    pseudonymise = LinkagePseudonymizer(world["running"].app.keys.linkage_key())._digest
+    secrets = {pseudonymise(rrn) for rrn in world["rrns"]} | set(world["rrns"])
+    assert len(secrets) == 2 * len(world["rrns"]) and all(s.startswith("lnk-") for s in map(pseudonymise, world["rrns"]))
+    readable = "\n".join(_everything_readable(world))
+    # The scan read real material: a released job's report, a cohort answer, the hospitals' audit entries.
+    assert '"auroc"' in readable and "cohort" in readable and "ledger.commit" in readable
+    leaked = sorted(s for s in secrets if s in readable)
+    assert leaked == [], f"{len(leaked)} linkage pseudonyms or identifiers reached a reader"
+    assert "lnk-" not in readable
