@@ -13,7 +13,7 @@ from cleanroom.cli import render
 from cleanroom.cli.trust import read_pinned_root
 from cleanroom.domain.recipe import RULE
 from cleanroom.sdk import Client
-from cleanroom.sdk.cohort import Site
+from cleanroom.sdk.cohort import Site, parse_site
 from cleanroom.sdk.verify import verify_job
 from cleanroom.v1 import common_pb2, jobs_pb2
 
@@ -46,15 +46,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _site(text: str) -> Site:
-    """DATASET[:train|validate][,STUDY=COLUMN...] as one cohort site."""
-    head, *pairs = [part.strip() for part in text.split(",")]
-    dataset, _, role = head.partition(":")
-    if role and role not in ("train", "validate"):
-        raise argparse.ArgumentTypeError(f"a site's role is train or validate, not {role!r}")
-    columns = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-    if not dataset or len(columns) != len([p for p in pairs if p]) or not all(k.strip() and v.strip() for k, v in columns.items()):
-        raise argparse.ArgumentTypeError(f"expected DATASET[:train|validate][,STUDY=COLUMN...], not {text!r}")
-    return Site(dataset, {k.strip(): v.strip() for k, v in columns.items()}, role or "train")
+    try:
+        return parse_site(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _fractions(text: str) -> list[float]:

@@ -13,6 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from cleanroom.cli import render
 from cleanroom.cli import trust as cli_trust
 from cleanroom.sdk import Client, Site
+from cleanroom.sdk.cohort import parse_site as sdk_parse_site
 from cleanroom.statistics.engine import Filter, Query
 from cleanroom.statistics.engine.query import KINDS
 from cleanroom.v1 import datasets_pb2
@@ -112,11 +113,10 @@ def _column_types(client: Client, dataset: str) -> dict[str, str]:
 
 def parse_site(text: str) -> Site:
     """DATASET[,STUDY=COLUMN...] as one cohort site (statistics read every site alike: no role)."""
-    head, *pairs = [part.strip() for part in text.split(",")]
-    columns = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-    if not head or len(columns) != len([p for p in pairs if p]) or not all(k.strip() and v.strip() for k, v in columns.items()):
-        raise argparse.ArgumentTypeError(f"expected DATASET[,STUDY=COLUMN...], not {text!r}")
-    return Site(head, {k.strip(): v.strip() for k, v in columns.items()})
+    try:
+        return sdk_parse_site(text, with_role=False)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _study_types(client: Client, sites: list[Site]) -> dict[str, str]:

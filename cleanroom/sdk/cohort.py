@@ -35,3 +35,19 @@ class Site:
 
 def cohort_protos(sites: Iterable[Site | common_pb2.CohortSite]) -> list[common_pb2.CohortSite]:
     return [site if isinstance(site, common_pb2.CohortSite) else site.to_proto() for site in sites]
+
+
+def parse_site(text: str, *, with_role: bool = True) -> Site:
+    """`DATASET[:train|validate][,STUDY=COLUMN...]` as a Site (the CLI's --site). Without `with_role`
+    (statistics read every site alike) the role part is not accepted. Raises ValueError."""
+    head, *pairs = [part.strip() for part in text.split(",")]
+    dataset, colon, role = head.partition(":")
+    shape = f"DATASET{'[:train|validate]' if with_role else ''}[,STUDY=COLUMN...]"
+    if colon and not with_role:
+        raise ValueError(f"expected {shape}, not {text!r}")
+    if role and role not in ROLES:
+        raise ValueError(f"a site's role is train or validate, not {role!r}")
+    columns = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if not dataset or len(columns) != len([p for p in pairs if p]) or not all(k.strip() and v.strip() for k, v in columns.items()):
+        raise ValueError(f"expected {shape}, not {text!r}")
+    return Site(dataset, {k.strip(): v.strip() for k, v in columns.items()}, role or "train")
