@@ -4,7 +4,8 @@ Starts a real server process, creates the first admin with the local bootstrap c
 hospital, a manufacturer and a privacy officer, uploads the breast-cancer data with its synthetic
 identifiers, prints the intake report, and shows what each role can and cannot see; then the
 officer's budgets, a few DP statistics, model intake, DP validation and fine-tuning with verified
-receipts, and the refusals on the way.
+receipts, and the refusals on the way. Then a three-hospital study (cleanroom/cli/demo_sites.py):
+two hospitals train, the third validates externally, each hospital's officer decides its part.
 
 The server's state lives in a temporary folder removed at exit; what the demo tells you to open
 (the privacy-utility plot, each job's HTML report) goes to an output folder that stays
@@ -33,6 +34,7 @@ from cleanroom.cli import jobs as cli_jobs
 from cleanroom.cli import models as cli_models
 from cleanroom.cli import render, samples
 from cleanroom.cli import stats as cli_stats
+from cleanroom.cli.demo_sites import three_hospital_study
 from cleanroom.domain.recipe import RULE, budget_recipe
 from cleanroom.sdk import CleanroomClientError, Client
 from cleanroom.sdk.schema import Schema
@@ -216,6 +218,9 @@ def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes, out
     with Client(address, officer.token) as privacy_office:
         step("Privacy officer: what remains")
         print(render.budget_table(privacy_office.get_budgets(dataset.name)))
+    with Client(address, maker.token) as manufacturer:
+        three_hospital_study(address, admin_token, manufacturer, model, workdir, pinned_root, example_model=EXAMPLE_MODEL,
+                             save_report=lambda title, epsilon, files: output.job_report(4, title, epsilon, files))
 
 
 def run_statistics(manufacturer: Client, dataset: str, pinned_root: bytes) -> None:
