@@ -43,7 +43,8 @@ def _column_to_json(column: deid.ColumnSpec) -> ColumnJson:
     }
 
 
-def _column_from_json(data: ColumnJson) -> deid.ColumnSpec:
+def column_from_json(data: ColumnJson) -> deid.ColumnSpec:
+    """A stored column description; keys added by later migrations may be missing (older rows)."""
     rule_data = data["rule"]
     rule = None
     if isinstance(rule_data, dict):
@@ -99,7 +100,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         organisation_id=row.organisation_id,
         display_name=row.display_name,
         description=row.description,
-        columns=tuple(_column_from_json(c) for c in columns),
+        columns=tuple(column_from_json(c) for c in columns),
         k_anonymity=row.k_anonymity,
         row_count=row.row_count,
         patient_count=row.patient_count,

@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
+from sqlalchemy.orm import Session
 
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
@@ -39,14 +43,26 @@ def dataset_stored_before(tmp_path: Path, revision: str, missing_key: str) -> tu
     `missing_key`, as a row written before the migration that adds the key; (database, its columns)."""
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(database.engine, to=revision)
-    with database.transaction() as session:
-        principal_repo.add_principal(session, Principal("p1", "owner", Role.DATA_OWNER, clock.now()), "hash")
-        session.flush()
-        dataset_repo.add_dataset(session, _dataset("d1", "p1"), b"wrapped")
+    unsaved = Session()  # never flushed: it only builds today's rows, which insert_as_of cuts to the old schema
+    principal_repo.add_principal(unsaved, Principal("p1", "owner", Role.DATA_OWNER, clock.now()), "hash")
+    dataset_repo.add_dataset(unsaved, _dataset("d1", "p1"), b"wrapped")
+    with database.engine.begin() as connection:
+        for row in sorted(unsaved.new, key=lambda r: r.__tablename__ != "principals"):
+            insert_as_of(connection, row)
     with database.engine.begin() as connection:
         old = [{k: v for k, v in c.items() if k != missing_key} for c in json.loads(stored_columns_json(connection))]
         connection.exec_driver_sql("UPDATE datasets SET columns_json = ?", (json.dumps(old),))
     return database, old
+
+
+def insert_as_of(connection: Connection, row: Base) -> None:
+    """Inserts an ORM row into a database at an older revision: only the columns its table had then
+    (today's model names columns that later migrations add)."""
+    table = row.__table__
+    present = {c["name"] for c in inspect(connection).get_columns(table.name)}
+    columns = [sa_column(c.name, c.type) for c in table.columns if c.name in present]
+    values = {c.name: getattr(row, c.name) for c in columns}
+    connection.execute(sa_table(table.name, *columns).insert().values(**{k: v for k, v in values.items() if v is not None}))
 
 
 def stored_columns_json(connection: Any) -> str:
