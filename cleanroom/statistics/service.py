@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import enclave_sim
 from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain import deid
-from cleanroom.domain.approvals import ApprovalPolicy, Decision, RequestState, check_against_policy
+from cleanroom.domain.approvals import ApprovalPolicy, Decision, PrivacyRequest, RequestState, check_against_policy
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
@@ -33,7 +33,7 @@ from cleanroom.domain.identity import Principal
 from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
 from cleanroom.observability.metrics import Metrics
-from cleanroom.privacy.approvals import ApprovalService
+from cleanroom.privacy.approvals import ApprovalService, GroupRequest
 from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.statistics.allowance import Allowances
@@ -193,32 +193,11 @@ class StatsQueryService:
 
     def _reserve_cohort(self, principal: Principal, priced: CohortPriced, privacy_request: str) -> str:
         if privacy_request:
-            return self._approved_cohort_spend(principal, privacy_request, priced.reference)
-        query = priced.query
+            return self._approved_spend(principal, privacy_request, priced.reference)
         first, *others = priced.dataset_ids
-        mechanism = Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
-        request = SpendRequest(first, principal.id, SPEND_KIND, priced.reference, priced.cost, mechanism,
+        request = SpendRequest(first, principal.id, SPEND_KIND, priced.reference, priced.cost, _mechanism(priced.query),
                                stats_workload(priced.cohort), cohort=tuple(others))
-        try:
-            submitted = self._approvals.submit_cohort(principal, request)
-        except CleanroomError:
-            self._metrics.stats_queries.labels(query.kind, "refused").inc()
-            raise
-        if submitted.state is not RequestState.APPROVED or submitted.spend_id is None:
-            self._metrics.stats_queries.labels(query.kind, "pending").inc()
-            raise ApprovalRequired(submitted.resource_name)
-        return submitted.spend_id
-
-    def _approved_cohort_spend(self, principal: Principal, name: str, reference: str) -> str:
-        request_id = name.removeprefix("privacyRequests/")
-        request = self._approvals.get(principal, request_id)
-        if request.reference != reference:
-            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that privacy request was for a different query or cohort",
-                                 violations=[FieldViolation("privacy_request", "must name the request made for this same query")])
-        state, spend_id = self._approvals.group_outcome(request_id)
-        if state is not RequestState.APPROVED or spend_id is None:
-            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {state.value}, not approved by every site")
-        return self._unused(spend_id)
+        return self._granted(priced.query, lambda: self._approvals.submit_cohort(principal, request))
 
     def _unused(self, spend_id: str) -> str:
         with self._db.read() as session:
@@ -327,27 +306,36 @@ class StatsQueryService:
                  *, decrypted: bool) -> str:
         if privacy_request:
             return self._approved_spend(principal, privacy_request, reference)
-        mechanism = Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
+        request = SpendRequest(dataset.id, principal.id, SPEND_KIND, reference, cost, _mechanism(query), stats_workload(dataset.id),
+                               decrypted_on_reserve=decrypted)
+        return self._granted(query, lambda: self._approvals.submit(principal, request))
+
+    def _granted(self, query: Query, submit: Callable[[], PrivacyRequest | GroupRequest]) -> str:
+        """The reservation a submitted request got at once (within every policy's auto-approval);
+        otherwise the query waits for officers and the caller is told which request to name."""
         try:
-            request = self._approvals.submit(principal, SpendRequest(dataset.id, principal.id, SPEND_KIND, reference, cost, mechanism,
-                                                                     stats_workload(dataset.id), decrypted_on_reserve=decrypted))
+            submitted = submit()
         except CleanroomError:
             self._metrics.stats_queries.labels(query.kind, "refused").inc()
             raise
-        if request.state is not RequestState.APPROVED or request.spend_id is None:
+        if submitted.state is not RequestState.APPROVED or submitted.spend_id is None:
             self._metrics.stats_queries.labels(query.kind, "pending").inc()
-            raise ApprovalRequired(request.resource_name)
-        return request.spend_id
+            raise ApprovalRequired(submitted.resource_name)
+        return submitted.spend_id
 
     def _approved_spend(self, principal: Principal, name: str, reference: str) -> str:
+        """The unused reservation an approved request holds for this same query (a cohort's once
+        every site's officers approved their part)."""
         request_id = name.removeprefix("privacyRequests/")
         request = self._approvals.get(principal, request_id)
         if request.reference != reference:
-            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that privacy request was for a different query or dataset",
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, "that privacy request was for a different query, dataset or cohort",
                                  violations=[FieldViolation("privacy_request", "must name the request made for this same query")])
-        if request.state is not RequestState.APPROVED or request.spend_id is None:
-            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {request.state.value}, not approved")
-        return self._unused(request.spend_id)
+        state, spend_id = self._approvals.group_outcome(request_id)
+        if state is not RequestState.APPROVED or spend_id is None:
+            every = " by every site" if request.group_id else ""
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, f"that privacy request is {state.value}, not approved{every}")
+        return self._unused(spend_id)
 
     def _answer(self, work: _Work, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
         try:  # the wrapped keys are read only when a worker has to start
@@ -391,3 +379,8 @@ class StatsQueryService:
             dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
             dataset_commitment=work.commitment, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
         )
+
+
+def _mechanism(query: Query) -> Mechanism:
+    """A query's own mechanism, as its reservation records it."""
+    return Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
