@@ -89,18 +89,17 @@ def study_table(tables: list[Any], sites: list[dict[str, Any]], unit_column: str
     the patient pseudonym qualified by the site), so a per-person row bound holds across sites."""
     import pyarrow as pa
 
-    from cleanroom.domain.cohort import unit_key
+    from cleanroom.worker.units import unit_column as units_of
 
     names = sorted(sites[0]["columns"])
     parts: list[Any] = []
     for index, (table, site) in enumerate(zip(tables, sites, strict=True)):
-        patients = table.column(site["patient_column"]).to_pylist()
-        links = table.column(site["linkage_column"]).to_pylist() if site.get("linkage_column") else [None] * len(patients)
-        units = [None if p is None else unit_key(index, str(p), link or None) for p, link in zip(patients, links, strict=True)]
+        links = table.column(site["linkage_column"]) if site.get("linkage_column") else None
+        units = units_of(index, table.column(site["patient_column"]), links)
         columns = {name: table.column(site["columns"][name]) for name in names}
         if parts:
             columns = {name: column.cast(parts[0].schema.field(name).type) for name, column in columns.items()}
-        parts.append(pa.table({**columns, unit_column: pa.array(units, type=pa.string())}))
+        parts.append(pa.table({**columns, unit_column: units}))
     return pa.concat_tables(parts)
 
 
