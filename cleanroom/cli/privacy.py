@@ -112,8 +112,9 @@ def _pending(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
         rows = []
         for r in client(a).pending_requests():
             after = f"{min(b.remaining.epsilon for b in r.remaining_after):g}" if r.remaining_after else "does not fit"
-            rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", after))
-        print(render.table(("request", "dataset", "manufacturer", "kind", "ε", "ε left after"), rows))
+            cohort = f"your part of {r.group}" if r.group else "-"  # other hospitals' parts are theirs to decide
+            rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", after, cohort))
+        print(render.table(("request", "dataset", "manufacturer", "kind", "ε", "ε left after", "cohort"), rows))
     return run
 
 
@@ -122,6 +123,10 @@ def _decide(client: ClientFactory, verb: str) -> Callable[[argparse.Namespace], 
         c = client(a)
         decided = c.approve(a.request, a.reason) if verb == "approve" else c.reject(a.request, a.reason)
         print(f"{decided.name}: {decided.state}")
+        if decided.group and decided.state == "approved":
+            print(f"part of the cohort request {decided.group}: its budget is reserved once every hospital's officers approve")
+        elif decided.group:
+            print(f"the whole cohort request {decided.group} is rejected: no hospital's budget was reserved")
     return run
 
 

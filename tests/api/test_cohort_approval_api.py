@@ -24,7 +24,7 @@ def hospitals(running, tmp_path):
     principals = running.app.principals
     maker_id, maker_token = running.principal(Role.MANUFACTURER, "Acme")
     _, operator_token = running.principal(Role.PRIVACY_OFFICER, "Operator officer")
-    sites = []
+    sites, tokens = [], []
     for name in ("North", "South"):
         org = principals.create_organisation(f"{name} hospital", OrgKind.HOSPITAL, actor="test")
         _, owner_token = principals.create(f"{name} owner", Role.DATA_OWNER, actor="test", organisation_id=org.id)
@@ -35,8 +35,9 @@ def hospitals(running, tmp_path):
         officer.set_budget(dataset.name, epsilon=10, delta=1e-5, reason="hospital total")
         officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=4, delta=1e-5, reason="study")
         sites.append((dataset.name.removeprefix("datasets/"), officer))
+        tokens.append(officer_token)
     operator = Client(running.address, operator_token)
-    yield {"sites": sites, "maker_id": maker_id, "operator": operator, "app": running.app}
+    yield {"sites": sites, "officer_tokens": tokens, "maker_id": maker_id, "operator": operator, "app": running.app}
     for _, officer in sites:
         officer.close()
     operator.close()
@@ -72,4 +73,22 @@ def test_each_hospital_decides_its_own_part_of_a_cohort_request(hospitals) -> No
     for dataset_id, officer in hospitals["sites"]:
         assert {b.reserved.epsilon for b in officer.get_budgets(f"datasets/{dataset_id}").budgets} == {1.0}
     assert list(north.pending_requests()) == [] and list(south.pending_requests()) == []
+
+
+def test_the_cli_shows_an_officer_its_part_of_a_cohort_and_says_what_a_decision_does(hospitals, running, capsys) -> None:
+    from cleanroom.cli import main as cli
+
+    app, (north_id, _), (south_id, _) = hospitals["app"], *hospitals["sites"]
+    with app.db.read() as session:
+        maker = principal_repo.get_principal(session, hospitals["maker_id"])
+    group = app.approvals.submit_cohort(maker, SpendRequest(north_id, maker.id, "training", "jobs/d", Privacy.cost(1.0, 1e-7),
+                                                            cohort=(south_id,)))
+    north_row = group.rows[0].resource_name
+    connection = ["--server", running.address, "--token", hospitals["officer_tokens"][0]]
+    assert cli.main([*connection, "privacy", "pending"]) == 0
+    listed = capsys.readouterr().out
+    assert north_row in listed and f"your part of {group.resource_name}" in listed and group.rows[1].resource_name not in listed
+    assert cli.main([*connection, "privacy", "reject", north_row, "--reason", "not this study"]) == 0
+    assert f"the whole cohort request {group.resource_name} is rejected" in capsys.readouterr().out
+    assert app.approvals.group_outcome(group.id)[0] is RequestState.REJECTED
 
