@@ -209,14 +209,10 @@ class JobService:
         spend once every site approved and the spend is reserved, rejected once any site rejected)."""
         if not job.privacy_request_id:
             return RequestState.PENDING, None
-        if job.params.cohort:
-            try:
-                return self._approvals.group_outcome(job.privacy_request_id)
-            except CleanroomError:  # the request is gone: nothing to promote
-                return RequestState.PENDING, None
-        with self._db.read() as session:
-            request = privacy_repo.get_request(session, job.privacy_request_id)
-        return (request.state, request.spend_id) if request is not None else (RequestState.PENDING, None)
+        try:
+            return self._approvals.group_outcome(job.privacy_request_id)
+        except CleanroomError:  # the request is gone: nothing to promote
+            return RequestState.PENDING, None
 
     def linkage(self, job: Job) -> str:
         """A cohort job's statement of who counts as one person across its sites ("" for one dataset)."""
@@ -303,9 +299,7 @@ class JobService:
     def _approved_meanwhile(self, job: Job) -> str | None:
         """The reservation an officer's approval made after this job was read as pending (the
         withdrawal found nothing left to withdraw): the cancelled job will never run, so it goes back."""
-        if job.state is not JobState.PENDING_APPROVAL or not job.privacy_request_id:
-            return None
-        return self._approvals.group_outcome(job.privacy_request_id)[1]
+        return self.request_outcome(job)[1] if job.state is JobState.PENDING_APPROVAL else None
 
     def finish(self, job: Job, to: JobState, failure: FailureCode = FailureCode.NONE, **values: Any) -> bool:
         """Moves a job to a final state (used by the runner and at start-up)."""
