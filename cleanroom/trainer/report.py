@@ -217,6 +217,39 @@ def net_benefit_svg(entries: list[dict[str, Any]]) -> str:
                                              y_ticks=[bottom, 0.0, top]) + "".join(marks) + legend)
 
 
+def forest_svg(metric: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """A forest plot: one line per row (pooled first, then each site) with the value of `metric` as a
+    dot and its 95% interval as a bar, on one shared axis: how a multi-site validation is read."""
+    label_width, width, step = 230, 260, 24  # a label of about 36 characters fits at 11px
+    ends = [float(v) for _, entry in rows for v in entry["ci95"]]
+    low, high = min(0.0, *ends), max(1.0, *ends)
+    height = step * len(rows) + 56
+
+    def x(value: float) -> float:
+        return label_width + (min(max(value, low), high) - low) / (high - low) * width
+
+    marks = []
+    for index, (name, entry) in enumerate(rows):
+        y = 18 + index * step
+        shown = name if len(name) <= 36 else name[:35] + "…"
+        marks.append(f'<text x="{label_width - 8}" y="{y + 4}" font-size="11" text-anchor="end">{html.escape(shown)}</text>'
+                     f'<line x1="{x(entry["ci95"][0]):.1f}" y1="{y}" x2="{x(entry["ci95"][1]):.1f}" y2="{y}" stroke="#1f5fa8" stroke-width="2"/>'
+                     f'<circle cx="{x(entry["value"]):.1f}" cy="{y}" r="4" fill="{"#222" if index == 0 else "#1f5fa8"}"/>')
+    axis_y = height - 38
+    ticks = "".join(f'<text x="{x(t):.1f}" y="{axis_y + 14}" font-size="10" text-anchor="middle">{t:.3g}</text>'
+                    for t in (low, (low + high) / 2, high))
+    axis = (f'<line x1="{label_width}" y1="{axis_y}" x2="{label_width + width}" y2="{axis_y}" stroke="#444"/>{ticks}'
+            f'<text x="{label_width + width / 2}" y="{axis_y + 30}" font-size="11" text-anchor="middle">'
+            f'{html.escape(metric.upper() if metric == "auroc" else metric)}: dot = value, bar = 95% interval</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + width + 20}" height="{height}" role="img" '
+            f'aria-label="forest plot of {html.escape(metric)} by site">{"".join(marks)}{axis}</svg>')
+
+
+def _forest_metric(metrics: dict[str, Any]) -> str | None:
+    """The metric a forest plot shows: AUROC where there is one, else accuracy, else the first reported."""
+    return next((m for m in ("auroc", "accuracy") if m in metrics), next(iter(sorted(metrics)), None))
+
+
 # --- tables and words ------------------------------------------------------------------------
 
 def _fmt(x: float) -> str:
@@ -263,7 +296,10 @@ def _sites_section(evaluation: dict[str, Any], cohort: dict[str, Any] | None) ->
     rows = "".join(f"<tr><td>{html.escape(NAMES.get(k, k))}</td>{_cell(evaluation['metrics'].get(k))}"
                    + "".join(_cell(s["metrics"].get(k)) for s in sites) + "</tr>"
                    for k in sorted(evaluation["metrics"]))
-    return ("<h2>Results by site</h2><table><tr><th>metric</th><th>pooled (all sites)</th>" + head + "</tr>" + rows
+    metric = _forest_metric(evaluation["metrics"])
+    forest = "" if metric is None else forest_svg(metric, [("pooled (all sites)", evaluation["metrics"][metric])]
+                                                  + [(s["name"], s["metrics"][metric]) for s in sites if metric in s["metrics"]])
+    return ("<h2>Results by site</h2>" + forest + "<table><tr><th>metric</th><th>pooled (all sites)</th>" + head + "</tr>" + rows
             + "</table><p class=note>Each cell is the value with its 95% interval. Half of the evaluation's privacy "
             "budget went to the pooled column and half to the site columns. For the site columns each person counts "
             "at one site only: the first site of the request where they have records (a person linked across sites "

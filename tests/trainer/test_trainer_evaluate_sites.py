@@ -69,6 +69,9 @@ def test_the_report_escapes_site_names_and_says_who_never_saw_what() -> None:
     data = report_data(title="t", evaluation=result, cohort=cohort)
     page = render_html(data)
     assert "<b>North</b>" not in page and "&lt;b&gt;North&lt;/b&gt;" in page
+    forest = page[page.index('aria-label="forest plot of auroc by site"'):]
+    forest = forest[:forest.index("</svg>")]
+    assert forest.count("<circle") == 3 and forest.index("pooled (all sites)") < forest.index("&lt;b&gt;North") < forest.index("South")
     assert "The model never saw the data of South: it was held out whole as an external validation site." in page
     assert render_json(data).count('"name": "South"') >= 2
     none_held = Cohort((("A", "train"), ("B", "train")), "s").never_seen_statement()
