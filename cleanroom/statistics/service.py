@@ -166,18 +166,8 @@ class StatsQueryService:
         site (each hospital's trail holds its own part)."""
         priced = self._priced_cohort(principal, sites, query)
         spend_id = self._reserve_cohort(principal, priced, privacy_request)
-        try:
-            answer, answer_json, receipt = self._answered(self._cohort_work(priced), lambda: self._ledger.mark_decrypted(spend_id))
-        except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
-            self._ledger.fail(spend_id, reason=f"query failed: {error_code(error)}")
-            self._metrics.stats_queries.labels(query.kind, "failed").inc()
-            raise
-        spent = Privacy.cost(answer.epsilon, answer.delta)
-        with self._db.transaction() as session:  # the commit and its audit entries, together
-            self._ledger.release_in(session, spend_id, spent)
-            audit_repo.append_many(session, priced.audit_records(principal.resource_name, "stats.answer", spent, spend_id))
-        self._metrics.stats_queries.labels(query.kind, "answered").inc()
-        return QueryResult(answer, answer_json, receipt, spend_id)
+        return self._answer_reserved(spend_id, self._cohort_work(priced), lambda: self._ledger.mark_decrypted(spend_id),
+                                     lambda spent: priced.audit_records(principal.resource_name, "stats.answer", spent, spend_id))
 
     def _priced_cohort(self, principal: Principal, sites: tuple[CohortSite, ...], query: Query) -> CohortPriced:
         """Every site shared with the caller (NOT_FOUND as for one dataset), then checked and priced."""
@@ -265,17 +255,25 @@ class StatsQueryService:
         born_decrypted = not privacy_request and self._pool.is_warm(dataset.id)
         spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
         opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
+        return self._answer_reserved(spend_id, self._work(priced), opening,
+                                     lambda spent: [self._record(principal, priced, "stats.answer", spent, spend_id)])
+
+    def _answer_reserved(self, spend_id: str, work: _Work, opening: Callable[[], None],
+                         records: Callable[[Privacy], list[audit_repo.Record]]) -> QueryResult:
+        """Answers on a reservation of its own: a failure settles it before the error leaves (spent once
+        the data was opened), an answer commits what it spent together with its audit `records`."""
+        kind = work.query.kind
         try:
-            answer, answer_json, receipt = self._answered(self._work(priced), opening)
+            answer, answer_json, receipt = self._answered(work, opening)
         except Exception as error:  # noqa: BLE001 - whatever failed, the spend is settled before the error leaves
             self._ledger.fail(spend_id, reason=f"query failed: {error_code(error)}")
-            self._metrics.stats_queries.labels(query.kind, "failed").inc()
+            self._metrics.stats_queries.labels(kind, "failed").inc()
             raise
         spent = Privacy.cost(answer.epsilon, answer.delta)
-        with self._db.transaction() as session:  # the commit and its audit entry, together
+        with self._db.transaction() as session:  # the commit and its audit entries, together
             self._ledger.release_in(session, spend_id, spent)
-            audit_repo.append_many(session, [self._record(principal, priced, "stats.answer", spent, spend_id)])
-        self._metrics.stats_queries.labels(query.kind, "answered").inc()
+            audit_repo.append_many(session, records(spent))
+        self._metrics.stats_queries.labels(kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, spend_id)
 
     def _answered(self, work: _Work, opening: Callable[[], None]) -> tuple[Answer, bytes, bytes]:
