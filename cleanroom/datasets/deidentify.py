@@ -10,6 +10,15 @@ from __future__ import annotations
 
 import hmac  # tests count HMACs through this module's name
 
+from cleanroom.datasets.pseudonyms import (
+    LINKAGE_PREFIX,
+    MIN_KEY_BYTES,
+    PSEUDONYM_HEX_CHARS,
+    LinkageChecker,
+    LinkagePseudonymizer,
+    Pseudonymizer,
+    normalise_linkage_id,
+)
 from cleanroom.datasets.readers import (
     CSV_NULL_VALUES,
     MAX_ROW_BYTES,
@@ -25,18 +34,11 @@ from cleanroom.datasets.readers import (
     read_parquet_batches,
 )
 from cleanroom.datasets.transforms import (
-    LINKAGE_PREFIX,
-    MIN_KEY_BYTES,
-    PSEUDONYM_HEX_CHARS,
     DeidBatchResult,
     EquivalenceClassCounter,
-    LinkageChecker,
-    LinkagePseudonymizer,
-    Pseudonymizer,
     SmallClasses,
     class_keys,
     deidentify_batch,
-    normalise_linkage_id,
     scan_for_identifiers,
     stored_arrow_schema,
     suppress_small_classes,

@@ -15,7 +15,7 @@ from cleanroom.storage.db import Database
 
 PSEUDONYM_ROOT = "pseudonym-root"
 TOKEN_ROOT = "token-root"
-# The one platform-wide key of linkage pseudonyms (cleanroom.datasets.transforms.LinkagePseudonymizer):
+# The one platform-wide key of linkage pseudonyms (cleanroom.datasets.pseudonyms.LinkagePseudonymizer):
 # the same at every hospital, so the same person links; held by the service only, never derived
 # from a hospital's or a manufacturer's key.
 LINKAGE_KEY = "linkage-key"

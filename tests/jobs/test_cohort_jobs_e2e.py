@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 import enclave_sim
 from cleanroom.cli import samples
-from cleanroom.datasets.transforms import LinkagePseudonymizer
+from cleanroom.datasets.deidentify import LinkagePseudonymizer
 from cleanroom.domain.cohort import cohort_key
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
