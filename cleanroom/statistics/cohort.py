@@ -21,6 +21,7 @@ from cleanroom.domain import deid
 from cleanroom.domain.cohort import CohortSite, cohort_key, linkage_statement
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.privacy import Privacy
+from cleanroom.jobs.release import dataset_commitment
 from cleanroom.statistics.described import Described, check_and_price
 from cleanroom.statistics.engine import Query
 from cleanroom.statistics.engine.kinds import kind_spec
@@ -65,9 +66,8 @@ class CohortPriced:
         return [audit_repo.Record(actor, action, f"{facts.dataset.resource_name}/{self.reference}", details) for facts in self.described]
 
     def commitment(self) -> str:
-        """What the receipt commits to: every site's ciphertext, in site order."""
-        lines = "".join(f"{d.dataset.id}:{d.dataset.ciphertext_sha256}\n" for d in self.described)
-        return hashlib.sha256(lines.encode()).hexdigest()
+        """What the receipt commits to: every site's ciphertext, in site order (as a cohort job's does)."""
+        return dataset_commitment([(d.dataset.id, d.dataset.ciphertext_sha256) for d in self.described], cohort=True)
 
 
 def price_cohort(sites: Sequence[CohortSite], described: Sequence[Described], rows_per_patient: Sequence[int],
