@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 import enclave_sim
 from cleanroom import crypto
 from cleanroom.attestation.enclave import Enclave
+from cleanroom.domain import deid
 from cleanroom.domain.approvals import RequestState
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
@@ -100,7 +101,7 @@ def _site_input(index: int, site: _Site, study: tuple[str, ...]) -> dict[str, ob
     return {"dataset_id": site.dataset.id, "name": site.dataset.display_name, "blob": f"site{index}.blob",
             "columns": {name: site.site.column_for(name) for name in study},
             "patient_column": next(c.name for c in site.dataset.columns if c.role.name == "PATIENT_KEY"),
-            "linkage_column": validation.linkage_column(site.dataset), "role": site.site.role.value}
+            "linkage_column": deid.linkage_column(site.dataset.columns), "role": site.site.role.value}
 
 
 class JobCancelled(Exception):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 import enclave_sim
 from cleanroom import crypto
+from cleanroom.domain import deid
 from cleanroom.domain.approvals import PrivacyRequest, RequestState, default_delta_limit
 from cleanroom.domain.cohort import CohortSite, SiteRole, cohort_key, linkage_statement, make_site
 from cleanroom.domain.datasets import Dataset
@@ -221,7 +222,7 @@ class JobService:
         with self._db.read() as session:
             datasets = [dataset_repo.get_dataset(session, site.dataset_id) for site in job.params.cohort]
         known = [d for d in datasets if d is not None]
-        return linkage_statement([d.display_name for d in known], [validation.has_linkage(d) for d in known])
+        return linkage_statement([d.display_name for d in known], [deid.linkage_column(d.columns) is not None for d in known])
 
     # --- reading ---------------------------------------------------------------------------------
 

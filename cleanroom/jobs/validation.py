@@ -36,15 +36,7 @@ def _stored(dataset: Dataset) -> dict[str, deid.ColumnSpec]:
 
 def _linkage(spec: deid.ColumnSpec) -> bool:
     """The cross-hospital linkage pseudonym: it links persons, it is never an input or a label."""
-    return spec.role.name == "LINKAGE_ID"
-
-
-def has_linkage(dataset: Dataset) -> bool:
-    return any(_linkage(c) for c in dataset.columns)
-
-
-def linkage_column(dataset: Dataset) -> str | None:
-    return next((c.name for c in dataset.columns if _linkage(c)), None)
+    return spec.role.spec.treatment is deid.Treatment.LINK
 
 
 def _feature_violation(field: str, spec: deid.ColumnSpec | None) -> FieldViolation | None:
