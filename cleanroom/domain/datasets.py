@@ -8,6 +8,7 @@ from datetime import datetime
 
 from cleanroom.domain.deid import ColumnSpec
 from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.streams import StreamDescription, StreamIntakeSummary, StreamSpec
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class IntakeReport:
     notes: tuple[str, ...] = ()
     linkage_column: str = ""  # the declared LINKAGE_ID column; "": none (patients not linked to other hospitals')
     rows_without_linkage_id: int = 0  # stored rows left unlinked (an empty linkage pseudonym)
+    stream: StreamIntakeSummary | None = None  # a stream dataset's readings, spans, gaps, shifts
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class Dataset:
     created_at: datetime
     schema_only: bool = field(default=False, compare=False)
     organisation_id: str = ""  # the owner's organisation, whose officers govern the dataset
+    # A stream dataset (sealed stream table, cleanroom/crypto/sealed_table.py): what is public about
+    # it; None for a table. Whoever sees the schema sees this.
+    stream: StreamDescription | None = None
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream is not None
 
     @property
     def resource_name(self) -> str:
@@ -61,6 +70,7 @@ class UploadRequest:
     columns: tuple[ColumnSpec, ...]
     k_anonymity: int  # 0: the server default
     size_bytes: int   # 0: unknown
+    stream: StreamSpec | None = None  # set: the file is a stream (cleanroom/domain/streams.py)
 
 
 def new_dataset_id() -> str:

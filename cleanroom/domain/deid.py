@@ -31,6 +31,9 @@ class ColumnType(enum.Enum):
     STRING = 3
     DATE = 4
     BOOLEAN = 5
+    # A stream's reading time: ISO 8601 text (one UTC offset, or none, for the whole column) or
+    # whole epoch seconds; stored as int64 epoch seconds (cleanroom.domain.streams).
+    TIMESTAMP = 6
 
 
 class ColumnRole(enum.Enum):
@@ -45,6 +48,8 @@ class ColumnRole(enum.Enum):
     FEATURE = 4
     LABEL = 5
     LINKAGE_ID = 6  # replaced by the platform-wide linkage pseudonym; links a person across hospitals
+    TIME = 7  # streams only: the reading time, shifted per patient by a secret offset and coarsened
+    UNIT = 8  # streams only: a channel's unit per reading, checked against its declared unit, then dropped
 
     @property
     def spec(self) -> RoleSpec:
@@ -62,6 +67,9 @@ class Treatment(enum.Enum):
     # same one), stored as text; the identifier itself is never stored. Not the privacy unit: a
     # cohort counts linked rows as one person (cleanroom.domain.cohort.unit_key).
     LINK = enum.auto()
+    # Streams: epoch seconds, shifted per patient by a secret whole-day offset and floored to the
+    # stream's resolution (cleanroom.domain.streams.StreamSpec), stored as int64.
+    SHIFT = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class RoleSpec:
     privacy_unit: bool = False  # the patient: exactly one such column, whose pseudonym bounds each contribution
     categories: bool = False  # may declare the public list of the values it holds
     label_classes: bool = False  # may declare classification classes
+    stream_only: bool = False  # only a stream dataset (cleanroom.domain.streams) declares it
 
     @property
     def stored(self) -> bool:
@@ -96,6 +105,8 @@ ROLE_SPECS: dict[ColumnRole, RoleSpec] = {
     ColumnRole.FEATURE: RoleSpec(Treatment.KEEP, categories=True),
     ColumnRole.LABEL: RoleSpec(Treatment.KEEP, categories=True, label_classes=True),
     ColumnRole.LINKAGE_ID: RoleSpec(Treatment.LINK),
+    ColumnRole.TIME: RoleSpec(Treatment.SHIFT, stream_only=True),
+    ColumnRole.UNIT: RoleSpec(Treatment.DROP, stream_only=True),
 }
 
 
@@ -209,8 +220,9 @@ class DeidPolicy:
         return self.treated(Treatment.GENERALIZE)
 
 
-def validate_policy(columns: tuple[ColumnSpec, ...] | list[ColumnSpec], k: int) -> DeidPolicy:
-    """Checks every rule, collects every violation, and raises them together (or returns)."""
+def validate_policy(columns: tuple[ColumnSpec, ...] | list[ColumnSpec], k: int, *, stream: bool = False) -> DeidPolicy:
+    """Checks every rule, collects every violation, and raises them together (or returns).
+    `stream`: the columns are a stream's (cleanroom.domain.streams checks the stream's own rules)."""
     columns = tuple(columns)
     violations = _name_violations(columns)
     for column in columns:
@@ -218,9 +230,19 @@ def validate_policy(columns: tuple[ColumnSpec, ...] | list[ColumnSpec], k: int) 
     violations += _patient_key_violations(columns)
     violations += _linkage_violations(columns)
     violations += _k_violations(k)
+    if not stream:
+        violations += _stream_only_violations(columns)
     if violations:
         raise bad_request("the de-identification policy is invalid", *violations)
     return DeidPolicy(columns=columns, k=k)
+
+
+def _stream_only_violations(columns: tuple[ColumnSpec, ...]) -> list[FieldViolation]:
+    violations = [FieldViolation(_field(c), f"only a stream dataset declares a {c.role.name} column")
+                  for c in columns if (spec := _role_spec(c)) is not None and spec.stream_only]
+    violations += [FieldViolation(_field(c), "only a stream dataset's TIME column is a TIMESTAMP")
+                   for c in columns if c.type is ColumnType.TIMESTAMP]
+    return violations
 
 
 def _field(column: ColumnSpec) -> str:

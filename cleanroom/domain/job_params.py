@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar, TypedDict, TypeVar
 
 from cleanroom.domain.cohort import CohortSite
+from cleanroom.domain.streams import WindowSpec
 
 # The canonical number text of receipts and workload hashes (a stdlib-only module; the vectors pin it).
 from enclave_sim.canonical import decimal_text
@@ -33,7 +34,7 @@ from enclave_sim.canonical import decimal_text
 T = TypeVar("T")
 
 # One JSON value of the parameters' JSON form: text, a whole number, a list of names, or a cohort's sites.
-JsonParam = str | int | list[str] | list[dict[str, object]]
+JsonParam = str | int | list[str] | list[dict[str, object]] | dict[str, object]
 JsonParams = dict[str, JsonParam]
 
 OPTIMIZERS = ("sgd", "adam")
@@ -62,9 +63,15 @@ class _Shared:
     # A cohort request's sites in order (the columns above are then study names, mapped per site);
     # empty for a request over one dataset, whose JSON form then has no "cohort" key at all.
     cohort: tuple[CohortSite, ...] = ()
+    # A request over a stream dataset: how its windows are cut (cleanroom/domain/streams.py); None
+    # for a table, whose JSON form then has no "windows" key at all.
+    windows: WindowSpec | None = None
 
     def _cohort_json(self) -> JsonParams:
-        return {"cohort": [site.to_json() for site in self.cohort]} if self.cohort else {}
+        out: JsonParams = {"cohort": [site.to_json() for site in self.cohort]} if self.cohort else {}
+        if self.windows is not None:
+            out["windows"] = self.windows.to_json()
+        return out
 
 
 class SharedFields(TypedDict):
@@ -80,6 +87,7 @@ class SharedFields(TypedDict):
     net_benefit_thresholds: tuple[float, ...]
     score_bins: int
     cohort: tuple[CohortSite, ...]
+    windows: WindowSpec | None
 
 
 def _common_from(data: Mapping[str, object]) -> SharedFields:
@@ -96,6 +104,7 @@ def _common_from(data: Mapping[str, object]) -> SharedFields:
         net_benefit_thresholds=report.net_benefit_thresholds,
         score_bins=report.score_bins,
         cohort=_cohort(data),
+        windows=_windows(data),
     )
 
 
@@ -255,6 +264,15 @@ def _numbers(data: Mapping[str, object], key: str) -> tuple[float, ...]:
     if len(texts) != len(values):
         raise ValueError(f"job parameter {key} must be a list of decimal texts")
     return tuple(float(v) for v in texts)
+
+
+def _windows(data: Mapping[str, object]) -> WindowSpec | None:
+    value = data.get("windows")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError("job parameter windows must be an object")
+    return WindowSpec.from_json(value)
 
 
 def _cohort(data: Mapping[str, object]) -> tuple[CohortSite, ...]:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport
+from cleanroom.domain.streams import StreamDescription, StreamIntakeSummary
 from cleanroom.storage.clock import now
 from cleanroom.storage.db import affected_rows
 from cleanroom.storage.tables import DatasetRow
@@ -69,7 +70,19 @@ def _report_from_json(text: str) -> IntakeReport:
     for key in ("dropped_columns", "pseudonymized_columns", "notes"):
         data[key] = tuple(data[key])
     data["generalized_columns"] = tuple(tuple(pair) for pair in data["generalized_columns"])
+    stream = data.pop("stream", None)  # absent in reports stored before streams existed
+    if stream is not None:
+        stream["channels"] = tuple(tuple(c) for c in stream["channels"])
+        data["stream"] = StreamIntakeSummary(**stream)
     return IntakeReport(**data)
+
+
+def _stream_to_json(stream: StreamDescription | None) -> str:
+    return "" if stream is None else json.dumps(stream.to_json(), sort_keys=True)
+
+
+def _stream_from_json(text: str) -> StreamDescription | None:
+    return StreamDescription.from_json(json.loads(text)) if text else None
 
 
 def add_dataset(session: Session, dataset: Dataset, wrapped_key: bytes) -> None:
@@ -86,6 +99,7 @@ def add_dataset(session: Session, dataset: Dataset, wrapped_key: bytes) -> None:
             patient_count=dataset.patient_count,
             report_json=_report_to_json(dataset.report),
             ciphertext_sha256=dataset.ciphertext_sha256,
+            stream_json=_stream_to_json(dataset.stream),
             wrapped_key=wrapped_key,
             created_at=dataset.created_at,
         )
@@ -107,6 +121,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         report=_report_from_json(row.report_json),
         ciphertext_sha256=row.ciphertext_sha256,
         created_at=row.created_at,
+        stream=_stream_from_json(row.stream_json),
     )
 
 

@@ -72,6 +72,8 @@ class DatasetRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     organisation_id: Mapped[str] = mapped_column(String(32), index=True, default="")  # the owner's (0010)
+    # A stream dataset's public description (domain.streams.StreamDescription) as JSON; "" for a table (0011).
+    stream_json: Mapped[str] = mapped_column(Text, default="")
 
 
 class IdempotencyRow(Base):

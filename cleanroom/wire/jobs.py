@@ -52,6 +52,7 @@ def _shared(spec: Spec) -> SharedFields:
         net_benefit_thresholds=tuple(spec.net_benefit_thresholds),
         score_bins=spec.score_bins,
         cohort=cohort_from_proto(spec.cohort, "spec.cohort"),
+        windows=None,
     )
 
 
