@@ -40,6 +40,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
 from cleanroom.trainer import accounting, clipping, noise, sampling
 from cleanroom.trainer.graph import ExportedModel, Task
 from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES, assert_no_foreign_modules
+from cleanroom.trainer.sources import Batch, BatchSource, Examples, InMemorySource
 
 OPTIMIZERS = ("sgd", "adam")
 TAIL_FRACTION = 0.5      # the released weights average the iterates of the last half of the steps
@@ -99,17 +100,17 @@ def plan_steps(*, n_patients: int, target_epsilon: float, target_delta: float, e
     return StepPlan(q, steps, sigma, q * n_patients, spent)
 
 
-@dataclass
-class Batch:
-    rows: np.ndarray                 # dataset row of each sampled row, grouped by patient
-    segments: np.ndarray             # patient slot of each row
-    n_patients: int
-
-
 def sample_batch(index: sampling.PatientIndex, rng: np.random.Generator, *, sample_rate: float, max_rows: int) -> Batch:
     patients = sampling.poisson_patients(rng, n_patients=index.n_patients, sample_rate=sample_rate)
     rows, segments = sampling.bounded_rows(index, patients, max_rows=max_rows, rng=rng)
     return Batch(rows, segments, len(patients))
+
+
+def sample_examples(source: BatchSource, rng: np.random.Generator, *, sample_rate: float, max_rows: int) -> Examples:
+    """One step's examples: Poisson over the source's patient slots (reads only their public
+    count), then at most max_rows examples of each sampled patient, drawn by the source."""
+    patients = sampling.poisson_patients(rng, n_patients=source.n_patients, sample_rate=sample_rate)
+    return source.batch(patients, max_rows=max_rows, rng=rng)
 
 
 def clipped_batch_sum(model: ExportedModel, master: Tensors, X: torch.Tensor, y: torch.Tensor,
@@ -159,35 +160,95 @@ def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray
           seed_source: sampling.SeedSource = os.urandom,
           noise_source: clipping.GaussianSource | None = None,
           allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
-    """Patient-level (ε, δ)-DP training of the program's trainable tensors; see the module docstring.
-    `noise_source` defaults to the OS CSPRNG; a seeded one is for tests only. The released weights
-    average the iterates of the last `tail_fraction` of the steps (at least the last one)."""
+    """Patient-level (ε, δ)-DP training of the program's trainable tensors over a table in memory;
+    see the module docstring. `noise_source` defaults to the OS CSPRNG; a seeded one is for tests
+    only. The released weights average the iterates of the last `tail_fraction` of the steps."""
     assert_no_foreign_modules(allowed_modules)
-    _validate(clipping_norm=clipping_norm, learning_rate=learning_rate, max_rows_per_patient=max_rows_per_patient,
-              momentum=momentum, optimizer=optimizer)
-    if not 0 <= tail_fraction <= 1:
-        raise bad_request("tail_fraction must be in [0, 1]")
+    settings = Settings(task, num_classes, tuple(trainable), target_epsilon, target_delta, epochs, expected_batch_patients,
+                        max_rows_per_patient, learning_rate, optimizer, clipping_norm, momentum, tail_fraction)
+    settings.check()
     model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
     X_t = model.features(X)
     y_t = model.labels(y, len(X_t))
     if len(patient) != len(X_t):
         raise bad_request("patient must hold one id per row")
-    index = sampling.PatientIndex.build(np.asarray(patient))
-    plan = plan_steps(n_patients=index.n_patients, target_epsilon=target_epsilon, target_delta=target_delta,
-                      epochs=epochs, expected_batch_patients=expected_batch_patients)
+    source = InMemorySource(X_t, y_t, sampling.PatientIndex.build(np.asarray(patient)))
+    return _train_model(model, source, settings, seed_source=seed_source, noise_source=noise_source)
+
+
+def train_source(program: torch.export.ExportedProgram, source: BatchSource, *, task: str, num_classes: int,
+                 trainable: Sequence[str], target_epsilon: float, target_delta: float, epochs: int,
+                 expected_batch_patients: int, max_rows_per_patient: int, learning_rate: float, optimizer: str,
+                 clipping_norm: float, momentum: float = 0.0, tail_fraction: float = TAIL_FRACTION,
+                 seed_source: sampling.SeedSource = os.urandom, noise_source: clipping.GaussianSource | None = None,
+                 allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
+    """As `train`, with each step's examples drawn from `source` (a stream's windows, cut on
+    demand). The patient count is the source's (public); the source must return model-ready
+    tensors and at most max_rows_per_patient examples per sampled patient (checked every step)."""
+    assert_no_foreign_modules(allowed_modules)
+    settings = Settings(task, num_classes, tuple(trainable), target_epsilon, target_delta, epochs, expected_batch_patients,
+                        max_rows_per_patient, learning_rate, optimizer, clipping_norm, momentum, tail_fraction)
+    settings.check()
+    model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
+    return _train_model(model, source, settings, seed_source=seed_source, noise_source=noise_source)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A training request's public parameters, as train() and train_source() take them."""
+
+    task: str
+    num_classes: int
+    trainable: tuple[str, ...]
+    target_epsilon: float
+    target_delta: float
+    epochs: int
+    expected_batch_patients: int
+    max_rows_per_patient: int
+    learning_rate: float
+    optimizer: str
+    clipping_norm: float
+    momentum: float
+    tail_fraction: float
+
+    def check(self) -> None:
+        _validate(clipping_norm=self.clipping_norm, learning_rate=self.learning_rate,
+                  max_rows_per_patient=self.max_rows_per_patient, momentum=self.momentum, optimizer=self.optimizer)
+        if not 0 <= self.tail_fraction <= 1:
+            raise bad_request("tail_fraction must be in [0, 1]")
+
+
+def _train_model(model: ExportedModel, source: BatchSource, s: Settings, *, seed_source: sampling.SeedSource,
+                 noise_source: clipping.GaussianSource | None) -> TrainingResult:
+    plan = plan_steps(n_patients=source.n_patients, target_epsilon=s.target_epsilon, target_delta=s.target_delta,
+                      epochs=s.epochs, expected_batch_patients=s.expected_batch_patients)
     master = model.initial_trainable()
-    opt = make_optimizer(optimizer, list(master.values()), learning_rate=learning_rate, momentum=momentum)
-    source = noise_source or noise.SecureGaussian()
-    tail = tail_steps(plan.steps, tail_fraction)
-    released = _run(model, master, opt, X_t, y_t, index, plan=plan, rng=sampling.numpy_generator(seed_source),
-                    noise_source=source, clipping_norm=clipping_norm, max_rows=max_rows_per_patient, tail=tail)
-    settings = dict(clipping_norm=clipping_norm, expected_batch_patients=expected_batch_patients, epochs=epochs,
-                    max_rows_per_patient=max_rows_per_patient, optimizer=optimizer, learning_rate=learning_rate,
-                    momentum=momentum, target_epsilon=target_epsilon, n_patients=index.n_patients,
-                    noise_rng=source.name, tail_fraction=tail_fraction, averaged_steps=tail,
+    opt = make_optimizer(s.optimizer, list(master.values()), learning_rate=s.learning_rate, momentum=s.momentum)
+    gaussian = noise_source or noise.SecureGaussian()
+    tail = tail_steps(plan.steps, s.tail_fraction)
+    released = _run(model, master, opt, source, plan=plan, rng=sampling.numpy_generator(seed_source),
+                    noise_source=gaussian, clipping_norm=s.clipping_norm, max_rows=s.max_rows_per_patient, tail=tail)
+    settings = dict(clipping_norm=s.clipping_norm, expected_batch_patients=s.expected_batch_patients, epochs=s.epochs,
+                    max_rows_per_patient=s.max_rows_per_patient, optimizer=s.optimizer, learning_rate=s.learning_rate,
+                    momentum=s.momentum, target_epsilon=s.target_epsilon, n_patients=source.n_patients,
+                    noise_rng=gaussian.name, tail_fraction=s.tail_fraction, averaged_steps=tail,
                     released=f"mean of the iterates after each of the last {tail} of {plan.steps} steps "
                              "(suffix averaging; post-processing, no privacy cost)")
     return _result(released, plan, settings)
+
+
+def _checked(model: ExportedModel, examples: Examples, *, max_rows: int) -> Examples:
+    """A source's examples, held to what the step relies on (cheap: shapes and counts, no values)."""
+    batch = examples.batch
+    if examples.X.dtype != torch.float32 or tuple(examples.X.shape[1:]) != model.input_shape:
+        raise bad_request(f"features must be float32 [n, {', '.join(map(str, model.input_shape))}]")
+    if examples.y.dtype != (torch.int64 if model.task.classification else torch.float32):
+        raise bad_request("labels must be int64 class indices (float32 targets for regression)")
+    if len(batch.segments):
+        counts = np.bincount(batch.segments)
+        if counts.max() > max_rows or counts.min() < 1 or len(batch.rows) != len(batch.segments):
+            raise CleanroomError(ErrorCode.INTERNAL, "a batch source broke the per-patient bound")
+    return examples
 
 
 def tail_steps(steps: int, tail_fraction: float) -> int:
@@ -195,16 +256,17 @@ def tail_steps(steps: int, tail_fraction: float) -> int:
     return max(1, min(steps, math.ceil(tail_fraction * steps)))
 
 
-def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
-         index: sampling.PatientIndex, *, plan: StepPlan, rng: np.random.Generator,
-         noise_source: clipping.GaussianSource, clipping_norm: float, max_rows: int, tail: int) -> Tensors:
+def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, source: BatchSource, *, plan: StepPlan,
+         rng: np.random.Generator, noise_source: clipping.GaussianSource, clipping_norm: float, max_rows: int,
+         tail: int) -> Tensors:
     """Runs the plan's steps; returns the mean of the iterates after each of the last `tail` steps
     (accumulated in float64, so averaging hundreds of iterates adds no rounding of its own)."""
     chunk_rows = _chunk_rows(master, max_rows)
     total = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in master.items()}
     for step in range(plan.steps):
-        batch = sample_batch(index, rng, sample_rate=plan.sample_rate, max_rows=max_rows)
-        dp_step(model, master, opt, X, y, batch, plan=plan, clipping_norm=clipping_norm,
+        examples = _checked(model, sample_examples(source, rng, sample_rate=plan.sample_rate, max_rows=max_rows),
+                            max_rows=max_rows)
+        dp_step(model, master, opt, examples.X, examples.y, examples.batch, plan=plan, clipping_norm=clipping_norm,
                 noise_source=noise_source, chunk_rows=chunk_rows)
         if step >= plan.steps - tail:
             with torch.no_grad():
