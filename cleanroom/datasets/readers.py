@@ -60,8 +60,18 @@ def _check_columns(file_names: list[str], policy: DeidPolicy) -> None:
 
 
 def _typed_batch(raw: pa.RecordBatch, policy: DeidPolicy, first_row: int) -> pa.RecordBatch:
-    arrays = [cast_column(raw.column(c.name), c.name, c.type, first_row) for c in policy.columns]
-    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema_for(policy))
+    arrays = [_typed_column(raw.column(c.name), c.name, c.type, first_row) for c in policy.columns]
+    return pa.RecordBatch.from_arrays(arrays, names=[c.name for c in policy.columns])
+
+
+def _typed_column(values: pa.Array, name: str, declared: ColumnType, first_row: int) -> pa.Array:
+    if declared is ColumnType.TIMESTAMP and not _is_text(values.type):
+        return values  # a Parquet timestamp or integer column: stream intake reads it as it is
+    return cast_column(values, name, declared, first_row)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return any(is_(kind) for is_ in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary))
 
 
 # ---------------------------------------------------------------- CSV
@@ -268,6 +278,9 @@ _PARQUET_COMPATIBLE = {
     ColumnType.STRING: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
     ColumnType.DATE: pa.types.is_date,
     ColumnType.BOOLEAN: pa.types.is_boolean,
+    # ISO 8601 text, whole epoch seconds, or a Parquet timestamp (a zone on the type, or none: UTC)
+    ColumnType.TIMESTAMP: lambda t: any(is_(t) for is_ in (pa.types.is_string, pa.types.is_large_string,
+                                                           pa.types.is_integer, pa.types.is_timestamp)),
 }
 
 

@@ -10,9 +10,10 @@ from collections.abc import Callable, Collection, Iterator
 
 from cleanroom import crypto
 from cleanroom.datasets import deidentify as ops
-from cleanroom.datasets.intake import ingest
+from cleanroom.datasets.intake import IntakeResult, ingest
+from cleanroom.datasets.stream_intake import ingest_stream
 from cleanroom.datasets.upload_stream import Trailer, UploadStream, too_large
-from cleanroom.domain import deid
+from cleanroom.domain import deid, streams
 from cleanroom.domain.datasets import Dataset, UploadRequest, can_manage, new_dataset_id, parse_dataset_name, schema_view
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
@@ -57,7 +58,10 @@ class DatasetService:
             raise bad_request("the upload metadata is invalid", *violations)
         if request.size_bytes > self._max_upload_bytes:
             raise too_large(self._max_upload_bytes)
-        return deid.validate_policy(request.columns, request.k_anonymity or self._default_k)
+        k = request.k_anonymity or self._default_k
+        if request.stream is None:
+            return deid.validate_policy(request.columns, k)
+        return _validate_stream_upload(request.columns, k, request.stream)
 
     def upload(self, owner: Principal, request: UploadRequest, parts: Iterator[bytes | Trailer]) -> Dataset:
         try:
@@ -84,6 +88,14 @@ class DatasetService:
         data_key = crypto.new_data_key()
         stream = UploadStream(parts, max_bytes=self._max_upload_bytes)
         pseudonymizer = ops.Pseudonymizer(self._keys.pseudonym_key(owner.id))
+        if request.stream is not None:
+            result = ingest_stream(stream, file_format=request.file_format, policy=policy, spec=request.stream,
+                                   pseudonymizer=pseudonymizer, shift_key=self._keys.time_shift_key(owner.id),
+                                   blobs=self._blobs, dataset_id=dataset_id, data_key=data_key,
+                                   size_bytes=request.size_bytes)
+            summary = result.report.stream
+            assert summary is not None
+            return self._stored(owner, request, policy, dataset_id, data_key, result, streams.describe(request.stream, summary))
         linkage = ops.LinkagePseudonymizer(self._keys.linkage_key()) if policy.linkage is not None else None
         result = ingest(
             stream,
@@ -95,6 +107,10 @@ class DatasetService:
             data_key=data_key,
             linkage=linkage,
         )
+        return self._stored(owner, request, policy, dataset_id, data_key, result, None)
+
+    def _stored(self, owner: Principal, request: UploadRequest, policy: deid.DeidPolicy, dataset_id: str,
+                data_key: bytes, result: IntakeResult, stream: streams.StreamDescription | None) -> Dataset:
         dataset = Dataset(
             id=dataset_id,
             owner_id=owner.id,
@@ -108,6 +124,7 @@ class DatasetService:
             report=result.report,
             ciphertext_sha256=result.ciphertext_sha256,
             created_at=clock.now(),
+            stream=stream,
         )
         self._store(dataset, result.blob, self._keys.wrap_dataset_key(dataset_id, data_key))
         return dataset
@@ -180,6 +197,18 @@ class DatasetService:
         if dataset is None or not (shared or _manages(principal, dataset)):
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND_MESSAGE)
         return dataset
+
+
+def _validate_stream_upload(columns: tuple[deid.ColumnSpec, ...], k: int, spec: streams.StreamSpec) -> deid.DeidPolicy:
+    """The column rules and the stream's own rules, every violation in one error."""
+    violations = streams.validate_stream(columns, spec)
+    try:
+        policy = deid.validate_policy(columns, k, stream=True)
+    except CleanroomError as error:
+        raise bad_request(error.message, *error.violations, *violations) from None
+    if violations:
+        raise bad_request("the stream declaration is invalid", *violations)
+    return policy
 
 
 def _manages(principal: Principal, dataset: Dataset) -> bool:

@@ -20,6 +20,9 @@ ARROW_TYPES = {
     ColumnType.STRING: pa.string(),
     ColumnType.DATE: pa.date32(),
     ColumnType.BOOLEAN: pa.bool_(),
+    # A stream's TIME column is read as text (or as Parquet stores it); stream intake parses it
+    # (cleanroom/datasets/stream_times.py) and stores int64 epoch seconds.
+    ColumnType.TIMESTAMP: pa.string(),
 }
 _TYPE_WORDS = {
     ColumnType.INTEGER: "integer",
@@ -27,6 +30,7 @@ _TYPE_WORDS = {
     ColumnType.STRING: "UTF-8 text",
     ColumnType.DATE: "date (YYYY-MM-DD)",
     ColumnType.BOOLEAN: "boolean (true/false)",
+    ColumnType.TIMESTAMP: "UTF-8 text",
 }
 
 

@@ -19,6 +19,9 @@ TOKEN_ROOT = "token-root"
 # the same at every hospital, so the same person links; held by the service only, never derived
 # from a hospital's or a manufacturer's key.
 LINKAGE_KEY = "linkage-key"
+# The root of each data owner's stream time-shift key (cleanroom.datasets.stream_cells.shift_days):
+# a patient's secret whole-day offset is a keyed hash of its pseudonym under it.
+TIME_SHIFT_ROOT = "time-shift-root"
 
 
 def _dataset_context(dataset_id: str) -> bytes:
@@ -85,6 +88,12 @@ class KeyService:
     def linkage_key(self) -> bytes:
         """The platform-wide linkage key: one for every hospital, unlike pseudonym_key."""
         return self.secret(LINKAGE_KEY)
+
+    def time_shift_key(self, owner_id: str) -> bytes:
+        """Per-hospital key of stream time shifts, apart from pseudonym_key: knowing a patient's
+        pseudonym does not give its shift."""
+        root = self.secret(TIME_SHIFT_ROOT)
+        return hmac.new(root, b"time-shift:" + owner_id.encode("ascii"), hashlib.sha256).digest()
 
     def rotate(self, *, actor: str) -> tuple[str, int]:
         """New KEK; every wrapped key re-wrapped in one transaction; then the old KEKs are retired.

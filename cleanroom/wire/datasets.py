@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset, IntakeReport, UploadRequest
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.streams import ChannelSpec, StreamDescription, StreamIntakeSummary, StreamSpec
 from cleanroom.v1 import datasets_pb2
 from cleanroom.wire.common import known_enum, timestamp
 
@@ -93,6 +94,81 @@ def upload_request_from_proto(metadata: datasets_pb2.UploadMetadata) -> UploadRe
         columns=tuple(column_from_proto(c, f"metadata.columns[{i}]") for i, c in enumerate(metadata.columns)),
         k_anonymity=metadata.policy.k_anonymity,
         size_bytes=metadata.size_bytes,
+        stream=stream_spec_from_proto(metadata.stream) if metadata.HasField("stream") else None,
+    )
+
+
+# --- streams (cleanroom/domain/streams.py) ------------------------------------------------------
+
+
+def stream_spec_from_proto(message: datasets_pb2.StreamSpec) -> StreamSpec:
+    """Unvalidated, as column specs are: streams.validate_stream names what is wrong."""
+    return StreamSpec(
+        time_column=message.time_column,
+        channels=tuple(ChannelSpec(c.name, c.unit, c.unit_column) for c in message.channels),
+        time_resolution_seconds=message.time_resolution_seconds or 1,
+        max_shift_days=message.max_shift_days,
+    )
+
+
+def stream_spec_to_proto(spec: StreamSpec) -> datasets_pb2.StreamSpec:
+    return datasets_pb2.StreamSpec(
+        time_column=spec.time_column,
+        channels=[datasets_pb2.ChannelSpec(name=c.name, unit=c.unit, unit_column=c.unit_column) for c in spec.channels],
+        time_resolution_seconds=spec.time_resolution_seconds,
+        max_shift_days=spec.max_shift_days,
+    )
+
+
+def stream_summary_to_proto(summary: StreamIntakeSummary) -> datasets_pb2.StreamIntakeSummary:
+    return datasets_pb2.StreamIntakeSummary(
+        readings=summary.readings,
+        patients=summary.patients,
+        channels=[datasets_pb2.ChannelReadings(channel=c, unit=u, readings=n) for c, u, n in summary.channels],
+        shortest_span_seconds=summary.shortest_span_seconds,
+        median_span_seconds=summary.median_span_seconds,
+        longest_span_seconds=summary.longest_span_seconds,
+        gaps=summary.gaps,
+        gap_seconds=summary.gap_seconds,
+        readings_merged=summary.readings_merged,
+        time_resolution_seconds=summary.time_resolution_seconds,
+        max_shift_days=summary.max_shift_days,
+        time_zone=summary.time_zone,
+    )
+
+
+def stream_summary_from_proto(message: datasets_pb2.StreamIntakeSummary) -> StreamIntakeSummary:
+    return StreamIntakeSummary(
+        readings=message.readings,
+        patients=message.patients,
+        channels=tuple((c.channel, c.unit, c.readings) for c in message.channels),
+        shortest_span_seconds=message.shortest_span_seconds,
+        median_span_seconds=message.median_span_seconds,
+        longest_span_seconds=message.longest_span_seconds,
+        gaps=message.gaps,
+        gap_seconds=message.gap_seconds,
+        readings_merged=message.readings_merged,
+        time_resolution_seconds=message.time_resolution_seconds,
+        max_shift_days=message.max_shift_days,
+        time_zone=message.time_zone,
+    )
+
+
+def stream_description_to_proto(description: StreamDescription) -> datasets_pb2.StreamDescription:
+    return datasets_pb2.StreamDescription(
+        time_column=description.time_column,
+        channels=[datasets_pb2.ChannelUnit(channel=c, unit=u) for c, u in description.channels],
+        time_resolution_seconds=description.time_resolution_seconds,
+        longest_span_hours=description.longest_span_hours,
+    )
+
+
+def stream_description_from_proto(message: datasets_pb2.StreamDescription) -> StreamDescription:
+    return StreamDescription(
+        time_column=message.time_column,
+        channels=tuple((c.channel, c.unit) for c in message.channels),
+        time_resolution_seconds=message.time_resolution_seconds,
+        longest_span_hours=message.longest_span_hours,
     )
 
 
@@ -112,6 +188,7 @@ def report_to_proto(report: IntakeReport) -> datasets_pb2.IntakeReport:
         notes=report.notes,
         linkage_column=report.linkage_column,
         rows_without_linkage_id=report.rows_without_linkage_id,
+        stream=stream_summary_to_proto(report.stream) if report.stream is not None else None,
     )
 
 
@@ -123,6 +200,8 @@ def dataset_to_proto(dataset: Dataset) -> datasets_pb2.Dataset:
         create_time=timestamp(dataset.created_at),
         k_anonymity=dataset.k_anonymity,
     )
+    if dataset.stream is not None:  # public with the schema (domain/streams.py)
+        message.stream.CopyFrom(stream_description_to_proto(dataset.stream))
     if not dataset.schema_only:
         message.owner = f"principals/{dataset.owner_id}"
         message.description = dataset.description

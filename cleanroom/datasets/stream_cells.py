@@ -1,0 +1,126 @@
+"""Pass two of stream intake, one partition at a time: each patient's readings in time order,
+shifted by the patient's secret whole-day offset, floored to the stream's resolution, readings of
+one cell averaged into one; and the counts the intake report gives (readings, spans, gaps).
+
+The shift is a keyed hash of the patient's pseudonym (HMAC-SHA256 under the data owner's time
+shift key): the same patient always moves by the same number of days, every patient by its own,
+and nobody without the key can undo it. Whole days keep the time of day, so daily rhythms survive.
+"""
+
+from __future__ import annotations
+
+import hmac
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from cleanroom.datasets.stream_times import MICROS
+from cleanroom.domain.streams import StreamIntakeSummary, StreamSpec
+
+DAY = 86_400
+_SHIFT_CONTEXT = b"cleanroom-time-shift:"
+
+
+def shift_days(shift_key: bytes, pseudonym: str, max_days: int) -> int:
+    """The patient's secret offset in whole days, in [-max_days, max_days]; 0 when max_days is 0."""
+    if max_days == 0:
+        return 0
+    digest = hmac.digest(shift_key, _SHIFT_CONTEXT + pseudonym.encode("utf-8"), "sha256")
+    return int.from_bytes(digest[:8], "big") % (2 * max_days + 1) - max_days  # bias below 2^-40
+
+
+def gap_seconds(spec: StreamSpec) -> int:
+    return max(60, 10 * spec.time_resolution_seconds)
+
+
+@dataclass
+class StreamCounts:
+    """The summary's counts, kept as partitions go by: O(patients) memory (one span each)."""
+
+    readings: int = 0
+    merged: int = 0
+    gaps: int = 0
+    spans: list[int] = field(default_factory=list)
+    channels: dict[str, int] = field(default_factory=dict)  # readings holding a value
+
+    def summary(self, spec: StreamSpec, time_zone: str) -> StreamIntakeSummary:
+        spans = self.spans or [0]
+        return StreamIntakeSummary(
+            readings=self.readings, patients=len(self.spans),
+            channels=tuple((c.name, c.unit, self.channels.get(c.name, 0)) for c in spec.channels),
+            shortest_span_seconds=min(spans), median_span_seconds=int(statistics.median_low(spans)),
+            longest_span_seconds=max(spans), gaps=self.gaps, gap_seconds=gap_seconds(spec),
+            readings_merged=self.merged, time_resolution_seconds=spec.time_resolution_seconds,
+            max_shift_days=spec.max_shift_days, time_zone=time_zone)
+
+
+@dataclass(frozen=True)
+class Cells:
+    """How one upload's readings become stored cells."""
+
+    spec: StreamSpec
+    patient_column: str
+    shift_key: bytes
+
+    def patients(self, partition: pa.Table, counts: StreamCounts) -> Iterator[pa.Table]:
+        """Each patient's stored rows (time in epoch seconds), one table per patient."""
+        if partition.num_rows == 0:
+            return
+        time = self.spec.time_column
+        table = partition.sort_by([(self.patient_column, "ascending"), (time, "ascending")]).combine_chunks()
+        encoded = table.column(self.patient_column).combine_chunks().dictionary_encode()
+        codes = encoded.indices.to_numpy().astype(np.int64)
+        seconds = np.floor_divide(table.column(time).to_numpy(), MICROS) + self._shifts(encoded.dictionary)[codes]
+        resolution = self.spec.time_resolution_seconds
+        cells = np.floor_divide(seconds, resolution) * resolution
+        starts = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (cells[1:] != cells[:-1])])
+        table = self._merged(table, starts, cells[starts]) if len(starts) < len(cells) else \
+            table.set_column(table.schema.get_field_index(time), time, pa.array(cells, pa.int64()))
+        counts.merged += len(cells) - len(starts)
+        yield from self._by_patient(table, codes[starts], counts)
+
+    def _shifts(self, pseudonyms: pa.Array) -> np.ndarray:
+        days = [shift_days(self.shift_key, p, self.spec.max_shift_days) for p in pseudonyms.to_pylist()]
+        return np.array(days, dtype=np.int64) * DAY
+
+    def _merged(self, table: pa.Table, starts: np.ndarray, times: np.ndarray) -> pa.Table:
+        """One row per cell: channels averaged over the readings holding a value, every other
+        column the cell's last value."""
+        ends = np.r_[starts[1:], table.num_rows] - 1
+        channels = {c.name for c in self.spec.channels}
+        arrays = []
+        for name in table.column_names:
+            if name == self.spec.time_column:
+                arrays.append(pa.array(times, pa.int64()))
+            elif name in channels:
+                arrays.append(_means(table.column(name).to_numpy(), starts))
+            else:
+                arrays.append(table.column(name).take(pa.array(ends)))
+        return pa.Table.from_arrays(arrays, schema=table.schema)
+
+    def _by_patient(self, table: pa.Table, codes: np.ndarray, counts: StreamCounts) -> Iterator[pa.Table]:
+        times = table.column(self.spec.time_column).to_numpy()
+        same = codes[1:] == codes[:-1]
+        counts.gaps += int(np.count_nonzero(same & (np.diff(times) > gap_seconds(self.spec))))
+        counts.readings += table.num_rows
+        for channel in self.spec.channels:
+            column = table.column(channel.name)
+            counts.channels[channel.name] = counts.channels.get(channel.name, 0) + len(column) - column.null_count
+        starts = np.flatnonzero(np.r_[True, ~same])
+        ends = np.r_[starts[1:], len(codes)]
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            counts.spans.append(int(times[end - 1] - times[start]))
+            yield table.slice(start, end - start)
+
+
+def _means(values: np.ndarray, starts: np.ndarray) -> pa.Array:
+    """Each cell's mean of its non-missing readings (missing: NaN here); missing if it has none."""
+    present = ~np.isnan(values)
+    sums = np.add.reduceat(np.where(present, values, 0).astype(np.float64), starts)
+    counts = np.add.reduceat(present.astype(np.int64), starts)
+    empty = counts == 0
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=~empty)
+    return pa.array(means.astype(np.float32), mask=empty)

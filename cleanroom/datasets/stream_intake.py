@@ -1,0 +1,230 @@
+"""Stream intake: parse, de-identify, check, and store a wellness-IoT stream as a sealed stream
+table (cleanroom/crypto/sealed_table.py), in bounded memory.
+
+Two passes; plaintext never touches disk:
+1. the upload, batch by batch (the table readers, on helper threads): identifiers dropped, the
+   patient key pseudonymised, units and time order checked (stream_checks); each de-identified
+   reading goes to one of P temporary partitions by a hash of its patient's pseudonym, each sealed
+   under a key that lives only in memory, so one patient's readings all land in one partition;
+2. partition by partition: read back (one partition in memory at a time, about PARTITION_BYTES),
+   each patient's readings shifted, coarsened and averaged (stream_cells), and written patient by
+   patient into the sealed stream table under the dataset's key.
+Peak memory is a few upload batches in pass one, one partition (a few copies of it) in pass two,
+plus a last time and a span per patient; never the file. The temporary partitions are removed as
+soon as they are read, and all of them on any error. k-anonymity does not apply: a stream declares
+no quasi-identifiers (cleanroom.domain.streams), so no reading is suppressed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from cleanroom import crypto
+from cleanroom.crypto.sealed_table import SealedTableWriter
+from cleanroom.datasets import deidentify as ops
+from cleanroom.datasets.intake import IntakeResult, _parse, _read_ahead
+from cleanroom.datasets.stream_cells import Cells, StreamCounts
+from cleanroom.datasets.stream_checks import BatchChecks, StreamBatch
+from cleanroom.datasets.stream_times import EPOCH, NAIVE, TimeParser
+from cleanroom.datasets.upload_stream import UploadStream
+from cleanroom.domain import deid
+from cleanroom.domain.datasets import IntakeReport
+from cleanroom.domain.errors import CleanroomError
+from cleanroom.domain.streams import StreamIntakeSummary, StreamSpec
+from cleanroom.storage.blobs import BlobStore, PendingBlob
+
+# A partition's Arrow data, at most about (pass two holds one partition, sorted and merged copies).
+PARTITION_BYTES = 128 << 20
+# A de-identified reading takes about the bytes of its CSV text in Arrow (a 32-character pseudonym
+# for the patient key, 8 bytes of time, 4 per channel); twice the file's size leaves room for
+# uneven patients and formats that pack tighter than CSV (Parquet).
+ARROW_BYTES_PER_FILE_BYTE = 2
+DEFAULT_PARTITIONS = 64  # the upload's size is not known
+MAX_PARTITIONS = 256  # files open at once; past a 16 GB upload a partition grows beyond PARTITION_BYTES
+PARTITION_CHUNK = 1 << 18  # a small sealed chunk: P partitions each buffer one
+
+
+def partition_count(size_bytes: int, partition_bytes: int = PARTITION_BYTES) -> int:
+    if size_bytes <= 0:
+        return DEFAULT_PARTITIONS
+    return min(MAX_PARTITIONS, max(1, math.ceil(size_bytes * ARROW_BYTES_PER_FILE_BYTE / partition_bytes)))
+
+
+def ingest_stream(
+    stream: UploadStream,
+    *,
+    file_format: str,
+    policy: deid.DeidPolicy,
+    spec: StreamSpec,
+    pseudonymizer: ops.Pseudonymizer,
+    shift_key: bytes,
+    blobs: BlobStore,
+    dataset_id: str,
+    data_key: bytes,
+    size_bytes: int = 0,
+    partition_bytes: int = PARTITION_BYTES,
+) -> IntakeResult:
+    """`policy` from deid.validate_policy(..., stream=True) and `spec` checked by
+    streams.validate_stream; `shift_key` keys the per-patient time shift (identity.keyring);
+    `size_bytes` (the upload's declared size, 0: unknown) sizes the partitions."""
+    final = blobs.create(dataset_id)
+    try:
+        with ExitStack() as temporaries:
+            partitions = _Partitions(blobs, dataset_id, partition_count(size_bytes, partition_bytes), temporaries)
+            checks = BatchChecks.start(policy, spec, pseudonymizer)
+            counts = _RowCounts()
+            try:
+                _first_pass(stream, file_format, policy, checks, partitions, counts, temporaries)
+            except CleanroomError as error:
+                raise stream.explain(error) from None
+            stream.verify_trailer()
+            cells, stored = Cells(spec, policy.patient_key.name, shift_key), StreamCounts()
+            digest = _second_pass(partitions, cells, stored, final, data_key, checks)
+        summary = stored.summary(spec, checks.times.time_zone)
+        report = _report(policy, spec, stream.bytes_received, counts, summary, checks.times)
+    except BaseException:
+        final.abort()
+        raise
+    return IntakeResult(report, summary.patients, digest, final)
+
+
+@dataclass
+class _RowCounts:
+    rows_received: int = 0
+    rows_without_patient_key: int = 0
+
+
+@dataclass
+class _Partition:
+    blob: PendingBlob
+    sealed: crypto.SealedWriter
+    writer: ipc.RecordBatchStreamWriter
+
+
+@dataclass
+class _Partitions:
+    """Temporary sealed partitions of the de-identified readings, by a hash of the pseudonym."""
+
+    blobs: BlobStore
+    dataset_id: str
+    count: int
+    temporaries: ExitStack
+    schema: pa.Schema | None = None
+    key: bytes = field(default_factory=crypto.new_data_key)
+    written: dict[int, _Partition] = field(default_factory=dict)
+
+    def write(self, batch: StreamBatch) -> None:
+        if batch.batch.num_rows == 0:
+            return
+        names = batch.patients.dictionary.to_pylist()
+        per_patient = np.array([int(name[:8], 16) % self.count for name in names], dtype=np.int64)
+        ids = per_patient[batch.patients.indices.to_numpy(zero_copy_only=False)]
+        order = np.argsort(ids, kind="stable")
+        grouped = batch.batch.take(pa.array(order))
+        present, starts = np.unique(ids[order], return_index=True)
+        ends = np.r_[starts[1:], len(order)]
+        for number, start, end in zip(present.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            self._partition(number, grouped.schema).writer.write_batch(grouped.slice(start, end - start))
+
+    def _partition(self, number: int, schema: pa.Schema) -> _Partition:
+        if number not in self.written:
+            blob = self.temporaries.enter_context(self.blobs.create(f"{self.dataset_id}-part{number}"))
+            sealed = crypto.SealedWriter(blob.file, self.key, blob.blob_id, PARTITION_CHUNK, digest=False)
+            self.written[number] = _Partition(blob, sealed, ipc.new_stream(sealed, schema))
+        return self.written[number]
+
+    def close_writers(self) -> None:
+        for partition in self.written.values():
+            partition.writer.close()
+            partition.sealed.close()
+            partition.blob.file.flush()
+
+    def drain(self) -> Iterator[pa.Table]:
+        """Each partition's readings, one at a time; a partition's blob goes once it is read."""
+        for number in sorted(self.written):
+            partition = self.written.pop(number)
+            with open(partition.blob.path, "rb") as handle:
+                reader = crypto.SealedReader(handle, self.key, partition.blob.blob_id)
+                table = ipc.open_stream(crypto.as_arrow_file(reader)).read_all()
+            partition.blob.abort()
+            yield table
+
+
+def _first_pass(stream: UploadStream, file_format: str, policy: deid.DeidPolicy, checks: BatchChecks,
+                partitions: _Partitions, counts: _RowCounts, temporaries: ExitStack) -> None:
+    batches = _parse(stream, file_format, policy, partitions.blobs, partitions.dataset_id, temporaries)
+    with closing(batches), closing(_read_ahead(_checked(batches, checks, counts))) as checked:
+        for batch in checked:
+            partitions.write(batch)
+    partitions.close_writers()
+
+
+def _checked(batches: Iterator[pa.RecordBatch], checks: BatchChecks, counts: _RowCounts) -> Iterator[StreamBatch]:
+    """De-identifies and checks each batch (on a helper thread of its own, as table intake does)."""
+    for batch in batches:
+        result = checks.deidentify(batch, first_row=counts.rows_received + 1)
+        counts.rows_received += batch.num_rows
+        counts.rows_without_patient_key += result.rows_without_patient_key
+        yield result
+
+
+def _second_pass(partitions: _Partitions, cells: Cells, counts: StreamCounts, final: PendingBlob,
+                 data_key: bytes, checks: BatchChecks) -> str:
+    patient = checks.policy.patient_key.name
+    writer = SealedTableWriter(final.file, data_key, final.blob_id, checks.schema, patient_column=patient,
+                               time_column=checks.spec.time_column, digest=True)
+    with writer:
+        for table in partitions.drain():
+            for rows in cells.patients(table, counts):
+                writer.write_patient(rows)
+    final.file.flush()
+    return writer.ciphertext_sha256
+
+
+def _report(policy: deid.DeidPolicy, spec: StreamSpec, bytes_received: int, counts: _RowCounts,
+            summary: StreamIntakeSummary, times: TimeParser) -> IntakeReport:
+    return IntakeReport(
+        bytes_received=bytes_received,
+        rows_received=counts.rows_received,
+        rows_stored=summary.readings,
+        rows_without_patient_key=counts.rows_without_patient_key,
+        k_anonymity=policy.k,
+        dropped_columns=tuple(c.name for c in policy.treated(deid.Treatment.DROP)),
+        pseudonymized_columns=tuple(c.name for c in policy.treated(deid.Treatment.PSEUDONYMIZE)),
+        notes=tuple(_notes(spec, summary, times)),
+        stream=summary,
+    )
+
+
+def _notes(spec: StreamSpec, summary: StreamIntakeSummary, times: TimeParser) -> list[str]:
+    notes = []
+    if summary.readings == 0:
+        notes.append("no readings remain after de-identification; the dataset is stored empty")
+    notes.append("k-anonymity does not apply to a stream: it declares no quasi-identifiers, so no "
+                  "equivalence classes were formed and no reading was suppressed")
+    if times.zone == NAIVE:
+        notes.append(f"{spec.time_column}: timestamps without a UTC offset were taken as UTC")
+    elif times.zone not in (None, EPOCH):
+        notes.append(f"{spec.time_column}: timestamps carried the offset {times.time_zone}; stored as UTC epoch seconds")
+    if spec.max_shift_days:
+        notes.append(f"{spec.time_column}: each patient's times were moved by a secret whole number of days "
+                     f"between -{spec.max_shift_days} and +{spec.max_shift_days} (the same for all of a patient's "
+                     "readings; the time of day is kept)")
+    else:
+        notes.append(f"{spec.time_column}: times were not shifted")
+    resolution = spec.time_resolution_seconds
+    notes.append(f"{spec.time_column}: floored to {resolution} s; {summary.readings_merged:,} readings shared a cell "
+                 "with an earlier one and were merged into it (channels averaged, other columns the cell's last value)")
+    for channel in spec.channels:
+        if channel.unit_column:
+            notes.append(f"{channel.unit_column}: every reading's unit was {channel.unit} as declared for "
+                         f"{channel.name}; the column is not stored")
+    notes.append(deid.NO_LINKAGE_NOTE)
+    return notes
