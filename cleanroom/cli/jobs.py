@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.cli import render
+from cleanroom.cli import streams as cli_streams
 from cleanroom.cli.trust import read_pinned_root
 from cleanroom.domain.recipe import RULE
 from cleanroom.sdk import Client
@@ -38,11 +39,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "The cost is charged to every site, all or none, and each hospital's policy decides its part. "
                              "Example: --site datasets/d1 --site datasets/d2:validate,malignant=diagnosis")
     parser.add_argument("--features", required=True, help="feature columns in the model's input order, comma separated, or @file with one per line")
-    parser.add_argument("--label", required=True, help="label column")
+    parser.add_argument("--label", default="", help="label column (a stream: its value at each window's last reading labels "
+                                                    "the window; or label windows by --label-rule)")
     parser.add_argument("--epsilon", type=float, required=True, help="ε this job may spend")
     parser.add_argument("--delta", type=float, default=1e-5, help="δ (default 1e-5; must be below 1/patients)")
     parser.add_argument("--max-rows-per-patient", type=int, default=1, help="contribution bound per patient")
     parser.add_argument("--wait", action="store_true", help="watch until the job is final")
+    cli_streams.add_window_flags(parser)
 
 
 def _site(text: str) -> Site:
@@ -141,7 +144,14 @@ def _submit(client: Client, a: argparse.Namespace, spec: jobs_pb2.TrainingSpec |
     if bool(a.dataset) == bool(a.site):
         print("error: name either --dataset or one --site per hospital's dataset", file=sys.stderr)
         return 2
-    job = client.train(spec, cohort=a.site) if isinstance(spec, jobs_pb2.TrainingSpec) else client.evaluate(spec, cohort=a.site)
+    if bool(a.label) == (a.label_rule is not None):
+        print("error: name either --label or, for a stream, --label-rule", file=sys.stderr)
+        return 2
+    windows = cli_streams.job_windows(a)
+    if isinstance(spec, jobs_pb2.TrainingSpec):
+        job = client.train(spec, cohort=a.site, windows=windows)
+    else:
+        job = client.evaluate(spec, cohort=a.site, windows=windows)
     print(f"{job.name}: {state_name(job)}")
     if job.linkage:
         print(f"  linkage: {job.linkage}")
@@ -168,6 +178,7 @@ def spec_lines(job: jobs_pb2.Job) -> list[str]:
         lines.append(f"  site              {site.dataset} {role}{': ' + mapping if mapping else ''}")
     if job.linkage:
         lines.append(f"  linkage           {job.linkage}")
+    lines += cli_streams.window_line(spec)
     if isinstance(spec, jobs_pb2.TrainingSpec):
         lines.append(f"  recipe            {spec.recipe or 'as requested'}: {spec.epochs} epochs, expected batch "
                      f"{spec.expected_batch_patients} patients, {spec.optimizer} learning rate {spec.learning_rate:g}, "

@@ -16,6 +16,7 @@ from cleanroom.cli import organisations as cli_organisations
 from cleanroom.cli import privacy as cli_privacy
 from cleanroom.cli import render
 from cleanroom.cli import stats as cli_stats
+from cleanroom.cli import streams as cli_streams
 from cleanroom.cli import trust as cli_trust
 from cleanroom.sdk import CleanroomClientError, Client, load_schema
 from cleanroom.sdk.client import ROLES
@@ -104,11 +105,12 @@ def cmd_dataset_upload(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     schema = load_schema(args.schema)
+    stream = cli_streams.upload_stream(args, schema)
     size = os.path.getsize(args.file)
     with tqdm(total=size, unit="B", unit_scale=True, desc="upload", disable=args.quiet, file=sys.stderr) as bar:
         dataset = _client(args).upload_dataset(
             args.file, schema, display_name=args.name, description=args.description,
-            progress=lambda sent, _total: bar.update(sent - bar.n), linkage_column=args.linkage_column,
+            progress=lambda sent, _total: bar.update(sent - bar.n), linkage_column=args.linkage_column, stream=stream,
         )
     _print_json(dataset) if args.json else print(render.intake_report(dataset))
     return 0
@@ -129,6 +131,9 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
         print(render.intake_report(dataset))
         print()
     print(render.columns_table(dataset))
+    if dataset.HasField("stream"):
+        print()
+        print(render.stream_description(dataset))
     return 0
 
 
@@ -205,6 +210,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     upload.add_argument("--linkage-column", metavar="COLUMN",
                         help="declare this schema column the linkage identifier (role linkage_id): replaced by the "
                              "platform-wide linkage pseudonym, so a person treated at several hospitals is one privacy unit")
+    cli_streams.add_upload_flags(upload)
     upload.add_argument("--quiet", action="store_true", help="no progress bar")
     upload.add_argument("--json", action="store_true", help="print the dataset as JSON")
     _add(dataset, "list", cmd_dataset_list, "list the datasets you may see")

@@ -67,8 +67,38 @@ def intake_report(dataset: datasets_pb2.Dataset) -> str:
     ]
     lines += [f"  generalised       {g.name}: {g.rule}" for g in r.generalized_columns]
     lines += [f"  note              {n}" for n in r.notes]
+    if r.HasField("stream"):
+        lines += stream_summary(r.stream)
     lines.append(f"  ciphertext        sha256 {dataset.ciphertext_sha256}")
     return "\n".join(lines)
+
+
+def _duration(seconds: int) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds} s"
+
+
+def stream_summary(s: datasets_pb2.StreamIntakeSummary) -> list[str]:
+    """The stream part of an intake report: readings, spans, gaps and what was done to the times."""
+    shifted = f"each patient's times shifted by a secret offset of up to {s.max_shift_days} days" if s.max_shift_days else "not shifted"
+    return [
+        f"  readings          {s.readings:,} stored, {s.patients:,} patients; {s.readings_merged:,} merged into their "
+        f"{s.time_resolution_seconds} s cell",
+        f"  span per patient  shortest {_duration(s.shortest_span_seconds)}, median {_duration(s.median_span_seconds)}, "
+        f"longest {_duration(s.longest_span_seconds)}",
+        f"  gaps              {s.gaps:,} pauses longer than {s.gap_seconds} s",
+        f"  times             {shifted}; time zone {s.time_zone or 'none (epoch seconds)'}",
+    ] + [f"  channel           {c.channel} ({c.unit}): {c.readings:,} readings" for c in s.channels]
+
+
+def stream_description(dataset: datasets_pb2.Dataset) -> str:
+    """What is public about a stream: whoever sees its schema sees this."""
+    d = dataset.stream
+    channels = ", ".join(f"{c.channel} ({c.unit})" for c in d.channels)
+    return "\n".join([f"Stream: time column {d.time_column}, resolution {d.time_resolution_seconds} s, "
+                      f"longest patient span {d.longest_span_hours} h (floored to whole hours)",
+                      f"  channels          {channels}"])
 
 
 def bar(used: float, total: float, width: int = 20) -> str:

@@ -38,6 +38,7 @@ from cleanroom.domain import deid
 from cleanroom.domain.approvals import RequestState
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
+from cleanroom.domain.job_params import JobParams
 from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
 from cleanroom.domain.model_versions import ModelVersion
 from cleanroom.domain.privacy import Spend
@@ -97,11 +98,24 @@ def _load_sites(session: Session, job: Job) -> list[_Site]:
 
 def _site_input(index: int, site: _Site, study: tuple[str, ...]) -> dict[str, object]:
     """One site of job.json: every study name mapped onto this dataset's column, its patient key
-    and its linkage column (None: its patients link to no other site's)."""
-    return {"dataset_id": site.dataset.id, "name": site.dataset.display_name, "blob": f"site{index}.blob",
-            "columns": {name: site.site.column_for(name) for name in study},
-            "patient_column": next(c.name for c in site.dataset.columns if c.role.name == "PATIENT_KEY"),
-            "linkage_column": deid.linkage_column(site.dataset.columns), "role": site.site.role.value}
+    and its linkage column (None: its patients link to no other site's). A stream site's blob is a
+    sealed stream table (crypto/sealed_table.py), described by "stream"."""
+    out: dict[str, object] = {
+        "dataset_id": site.dataset.id, "name": site.dataset.display_name, "blob": f"site{index}.blob",
+        "columns": {name: site.site.column_for(name) for name in study},
+        "patient_column": next(c.name for c in site.dataset.columns if c.role.name == "PATIENT_KEY"),
+        "linkage_column": deid.linkage_column(site.dataset.columns), "role": site.site.role.value}
+    if site.dataset.stream is not None:
+        out["stream"] = site.dataset.stream.to_json()
+    return out
+
+
+def _study(params: JobParams) -> tuple[str, ...]:
+    """The study's column names: the features and the label column; a window labelled by a
+    threshold rule has no label column, so only the features (the channels)."""
+    if params.windows is not None and params.windows.label_rule is not None:
+        return params.feature_columns
+    return (*params.feature_columns, params.label_column)
 
 
 class JobCancelled(Exception):
@@ -277,7 +291,7 @@ class JobRunner:
         """job.json, what the worker reads: the parameters' JSON form, what it needs of the model, and
         each site (a single-dataset job is one TRAIN site whose study names are its own columns)."""
         params = job.params
-        study = (*params.feature_columns, params.label_column)
+        study = _study(params)
         return {"params": params.to_json(), "dataset_id": sites[0].dataset.id, "task": model.task,
                 "num_classes": model.num_classes, "input_shape": list(model.input_shape), "trainable": list(model.trainable),
                 "metrics": validation.metrics_for(model, params),

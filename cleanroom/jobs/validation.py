@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cleanroom.domain import deid
+from cleanroom.domain import deid, streams
 from cleanroom.domain.cohort import CohortSite, SiteRole
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import FieldViolation
@@ -53,7 +53,10 @@ def _feature_violation(field: str, spec: deid.ColumnSpec | None) -> FieldViolati
 
 
 def column_violations(params: JobParams, model: ModelVersion, dataset: Dataset) -> list[FieldViolation]:
-    columns, out = _stored(dataset), []
+    if dataset.stream is not None:
+        return stream_violations(params, model, dataset.stream, _stored(dataset))
+    columns = _stored(dataset)
+    out = [] if params.windows is None else [FieldViolation("spec.windows", "this dataset is a table, not a stream: leave windows out")]
     for name in params.feature_columns:
         violation = _feature_violation(f"spec.feature_columns[{name}]", columns.get(name))
         if violation is not None:
@@ -97,9 +100,48 @@ def _label_violations(field: str, model: ModelVersion, spec: deid.ColumnSpec | N
     return []
 
 
+# --- streams: examples are windows over the job's channels ---------------------------------------
+
+
+def stream_violations(params: JobParams, model: ModelVersion, stream: streams.StreamDescription,
+                      columns: dict[str, deid.ColumnSpec]) -> list[FieldViolation]:
+    """A request over a stream names its windows; they must fit the stream's public description
+    (channels, resolution, longest span), and the model must take one window as its input."""
+    windows = params.windows
+    if windows is None:
+        return [FieldViolation("spec.windows", "this dataset is a stream: name its windows (window, stride and resample seconds)")]
+    found = streams.validate_windows(windows, stream=stream, columns=list(columns.values()),
+                                     feature_columns=params.feature_columns, label_column=params.label_column)
+    out = [FieldViolation(f"spec.{v.field}", v.description) for v in found]
+    if _whole_cells(windows):  # the shape can be compared
+        out += _window_shape_violations(params.feature_columns, windows, model)
+    if windows.label_rule is not None and model.task != "binary-classification":
+        out.append(FieldViolation("spec.windows.label_rule", "a threshold rule labels each window 0 or 1: it needs a "
+                                                             f"binary-classification model; this model's task is {model.task}"))
+    elif windows.label_rule is None and not any(v.field == "label_column" for v in found):
+        out += _label_violations("spec.label_column", model, columns.get(params.label_column))
+    return out
+
+
+def _whole_cells(windows: streams.WindowSpec) -> bool:
+    window, resample = windows.window_seconds, windows.resample_seconds
+    return isinstance(window, int) and isinstance(resample, int) and window > 0 and resample > 0 and window % resample == 0
+
+
+def _window_shape_violations(features: Sequence[str], windows: streams.WindowSpec, model: ModelVersion) -> list[FieldViolation]:
+    expected = windows.input_shape(len(features))
+    if tuple(model.input_shape) == expected:
+        return []
+    return [FieldViolation("spec.windows", f"the model's input_shape is {list(model.input_shape)}, but these windows give "
+                                           f"[{expected[0]}, {expected[1]}]: {expected[0]} channels (the feature columns) by "
+                                           f"{expected[1]} cells (window_seconds / resample_seconds = "
+                                           f"{windows.window_seconds} / {windows.resample_seconds})")]
+
+
 # --- cohorts: the request's column names are study names, mapped onto each site's own columns ------
 
 Site = tuple[CohortSite, Dataset]
+STREAM_COHORT = "a cohort over stream datasets is not supported yet: train or evaluate on one stream dataset"
 
 
 def cohort_patients(params: JobParams, sites: Sequence[Site]) -> int:
@@ -112,6 +154,9 @@ def cohort_patients(params: JobParams, sites: Sequence[Site]) -> int:
 def cohort_violations(params: JobParams, model: ModelVersion, sites: Sequence[Site]) -> list[FieldViolation]:
     """Every study name maps, at every site, onto a column that could serve on its own; the types
     and the declared label domain agree across sites; a training job trains on at least one site."""
+    streamed = [FieldViolation(f"spec.cohort[{i}]", STREAM_COHORT) for i, (_, d) in enumerate(sites) if d.stream is not None]
+    if streamed or params.windows is not None:
+        return streamed or [FieldViolation("spec.windows", STREAM_COHORT)]
     out = _input_count_violations(params, model)
     for index, (site, dataset) in enumerate(sites):
         out += _site_violations(index, site, params, model, _stored(dataset))

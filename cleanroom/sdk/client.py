@@ -10,9 +10,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cleanroom.domain.streams import WindowSpec
 from cleanroom.sdk.cohort import Site, cohort_protos
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.schema import Schema, with_linkage_column
+from cleanroom.sdk.streams import set_windows
 from cleanroom.statistics.engine.query import Query
 from cleanroom.v1 import (
     common_pb2,
@@ -155,8 +157,11 @@ class Client:
         request_id: str | None = None,
         progress: Progress | None = None,
         linkage_column: str | None = None,
+        stream: datasets_pb2.StreamSpec | None = None,
     ) -> datasets_pb2.Dataset:
-        """`linkage_column` declares that column LINKAGE_ID (as role = "linkage_id" in the schema does)."""
+        """`linkage_column` declares that column LINKAGE_ID (as role = "linkage_id" in the schema does).
+        `stream` (sdk.streams.stream_spec; else the schema's `[stream]` table) uploads the file as a
+        stream of readings: its TIME column, its channels and their units."""
         path = Path(path)
         if linkage_column:
             schema = with_linkage_column(schema, linkage_column)
@@ -169,6 +174,9 @@ class Client:
             description=description,
             size_bytes=path.stat().st_size,
         )
+        stream = stream if stream is not None else schema.stream
+        if stream is not None:
+            metadata.stream.CopyFrom(stream)
         return self._call(self.datasets.UploadDataset, _upload_messages(path, metadata, progress))
 
     def get_dataset(self, name: str) -> datasets_pb2.Dataset:
@@ -267,25 +275,29 @@ class Client:
     # --- DP jobs (manufacturer) --------------------------------------------------------------------
 
     def train(self, spec: jobs_pb2.TrainingSpec, *, cohort: Sequence[Site | common_pb2.CohortSite] = (),
-              request_id: str | None = None) -> jobs_pb2.Job:
+              windows: WindowSpec | jobs_pb2.WindowSpec | None = None, request_id: str | None = None) -> jobs_pb2.Job:
         """Submits DP-SGD training. Recipe fields left at 0 / "" (epochs, expected_batch_patients,
         learning_rate, optimizer, clipping_norm) are chosen by the service's budget-aware recipe: the
         returned job's `training` echoes the values and `training.recipe` names the rule (verify_job
         takes them from there). The report options (sensitivity_at_specificity,
         specificity_at_sensitivity, net_benefit_thresholds, score_bins) shape the validation report.
         `cohort`: several hospitals' datasets instead of `spec.dataset` (sdk.Site: dataset, column
-        mapping, "train" or "validate"); they are written into `spec`, so keep it for verify_job."""
+        mapping, "train" or "validate"); they are written into `spec`, so keep it for verify_job.
+        `windows` (a stream dataset; sdk.streams.window_spec): examples are windows of the stream,
+        `spec.feature_columns` its channels, and a label rule in them leaves `spec.label_column` empty."""
         _set_cohort(spec, cohort)
+        set_windows(spec, windows)
         return self._call(self.jobs.SubmitTraining, jobs_pb2.SubmitTrainingRequest(request_id=request_id or _request_id(), spec=spec))
 
     def evaluate(self, spec: jobs_pb2.EvaluationSpec, *, cohort: Sequence[Site | common_pb2.CohortSite] = (),
-                 request_id: str | None = None) -> jobs_pb2.Job:
+                 windows: WindowSpec | jobs_pb2.WindowSpec | None = None, request_id: str | None = None) -> jobs_pb2.Job:
         """Submits a DP evaluation. A binary model's report gives sensitivity at each of
         `spec.sensitivity_at_specificity`, specificity at each of `spec.specificity_at_sensitivity`
         and net benefit at each of `spec.net_benefit_thresholds` (each ≤ 16 values in (0, 1); empty:
         the defaults), over `spec.score_bins` bins (4 to 640; 0: the documented rule). `cohort` as
-        in train(): the report gives each site and the pooled result."""
+        in train(): the report gives each site and the pooled result. `windows` as in train()."""
         _set_cohort(spec, cohort)
+        set_windows(spec, windows)
         return self._call(self.jobs.SubmitEvaluation, jobs_pb2.SubmitEvaluationRequest(request_id=request_id or _request_id(), spec=spec))
 
     def get_job(self, name: str) -> jobs_pb2.Job:

@@ -25,6 +25,15 @@
     type = "string"
     role = "linkage_id"                   # at most one: the identifier that links a person across
                                           # hospitals (replaced by the platform-wide linkage pseudonym)
+
+A stream (wellness-IoT readings: patient, time, channels) adds a TIME column of type "timestamp"
+and a `[stream]` table (cleanroom/sdk/streams.py):
+
+    [stream]
+    time_column = "time"
+    channels = ["hr:bpm", "spo2:%:spo2_unit"]  # NAME:UNIT[:UNIT_COLUMN]; a UNIT column has role "unit"
+    time_resolution_seconds = 1               # times floored to it
+    max_shift_days = 30                       # each patient's times shifted by a secret whole-day offset
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cleanroom.sdk.streams import stream_from_schema
 from cleanroom.v1 import datasets_pb2
 
 # A schema entry becomes a ColumnSpec in cleanroom.wire.datasets, with the other datasets.proto
@@ -47,13 +57,15 @@ from cleanroom.wire.datasets import column_spec as column_spec
 class Schema:
     columns: list[datasets_pb2.ColumnSpec]
     k_anonymity: int = 0
+    stream: datasets_pb2.StreamSpec | None = None  # set: the file is a stream
 
 
 def parse_schema(data: dict[str, Any]) -> Schema:
     columns = data.get("columns")
     if not isinstance(columns, list) or not columns:
         raise SchemaError("the schema needs a non-empty list of columns")
-    return Schema([column_spec(c) for c in columns], int(data.get("k_anonymity", 0)))
+    stream = stream_from_schema(data["stream"]) if "stream" in data else None
+    return Schema([column_spec(c) for c in columns], int(data.get("k_anonymity", 0)), stream)
 
 
 def with_linkage_column(schema: Schema, name: str) -> Schema:

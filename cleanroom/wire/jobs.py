@@ -18,6 +18,7 @@ from dataclasses import replace
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.job_params import DEFAULT_ROWS_PER_PATIENT, EvaluationParams, JobParams, SharedFields, TrainingParams
 from cleanroom.domain.jobs import Artifact, FailureCode, Job, JobState
+from cleanroom.domain.streams import ThresholdLabel, WindowSpec
 from cleanroom.v1 import jobs_pb2
 from cleanroom.wire.common import cohort_from_proto, cohort_to_proto, timestamp
 
@@ -52,8 +53,33 @@ def _shared(spec: Spec) -> SharedFields:
         net_benefit_thresholds=tuple(spec.net_benefit_thresholds),
         score_bins=spec.score_bins,
         cohort=cohort_from_proto(spec.cohort, "spec.cohort"),
-        windows=None,
+        windows=windows_from_proto(spec.windows) if spec.HasField("windows") else None,
     )
+
+
+DEFAULT_MIN_COVERAGE = 0.5
+
+
+def windows_from_proto(message: jobs_pb2.WindowSpec) -> WindowSpec:
+    """A stream job's windows; min_coverage 0 (left out) means 0.5. The values are checked with the
+    dataset's stream by the job validation (streams.validate_windows), before any reservation."""
+    rule = None
+    if message.HasField("label_rule"):
+        r = message.label_rule
+        rule = ThresholdLabel(r.channel, r.comparison, r.threshold, r.for_seconds)
+    return WindowSpec(window_seconds=message.window_seconds, stride_seconds=message.stride_seconds,
+                      resample_seconds=message.resample_seconds,
+                      min_coverage=message.min_coverage or DEFAULT_MIN_COVERAGE, label_rule=rule)
+
+
+def windows_to_proto(windows: WindowSpec) -> jobs_pb2.WindowSpec:
+    message = jobs_pb2.WindowSpec(window_seconds=windows.window_seconds, stride_seconds=windows.stride_seconds,
+                                  resample_seconds=windows.resample_seconds, min_coverage=windows.min_coverage)
+    if windows.label_rule is not None:
+        r = windows.label_rule
+        message.label_rule.CopyFrom(jobs_pb2.ThresholdLabel(channel=r.channel, comparison=r.comparison,
+                                                            threshold=r.threshold, for_seconds=r.for_seconds))
+    return message
 
 
 def training_params_from_proto(spec: jobs_pb2.TrainingSpec) -> TrainingParams:
@@ -98,6 +124,8 @@ def _fill_spec(spec: Spec, job: Job, params: JobParams) -> None:
     spec.specificity_at_sensitivity.extend(params.specificity_at_sensitivity)
     spec.net_benefit_thresholds.extend(params.net_benefit_thresholds)
     spec.score_bins = params.score_bins
+    if params.windows is not None:
+        spec.windows.CopyFrom(windows_to_proto(params.windows))
 
 
 def job_to_proto(job: Job, artifacts: list[Artifact], linkage: str = "") -> jobs_pb2.Job:
