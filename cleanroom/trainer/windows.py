@@ -141,7 +141,7 @@ def _runs(starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.n
     new = np.ones(len(starts), dtype=bool)
     new[1:] = starts[1:] >= starts[:-1] + window
     run_of = np.cumsum(new) - 1
-    last = np.r_[new[1:], True]  # the last start of each run
+    last = np.r_[new[1:], True][:len(starts)]  # the last start of each run
     return starts[new], starts[last] + window, run_of
 
 

@@ -49,6 +49,7 @@ class StreamSite:
         if missing:
             raise KeyError(f"the stream has no column {missing[0]!r}")
         self.patients: list[str] = [s.patient for s in table.spans]
+        self._first_times: np.ndarray = table.index.column("first_time").to_numpy()
 
     def span(self, patient: str) -> PatientSpan:
         span = self._table.span(patient)
@@ -67,14 +68,27 @@ class StreamSite:
         return self.windows_for(patient, windows.choose_starts(self.starts(patient), k, rng))
 
     def readings(self, patient: str, starts: np.ndarray) -> windows.Readings:
-        """The patient's readings in the time ranges the windows at `starts` cover, nothing else."""
-        parts = [self._table.read_span(patient, lo, hi - 1) for lo, hi in windows.runs(starts, self.spec)]
-        names = (self.time_column, *self.channels, self.label)
-        table = pa.concat_tables(parts) if parts else self._table.schema.empty_table()
+        """The patient's readings in the time ranges the windows at `starts` cover, nothing else.
+        Each batch under those ranges is decrypted once, however many windows share it."""
+        ranges = windows.runs(starts, self.spec)
+        batches = self._batches(self.span(patient), ranges)
+        table = pa.Table.from_batches([self._table.batch(i) for i in batches], schema=self._table.schema)
+        names = dict.fromkeys((self.time_column, *self.channels, self.label))
         columns = {name: _numpy(table.column(name), pa.int64() if name == self.time_column else pa.float64())
-                   for name in dict.fromkeys(names)}
+                   for name in names}
+        keep = _inside(columns[self.time_column], ranges)
+        columns = {name: values[keep] for name, values in columns.items()}
         return windows.Readings.from_columns(columns[self.time_column], columns, channels=self.channels,
                                              label=self.label)
+
+    def _batches(self, span: PatientSpan, ranges: list[tuple[int, int]]) -> list[int]:
+        """The patient's batches that can hold a reading in [lo, hi) of any range (as read_span)."""
+        firsts = self._first_times[span.first_batch:span.end_batch]
+        needed: set[int] = set()
+        for lo, hi in ranges:
+            a = max(int(np.searchsorted(firsts, lo, side="right")) - 1, 0)
+            needed.update(range(a, int(np.searchsorted(firsts, hi - 1, side="right"))))
+        return [span.first_batch + i for i in sorted(needed)]
 
     def close(self) -> None:
         self._table.close()
@@ -115,6 +129,15 @@ def _metadata(table: SealedTable, key: bytes) -> str:
     if value is None:
         raise KeyError("the sealed table does not name its time column")
     return str(value.decode())
+
+
+def _inside(times: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Which times fall in one of the sorted, disjoint ranges [lo, hi)."""
+    lo = np.asarray([r[0] for r in ranges], dtype=np.int64)
+    hi = np.asarray([r[1] for r in ranges], dtype=np.int64)
+    run = np.searchsorted(lo, times, side="right") - 1
+    inside: np.ndarray = (run >= 0) & (times < hi[np.clip(run, 0, None)]) if len(ranges) else np.zeros(len(times), bool)
+    return inside
 
 
 def _numpy(column: pa.ChunkedArray, kind: pa.DataType) -> np.ndarray:
