@@ -73,11 +73,11 @@ class StreamSite:
         ranges = windows.runs(starts, self.spec)
         batches = self._batches(self.span(patient), ranges)
         table = pa.Table.from_batches([self._table.batch(i) for i in batches], schema=self._table.schema)
-        names = dict.fromkeys((self.time_column, *self.channels, self.label))
-        columns = {name: _numpy(table.column(name), pa.int64() if name == self.time_column else pa.float64())
-                   for name in names}
-        keep = _inside(columns[self.time_column], ranges)
-        columns = {name: values[keep] for name, values in columns.items()}
+        times = _numpy(table.column(self.time_column), pa.int64())  # ascending: one patient's rows
+        edges = [(int(np.searchsorted(times, lo)), int(np.searchsorted(times, hi))) for lo, hi in ranges]
+        table = pa.concat_tables([table.slice(a, b - a) for a, b in edges]) if edges else table.slice(0, 0)
+        kinds = {**{c: pa.float32() for c in self.channels}, self.label: pa.float64(), self.time_column: pa.int64()}
+        columns = {name: _numpy(table.column(name), kind) for name, kind in kinds.items()}
         return windows.Readings.from_columns(columns[self.time_column], columns, channels=self.channels,
                                              label=self.label)
 
@@ -129,15 +129,6 @@ def _metadata(table: SealedTable, key: bytes) -> str:
     if value is None:
         raise KeyError("the sealed table does not name its time column")
     return str(value.decode())
-
-
-def _inside(times: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
-    """Which times fall in one of the sorted, disjoint ranges [lo, hi)."""
-    lo = np.asarray([r[0] for r in ranges], dtype=np.int64)
-    hi = np.asarray([r[1] for r in ranges], dtype=np.int64)
-    run = np.searchsorted(lo, times, side="right") - 1
-    inside: np.ndarray = (run >= 0) & (times < hi[np.clip(run, 0, None)]) if len(ranges) else np.zeros(len(times), bool)
-    return inside
 
 
 def _numpy(column: pa.ChunkedArray, kind: pa.DataType) -> np.ndarray:
