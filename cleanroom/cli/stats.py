@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToDict
 
 from cleanroom.cli import render
 from cleanroom.cli import trust as cli_trust
+from cleanroom.domain.stream_views import DAY_COLUMN, StreamView, parse_view
 from cleanroom.sdk import Client, Site
 from cleanroom.sdk.cohort import parse_site as sdk_parse_site
 from cleanroom.statistics.engine import Filter, Query
@@ -28,6 +29,12 @@ EXAMPLES = """examples:
   cleanroom stats quantile datasets/d1 --column mean_radius --bounds 0 40 --quantiles 0.25,0.5,0.75 --epsilon 1
   cleanroom stats count datasets/d1 --epsilon 0.5 --root-pem root.pem --save answer.json   # verify now, keep the receipt
   cleanroom stats verify answer.json --root-pem root.pem                                   # verify later (auditors too)
+  cleanroom stats mean datasets/s1 --stream-view daily_mean:heart_rate --column heart_rate_daily_mean \
+      --group-by cohort --bounds 30 200 --rows-per-patient 7 --epsilon 1         # a stream: its patients' daily means
+  cleanroom stats histogram datasets/s1 --stream-view readings:heart_rate --column heart_rate --bins 40,60,80,100,200 \
+      --rows-per-patient 50 --epsilon 1                                           # up to 50 readings per patient
+  cleanroom stats mean datasets/s1 --stream-view time_in_range:spo2:94:100 --column spo2_time_in_range \
+      --group-by cohort --bounds 0 1 --epsilon 1                                   # each patient's time in range
   cleanroom stats mean --site datasets/d1 --site datasets/d2,radius=mean_radius --site datasets/d3 \
       --column radius --bounds 0 40 --epsilon 0.5                                         # three hospitals as one table
 
@@ -62,6 +69,11 @@ def _query_options() -> argparse.ArgumentParser:
                              "column names are study names, each mapped to this dataset's column (a name left out is the "
                              "same here). Example: --site datasets/d1 --site datasets/d2,radius=mean_radius")
     parser.add_argument("--column", help="the measured column (not needed for a plain count)")
+    parser.add_argument("--stream-view", type=_parse_view, metavar="KIND:CHANNEL[:LOW:HIGH]",
+                        help="required over a stream dataset: the per-patient table to query. daily_mean:CHANNEL (columns day, "
+                             "CHANNEL_daily_mean; one row per patient-day), readings:CHANNEL (column CHANNEL; "
+                             "--rows-per-patient readings drawn per patient), time_in_range:CHANNEL:LOW:HIGH (column "
+                             "CHANNEL_time_in_range in [0, 1]; one row per patient). Each also has the stream's group columns")
     parser.add_argument("--epsilon", type=float, required=True, help="ε this query spends, e.g. 0.5")
     parser.add_argument("--delta", type=float, default=0.0,
                         help="δ; needed for --noise gaussian and for a --group-by whose keys are not public")
@@ -104,6 +116,13 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_view(text: str) -> StreamView:
+    try:
+        return parse_view(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _column_types(client: Client, dataset: str) -> dict[str, str]:
     """Filter values are typed by the column they compare against, from the schema you can see."""
     stored_as_text = (datasets_pb2.PATIENT_KEY, datasets_pb2.QUASI_IDENTIFIER)  # pseudonyms, generalised values
@@ -126,12 +145,15 @@ def _study_types(client: Client, sites: list[Site]) -> dict[str, str]:
 
 
 def build_query(args: argparse.Namespace, types: dict[str, str]) -> Query:
+    view = getattr(args, "stream_view", None)
+    if view is not None:  # the view's own columns, for typing filter values
+        types = {**types, DAY_COLUMN: "integer", view.value_column: "float"}
     return Query(
         kind=args.kind, epsilon=args.epsilon, delta=args.delta, column=args.column, group_by=args.group_by,
         filters=tuple(parse_where(text, types) for text in args.where),
         bounds=tuple(args.bounds) if args.bounds else None, estimate_bounds=args.estimate_bounds,
         bounds_epsilon=args.bounds_epsilon, bins=_numbers(args.bins) if args.bins else None,
-        quantiles=_numbers(args.quantiles), max_rows_per_patient=args.rows_per_patient, noise=args.noise,
+        quantiles=_numbers(args.quantiles), max_rows_per_patient=args.rows_per_patient, noise=args.noise, stream_view=view,
     )
 
 

@@ -1,5 +1,9 @@
 """The SDK's side of DP statistics: checking an answer's receipt (queries become messages in
-cleanroom.wire.stats)."""
+cleanroom.wire.stats), and the stream views a query over a stream dataset names:
+
+    Query(kind="mean", column="heart_rate_daily_mean", group_by="cohort", bounds=(30, 200), epsilon=1,
+          max_rows_per_patient=7, stream_view=stream_view("daily_mean:heart_rate"))
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,24 @@ from typing import Any
 
 import enclave_sim
 from cleanroom.domain.cohort import cohort_key
+from cleanroom.domain.stream_views import StreamView, parse_view
 from cleanroom.statistics.engine.codec import ANSWER_FILE, stats_workload
 from cleanroom.v1 import stats_pb2
 from cleanroom.wire.stats import KINDS
+
+__all__ = ["StreamView", "signed_stream_view", "stream_view", "verify_answer"]
+
+
+def stream_view(text: str) -> StreamView:
+    """"daily_mean:heart_rate", "readings:heart_rate", "time_in_range:spo2:90:100" as a StreamView
+    (ValueError when the text has another shape; the server checks the channel and the range)."""
+    return parse_view(text)
+
+
+def signed_stream_view(verified: enclave_sim.VerifiedReport) -> str | None:
+    """The stream view a verified receipt says its answer read ("daily_mean:heart_rate"); None for a table."""
+    view = verified.report.dp_parameters.get("stream_view")
+    return str(view) if view is not None else None
 
 
 def verify_answer(answer: stats_pb2.QueryAnswer, *, pinned_root_pem: bytes, allowed_measurements: Iterable[str]) -> enclave_sim.VerifiedReport:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import Dataset
+from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.privacy import Privacy
+from cleanroom.domain.stream_views import VIEW_KINDS, group_columns, validate_view, view_columns
 from cleanroom.statistics.engine import Query, validate_query
 from cleanroom.statistics.engine.codec import canonical_query
 from cleanroom.statistics.engine.feasible import check_feasible
@@ -88,9 +90,29 @@ class Described:
         return known
 
     def _check(self, query: Query) -> Checked:
-        return check_and_price(query, self.schema, target=self.dataset.id, patient_column=self.patient_column,
-                               public_keys=self.public_keys, stored_as_labels=self.stored_as_labels,
+        schema, public_keys = self.frame(query)
+        return check_and_price(query, schema, target=self.dataset.id, patient_column=self.patient_column,
+                               public_keys=public_keys, stored_as_labels=self.stored_as_labels,
                                linkage_column=self.linkage_column)
+
+    def frame(self, query: Query) -> tuple[list[tuple[str, deid.ColumnType]], dict[str, list[str]]]:
+        """The table a query reads, as (schema, public group keys): the dataset's, or over a stream the
+        stream view's derived columns (cleanroom.domain.stream_views). A stream is never queried
+        reading by reading, and a table has no views: either mistake is refused by field."""
+        stream, view = self.dataset.stream, query.stream_view
+        if stream is None:
+            if view is not None:
+                raise bad_request("the statistics query is invalid",
+                                  FieldViolation("stream_view", "only a query over a stream dataset names a stream view"))
+            return self.schema, self.public_keys
+        if view is None:
+            raise bad_request("the statistics query is invalid",
+                              FieldViolation("stream_view", "a query over a stream names a stream view: " + ", ".join(VIEW_KINDS)))
+        violations = validate_view(view, stream)
+        if violations:
+            raise bad_request("the statistics query is invalid", *violations)
+        columns = view_columns(view, self.dataset.columns, stream)
+        return [(c.name, c.type) for c in columns], {c.name: self.public_keys[c.name] for c in columns if c.name in self.public_keys}
 
 
 def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
@@ -106,3 +128,11 @@ def public_group_keys(dataset: Dataset) -> dict[str, list[str]]:
 
 def patient_column(dataset: Dataset) -> str:
     return next(c.name for c in dataset.columns if c.role.spec.privacy_unit)
+
+
+def stream_settings(dataset: Dataset) -> dict[str, object] | None:
+    """What the statistics worker needs to derive views from a stream's sealed table; None for a table."""
+    if dataset.stream is None:
+        return None
+    return {"time_column": dataset.stream.time_column, "time_resolution_seconds": dataset.stream.time_resolution_seconds,
+            "group_columns": [c.name for c in group_columns(dataset.columns, dataset.stream)]}

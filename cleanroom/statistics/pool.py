@@ -58,6 +58,8 @@ class DatasetSource:
     wrapped_key: bytes
     patient_column: str
     public_group_keys: dict[str, list[str]] = field(default_factory=dict)
+    # A stream dataset: what the worker needs to derive stream views (statistics.service); None: a table.
+    stream: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,9 @@ class StatsWorkerPool:
         if isinstance(source, DatasetSource):
             shutil.copyfile(source.blob_path, inputs / "dataset.blob")  # ciphertext only
             secrets, nonce = self._release_key(source.id, source.wrapped_key, workload)
-            return {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
-                    "public_group_keys": source.public_group_keys}, nonce
+            hello = {"secrets": secrets, "dataset_id": source.id, "patient_column": source.patient_column,
+                     "public_group_keys": source.public_group_keys}
+            return ({**hello, "stream": source.stream} if source.stream is not None else hello), nonce
         sites, nonces = [], []
         for index, site in enumerate(source.sites):
             shutil.copyfile(site.blob_path, inputs / f"site{index}.blob")

@@ -28,7 +28,7 @@ from cleanroom.domain import deid
 from cleanroom.domain.approvals import ApprovalPolicy, Decision, PrivacyRequest, RequestState, check_against_policy
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
-from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
 from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
 from cleanroom.jobs.release import canonical_parameters
@@ -38,7 +38,7 @@ from cleanroom.privacy.budgets import NOT_FOUND
 from cleanroom.privacy.ledger import Ledger, SpendRequest
 from cleanroom.statistics.allowance import Allowances
 from cleanroom.statistics.cohort import UNIT_COLUMN, CohortPriced, price_cohort
-from cleanroom.statistics.described import Described, patient_column
+from cleanroom.statistics.described import Described, patient_column, stream_settings
 from cleanroom.statistics.engine import Answer, Query, expected_error
 from cleanroom.statistics.engine.codec import (
     ANSWER_FILE,
@@ -111,7 +111,8 @@ class StatsQueryService:
         if query.max_rows_per_patient is None:
             query = dataclasses.replace(query, max_rows_per_patient=policy.stats_rows_per_patient)
         checked = described.checked(query)
-        return Priced(described.dataset, query, described.schema, described.public_keys, checked.cost, policy,
+        schema, public_keys = described.frame(query)  # a stream view's columns, or the dataset's
+        return Priced(described.dataset, query, schema, public_keys, checked.cost, policy,
                       checked.query_sha256, checked.reference)
 
     def _described(self, dataset_id: str) -> Described | None:
@@ -179,6 +180,9 @@ class StatsQueryService:
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
             described.append(facts)
             rows.append(policy.stats_rows_per_patient)
+        if query.stream_view is not None or any(facts.dataset.is_stream for facts in described):
+            raise bad_request("cohort statistics over streams are not supported yet",
+                              FieldViolation("cohort", "every site of a cohort query is a table dataset"))
         return price_cohort(sites, described, rows, query)
 
     def _reserve_cohort(self, principal: Principal, priced: CohortPriced, privacy_request: str) -> str:
@@ -285,7 +289,8 @@ class StatsQueryService:
     @staticmethod
     def _record(principal: Principal, priced: Priced, action: str, spent: Privacy, spend_id: str, **extra: str) -> audit_repo.Record:
         target = f"{priced.dataset.resource_name}/{priced.reference}"
-        details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id, **extra}
+        details = {"kind": priced.query.kind, "epsilon": spent.epsilon_value, "delta": spent.delta_value, "spend": spend_id,
+                   **_view_named(priced.query), **extra}
         return audit_repo.Record(principal.resource_name, action, target, details)
 
     def held(self, dataset_id: str, manufacturer_id: str) -> Privacy:
@@ -358,7 +363,8 @@ class StatsQueryService:
             wrapped = dataset_repo.wrapped_dataset_key(session, dataset.id)
         if wrapped is None:
             raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, patient_column(dataset), priced.public_keys)
+        return DatasetSource(dataset.id, self._blobs.path_of(dataset.id), wrapped, patient_column(dataset), priced.public_keys,
+                             stream=stream_settings(dataset))
 
     @staticmethod
     def _gate(answer: Answer, cost: Privacy) -> None:
@@ -371,7 +377,7 @@ class StatsQueryService:
         enclave = self._enclave
         parameters = {"query_sha256": work.query_sha256, "delta": answer.delta,
                       "mechanism": answer.mechanism.name, "rows_per_patient": answer.rows_per_patient,
-                      **{k: v for k, v in answer.mechanism.parameters}}
+                      **{k: v for k, v in answer.mechanism.parameters}, **_view_named(work.query)}
         return enclave_sim.sign_report(
             enclave.attestation_key, measurement=enclave.measurement, workload=work.workload,
             dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
@@ -380,5 +386,13 @@ class StatsQueryService:
 
 
 def _mechanism(query: Query) -> Mechanism:
-    """A query's own mechanism, as its reservation records it."""
-    return Mechanism(name=f"stats-{query.kind}", accountant="basic", parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
+    """A query's own mechanism, as its reservation records it (over a stream, with the view it read)."""
+    view = f"[{query.stream_view.text()}]" if query.stream_view is not None else ""
+    return Mechanism(name=f"stats-{query.kind}{view}", accountant="basic",
+                     parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
+
+
+def _view_named(query: Query) -> dict[str, str]:
+    """What the audit entry and the receipt add for a query over a stream: the view it read."""
+    return {"stream_view": query.stream_view.text()} if query.stream_view is not None else {}
+

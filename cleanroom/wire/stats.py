@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.stream_views import DAILY_MEAN, READINGS, TIME_IN_RANGE, StreamView
 from cleanroom.statistics.engine.answer import Answer
 from cleanroom.statistics.engine.kinds import SPECS, StatKind
 from cleanroom.statistics.engine.query import Filter, Query
@@ -25,6 +26,9 @@ OPS = {
     stats_pb2.FILTER_OP_GT: ">", stats_pb2.FILTER_OP_GE: ">=", stats_pb2.FILTER_OP_IN: "in",
 }
 OP_ENUMS = {word: value for value, word in OPS.items()}
+VIEW_KINDS = {stats_pb2.STREAM_VIEW_KIND_DAILY_MEAN: DAILY_MEAN, stats_pb2.STREAM_VIEW_KIND_READINGS: READINGS,
+              stats_pb2.STREAM_VIEW_KIND_TIME_IN_RANGE: TIME_IN_RANGE}
+VIEW_KIND_ENUMS = {word: value for value, word in VIEW_KINDS.items()}
 
 
 def target_from_proto(dataset: str, cohort: Iterable[common_pb2.CohortSite]) -> tuple[str | None, tuple[CohortSite, ...]]:
@@ -51,6 +55,7 @@ def query_from_proto(message: stats_pb2.StatsQuery) -> Query:
     noise = NOISES.get(message.noise)
     if noise is None:
         violations.append(FieldViolation("query.noise", "choose laplace or gaussian"))
+    view = _view_from_proto(message, violations)
     filters = []
     for index, flt in enumerate(message.filters):
         converted = _filter_from_proto(flt, f"query.filters[{index}]", violations)
@@ -64,8 +69,20 @@ def query_from_proto(message: stats_pb2.StatsQuery) -> Query:
         group_by=message.group_by or None, filters=tuple(filters), bounds=bounds, estimate_bounds=message.estimate_bounds,
         bounds_epsilon=message.bounds_epsilon if message.HasField("bounds_epsilon") else None,
         bins=tuple(message.bins) or None, quantiles=tuple(message.quantiles) or (0.5,),
-        max_rows_per_patient=message.max_rows_per_patient or None, noise=noise,
+        max_rows_per_patient=message.max_rows_per_patient or None, noise=noise, stream_view=view,
     )
+
+
+def _view_from_proto(message: stats_pb2.StatsQuery, violations: list[FieldViolation]) -> StreamView | None:
+    if not message.HasField("stream_view"):
+        return None
+    view = message.stream_view
+    kind = VIEW_KINDS.get(view.kind)
+    if kind is None:
+        violations.append(FieldViolation("query.stream_view.kind", "choose DAILY_MEAN, READINGS or TIME_IN_RANGE"))
+        return None
+    return StreamView(kind, view.channel, view.low if view.HasField("low") else None,
+                      view.high if view.HasField("high") else None)
 
 
 def _filter_from_proto(flt: stats_pb2.Filter, field: str, violations: list[FieldViolation]) -> Filter | None:
@@ -97,6 +114,11 @@ def query_to_proto(query: Query) -> stats_pb2.StatsQuery:
         message.bounds.lower, message.bounds.upper = query.bounds
     if query.bounds_epsilon is not None:
         message.bounds_epsilon = query.bounds_epsilon
+    if query.stream_view is not None:
+        view = query.stream_view
+        message.stream_view.CopyFrom(stats_pb2.StreamView(
+            kind=VIEW_KIND_ENUMS.get(view.kind, stats_pb2.STREAM_VIEW_KIND_UNSPECIFIED), channel=view.channel,
+            low=view.low, high=view.high))
     for flt in query.filters:
         message.filters.append(stats_pb2.Filter(column=flt.column, op=OP_ENUMS.get(flt.op, stats_pb2.FILTER_OP_UNSPECIFIED),
                                                 values=[_value_to_proto(v) for v in flt.values()]))

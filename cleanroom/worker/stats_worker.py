@@ -5,7 +5,9 @@ stdin carries the secrets (the dataset key wrapped to this run's ephemeral key b
 that key, the quote) and the dataset's public settings, or the same per site of a cohort (read as
 one table: see study_table); the worker decrypts the data in memory,
 prepares it once, answers "ready", then answers one query per frame until stdin closes or the host
-kills it. Answers are DP outputs only. An error is a code and a message written by service code
+kills it. A stream dataset is only opened (its index): each query's stream view is derived from it
+patient by patient (cleanroom/worker/stream_views.py), so memory follows one patient, not the
+stream. Answers are DP outputs only. An error is a code and a message written by service code
 (validation names fields, never values); anything unexpected is reported as "internal" and nothing
 of it leaves. The real stdout is kept for frames; anything printed goes to stderr, which the host
 drops.
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cleanroom.statistics.engine.prepared import PreparedTable
     from cleanroom.statistics.engine.query import Query
+    from cleanroom.worker.stream_views import StreamViews
 
 IN = Path("/in/job")
 
@@ -63,9 +66,15 @@ class _Queries:
         return query
 
 
-def _load(path: Path, settings: dict[str, Any]) -> PreparedTable:
+def _load(path: Path, settings: dict[str, Any]) -> PreparedTable | StreamViews:
+    """A table decrypted and prepared whole; a stream only opened (its index), its views derived per query."""
     from cleanroom.statistics.engine.prepared import PreparedTable
     from cleanroom.worker.phase_b import _decrypt_dataset
+
+    if settings.get("stream") is not None:
+        from cleanroom.worker.stream_views import open_stream
+
+        return open_stream(path, settings["secrets"], settings["dataset_id"], settings)
 
     table = _decrypt_dataset(path, settings["secrets"], settings["dataset_id"])
     return PreparedTable(table, patient_column=settings["patient_column"])
@@ -103,13 +112,16 @@ def study_table(tables: list[Any], sites: list[dict[str, Any]], unit_column: str
     return pa.concat_tables(parts)
 
 
-def _answer(prepared: PreparedTable, settings: dict[str, Any], queries: _Queries, frame: bytes) -> dict[str, Any]:
+def _answer(prepared: PreparedTable | StreamViews, settings: dict[str, Any], queries: _Queries, frame: bytes) -> dict[str, Any]:
     from cleanroom.domain.errors import CleanroomError
     from cleanroom.statistics.engine import run_query
     from cleanroom.statistics.engine.codec import answer_to_dict
+    from cleanroom.statistics.engine.prepared import PreparedTable
 
     try:
-        answer = run_query(prepared, queries.parse(frame), patient_column=settings["patient_column"],
+        query = queries.parse(frame)
+        table = prepared if isinstance(prepared, PreparedTable) else prepared.prepared(query)
+        answer = run_query(table, query, patient_column=settings["patient_column"],
                            public_group_keys=settings.get("public_group_keys") or None)
     except CleanroomError as error:
         return {"error": error.code.value, "message": error.message,

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from cleanroom.domain.privacy import Mechanism
+from cleanroom.domain.stream_views import StreamView
 from cleanroom.statistics.engine.answer import Answer, Cell
 from cleanroom.statistics.engine.query import Filter, Query
 
@@ -31,13 +32,18 @@ def _plain(value: object) -> object:
 
 
 def query_to_dict(query: Query) -> dict[str, Any]:
-    return {
+    """A stream view is written only when set, so a table query's canonical bytes (and the references
+    and receipts made of them) are what they were before streams."""
+    out = {
         "kind": query.kind, "epsilon": query.epsilon, "delta": query.delta, "column": query.column,
         "group_by": query.group_by, "filters": [[f.column, f.op, _plain(f.value)] for f in query.filters],
         "bounds": list(query.bounds) if query.bounds is not None else None, "estimate_bounds": query.estimate_bounds,
         "bounds_epsilon": query.bounds_epsilon, "bins": list(query.bins) if query.bins is not None else None,
         "quantiles": list(query.quantiles), "max_rows_per_patient": query.max_rows_per_patient, "noise": query.noise,
     }
+    if query.stream_view is not None:
+        out["stream_view"] = query.stream_view.to_json()
+    return out
 
 
 def query_from_dict(data: dict[str, Any]) -> Query:
@@ -47,6 +53,7 @@ def query_from_dict(data: dict[str, Any]) -> Query:
         bounds=tuple(data["bounds"]) if data["bounds"] is not None else None, estimate_bounds=data["estimate_bounds"],
         bounds_epsilon=data["bounds_epsilon"], bins=tuple(data["bins"]) if data["bins"] is not None else None,
         quantiles=tuple(data["quantiles"]), max_rows_per_patient=data["max_rows_per_patient"], noise=data["noise"],
+        stream_view=StreamView.from_json(data["stream_view"]) if data.get("stream_view") is not None else None,
     )
 
 

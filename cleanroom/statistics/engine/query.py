@@ -18,6 +18,7 @@ from typing import SupportsFloat, SupportsIndex
 
 from cleanroom.domain.deid import ColumnType
 from cleanroom.domain.errors import FieldViolation, bad_request
+from cleanroom.domain.stream_views import StreamView
 from cleanroom.statistics.engine.kinds import KIND_NAMES, find_kind
 
 KINDS = KIND_NAMES  # the kinds' names, in the registry's order
@@ -59,6 +60,8 @@ class Query:
     `bounds` are public clamping bounds (lo, hi). With `estimate_bounds`, `bounds_epsilon` (a part
     of `epsilon`, default a quarter) buys DP bounds first. `bins` are public histogram edges for a
     numeric column. `max_rows_per_patient` overrides the dataset policy's per-patient row limit.
+    `stream_view` names the derived table a query over a stream reads (cleanroom.domain.stream_views);
+    its columns are then the view's.
     """
 
     kind: str
@@ -74,6 +77,7 @@ class Query:
     quantiles: tuple[float, ...] = (0.5,)
     max_rows_per_patient: int | None = None
     noise: str = "laplace"
+    stream_view: StreamView | None = None
 
     def require_column(self) -> str:
         """The measured column of a validated query whose kind needs one."""
