@@ -259,3 +259,14 @@ def test_no_starts_or_no_readings_give_no_windows() -> None:
     for readings, starts in ((empty, np.array([0, 20])), (empty, np.zeros(0, dtype=np.int64))):
         X, y = windows.cut(readings, starts, spec)
         assert X.shape == (0, 2, 6) and y.shape == (0,)
+
+
+def test_the_module_loads_nothing_the_trainer_s_tripwire_refuses() -> None:
+    """Imported alone, windows.py brings in numpy and cleanroom only: no pyarrow, no enclave_sim."""
+    import subprocess
+    import sys
+
+    code = ("import cleanroom.trainer.windows; from cleanroom.trainer.guard import foreign_modules; "
+            "import sys; print(foreign_modules(), [m for m in sys.modules if m.startswith(('pyarrow', 'enclave_sim'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[] []"
