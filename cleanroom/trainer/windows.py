@@ -108,12 +108,12 @@ def cut_kept(readings: Readings, starts: np.ndarray, spec: WindowSpec) -> tuple[
     so every step is one vectorised pass however many runs there are."""
     starts = _sorted_starts(starts, spec)
     r, L = spec.resample_seconds, spec.cells
-    grid = _Grid.build(readings.times, starts, spec)
+    grid = _Grid.build(starts, spec)
     cell, at = grid.cell_of(readings.times)
     means = _cell_means(cell, readings.channels[:, at], grid.cells)
     observed = ~np.isnan(means)
     keep = _covered(observed, grid.window_cells, L, spec.min_coverage)
-    X = _gather(means, observed, grid.window_cells, L)
+    X = _gather(means, observed, grid.window_cells, L).astype(np.float32)
     rule = spec.label_rule
     if rule is None:
         y = _last_reading_label(readings, starts, spec.window_seconds)
@@ -157,7 +157,7 @@ class _Grid:
     resample_seconds: int
 
     @staticmethod
-    def build(times: np.ndarray, starts: np.ndarray, spec: WindowSpec) -> _Grid:
+    def build(starts: np.ndarray, spec: WindowSpec) -> _Grid:
         r = spec.resample_seconds
         lo, hi, run_of = _runs(starts, spec.window_seconds)
         sizes = (hi - lo) // r
@@ -222,11 +222,12 @@ def _fill_index(observed: np.ndarray, window_cells: np.ndarray, L: int) -> np.nd
 
 
 def _gather(values: np.ndarray, observed: np.ndarray, window_cells: np.ndarray, L: int) -> np.ndarray:
-    """(n, C, L) float32 windows of `values` (C, cells) with empty cells filled."""
+    """(n, C, L) windows of `values` (C, cells) with empty cells filled."""
     if not len(window_cells):
-        return np.zeros((0, len(values), L), dtype=np.float32)
+        return np.zeros((0, len(values), L), dtype=values.dtype)
     src = np.clip(_fill_index(observed, window_cells, L), 0, values.shape[1] - 1)
-    return np.take_along_axis(values[:, None, :], src, axis=2).transpose(1, 0, 2).astype(np.float32)
+    gathered: np.ndarray = np.take_along_axis(values[:, None, :], src, axis=2).transpose(1, 0, 2)
+    return gathered
 
 
 def _last_reading_label(readings: Readings, starts: np.ndarray, window: int) -> np.ndarray:
