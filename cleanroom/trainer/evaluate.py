@@ -80,6 +80,7 @@ class EvaluationResult:
     net_benefit: list[dict[str, Any]] = field(default_factory=list)        # binary only
     score_bins: dict[str, Any] = field(default_factory=dict)               # what the bins are, in words too
     sites: list[SiteEvaluation] = field(default_factory=list)              # cohorts only: per-site results
+    per_patient: EvaluationResult | None = None                            # streams only (stream_evaluate.py)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _bounded_rows(patient: NDArray[Any], *, max_rows: int, rng: np.random.Genera
     return np.sort(rows), int(index.n_patients)
 
 
-def _outputs(model: ExportedModel, state: dict[str, torch.Tensor], X: torch.Tensor) -> Array:
+def model_outputs(model: ExportedModel, state: dict[str, torch.Tensor], X: torch.Tensor) -> Array:
     out = model.predict(state, X)
     if model.task.classification:
         out = torch.softmax(out.double(), dim=1)
@@ -171,7 +172,7 @@ def _planned(task: Task, wanted: set[str]) -> list[str]:
     return ["count", "abs_error_sum", "sq_error_sum"]
 
 
-def _check_request(task: Task, wanted: set[str], *, target_epsilon: float, max_rows: int) -> None:
+def check_request(task: Task, wanted: set[str], *, target_epsilon: float, max_rows: int) -> None:
     unknown = wanted - set(SUPPORTED.get(task.kind, ()))
     if not wanted or unknown:
         raise bad_request(f"metrics for {task.kind} are chosen from: {', '.join(SUPPORTED.get(task.kind, ()))}")
@@ -202,7 +203,7 @@ def evaluate(program: torch.export.ExportedProgram, *, X: NDArray[Any], y: NDArr
     privacy unit across sites. With two or more site names the result is pooled plus per site."""
     assert_no_foreign_modules(allowed_modules)
     kind, wanted = Task(task, num_classes), set(metrics)
-    _check_request(kind, wanted, target_epsilon=target_epsilon, max_rows=max_rows_per_patient)
+    check_request(kind, wanted, target_epsilon=target_epsilon, max_rows=max_rows_per_patient)
     options = Options(tuple(float(v) for v in sensitivity_at_specificity), tuple(float(v) for v in specificity_at_sensitivity),
                       tuple(float(v) for v in net_benefit_thresholds), score_bins)
     options.check()
@@ -217,7 +218,7 @@ def evaluate(program: torch.export.ExportedProgram, *, X: NDArray[Any], y: NDArr
     rng = sampling.numpy_generator(seed_source)
     rows, n_patients = _bounded_rows(np.asarray(patient), max_rows=max_rows_per_patient, rng=rng)
     accounting.check_delta(delta=target_delta, n_patients=n_patients)
-    outputs = _outputs(model, dict(state or {}), X_t[torch.as_tensor(rows)])
+    outputs = model_outputs(model, dict(state or {}), X_t[torch.as_tensor(rows)])
     return evaluate_outputs(kind, outputs, y_arr[rows], wanted=wanted, target_epsilon=target_epsilon,
                             target_delta=target_delta, max_rows=max_rows_per_patient, error_bound=error_bound,
                             options=options, rng=rng, noise_rng=noise_rng, site_names=site_names,
@@ -246,7 +247,7 @@ def evaluate_outputs(task: Task, outputs: Array, y: NDArray[Any], *, wanted: set
     rho = accounting.calibrate_rho(target_epsilon=target_epsilon, delta=target_delta)
 
     def release(rows_out: Array, rows_y: NDArray[Any], part_rho: float) -> EvaluationResult:
-        return _mechanism(task, rows_out, rows_y, rho=part_rho, wanted=wanted, max_rows=max_rows, rng=rng,
+        return mechanism(task, rows_out, rows_y, rho=part_rho, wanted=wanted, max_rows=max_rows, rng=rng,
                           options=options, error_bound=error_bound, noise_rng=noise_rng, delta=target_delta)
 
     if len(site_names) < 2:
@@ -281,10 +282,11 @@ def _cohort_result(pooled: EvaluationResult, sites: list[SiteEvaluation], *, rho
                                mechanism_parameters=params, sites=sites)
 
 
-def _mechanism(task: Task, outputs: Array, y: NDArray[Any], *, rho: float, wanted: set[str], max_rows: int,
+def mechanism(task: Task, outputs: Array, y: NDArray[Any], *, rho: float, wanted: set[str], max_rows: int,
                rng: np.random.Generator, options: Options, error_bound: float | None,
                noise_rng: random.Random | np.random.Generator | None, delta: float) -> EvaluationResult:
-    """One release of ρ over the given rows: the statistics, then the metrics and their intervals."""
+    """One release of ρ over the given rows: the statistics, then the metrics and their intervals.
+    `max_rows` bounds the rows one patient has among them (the statistics' sensitivity)."""
     planned = _planned(task, wanted)
     release = _Release(rho, sum(statistics.WEIGHTS[n] for n in planned), max_rows, noise_rng)
     if task.kind == "binary-classification":

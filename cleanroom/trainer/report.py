@@ -45,6 +45,9 @@ def _privacy_statement(training: TrainingResult | None, evaluation: EvaluationRe
         if evaluation.sites:
             count += sum(len(s.result.mechanism_parameters.get("statistics", {})) for s in evaluation.sites)
             where = f" (pooled and for each of {len(evaluation.sites)} sites)"
+        if evaluation.per_patient is not None:
+            count += len(evaluation.per_patient.mechanism_parameters.get("statistics", {}))
+            where = " (per window and per patient)"
         parts.append(f"evaluation: ({evaluation.epsilon_spent:.3g}, {evaluation.delta:.2g})-DP, discrete Gaussian noise on "
                      f"{count} statistic(s){where}, zCDP composition")
         eps, delta = eps + evaluation.epsilon_spent, delta + evaluation.delta
@@ -92,9 +95,15 @@ def _metric_entries(metrics: dict[str, tuple[float, float, float]]) -> dict[str,
 
 
 def _evaluation_data(evaluation: EvaluationResult) -> dict[str, Any]:
-    data = dataclasses.asdict(dataclasses.replace(evaluation, sites=[]))
-    del data["sites"]
+    data = dataclasses.asdict(dataclasses.replace(evaluation, sites=[], per_patient=None))
+    del data["sites"], data["per_patient"]
     data["metrics"] = _metric_entries(evaluation.metrics)
+    if evaluation.per_patient is not None:
+        # A stream's evaluation: the metrics above are per window; these are per patient (their
+        # mechanism is described under mechanism_parameters.per_patient).
+        p = evaluation.per_patient
+        data["per_patient"] = {"metrics": _metric_entries(p.metrics), "operating_points": p.operating_points,
+                               "net_benefit": p.net_benefit, "roc_points": p.roc_points, "reliability": p.reliability}
     if evaluation.sites:
         # Each site's DP outputs; its mechanism is described once, under mechanism_parameters.per_site.
         data["sites"] = [{"name": s.name, "index": s.index, "metrics": _metric_entries(s.result.metrics),
@@ -307,6 +316,17 @@ def _sites_section(evaluation: dict[str, Any], cohort: dict[str, Any] | None) ->
             "that half once.</p>")
 
 
+def _per_patient_section(per_patient: dict[str, Any]) -> str:
+    """A stream's per-patient metrics, ahead of the per-window ones below."""
+    figure = roc_svg(per_patient["roc_points"]) if per_patient["roc_points"] else ""
+    points = _operating_table(per_patient["operating_points"]) if per_patient["operating_points"] else ""
+    return ("<h2>Validation metrics per patient</h2>" + _metrics_table(per_patient["metrics"]) + points
+            + f"<div class=figs>{figure}</div><p class=note>The examples were windows of each patient's stream. Per "
+            "patient: a patient's score is the mean of its windows' predicted probabilities, and the patient counts as "
+            "positive when any of its windows is. Per window (below): every evaluated window counts, at most the "
+            "request's bound per patient. Half of the evaluation's privacy budget went to each.</p>")
+
+
 def _cohort_section(cohort: dict[str, Any]) -> str:
     roles = "".join(f"<li>{html.escape(s['name'])}: {'external validation (held out)' if s['role'] == 'validate' else 'training'}</li>"
                     for s in cohort["sites"])
@@ -365,6 +385,9 @@ def render_html(data: dict[str, Any]) -> str:
         if evaluation.get("sites"):
             body.append(_sites_section(evaluation, data.get("cohort")))
         title = "Validation metrics (pooled over all sites)" if evaluation.get("sites") else "Validation metrics"
+        if evaluation.get("per_patient"):
+            body.append(_per_patient_section(evaluation["per_patient"]))
+            title = "Validation metrics per window"
         body.append(f"<h2>{title}</h2>" + _metrics_table(evaluation["metrics"]))
         if evaluation.get("operating_points"):
             body.append("<h2>Operating points</h2>" + _operating_table(evaluation["operating_points"]))

@@ -36,6 +36,10 @@ def main(inputs: Path = IN, out: Path = OUT) -> int:
     secrets = json.loads(sys.stdin.read())["sites"]
     if len(secrets) != len(job["sites"]):
         return EXIT_FAILED
+    if any("stream" in site for site in job["sites"]):
+        from cleanroom.worker import stream_jobs
+
+        return stream_jobs.main(job, secrets, inputs, out)
     tables = [_decrypt_dataset(inputs / site["blob"], secret, site["dataset_id"])
               for site, secret in zip(job["sites"], secrets, strict=True)]
     examples = _examples(tables, job)
@@ -53,15 +57,11 @@ def main(inputs: Path = IN, out: Path = OUT) -> int:
 
 def _decrypt_dataset(path: Path, secrets: dict[str, str], dataset_id: str) -> Any:
     import pyarrow.ipc as ipc
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    import enclave_sim
     from cleanroom import crypto
+    from cleanroom.worker.keys import unwrap_site_key
 
-    quote = enclave_sim.Quote.from_bytes(bytes.fromhex(secrets["quote"]))
-    ephemeral = X25519PrivateKey.from_private_bytes(bytes.fromhex(secrets["ephemeral_private_key"]))
-    wrapped = enclave_sim.WrappedForEnclave.from_bytes(bytes.fromhex(secrets["wrapped_key"]))
-    key = enclave_sim.unwrap_in_enclave(wrapped, ephemeral, quote, context=dataset_id.encode("ascii"))
+    key = unwrap_site_key(secrets, dataset_id)
     with path.open("rb") as sealed, ipc.open_stream(crypto.SealedReader(sealed, key, dataset_id)) as stream:
         return stream.read_all()
 
@@ -169,8 +169,6 @@ def _validate_sites(job: dict[str, Any]) -> list[int]:
 
 
 def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[str, bytes]:
-    from safetensors.torch import save
-
     from cleanroom.domain.errors import bad_request
     from cleanroom.trainer.dpsgd import train
 
@@ -190,14 +188,8 @@ def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[
         max_rows_per_patient=params["max_rows_per_patient"], learning_rate=float(params["learning_rate"]),
         optimizer=params["optimizer"], clipping_norm=float(params["clipping_norm"]), allowed_modules=_allowed(),
     )
-    weights = save({k: v.contiguous() for k, v in result.trained_state.items()})
-    # The receipt names the recipe that chose the optimisation settings when the service filled any
-    # (cleanroom/domain/recipe.py); a request that set them all keeps the receipt it always had.
-    recipe = {"recipe": params["recipe"]} if params.get("recipe") else {}
-    summary = {"epsilon_spent": result.epsilon_spent, "delta": result.delta, "accountant": result.accountant,
-               "dp_parameters": {**result.dp_parameters, "noise_multiplier": result.noise_multiplier,
-                                 "sample_rate": result.sample_rate, "steps": result.steps, "delta": result.delta, **recipe}}
-    outputs = {"weights.safetensors": weights}
+    summary = _training_summary(result, params)
+    outputs = {"weights.safetensors": _weights(result)}
     if held_out_sites:
         # Whole held-out sites: evaluated per site when there are several (public: the request's roles).
         evaluation = _evaluate_rows(job, examples, held_out, program, state=result.trained_state, sites=held_out_sites)
@@ -209,6 +201,28 @@ def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[
     return outputs
 
 
+def _weights(result: Any) -> bytes:
+    from safetensors.torch import save
+
+    return bytes(save({k: v.contiguous() for k, v in result.trained_state.items()}))
+
+
+def _training_summary(result: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """result.json of a training job (tables and streams)."""
+    # The receipt names the recipe that chose the optimisation settings when the service filled any
+    # (cleanroom/domain/recipe.py); a request that set them all keeps the receipt it always had.
+    recipe = {"recipe": params["recipe"]} if params.get("recipe") else {}
+    return {"epsilon_spent": result.epsilon_spent, "delta": result.delta, "accountant": result.accountant,
+            "dp_parameters": {**result.dp_parameters, "noise_multiplier": result.noise_multiplier,
+                              "sample_rate": result.sample_rate, "steps": result.steps, "delta": result.delta, **recipe}}
+
+
+def _evaluation_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The report's named operating points, net-benefit thresholds and bin count: public request
+    parameters, each optional (the evaluator's defaults apply when a job does not carry them)."""
+    return {name: params[name] for name in EVALUATION_OPTIONS if params.get(name) not in (None, [], 0)}
+
+
 def _evaluate_rows(job: dict[str, Any], examples: dict[str, Any], rows: Any, program: Any, *, sites: list[int],
                    state: Any = None) -> Any:
     """The DP evaluation of the given rows; per site (and pooled) over `sites` when it names two or
@@ -218,9 +232,7 @@ def _evaluate_rows(job: dict[str, Any], examples: dict[str, Any], rows: Any, pro
     from cleanroom.trainer.evaluate import evaluate
 
     params = job["params"]
-    # The report's named operating points, net-benefit thresholds and bin count: public request
-    # parameters, each optional (the evaluator's defaults apply when a job does not carry them).
-    options = {name: params[name] for name in EVALUATION_OPTIONS if params.get(name) not in (None, [], 0)}
+    options = _evaluation_options(params)
     position = np.full(len(job["sites"]), -1, dtype=np.int64)
     position[sites] = np.arange(len(sites))
     return evaluate(
