@@ -115,3 +115,11 @@ def test_the_runner_describes_a_stream_site_and_a_rule_labelled_study_has_no_lab
     assert runner._study(labelled) == ("hr", "spo2", "steps", "event")
     table = runner._site_input(0, runner._Site(make_site("d1"), _dataset(stream=None), b"w"), ("hr", "event"))
     assert "stream" not in table
+
+
+def test_a_negative_threshold_is_refused_not_failed_later() -> None:
+    """The parameters' JSON form writes numbers as unsigned decimal text: a negative threshold would
+    fail when the workload is hashed, after validation; it is refused by name instead."""
+    found = _refused(replace(TRAINING, windows=replace(WINDOWS, label_rule=replace(RULE, threshold=-2.0))))
+    assert "must be 0 or more" in found["spec.windows.label_rule.threshold"]
+    replace(TRAINING, windows=replace(WINDOWS, label_rule=replace(RULE, threshold=0.0))).to_json()  # 0 is written
