@@ -5,14 +5,21 @@ the view named in the ledger's reference, the audit entry and the receipt."""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import json
+
 import grpc
 import numpy as np
 import pytest
 
+from cleanroom.cli import main as cli
 from cleanroom.crypto.sealed_table import SealedTable
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
+from cleanroom.sdk.schema import parse_schema
 from cleanroom.sdk.stats import signed_stream_view, stream_view, verify_answer
+from cleanroom.sdk.streams import stream_spec
 from cleanroom.statistics.described import query_reference
 from cleanroom.statistics.engine import Query
 from cleanroom.statistics.engine.codec import canonical_query
@@ -44,12 +51,13 @@ def world(tmp_path_factory):
     heavy = sw.heavy_patient(100 * len(light[0].times))
     stream = sw.store_stream(app, owner, [*light, heavy])
     table = _table_dataset(running)
-    for name in (stream.resource_name, table):
+    uploaded = _uploaded_stream(running, base)
+    for name in (stream.resource_name, table, uploaded["name"]):
         officer.set_budget(name, epsilon=20, delta=1e-4, reason="total")
         officer.share_dataset(name, f"principals/{maker_id}", epsilon=10, delta=1e-4, reason="pilot")
         officer.set_approval_policy(name, max_epsilon=5, auto_approve_epsilon=2, reason="routine")
-    yield {"running": running, "app": app, "maker": maker, "maker_id": maker_id, "stream": stream, "table": table,
-           "light": light, "heavy": heavy}
+    yield {"running": running, "app": app, "maker": maker, "maker_id": maker_id, "maker_token": maker_token, "stream": stream,
+           "table": table, "light": light, "heavy": heavy, "uploaded": uploaded}
     for client in (maker, officer):
         client.close()
     running.server.stop(grace=0)
@@ -66,6 +74,31 @@ def _table_dataset(running) -> str:
     name = owner.upload_dataset(path, Schema(samples.breast_cancer_schema(), 5)).name
     owner.close()
     return name
+
+
+def _uploaded_stream(running, base) -> dict[str, object]:
+    """A stream through the real intake (CSV, SDK upload): 40 patients, two days of 10-minute readings."""
+    _, token = running.principal(Role.DATA_OWNER)
+    owner = running.client(token)
+    rng = np.random.default_rng(7)
+    rows, means = [], {}
+    for p in range(40):
+        arm = "ab"[p % 2]
+        values = (70.0 if arm == "a" else 80.0) + rng.normal(0, 5, 288).round(1)
+        for i, value in enumerate(values):
+            at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=10 * i, seconds=p)
+            rows.append([f"P{p:03d}", at.strftime("%Y-%m-%dT%H:%M:%SZ"), value, arm])
+        means.setdefault(arm, []).extend([values[:144].mean(), values[144:].mean()])
+    path = base / "uploaded.csv"
+    with path.open("w", newline="") as out:
+        csv.writer(out).writerows([["pid", "time", "hr", "arm"], *rows])
+    schema = parse_schema({"k_anonymity": 2, "columns": [
+        {"name": "pid", "type": "string", "role": "patient_key"}, {"name": "time", "type": "timestamp", "role": "time"},
+        {"name": "hr", "type": "float", "role": "feature"},
+        {"name": "arm", "type": "string", "role": "feature", "categories": ["a", "b"]}]})
+    name = owner.upload_dataset(path, schema, stream=stream_spec("time", ["hr:bpm"], resolution_seconds=60)).name
+    owner.close()
+    return {"name": name, "daily_means": {arm: float(np.mean(m)) for arm, m in means.items()}}
 
 
 def _reservations(world) -> int:
@@ -203,3 +236,23 @@ def test_the_receipt_and_the_records_name_the_view(world) -> None:
     other = query_reference(dataset.id, canonical_query(Query(kind="count", epsilon=0.3, max_rows_per_patient=1,
                                                                stream_view=stream_view("daily_mean:heart_rate"))))
     assert recorded.target.endswith(reference) and reference != other
+
+
+def test_a_stream_from_the_real_intake_answers_the_cli_s_daily_mean_per_group(world, capsys) -> None:
+    uploaded = world["uploaded"]
+    argv = ["--server", world["running"].address, "--token", world["maker_token"], "stats", "mean", uploaded["name"],
+            "--stream-view", "daily_mean:hr", "--column", "hr_daily_mean", "--group-by", "arm", "--bounds", "40", "110",
+            "--rows-per-patient", "2", "--where", "day <= 1", "--epsilon", "2", "--json"]
+    assert cli.main(argv) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["rows_per_patient"] == 2 and {c["key"][0] for c in answer["cells"]} == {"a", "b"}
+    for cell in answer["cells"]:
+        exact = uploaded["daily_means"][cell["key"][0]]
+        assert abs(cell["value"] - exact) <= 3 * cell["half_width"], (cell, exact)
+    assert cli.main([*argv[:7], "--stream-view", "daily_mean:glucose", *argv[9:-1]]) == 1
+    error = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in error and "stream_view.channel" in error and "Traceback" not in error
+    with pytest.raises(SystemExit) as parsed:  # refused by the parser, nothing sent
+        cli.main([*argv[:7], "--stream-view", "weekly", *argv[9:]])
+    assert parsed.value.code == 2
+    assert "KIND:CHANNEL" in capsys.readouterr().err
