@@ -31,14 +31,15 @@ from torch import nn
 import enclave_sim
 from cleanroom import crypto
 from cleanroom.crypto.sealed_table import SealedTable
+from cleanroom.domain.errors import CleanroomError
 from cleanroom.domain.privacy import Privacy
 from cleanroom.domain.streams import StreamDescription, ThresholdLabel, WindowSpec
 from cleanroom.jobs import release
 from cleanroom.models.intake.artifact import write_artifact
-from cleanroom.trainer import dpsgd, noise, sampling
+from cleanroom.trainer import dpsgd, noise, sampling, stream_evaluate
 from cleanroom.trainer.graph import ExportedModel, Task
 from cleanroom.trainer.guard import foreign_modules
-from cleanroom.trainer.sources import InMemorySource
+from cleanroom.trainer.sources import Batch, Examples, InMemorySource
 from cleanroom.worker import phase_b
 from cleanroom.worker.stream_batches import StreamBatchSource
 from cleanroom.worker.stream_source import StreamSite
@@ -297,3 +298,71 @@ def test_stream_evaluation_through_phase_b_reports_per_window_and_per_patient(tm
 def test_a_cohort_with_a_stream_is_a_precondition_failure(tmp_path, ward, attestation, monkeypatch) -> None:
     code, outputs = _run(tmp_path, _job("evaluation", sites=2), ward[:5], attestation, monkeypatch)
     assert code == phase_b.EXIT_PRECONDITION and outputs == {}
+
+
+# --- the evaluator's two views, and the step's guard
+
+
+def _scores(n_patients: int, per_patient: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    y = (rng.random(len(patient)) < 0.3).astype(np.float64)
+    p = np.clip(0.5 * y + 0.5 * rng.random(len(patient)), 0, 1)
+    return np.stack([1 - p, p], axis=1), y, patient
+
+
+def test_a_patient_s_score_is_its_windows_mean_and_its_label_any_positive_window() -> None:
+    outputs = np.array([[0.8, 0.2], [0.4, 0.6], [0.9, 0.1], [0.7, 0.3]])
+    scores, labels = stream_evaluate.patient_rows(outputs, np.array([0, 1, 0, 0]), np.array([4, 4, 9, 9]))
+    np.testing.assert_allclose(scores, [[0.6, 0.4], [0.8, 0.2]])
+    assert labels.tolist() == [1.0, 0.0]
+
+
+def test_per_window_and_per_patient_halve_the_budget_with_their_own_bounds() -> None:
+    outputs, y, patient = _scores(400, K)
+    result = stream_evaluate.evaluate_windows(BINARY, outputs, y, patient, wanted={"accuracy", "auroc"},
+                                              target_epsilon=2.0, target_delta=1e-5, max_rows=K,
+                                              rng=np.random.default_rng(0))
+    params = result.mechanism_parameters
+    assert result.per_patient is not None and result.epsilon_spent == pytest.approx(
+        stream_evaluate.accounting.zcdp_epsilon(rho=params["rho"], delta=1e-5))
+    window_stats, patient_stats = params["statistics"], params["per_patient"]["statistics"]
+    assert sum(s["rho"] for s in window_stats.values()) == pytest.approx(params["rho"] / 2)
+    assert sum(s["rho"] for s in patient_stats.values()) == pytest.approx(params["rho"] / 2)
+    for name in window_stats:   # a patient moves the window statistics by k windows, the patient ones by one row
+        assert window_stats[name]["l2_sensitivity"] == pytest.approx(K * patient_stats[name]["l2_sensitivity"])
+
+
+def test_other_tasks_release_the_per_window_metrics_with_the_whole_budget() -> None:
+    outputs, y, patient = _scores(300, K)
+    result = stream_evaluate.evaluate_windows(Task("multiclass-classification", 2), outputs, y, patient,
+                                              wanted={"accuracy"}, target_epsilon=2.0, target_delta=1e-5, max_rows=K,
+                                              rng=np.random.default_rng(0))
+    assert result.per_patient is None and "not released" in result.mechanism_parameters["per_patient"]
+    assert sum(s["rho"] for s in result.mechanism_parameters["statistics"].values()) == pytest.approx(
+        result.mechanism_parameters["rho"])
+
+
+class _Greedy:
+    """A broken source: one example more than the bound for every patient."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        self.X, self.y = X, y
+
+    @property
+    def n_patients(self) -> int:
+        return 20
+
+    def batch(self, patients: np.ndarray, *, max_rows: int, rng: np.random.Generator) -> Examples:
+        segments = np.repeat(np.arange(len(patients)), max_rows + 1)
+        return Examples(self.X[: len(segments)], self.y[: len(segments)], Batch(np.arange(len(segments)), segments,
+                                                                                 len(patients)))
+
+
+def test_a_source_that_breaks_the_per_patient_bound_stops_training() -> None:
+    X, y = separable_data(200, seed=1)
+    with pytest.raises(CleanroomError, match="per-patient bound"):
+        dpsgd.train_source(export(MLP()), _Greedy(torch.as_tensor(X), torch.as_tensor(y)), task=BINARY.kind,
+                           num_classes=2, trainable=["*"], target_epsilon=2.0, target_delta=1e-3, epochs=1,
+                           expected_batch_patients=10, max_rows_per_patient=2, learning_rate=0.1, optimizer="sgd",
+                           clipping_norm=1.0, allowed_modules=allowed_here())
