@@ -56,7 +56,7 @@ def world(tmp_path_factory):
         officer.set_budget(name, epsilon=20, delta=1e-4, reason="total")
         officer.share_dataset(name, f"principals/{maker_id}", epsilon=10, delta=1e-4, reason="pilot")
         officer.set_approval_policy(name, max_epsilon=5, auto_approve_epsilon=2, reason="routine")
-    yield {"running": running, "app": app, "maker": maker, "maker_id": maker_id, "maker_token": maker_token, "stream": stream,
+    yield {"running": running, "app": app, "maker": maker, "officer": officer, "maker_id": maker_id, "maker_token": maker_token, "stream": stream,
            "table": table, "light": light, "heavy": heavy, "uploaded": uploaded}
     for client in (maker, officer):
         client.close()
@@ -236,6 +236,25 @@ def test_the_receipt_and_the_records_name_the_view(world) -> None:
     other = query_reference(dataset.id, canonical_query(Query(kind="count", epsilon=0.3, max_rows_per_patient=1,
                                                                stream_view=stream_view("daily_mean:heart_rate"))))
     assert recorded.target.endswith(reference) and reference != other
+
+
+def test_an_approved_stream_query_s_reservation_names_its_view(world) -> None:
+    """Above the auto-approve threshold a query has a reservation of its own: its ledger entry names the view."""
+    name = world["stream"].resource_name
+    big = Query(kind="mean", column="heart_rate", bounds=(30.0, 200.0), epsilon=3.0, max_rows_per_patient=5,
+                stream_view=stream_view("readings:heart_rate"))
+    with pytest.raises(CleanroomClientError) as caught:
+        world["maker"].run_query(name, big)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    request = next(v.description for v in caught.value.violations if v.field == "privacy_request")
+    world["officer"].approve(request, reason="population heart rate")
+    answer = world["maker"].run_query(name, big, privacy_request=request)
+    assert signed_stream_view(_verify(world, answer)) == "readings:heart_rate"
+    with world["app"].db.read() as session:
+        spends = [privacy_repo.get_spend(session, e.spend_id) for e in privacy_repo.events(session) if e.kind.value == "commit"]
+    spend = next(s for s in spends if s is not None and s.reference == query_reference(world["stream"].id, canonical_query(big)))
+    assert spend.mechanism is not None and spend.mechanism.name == "stats-mean[readings:heart_rate]"
+    assert spend.committed.epsilon_value == pytest.approx(3.0)
 
 
 def test_a_stream_from_the_real_intake_answers_the_cli_s_daily_mean_per_group(world, capsys) -> None:
