@@ -123,7 +123,7 @@ def cut_kept(readings: Readings, starts: np.ndarray, spec: WindowSpec) -> tuple[
         keep &= _covered(has, grid.window_cells, L, spec.min_coverage)
         y = _threshold_label(_gather(extreme[None, :], has, grid.window_cells, L)[:, 0, :], rule, r)
     keep &= np.isfinite(y)
-    return X[keep], y[keep], starts[keep]
+    return np.ascontiguousarray(X[keep]), y[keep], starts[keep]  # models view() their input
 
 
 # --- the grid of cells under the runs of windows

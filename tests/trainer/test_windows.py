@@ -97,7 +97,7 @@ def assert_matches_reference(readings: Readings, starts: np.ndarray, spec: Windo
     for x, label, s in zip(X, y, kept.tolist()):
         np.testing.assert_allclose(x, expected[s][0], rtol=1e-5)
         assert label == expected[s][1]
-    assert X.dtype == np.float32 and y.dtype == np.float64
+    assert X.dtype == np.float32 and y.dtype == np.float64 and X.flags.c_contiguous
     assert X.shape == (len(kept), len(readings.channels), spec.cells)
     return len(kept)
 
