@@ -8,7 +8,8 @@ the privacy unit, the intervals and the score bins mean.
 
 A multi-site job's report (`Cohort`) also names its sites and their roles, says in a sentence which
 sites the model never saw, who counts as one person (the linkage statement), and, when several
-sites were evaluated, gives each site's metrics with intervals beside the pooled ones.
+sites were evaluated, gives each site's metrics with intervals beside the pooled ones. A stream
+job's report gives its metrics per patient and per window (trainer/stream_evaluate.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ are read through its own column mapping onto the study's names and get a privacy
 (domain.cohort.unit_key: the linkage pseudonym where the site declared linkage, else the patient
 qualified by the site) and a site index. The trainer and the evaluator bound, sample and clip by
 unit, so a linked person's rows at all sites together respect the per-patient bound.
+
+A site whose entry carries "stream" holds a sealed stream table: such a job takes the stream path
+(stream_jobs.py: windows cut on demand, never the whole dataset in memory).
 """
 
 from __future__ import annotations
