@@ -16,7 +16,7 @@ import pytest
 from cleanroom.cli import main as cli
 from cleanroom.crypto.sealed_table import SealedTable
 from cleanroom.domain.identity import Role
-from cleanroom.sdk import CleanroomClientError
+from cleanroom.sdk import CleanroomClientError, Site
 from cleanroom.sdk.schema import parse_schema
 from cleanroom.sdk.stats import signed_stream_view, stream_view, verify_answer
 from cleanroom.sdk.streams import stream_spec
@@ -215,6 +215,17 @@ def test_bad_stream_queries_are_refused_before_any_reservation(world, target, qu
         assert field in {v.field for v in caught.value.violations}
     assert _reservations(world) == before
     assert app.stats.held(name.removeprefix("datasets/"), world["maker_id"]) == held
+
+
+def test_a_cohort_with_a_stream_site_is_refused_before_any_reservation(world) -> None:
+    before = _reservations(world)
+    sites = [Site(world["stream"].resource_name), Site(world["uploaded"]["name"])]
+    for query in (DAILY, Query(kind="count", epsilon=0.5)):
+        with pytest.raises(CleanroomClientError) as caught:
+            world["maker"].run_query("", query, cohort=sites)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert {v.field for v in caught.value.violations} == {"cohort"}
+    assert _reservations(world) == before
 
 
 def test_the_receipt_and_the_records_name_the_view(world) -> None:
