@@ -66,14 +66,19 @@ class Cells:
     shift_key: bytes
 
     def patients(self, partition: pa.Table, counts: StreamCounts) -> Iterator[pa.Table]:
-        """Each patient's stored rows (time in epoch seconds), one table per patient."""
+        """Each patient's stored rows (time in epoch seconds; the pseudonym still dictionary-encoded),
+        one table per patient."""
         if partition.num_rows == 0:
             return
         time = self.spec.time_column
-        table = partition.sort_by([(self.patient_column, "ascending"), (time, "ascending")]).combine_chunks()
-        encoded = table.column(self.patient_column).combine_chunks().dictionary_encode()
-        codes = encoded.indices.to_numpy().astype(np.int64)
-        seconds = np.floor_divide(table.column(time).to_numpy(), MICROS) + self._shifts(encoded.dictionary)[codes]
+        # The partition's pseudonyms as codes into one dictionary: grouping by an integer code is
+        # far cheaper than by a 32-character string. Then each patient's readings in time order.
+        partition = partition.unify_dictionaries()
+        chunks = partition.column(self.patient_column).chunks
+        codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
+        order = np.lexsort((partition.column(time).to_numpy(), codes))
+        table, codes = partition.take(pa.array(order)).combine_chunks(), codes[order]
+        seconds = np.floor_divide(table.column(time).to_numpy(), MICROS) + self._shifts(chunks[0].dictionary)[codes]
         resolution = self.spec.time_resolution_seconds
         cells = np.floor_divide(seconds, resolution) * resolution
         starts = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (cells[1:] != cells[:-1])])

@@ -45,6 +45,13 @@ def stored_stream_schema(policy: deid.DeidPolicy, spec: StreamSpec) -> pa.Schema
     return pa.schema(fields)
 
 
+def partition_schema(schema: pa.Schema, patient_column: str) -> pa.Schema:
+    """The stored schema as the temporary partitions hold it: the pseudonym dictionary-encoded (a
+    reading carries a small index instead of 32 characters), the time in epoch microseconds."""
+    index = schema.get_field_index(patient_column)
+    return schema.set(index, pa.field(patient_column, pa.dictionary(pa.int32(), pa.string())))
+
+
 class OrderCheck:
     """Each patient's readings must arrive with strictly increasing times. Keeps each patient's
     last time (a dict keyed by pseudonym: memory follows patients, not readings)."""
@@ -102,8 +109,8 @@ def check_units(batch: pa.RecordBatch, spec: StreamSpec, first_row: int) -> None
 
 @dataclass
 class StreamBatch:
-    batch: pa.RecordBatch  # in stored_stream_schema, except time in epoch microseconds
-    patients: pa.DictionaryArray  # the batch's pseudonyms, dictionary-encoded
+    batch: pa.RecordBatch  # in partition_schema
+    patients: pa.DictionaryArray  # the batch's pseudonyms (its patient column)
     rows_without_patient_key: int
 
 
@@ -117,11 +124,13 @@ class BatchChecks:
     times: TimeParser
     order: OrderCheck
     schema: pa.Schema  # stored_stream_schema
+    partition_schema: pa.Schema
 
     @staticmethod
     def start(policy: deid.DeidPolicy, spec: StreamSpec, pseudonymizer: ops.Pseudonymizer) -> BatchChecks:
+        schema = stored_stream_schema(policy, spec)
         return BatchChecks(policy, spec, pseudonymizer, TimeParser(spec.time_column), OrderCheck(spec.time_column),
-                           stored_stream_schema(policy, spec))
+                           schema, partition_schema(schema, policy.patient_key.name))
 
     def deidentify(self, batch: pa.RecordBatch, first_row: int) -> StreamBatch:
         violations = ops.scan_for_identifiers(batch, self.policy)
@@ -139,19 +148,21 @@ class BatchChecks:
             micros = micros.filter(keyed)
         rows = np.flatnonzero(keyed.to_numpy(zero_copy_only=False)) + first_row
         self.order.update(table.patients, micros.to_numpy(), rows)
-        return StreamBatch(self._stored(table.batch, micros), table.patients, table.rows_without_patient_key)
+        return StreamBatch(self._stored(table.batch, table.patients, micros), table.patients, table.rows_without_patient_key)
 
-    def _stored(self, deidentified: pa.RecordBatch, micros: pa.Array) -> pa.RecordBatch:
-        arrays = []
+    def _stored(self, deidentified: pa.RecordBatch, patients: pa.DictionaryArray, micros: pa.Array) -> pa.RecordBatch:
+        arrays: list[pa.Array] = []
         channels = {c.name for c in self.spec.channels}
-        for field in self.schema:
-            if field.name == self.spec.time_column:
+        for field in self.partition_schema:
+            if field.name == self.policy.patient_key.name:
+                arrays.append(patients)
+            elif field.name == self.spec.time_column:
                 arrays.append(micros)
             elif field.name in channels:
                 arrays.append(_channel(deidentified.column(field.name)))
             else:
                 arrays.append(deidentified.column(field.name))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.partition_schema)
 
 
 def _channel(values: pa.Array) -> pa.Array:

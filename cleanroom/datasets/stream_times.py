@@ -24,7 +24,7 @@ MAX_SECONDS = 7_258_118_400
 MAX_OFFSET_MINUTES = 14 * 60
 _ISO = (r"^(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[T ](?P<hm>[0-9]{2}:[0-9]{2})"
         r"(?::(?P<s>[0-9]{2})(?:[.,](?P<f>[0-9]{1,9}))?)?(?P<zone>Z|[+-][0-9]{2}(?::?[0-9]{2})?)?$")
-_EPOCH = r"^-?[0-9]{1,12}$"
+_EPOCH = r"^-?[0-9]{1,18}$"  # int64; the range check then names milliseconds
 NAIVE = "naive"  # ISO text without an offset: UTC
 EPOCH = "epoch"  # whole epoch seconds
 
