@@ -93,26 +93,29 @@ def _table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return X, y, patient
 
 
-def test_the_in_memory_source_gives_the_weights_of_the_trainer_before_sources() -> None:
+@pytest.fixture(scope="module")
+def table_run() -> dict[str, torch.Tensor]:
     X, y, patient = _table()
-    state = _seeded_table_run(dpsgd.train, X=X, y=y, patient=patient)
+    return _seeded_table_run(dpsgd.train, X=X, y=y, patient=patient)
+
+
+def test_the_in_memory_source_gives_the_weights_of_the_trainer_before_sources(table_run) -> None:
     digest = hashlib.sha256()
-    for name in sorted(state):
+    for name in sorted(table_run):
         digest.update(name.encode())
-        digest.update(state[name].numpy().tobytes())
+        digest.update(table_run[name].numpy().tobytes())
     assert digest.hexdigest() == BEFORE_SOURCES
 
 
-def test_train_equals_train_source_over_the_in_memory_source() -> None:
+def test_train_equals_train_source_over_the_in_memory_source(table_run) -> None:
     X, y, patient = _table()
     torch.manual_seed(0)
     model = ExportedModel(export(MLP()), task=BINARY, trainable=["*"])
     X_t, y_t = model.features(X), model.labels(y, len(X))
     source = InMemorySource(X_t, y_t, sampling.PatientIndex.build(patient))
-    via_train = _seeded_table_run(dpsgd.train, X=X, y=y, patient=patient)
     via_source = _seeded_table_run(lambda program, **kw: dpsgd.train_source(program, source, **kw))
-    for name in via_train:
-        assert torch.equal(via_train[name], via_source[name])
+    for name in table_run:
+        assert torch.equal(table_run[name], via_source[name])
 
 
 # --- a skewed stream
@@ -128,9 +131,9 @@ def _patient(name: str, n: int, seed: int) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def skewed() -> tuple[bytes, bytes]:
-    """30 patients of 300 readings (about 7 minutes) and one of 30,000 (about 12 hours)."""
+    """30 patients of 3,000 readings (about 75 minutes) and one of 300,000 (about 5 days)."""
     key = crypto.new_data_key()
-    patients = [_patient(f"pat-{i:02d}", 300, seed=i) for i in range(30)] + [_patient(HEAVY, 30_000, seed=99)]
+    patients = [_patient(f"pat-{i:02d}", 3_000, seed=i) for i in range(30)] + [_patient(HEAVY, 300_000, seed=99)]
     return stream_data.seal(patients, key), key
 
 
@@ -176,8 +179,10 @@ def test_the_heavy_patient_s_clipped_contribution_is_at_most_c(skewed) -> None:
     with _site(skewed) as site:
         source = StreamBatchSource(site, site.patients, task=BINARY.kind, num_classes=2)
         slot = site.patients.index(HEAVY)
-        examples = source.batch(np.array([slot]), max_rows=K, rng=np.random.default_rng(1))
-    assert len(examples.y) == K and set(_owner(examples.X)) == {HEAVY}
+        # The test stream has long sensor gaps: take the first draw whose k windows all have readings.
+        draws = (source.batch(np.array([slot]), max_rows=K, rng=np.random.default_rng(seed)) for seed in range(50))
+        examples = next(e for e in draws if len(e.y) == K)
+    assert set(_owner(examples.X)) == {HEAVY}
     raw = model.per_example_grads(master, examples.X, examples.y)
     raw_norm = float(torch.sqrt(sum(g.sum(0).double().square().sum() for g in raw.values())))
     clipped = dpsgd.clipped_batch_sum(model, master, examples.X, examples.y, examples.batch, clipping_norm=clip,
@@ -185,6 +190,20 @@ def test_the_heavy_patient_s_clipped_contribution_is_at_most_c(skewed) -> None:
     norm = float(torch.sqrt(sum(t.double().square().sum() for t in clipped.values())))
     assert raw_norm > 2 * clip                    # the bound binds: without clipping it would weigh more
     assert norm <= clip * (1 + 1e-5)
+
+
+def test_a_step_reads_its_windows_not_the_stream(skewed) -> None:
+    """The heavy patient holds most of the blob; its k windows in a step read a small part of it."""
+    blob, key = skewed
+    counting = stream_data.CountingFile(blob)
+    with StreamSite(SealedTable(counting, key, stream_data.BLOB_ID), spec=SPEC, channels=["hr", "spo2"],
+                    label="spo2") as site:
+        assert site.span(HEAVY).rows > 0.7 * sum(site.span(p).rows for p in site.patients)
+        source = StreamBatchSource(site, site.patients, task=BINARY.kind, num_classes=2)
+        opened = counting.bytes_read
+        examples = source.batch(np.array([site.patients.index(HEAVY)]), max_rows=K, rng=np.random.default_rng(3))
+    assert 0 < len(examples.y) <= K          # a window without enough readings is dropped, never replaced
+    assert counting.bytes_read - opened < 0.25 * len(blob)
 
 
 # --- phase B end to end
