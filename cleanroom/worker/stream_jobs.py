@@ -85,6 +85,7 @@ def _train(job: dict[str, Any], site: Any, inputs: Path) -> dict[str, bytes]:
         clipping_norm=float(params["clipping_norm"]), allowed_modules=phase_b._allowed(),
     )
     summary = phase_b._training_summary(result, params)
+    summary["dp_parameters"].update(_examples_are_windows(params))
     outputs = {"weights.safetensors": phase_b._weights(result)}
     if held_out:
         evaluation = _evaluation(job, site, held_out, program, state=result.trained_state)
@@ -110,6 +111,13 @@ def _evaluate(job: dict[str, Any], site: Any, inputs: Path) -> dict[str, bytes]:
 
     evaluation = _evaluation(job, site, site.patients, phase_b._program(inputs))
     summary = {"epsilon_spent": evaluation.epsilon_spent, "delta": evaluation.delta, "accountant": evaluation.accountant,
-               "dp_parameters": {**evaluation.mechanism_parameters, "delta": evaluation.delta}}
+               "dp_parameters": {**evaluation.mechanism_parameters, "delta": evaluation.delta,
+                                 **_examples_are_windows(job["params"])}}
     return {**phase_b._evaluation_files(evaluation, job, title="Validation of a pretrained model"),
             "result.json": json.dumps(summary, sort_keys=True, default=str).encode()}
+
+
+def _examples_are_windows(params: dict[str, Any]) -> dict[str, Any]:
+    """What the receipt says an example was (public: the request's window spec)."""
+    return {"examples": "windows of the patient's stream, at most max_rows_per_patient per patient",
+            "windows": params["windows"]}

@@ -301,6 +301,7 @@ def test_stream_training_through_phase_b_validates_per_window_and_per_patient(tm
     held_out = sum(1 for p in range(60) if phase_b._split(np.asarray([f"S0:pat-{p:02d}"]), 0.3)[1][0])
     assert result["dp_parameters"]["n_patients"] == 60 - held_out   # stored training patients (public)
     assert result["dp_parameters"]["max_rows_per_patient"] == K
+    assert result["dp_parameters"]["windows"] == SPEC.to_json()
     report = _reports_both_views(outputs)
     assert report["title"] == "Validation on held-out patients"
 
