@@ -166,8 +166,9 @@ class BatchChecks:
 
 
 def _channel(values: pa.Array) -> pa.Array:
-    """A channel as float32, NaN stored as a missing reading."""
+    """A channel as float32; NaN, infinities and values beyond float32 are missing readings (a
+    window or a mean over them would be meaningless)."""
     floats = pc.cast(values, pa.float32())
     if pa.types.is_floating(values.type):
-        floats = pc.if_else(pc.is_nan(floats), pa.scalar(None, pa.float32()), floats)
+        floats = pc.if_else(pc.is_finite(floats), floats, pa.scalar(None, pa.float32()))
     return floats

@@ -36,7 +36,7 @@ from cleanroom.datasets.stream_times import EPOCH, NAIVE, TimeParser
 from cleanroom.datasets.upload_stream import UploadStream
 from cleanroom.domain import deid
 from cleanroom.domain.datasets import IntakeReport
-from cleanroom.domain.errors import CleanroomError
+from cleanroom.domain.errors import CleanroomError, FieldViolation, bad_request
 from cleanroom.domain.streams import StreamIntakeSummary, StreamSpec
 from cleanroom.storage.blobs import BlobStore, PendingBlob
 
@@ -46,7 +46,7 @@ PARTITION_BYTES = 128 << 20
 # for the patient key, 8 bytes of time, 4 per channel); twice the file's size leaves room for
 # uneven patients and formats that pack tighter than CSV (Parquet).
 ARROW_BYTES_PER_FILE_BYTE = 2
-DEFAULT_PARTITIONS = 64  # the upload's size is not known
+DEFAULT_PARTITIONS = 64  # the upload's size is not known: up to 8 GB stays within PARTITION_BYTES
 MAX_PARTITIONS = 256  # files open at once; past a 16 GB upload a partition grows beyond PARTITION_BYTES
 PARTITION_CHUNK = 1 << 18  # a small sealed chunk: P partitions each buffer one
 
@@ -85,6 +85,7 @@ def ingest_stream(
             except CleanroomError as error:
                 raise stream.explain(error) from None
             stream.verify_trailer()
+            _check_declared_size(stream, size_bytes)
             cells, stored = Cells(spec, policy.patient_key.name, shift_key), StreamCounts()
             digest = _second_pass(partitions, cells, stored, final, data_key, checks)
         summary = stored.summary(spec, checks.times.time_zone)
@@ -93,6 +94,14 @@ def ingest_stream(
         final.abort()
         raise
     return IntakeResult(report, summary.patients, digest, final)
+
+
+def _check_declared_size(stream: UploadStream, size_bytes: int) -> None:
+    """The declared size chose the partitions: a larger file would make each one larger than
+    PARTITION_BYTES, so it is refused (the SDK declares the file's exact size)."""
+    if 0 < size_bytes < stream.bytes_received:
+        raise bad_request("the file is larger than its declared size; nothing was stored",
+                          FieldViolation("metadata.size_bytes", "smaller than the file"))
 
 
 @dataclass

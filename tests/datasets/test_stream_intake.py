@@ -202,6 +202,13 @@ def test_readings_in_one_cell_are_averaged_and_other_columns_keep_the_last(tmp_p
     assert summary.gap_seconds == 100 and summary.time_resolution_seconds == 10
 
 
+def test_nan_and_infinite_readings_are_missing(tmp_path):
+    lines = [row("p1", BASE, hr="nan"), row("p1", BASE + 1, hr="inf"), row("p1", BASE + 2, hr="1e300"), row("p1", BASE + 3)]
+    result = ingest(tmp_path, (HEADER + "".join(lines)).encode())
+    assert stored(result)["p1"].column("hr").to_pylist() == [None, None, None, 70.0]
+    assert result.report.stream is not None and result.report.stream.channels[0] == ("hr", "bpm", 1)
+
+
 def test_sub_second_readings_are_ordered_by_their_fraction_and_merged_into_their_second(tmp_path):
     lines = [row("p1", 0, hr=60, ts="2024-03-01T08:00:00.25Z"), row("p1", 0, hr=62, ts="2024-03-01T08:00:00.750Z"),
              row("p1", 0, hr=64, ts="2024-03-01T08:00:01Z")]
@@ -346,12 +353,18 @@ def test_partitions_follow_the_declared_size():
     assert partition_count(1 << 40) == 256
 
 
-@pytest.mark.parametrize("declared", [0, 1, 10 << 20])
+@pytest.mark.parametrize("declared", [0, 1, 100])  # unknown (64), exact (many partitions), 100 x (one)
 def test_the_result_does_not_depend_on_how_many_partitions(tmp_path, declared):
     data = interleaved(30, 20)
-    result = ingest(tmp_path, data, size_bytes=declared, partition_bytes=4096)
+    result = ingest(tmp_path, data, size_bytes=declared * len(data), partition_bytes=4096 * max(declared, 1) ** 2)
     by_patient = stored(result)
     assert len(by_patient) == 30 and all(t.num_rows == 20 for t in by_patient.values())
+
+
+def test_a_file_larger_than_its_declared_size_is_refused(tmp_path):
+    error = raised(lambda: ingest(tmp_path, interleaved(3, 10), size_bytes=100))
+    assert violations(error) == {("metadata.size_bytes", "smaller than the file")}
+    assert files(tmp_path) == []
 
 
 def test_an_error_in_the_second_pass_leaves_nothing(tmp_path, monkeypatch):
