@@ -21,6 +21,7 @@ from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError, Client, Site
 from cleanroom.sdk.schema import Schema, parse_schema
 from cleanroom.sdk.streams import stream_spec, window_spec
+from cleanroom.sdk.verify import job_parameters, verify_job
 from cleanroom.v1 import datasets_pb2, jobs_pb2, models_pb2
 from tests.conftest import internal_calls, make_config, start_server
 from tests.paths import REPO_ROOT
@@ -293,3 +294,24 @@ def test_a_fitting_request_is_reserved_and_echoes_its_windows(study: dict[str, A
     job = maker.evaluate(evaluation, windows=labelled)
     maker.cancel_job(job.name)
     assert job.evaluation.windows == labelled
+
+
+def test_a_windowed_job_runs_to_its_release_and_its_receipt_verifies(study: dict[str, Any]) -> None:
+    """The runner's job.json for a stream site reaches phase B in its sandbox; the receipt binds the windows."""
+    maker: Client = study["maker"]
+    spec = _spec(study)
+    job = maker.train(spec, windows=_fitting(study))
+    done = maker.wait_job(job.name, timeout=600)
+    assert done.state == jobs_pb2.JOB_STATE_RELEASED, done
+    files = maker.download_all(done)
+    app = study["running"].app
+    verified = verify_job(done, files, package_directory=EXAMPLE, pinned_root_pem=app.enclave.root.public_key_pem(),
+                          allowed_measurements=[app.enclave.measurement], spec=spec)
+    assert 0 < float(verified.report.epsilon_spent) <= 1.0 and "weights.safetensors" in files
+    assert job_parameters(done)["windows"] == _fitting_json(study)
+
+
+def _fitting_json(study: dict[str, Any]) -> dict[str, object]:
+    cells = _cells(study)
+    return {"window_seconds": cells * STEP, "stride_seconds": cells * STEP // 2, "resample_seconds": STEP, "min_coverage": "0.5",
+            "label_rule": {"channel": "spo2", "comparison": "below", "threshold": "90.0", "for_seconds": 60}}
