@@ -65,6 +65,8 @@ def _typed_batch(raw: pa.RecordBatch, policy: DeidPolicy, first_row: int) -> pa.
 
 
 def _typed_column(values: pa.Array, name: str, declared: ColumnType, first_row: int) -> pa.Array:
+    if declared is ColumnType.TIMESTAMP and pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
     if declared is ColumnType.TIMESTAMP and not _is_text(values.type):
         return values  # a Parquet timestamp or integer column: stream intake reads it as it is
     return cast_column(values, name, declared, first_row)

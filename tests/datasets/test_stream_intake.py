@@ -241,6 +241,7 @@ def _parquet(table: pa.Table) -> bytes:
     pa.array([(BASE + 2 * i) * 1000 for i in range(10)], pa.timestamp("ms")),
     pa.array([BASE + 2 * i for i in range(10)], pa.int64()),
     pa.array([iso(BASE + 2 * i, "+00:00") for i in range(10)], pa.large_string()),
+    pa.array([iso(BASE + 2 * i) for i in range(10)]).dictionary_encode(),
 ])
 def test_parquet_streams_with_timestamp_integer_or_text_times(tmp_path, times):
     patients = ["p1", "p2"] * 5
