@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cleanroom.cli.main import main
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError, Client, Site
 from cleanroom.sdk.schema import Schema, parse_schema
@@ -103,7 +104,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         model = maker.submit_model(EXAMPLE)
         assert model.state == models_pb2.MODEL_STATE_ACCEPTED, model.intake_report
         yield {"running": running, "owner": owner, "maker": maker, "officer": officer, "base": base,
-               "stream": stream, "table": table.name, "model": model}
+               "stream": stream, "table": table.name, "model": model, "owner_token": owner_token, "maker_token": maker_token}
     finally:
         for client in (owner, maker, officer):
             client.close()
@@ -315,3 +316,36 @@ def _fitting_json(study: dict[str, Any]) -> dict[str, object]:
     cells = _cells(study)
     return {"window_seconds": cells * STEP, "stride_seconds": cells * STEP // 2, "resample_seconds": STEP, "min_coverage": "0.5",
             "label_rule": {"channel": "spo2", "comparison": "below", "threshold": "90.0", "for_seconds": 60}}
+
+
+# --- the CLI over the same server --------------------------------------------------------------------
+
+SCHEMA_TOML = "k_anonymity = 2\n" + "".join(
+    f'[[columns]]\nname = "{c["name"]}"\ntype = "{c["type"]}"\nrole = "{c["role"]}"\n'
+    + (f'label_classes = {c["label_classes"]}\n' if "label_classes" in c else "") for c in COLUMNS)
+
+
+def _cli(study: dict[str, Any], token: str, *argv: str) -> int:
+    return main(["--server", study["running"].address, "--token", token, *argv])
+
+
+def test_the_cli_uploads_a_stream_shows_it_and_refuses_a_window_by_name(study: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    base: Path = study["base"]
+    schema = base / "vitals.toml"
+    schema.write_text(SCHEMA_TOML)
+    csv_path = _write(base / "cli.csv", _readings())
+    assert _cli(study, study["owner_token"], "dataset", "upload", str(csv_path), "--schema", str(schema), "--quiet",
+                "--stream-time", "time", "--channel", "hr:bpm", "--channel", "spo2:%:spo2_unit", "--channel", "steps:steps/min",
+                "--resolution", str(STEP)) == 0
+    uploaded = capsys.readouterr().out
+    assert f"{PATIENTS * READINGS:,} stored, {PATIENTS} patients" in uploaded and "spo2 (%): " in uploaded
+    name = uploaded.split()[1]
+    assert _cli(study, study["maker_token"], "dataset", "show", study["stream"].name) == 0
+    shown = capsys.readouterr().out
+    assert f"Stream: time column time, resolution {STEP} s, longest patient span 0 h" in shown and "steps (steps/min)" in shown
+    assert _cli(study, study["maker_token"], "job", "train", "--model", study["model"].name, "--dataset", study["stream"].name,
+                "--features", "hr,spo2,steps", "--epsilon", "1", "--window", "7200", "--resample", str(STEP),
+                "--label-rule", "spo2 below 90 for 60") == 1
+    refused = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in refused and "spec.windows.window_seconds: longer than any patient's stream" in refused
+    study["owner"].delete_dataset(name)
