@@ -7,7 +7,9 @@ plaintext is:
 
 The readings are ordered by patient, then by time (strictly increasing within a patient), and every
 record batch holds rows of exactly one patient, at most `BATCH_ROWS` of them, so a patient's span is
-a run of consecutive batches. The index has one row per batch, in batch order: the patient's
+a run of consecutive batches. The patient column is not repeated in the stored batches (at 1 Hz the
+pseudonym would be most of each row): the index names each batch's patient, and the reader puts the
+column back, in its place, into whatever it returns. The index has one row per batch, in batch order: the patient's
 pseudonym, the batch's first and last time and its row count. The trailer is
 `>QQ8s`: where the index starts, its length, and a magic string. A reader decrypts the trailer and
 the index (small), then only the chunks under the batches it asks for: one patient's span costs
@@ -31,8 +33,8 @@ from cleanroom.crypto.sealed import SealedReader, SealedWriter, as_arrow_file
 from cleanroom.domain.errors import IntegrityError
 
 FORMAT = "sealed-arrow-table/v1"
-BATCH_ROWS = 16384  # rows per record batch: 4.5 hours of 1 Hz readings
-CHUNK_SIZE = 1 << 18  # sealed chunk size of stream blobs: a short span decrypts little beyond itself
+BATCH_ROWS = 2048  # rows per record batch: 34 minutes of 1 Hz readings, ~40 KB of three channels
+CHUNK_SIZE = 1 << 16  # sealed chunk size of stream blobs: a short span decrypts little beyond itself
 _TRAILER = struct.Struct(">QQ8s")
 _MAGIC = b"CRSTRM1\n"
 INDEX_SCHEMA = pa.schema([
@@ -75,7 +77,8 @@ class SealedTableWriter:
         self._sealed = SealedWriter(fileobj, data_key, blob_id, chunk_size, digest=digest)
         self._out = _Counting(self._sealed)
         self.schema = stream_schema(schema, patient_column=patient_column, time_column=time_column)
-        self._writer = ipc.new_file(self._out, self.schema)
+        self._stored = self.schema.remove(self.schema.get_field_index(patient_column))
+        self._writer = ipc.new_file(self._out, self._stored)
         self._patient, self._time = patient_column, time_column
         self._index: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
         self.rows = 0
@@ -89,7 +92,8 @@ class SealedTableWriter:
         if table.num_rows == 0:
             return
         patient = table.column(self._patient)[0].as_py()
-        for batch in table.cast(self.schema).combine_chunks().to_batches(max_chunksize=BATCH_ROWS):
+        stored = table.cast(self.schema).drop_columns([self._patient]).cast(self._stored)
+        for batch in stored.combine_chunks().to_batches(max_chunksize=BATCH_ROWS):
             times = batch.column(self._time)
             self._writer.write_batch(batch)
             for name, value in (("patient", patient), ("first_time", times[0].as_py()),
@@ -147,7 +151,9 @@ class SealedTable:
         self._file = ipc.open_file(as_arrow_file(self._reader), footer_offset=index_start)
         if self._file.num_record_batches != self.index.num_rows:
             raise IntegrityError()
-        self.schema: pa.Schema = self._file.schema
+        self._stored: pa.Schema = self._file.schema
+        self.schema: pa.Schema = _with_patient(self._stored)
+        self._patients: list[str] = self.index.column("patient").to_pylist()
         self.spans: list[PatientSpan] = _spans(self.index)
         self._by_patient = {span.patient: span for span in self.spans}
         self._first_times: list[int] = self.index.column("first_time").to_pylist()
@@ -160,7 +166,13 @@ class SealedTable:
         return self._by_patient.get(patient)
 
     def batch(self, number: int) -> pa.RecordBatch:
-        return self._file.get_batch(number)
+        """One stored batch, its patient column put back."""
+        stored = self._file.get_batch(number)
+        position = self.schema.get_field_index(self._patient_column())
+        patient = pa.repeat(pa.scalar(self._patients[number], pa.string()), stored.num_rows)
+        columns = list(stored.columns)
+        columns.insert(position, patient)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def read_span(self, patient: str, start: int | None = None, end: int | None = None) -> pa.Table:
         """The patient's rows with start <= time <= end (either bound None: open), decrypting only
@@ -182,6 +194,9 @@ class SealedTable:
             yield span.patient, pa.Table.from_batches(
                 [self.batch(i) for i in range(span.first_batch, span.end_batch)], schema=self.schema)
 
+    def _patient_column(self) -> str:
+        return str((self.schema.metadata or {})[b"patient_column"].decode())
+
     def _time_column(self) -> str:
         return str((self.schema.metadata or {}).get(b"time_column", b"time").decode())
 
@@ -198,7 +213,18 @@ class SealedTable:
 def stream_schema(schema: pa.Schema, *, patient_column: str, time_column: str) -> pa.Schema:
     """The stored schema with the columns the reader needs named in its metadata."""
     return schema.with_metadata({b"format": FORMAT.encode(), b"patient_column": patient_column.encode(),
+                                 b"patient_position": str(schema.get_field_index(patient_column)).encode(),
+                                 b"patient_nullable": b"1" if schema.field(patient_column).nullable else b"0",
                                  b"time_column": time_column.encode()})
+
+
+def _with_patient(stored: pa.Schema) -> pa.Schema:
+    """The table's schema: the stored one with the patient column back at its declared position."""
+    metadata = stored.metadata or {}
+    if b"patient_column" not in metadata or b"patient_position" not in metadata:
+        raise IntegrityError()
+    field = pa.field(metadata[b"patient_column"].decode(), pa.string(), nullable=metadata.get(b"patient_nullable") != b"0")
+    return stored.insert(int(metadata[b"patient_position"]), field)
 
 
 def _spans(index: pa.Table) -> list[PatientSpan]:
