@@ -312,10 +312,11 @@ def test_mixed_time_zones_across_batches_are_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("text", "rule"), [
     ("yesterday-CANARY", "not an ISO 8601 date-time"), ("2024-13-45T08:00:00Z", "not a valid date and time of day"),
+    ("2024-02-30T08:00:00", "not a valid date and time of day"), ("2024-03-01T8:00:00Z", "not an ISO 8601 date-time"),
     ("1709280000000", "not milliseconds"), ("", "a reading has no time"),
 ])
 def test_an_unreadable_timestamp_names_the_column_and_row(tmp_path, text, rule):
-    first = str(BASE) if text.isdigit() else iso(BASE)
+    first = str(BASE) if text.isdigit() else iso(BASE, "Z" if text.endswith("Z") else "")
     error = refused(tmp_path, [row("p1", 0, ts=first), row("p1", 0, ts=text or "NULL")], canary=text or None)
     assert [v.field for v in error.violations] == ["columns[ts]"]
     assert error.violations[0].description.startswith("row 2: ") and rule in error.violations[0].description
