@@ -87,6 +87,38 @@ class Cells:
         counts.merged += len(cells) - len(starts)
         yield from self._by_patient(table, codes[starts], counts)
 
+    def pieces(self, pieces: Iterator[tuple[pa.Table, bool]], counts: StreamCounts) -> Iterator[pa.Table]:
+        """One patient who alone outgrew a partition, a piece of readings at a time (time order,
+        `True` on the last piece): each piece stored as `patients` stores it, the readings of its
+        last cell held back for the next piece, the span and the gaps counted over the whole."""
+        spans_before, first, previous = len(counts.spans), None, None
+        carry: pa.Table | None = None
+        for piece, last in pieces:
+            table = piece if carry is None else pa.concat_tables([carry, piece]).unify_dictionaries()
+            table, carry = (table, None) if last else self._last_cell_held(table)
+            for rows in self.patients(table, counts):
+                times = rows.column(self.spec.time_column)
+                if previous is not None and times[0].as_py() - previous > gap_seconds(self.spec):
+                    counts.gaps += 1  # between two pieces
+                first = times[0].as_py() if first is None else first
+                previous = times[-1].as_py()
+                yield rows
+        del counts.spans[spans_before:]
+        if first is not None and previous is not None:
+            counts.spans.append(previous - first)
+
+    def _last_cell_held(self, table: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+        """(the readings before the last one's cell, the readings of that cell)."""
+        if table.num_rows == 0:
+            return table, None
+        table = table.unify_dictionaries()
+        pseudonym = table.column(self.patient_column).chunk(0).dictionary[0].as_py()
+        shift = shift_days(self.shift_key, pseudonym, self.spec.max_shift_days) * DAY
+        seconds = np.floor_divide(table.column(self.spec.time_column).to_numpy(), MICROS) + shift
+        cells = np.floor_divide(seconds, self.spec.time_resolution_seconds)
+        cut = int(np.searchsorted(cells, cells[-1], side="left"))  # times increase: so do cells
+        return table.slice(0, cut), table.slice(cut)
+
     def _shifts(self, pseudonyms: pa.Array) -> np.ndarray:
         days = [shift_days(self.shift_key, p, self.spec.max_shift_days) for p in pseudonyms.to_pylist()]
         return np.array(days, dtype=np.int64) * DAY

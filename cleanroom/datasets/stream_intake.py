@@ -6,11 +6,12 @@ Two passes; plaintext never touches disk:
    patient key pseudonymised, units and time order checked (stream_checks); each de-identified
    reading goes to one of P temporary partitions by a hash of its patient's pseudonym, each sealed
    under a key that lives only in memory, so one patient's readings all land in one partition;
-2. partition by partition: read back (one partition in memory at a time, about PARTITION_BYTES),
-   each patient's readings shifted, coarsened and averaged (stream_cells), and written patient by
+2. partition by partition (stream_partitions: whole when it fits half of PARTITION_BYTES, else in
+   groups of patients that fit, and a patient who alone does not a piece at a time): each
+   patient's readings shifted, coarsened and averaged (stream_cells), and written patient by
    patient into the sealed stream table under the dataset's key.
-Peak memory is a few upload batches in pass one, one partition (a few copies of it) in pass two,
-plus a last time and a span per patient; never the file. The temporary partitions are removed as
+Peak memory is a few upload batches in pass one, what pass two reads at once (a few copies of it),
+plus a last time, a count and a span per patient; never the file, nor one patient's stream. The temporary partitions are removed as
 soon as they are read, and all of them on any error. k-anonymity does not apply: a stream declares
 no quasi-identifiers (cleanroom.domain.streams), so no reading is suppressed.
 """
@@ -20,18 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
-from cleanroom import crypto
 from cleanroom.crypto.sealed_table import SealedTableWriter
 from cleanroom.datasets import deidentify as ops
 from cleanroom.datasets.intake import IntakeResult, _parse, _read_ahead
 from cleanroom.datasets.stream_cells import Cells, StreamCounts
 from cleanroom.datasets.stream_checks import BatchChecks, StreamBatch
+from cleanroom.datasets.stream_partitions import Partitions, Piece
 from cleanroom.datasets.stream_times import EPOCH, NAIVE, TimeParser
 from cleanroom.datasets.upload_stream import UploadStream
 from cleanroom.domain import deid
@@ -50,7 +49,6 @@ PARTITION_BYTES = 128 << 20
 ARROW_BYTES_PER_FILE_BYTE = 2
 DEFAULT_PARTITIONS = 64  # the upload's size is not known: up to 8 GB stays within PARTITION_BYTES
 MAX_PARTITIONS = 256  # files open at once; past a 16 GB upload a partition grows beyond PARTITION_BYTES
-PARTITION_CHUNK = 1 << 18  # a small sealed chunk: P partitions each buffer one
 
 
 def partition_count(size_bytes: int, partition_bytes: int = PARTITION_BYTES) -> int:
@@ -79,7 +77,8 @@ def ingest_stream(
     final = blobs.create(dataset_id)
     try:
         with ExitStack() as temporaries:
-            partitions = _Partitions(blobs, dataset_id, partition_count(size_bytes, partition_bytes), temporaries)
+            partitions = Partitions(blobs, dataset_id, partition_count(size_bytes, partition_bytes),
+                                    policy.patient_key.name, temporaries)
             checks = BatchChecks.start(policy, spec, pseudonymizer)
             counts = _RowCounts()
             try:
@@ -89,7 +88,7 @@ def ingest_stream(
             stream.verify_trailer()
             _check_declared_size(stream, size_bytes)
             cells, stored = Cells(spec, policy.patient_key.name, shift_key), StreamCounts()
-            digest = _second_pass(partitions, cells, stored, final, data_key, checks)
+            digest = _second_pass(partitions.read_back(partition_bytes // 2), cells, stored, final, data_key, checks)
         summary = stored.summary(spec, checks.times.time_zone)
         report = _report(policy, spec, stream.bytes_received, counts, summary, checks.times)
     except BaseException:
@@ -99,8 +98,9 @@ def ingest_stream(
 
 
 def _check_declared_size(stream: UploadStream, size_bytes: int) -> None:
-    """The declared size chose the partitions: a larger file would make each one larger than
-    PARTITION_BYTES, so it is refused (the SDK declares the file's exact size)."""
+    """The declared size chose the partitions: in a larger file each would outgrow what pass two
+    reads at once, and be read back in many scans (memory stays bounded; time would not). The SDK
+    declares the file's exact size."""
     if 0 < size_bytes < stream.bytes_received:
         raise bad_request("the file is larger than its declared size; nothing was stored",
                           FieldViolation("metadata.size_bytes", "smaller than the file"))
@@ -112,68 +112,12 @@ class _RowCounts:
     rows_without_patient_key: int = 0
 
 
-@dataclass
-class _Partition:
-    blob: PendingBlob
-    sealed: crypto.SealedWriter
-    writer: ipc.RecordBatchStreamWriter
-
-
-@dataclass
-class _Partitions:
-    """Temporary sealed partitions of the de-identified readings, by a hash of the pseudonym."""
-
-    blobs: BlobStore
-    dataset_id: str
-    count: int
-    temporaries: ExitStack
-    schema: pa.Schema | None = None
-    key: bytes = field(default_factory=crypto.new_data_key)
-    written: dict[int, _Partition] = field(default_factory=dict)
-
-    def write(self, batch: StreamBatch) -> None:
-        if batch.batch.num_rows == 0:
-            return
-        names = batch.patients.dictionary.to_pylist()
-        per_patient = np.array([int(name[:8], 16) % self.count for name in names], dtype=np.int64)
-        ids = per_patient[batch.patients.indices.to_numpy(zero_copy_only=False)]
-        order = np.argsort(ids, kind="stable")
-        grouped = batch.batch.take(pa.array(order))
-        present, starts = np.unique(ids[order], return_index=True)
-        ends = np.r_[starts[1:], len(order)]
-        for number, start, end in zip(present.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            self._partition(number, grouped.schema).writer.write_batch(grouped.slice(start, end - start))
-
-    def _partition(self, number: int, schema: pa.Schema) -> _Partition:
-        if number not in self.written:
-            blob = self.temporaries.enter_context(self.blobs.create(f"{self.dataset_id}-part{number}"))
-            sealed = crypto.SealedWriter(blob.file, self.key, blob.blob_id, PARTITION_CHUNK, digest=False)
-            self.written[number] = _Partition(blob, sealed, ipc.new_stream(sealed, schema))
-        return self.written[number]
-
-    def close_writers(self) -> None:
-        for partition in self.written.values():
-            partition.writer.close()
-            partition.sealed.close()
-            partition.blob.file.flush()
-
-    def drain(self) -> Iterator[pa.Table]:
-        """Each partition's readings, one at a time; a partition's blob goes once it is read."""
-        for number in sorted(self.written):
-            partition = self.written.pop(number)
-            with open(partition.blob.path, "rb") as handle:
-                reader = crypto.SealedReader(handle, self.key, partition.blob.blob_id)
-                table = ipc.open_stream(crypto.as_arrow_file(reader)).read_all()
-            partition.blob.abort()
-            yield table
-
-
 def _first_pass(stream: UploadStream, file_format: str, policy: deid.DeidPolicy, checks: BatchChecks,
-                partitions: _Partitions, counts: _RowCounts, temporaries: ExitStack) -> None:
+                partitions: Partitions, counts: _RowCounts, temporaries: ExitStack) -> None:
     batches = _parse(stream, file_format, policy, partitions.blobs, partitions.dataset_id, temporaries)
     with closing(batches), closing(_read_ahead(_checked(batches, checks, counts))) as checked:
         for batch in checked:
-            partitions.write(batch)
+            partitions.write(batch.batch, batch.patients)
     partitions.close_writers()
 
 
@@ -186,17 +130,30 @@ def _checked(batches: Iterator[pa.RecordBatch], checks: BatchChecks, counts: _Ro
         yield result
 
 
-def _second_pass(partitions: _Partitions, cells: Cells, counts: StreamCounts, final: PendingBlob,
+def _second_pass(pieces: Iterator[Piece], cells: Cells, counts: StreamCounts, final: PendingBlob,
                  data_key: bytes, checks: BatchChecks) -> str:
     patient = checks.policy.patient_key.name
     writer = SealedTableWriter(final.file, data_key, final.blob_id, checks.schema, patient_column=patient,
                                time_column=checks.spec.time_column, digest=True)
     with writer:
-        for table in partitions.drain():
-            for rows in cells.patients(table, counts):
+        for piece in pieces:
+            if piece.patient:  # one patient outgrew a partition: its pieces follow each other
+                rows_of = cells.pieces(_one_patient(piece, pieces), counts)
+            else:
+                rows_of = cells.patients(piece.table, counts)
+            for rows in rows_of:
                 writer.write_patient(rows)
     final.file.flush()
     return writer.ciphertext_sha256
+
+
+def _one_patient(first: Piece, pieces: Iterator[Piece]) -> Iterator[tuple[pa.Table, bool]]:
+    """The pieces of one patient, from `first` to the patient's last (taken from `pieces`)."""
+    piece = first
+    yield piece.table, piece.last
+    while not piece.last:
+        piece = next(pieces)
+        yield piece.table, piece.last
 
 
 def _report(policy: deid.DeidPolicy, spec: StreamSpec, bytes_received: int, counts: _RowCounts,

@@ -390,3 +390,35 @@ def test_per_patient_counts_are_exact_under_many_patients(tmp_path):
         lines.append(row(patient, BASE + i))
     result = ingest(tmp_path, (HEADER + "".join(lines)).encode(), partition_bytes=1024, size_bytes=1 << 20)
     assert {p: t.num_rows for p, t in stored(result).items()} == counts
+
+
+def skewed() -> bytes:
+    """Two patients with 40 and 60 times the readings of each of 20 others: one reading every 3 s, so
+    10 s cells merge some and a piece can end inside a cell, a gap now and then; the other every 200 s."""
+    lines = [row("p0", BASE + 3 * i + 500 * (i // 700), hr=60 + i % 17) for i in range(3000)]
+    lines += [row(f"p{p}", BASE + 3 * i, hr=70 + p) for i in range(50) for p in range(1, 21)]
+    lines += [row("p21", BASE + 200 * i) for i in range(2000)]  # a gap before every reading: at every piece's edge too
+    return (HEADER + "".join(lines)).encode()
+
+
+def test_a_patient_larger_than_a_partition_is_read_in_pieces_and_stored_the_same(tmp_path, monkeypatch):
+    from cleanroom.datasets import stream_partitions
+
+    spec = StreamSpec("ts", SPEC.channels, time_resolution_seconds=10, max_shift_days=3)
+    data = skewed()
+    whole = ingest(tmp_path / "whole", data, spec=spec)
+    pieces: list[tuple[str, int]] = []
+    real = stream_partitions.Partitions.read_back
+
+    def spied(self, hold_bytes):
+        for piece in real(self, hold_bytes):
+            pieces.append((piece.patient, piece.table.num_rows))
+            yield piece
+
+    monkeypatch.setattr(stream_partitions.Partitions, "read_back", spied)
+    small = ingest(tmp_path / "small", data, spec=spec, size_bytes=len(data), partition_bytes=8192)
+    big = [rows for patient, rows in pieces if patient]
+    assert len(big) > 5 and max(rows for _, rows in pieces) < 1000  # p0 came back in pieces, nobody whole
+    assert sum(rows for _, rows in pieces) == 6000
+    assert small.report.stream == whole.report.stream  # spans, gaps, merged readings over the whole
+    assert {p: t.to_pylist() for p, t in stored(small).items()} == {p: t.to_pylist() for p, t in stored(whole).items()}
