@@ -21,8 +21,8 @@ ROWS_PER_CHUNK = 200_000
 PARTITION_BYTES = 32 << 20
 
 
-def write_stream_csv(path: Path, target_bytes: int) -> int:
-    """Readings of PATIENTS interleaved, one per second overall (so each patient's times increase),
+def write_stream_csv(path: Path, target_bytes: int, patients: int = PATIENTS) -> int:
+    """Readings of `patients` interleaved, one per second overall (so each patient's times increase),
     written a chunk at a time: the test process never holds the file either."""
     rng = np.random.default_rng(7)
     rows, second = 0, START
@@ -32,7 +32,7 @@ def write_stream_csv(path: Path, target_bytes: int) -> int:
     with pacsv.CSVWriter(str(path), schema, write_options=options) as writer:
         while path.stat().st_size < target_bytes:
             n = ROWS_PER_CHUNK
-            pids = pc.binary_join_element_wise(pa.scalar("patient-"), pc.cast(pa.array(rng.integers(0, PATIENTS, n)), pa.string()),
+            pids = pc.binary_join_element_wise(pa.scalar("patient-"), pc.cast(pa.array(rng.integers(0, patients, n)), pa.string()),
                                                pa.scalar(""))
             times = pc.cast(pa.array(np.arange(second, second + n), pa.timestamp("s")), pa.string())  # ISO, naive: UTC
             hr = pa.array(np.round(rng.normal(72, 9, n), 1))
@@ -66,3 +66,17 @@ def test_stream_intake_memory_follows_the_partition_not_the_file(tmp_path):
     assert big["arrow_peak"] < 1.3 * small["arrow_peak"] + (16 << 20)
     assert big["rss_growth"] < 1.3 * small["rss_growth"] + (64 << 20)
     assert big["rss_growth"] < 512 << 20
+
+
+def test_one_patients_long_stream_is_stored_in_pieces_in_bounded_memory(tmp_path):
+    """A patient alone larger than a partition (a monitor's months of 1 Hz readings) is read back a
+    piece at a time: the same memory as many patients' readings."""
+    small_file, big_file = tmp_path / "small.csv", tmp_path / "one.csv"
+    write_stream_csv(small_file, 40 << 20)
+    one_rows = write_stream_csv(big_file, 200 << 20, patients=1)
+    small, one = probe(small_file, tmp_path / "blobs-small"), probe(big_file, tmp_path / "blobs-one")
+    print(f"\none patient: {one['file_bytes'] / 1e6:.0f} MB in {one['seconds']:.1f} s, Arrow peak "
+          f"{one['arrow_peak'] / 1e6:.0f} MB, RSS growth {one['rss_growth'] / 1e6:.0f} MB")
+    assert one["patients"] == 1 and one["readings"] == one_rows
+    assert one["arrow_peak"] < one["file_bytes"] / 2
+    assert one["rss_growth"] < 1.3 * small["rss_growth"] + (64 << 20)
