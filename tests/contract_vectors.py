@@ -226,6 +226,13 @@ EVALUATION_SPEC = {"model": "models/3b1f", "dataset": f"datasets/{DATASET_ID}", 
 EVALUATION_REPORT_SPEC = {**EVALUATION_SPEC, "sensitivity_at_specificity": [0.95, 0.9], "specificity_at_sensitivity": [0.8],
                           "net_benefit_thresholds": [0.05, 0.15], "score_bins": 40}
 
+# A request over a stream: its windows appear only when set (min_coverage 0 reads as 0.5).
+STREAM_TRAINING_SPEC = {**TRAINING_SPEC, "feature_columns": ["hr", "spo2", "steps"], "label_column": "",
+                        "windows": {"window_seconds": 600, "stride_seconds": 300, "resample_seconds": 5, "min_coverage": 0.0,
+                                    "label_rule": {"channel": "spo2", "comparison": "below", "threshold": 90.0, "for_seconds": 60}}}
+STREAM_EVALUATION_SPEC = {**EVALUATION_SPEC, "feature_columns": ["hr", "spo2"],
+                          "windows": {"window_seconds": 60, "stride_seconds": 60, "resample_seconds": 1, "min_coverage": 0.75}}
+
 
 def job_parameters_of(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "training":
@@ -244,7 +251,8 @@ def _job_case(kind: str, spec: dict[str, Any], package_digest: str) -> dict[str,
 def workload_vectors() -> dict[str, Any]:
     digest = enclave_sim.model_package_digest(PACKAGE)
     jobs = [_job_case("training", TRAINING_SPEC, digest), _job_case("evaluation", EVALUATION_SPEC, digest),
-            _job_case("evaluation", EVALUATION_REPORT_SPEC, digest)]
+            _job_case("evaluation", EVALUATION_REPORT_SPEC, digest), _job_case("training", STREAM_TRAINING_SPEC, digest),
+            _job_case("evaluation", STREAM_EVALUATION_SPEC, digest)]
     stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.stats.v1\x00" + dataset_id.encode()).hex(),
               "workload": stats_workload(dataset_id)} for dataset_id in (DATASET_ID, "d123")]
     return {"rules": "docs/api/receipts.md#workload-hash", "domain_hex": WORKLOAD_DOMAIN.hex(), "jobs": jobs, "statistics": stats}

@@ -146,6 +146,17 @@ function reportOptions(spec) {
   return out;
 }
 
+/** A stream request's windows, only when set (min_coverage 0, left out, reads as 0.5; label_rule only when set). */
+function windowsParameters(spec) {
+  const w = spec.windows;
+  if (!w) return {};
+  const out = { window_seconds: w.window_seconds || 0, stride_seconds: w.stride_seconds || 0, resample_seconds: w.resample_seconds || 0,
+                min_coverage: decimalText(w.min_coverage || 0.5) };
+  const r = w.label_rule;
+  if (r) out.label_rule = { channel: r.channel || '', comparison: r.comparison || '', threshold: decimalText(r.threshold || 0), for_seconds: r.for_seconds || 0 };
+  return { windows: out };
+}
+
 /** A job's parameters as the workload binds them, from the spec the client sent (proto field names). */
 function evaluationParameters(spec) {
   return {
@@ -157,6 +168,7 @@ function evaluationParameters(spec) {
     metrics: [...(spec.metrics || [])].sort(compareCodePoints),
     max_rows_per_patient: spec.max_rows_per_patient || 1,
     ...reportOptions(spec),
+    ...windowsParameters(spec),
   };
 }
 
@@ -177,6 +189,7 @@ function trainingParameters(spec) {
     // Fields left out (0 / ''): pass the job's echoed spec, whose `recipe` names the rule that filled them.
     ...(spec.recipe ? { recipe: spec.recipe } : {}),
     ...reportOptions(spec),
+    ...windowsParameters(spec),
   };
 }
 
