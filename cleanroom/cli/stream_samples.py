@@ -62,10 +62,18 @@ class StreamSize:
     seconds_per_reading: int = 5  # 1 is 1 Hz; the demo's default 5 keeps its intake short
     seed: int = 18
     utc_offset_minutes: int = 540  # Seoul
+    # Who has the condition: None draws it by age group (15% overall, a wellness population); a
+    # share applies to everyone (e.g. a sleep clinic's referrals, where it is far more common).
+    condition_share: float | None = None
+    start_hours: tuple[float, float] = (8.0, 14.0)  # local time a recording starts, drawn uniformly
 
     def __post_init__(self) -> None:
         if self.patients < 1 or not self.days > 0 or self.seconds_per_reading < 1:
             raise ValueError("patients and seconds_per_reading must be at least 1, days positive")
+        if self.condition_share is not None and not 0 <= self.condition_share <= 1:
+            raise ValueError("condition_share must be in [0, 1]")
+        if not 0 <= self.start_hours[0] <= self.start_hours[1] < 24:
+            raise ValueError("start_hours are hours of the day, the first at most the second")
         if self.days * DAY < 10 * self.seconds_per_reading:
             raise ValueError("days must hold at least ten readings")
 
@@ -137,8 +145,9 @@ def patient_rng(size: StreamSize, index: int) -> np.random.Generator:
 def draw_patient(size: StreamSize, index: int, rng: np.random.Generator) -> Patient:
     group = int(rng.choice(len(AGE_GROUPS), p=AGE_SHARE))
     local_start = (FIRST_DAY - np.datetime64("1970-01-01", "D")).astype(int) * DAY \
-        + int(rng.integers(0, 7)) * DAY + int(rng.uniform(8, 14) * HOUR)  # a morning or early afternoon
-    return Patient(index, AGE_GROUPS[group], bool(rng.random() < CONDITION_RISK[group]),
+        + int(rng.integers(0, 7)) * DAY + int(rng.uniform(*size.start_hours) * HOUR)
+    risk = CONDITION_RISK[group] if size.condition_share is None else size.condition_share
+    return Patient(index, AGE_GROUPS[group], bool(rng.random() < risk),
                    rest_hr=float(rng.normal((68, 66, 64)[group], 7)), spo2_base=float(rng.normal((97.6, 97.1, 96.4)[group], 0.5)),
                    start=local_start - size.utc_offset_minutes * MINUTE)
 
@@ -370,12 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1 / StreamSize.seconds_per_reading,
                         help="readings per second: 1 (1 Hz), 0.2 (every 5 s), ...; 1/rate must be whole seconds")
     parser.add_argument("--seed", type=int, default=StreamSize.seed)
+    parser.add_argument("--condition-share", type=float, help="share of patients with the condition (default: by age, ~15%%)")
     parser.add_argument("--schema", type=Path, help="also write the upload's schema file (TOML) here")
     args = parser.parse_args(argv)
     period = round(1 / args.rate) if args.rate > 0 else 0
     if period < 1 or abs(period * args.rate - 1) > 1e-9:
         parser.error("--rate must be 1/N readings per second for a whole N")
-    written = write_stream(args.output, StreamSize(args.patients, args.days, period, args.seed))
+    written = write_stream(args.output, StreamSize(args.patients, args.days, period, args.seed,
+                                                   condition_share=args.condition_share))
     if args.schema:
         args.schema.write_text(schema_toml(schema_document(resolution_seconds=period)))
     print(f"{written.path}: {written.rows} readings of {len(written.patients)} patients ({written.bytes / 1e6:.1f} MB), "

@@ -115,6 +115,16 @@ def test_the_condition_is_a_minority_with_nocturnal_desaturations_and_arousals()
         assert np.mean(hr[after]) > np.mean(hr[low]) + 2  # the arousal at the episode's end
 
 
+def test_a_referral_population_and_night_recordings_are_options() -> None:
+    size = ss.StreamSize(patients=200, days=0.5, condition_share=0.5, start_hours=(20.0, 21.0), seed=2)
+    patients = [ss.draw_patient(size, i, ss.patient_rng(size, i)) for i in range(size.patients)]
+    assert 0.4 < np.mean([p.condition for p in patients]) < 0.6
+    hours = [(p.start + size.utc_offset_minutes * 60) % 86400 / 3600 for p in patients]
+    assert 20 <= min(hours) and max(hours) <= 21
+    with pytest.raises(ValueError):
+        ss.StreamSize(condition_share=1.5)
+
+
 def test_patients_without_the_condition_still_dip_now_and_then() -> None:
     clean = [r for p, r in _patients() if not p.condition]
     shallow = [np.sum((r["spo2"] >= 92) & (r["spo2"] <= 94) & (_local_hour(r["time"]) < 6)) for r in clean]
