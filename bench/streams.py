@@ -56,15 +56,18 @@ CHANNELS = [name for name, _ in stream_samples.CHANNELS]
 WINDOW, STRIDE, RESAMPLE, K = 600, 300, 5, 16  # the model's (3, 120); at most K windows per patient per step
 LABEL_RULE = {"channel": "spo2", "comparison": "below", "threshold": "90", "for_seconds": 30}
 SIZE_BYTES = 10 * 10**9
+# (b): one key for both runs, so both hold the same pseudonyms and phase B splits them alike
+PSEUDONYM_KEY = hashlib.sha256(b"bench/streams.py").digest()
+DAYS = 3.0  # (b): days of 1 Hz readings per patient; 10 GB is then ~660 patients
 INGEST_BYTES = 400 * 10**6
 RSS_TARGET = 2 << 30
 STEP_TARGET = 3.0
 MB, MIB = 1e6, 1 << 20
 
 
-def wellness(path: Path, max_bytes: int, *, days: float = 3.0) -> stream_samples.Written:
+def wellness(path: Path, max_bytes: int | None, *, days: float = 3.0, patients: int = 10**6) -> stream_samples.Written:
     """The default wellness population at 1 Hz, patients added until the file reaches max_bytes."""
-    size = stream_samples.StreamSize(patients=10**6, days=days, seconds_per_reading=1, seed=20261207)
+    size = stream_samples.StreamSize(patients=patients, days=days, seconds_per_reading=1, seed=20261207)
     started = time.perf_counter()
     written = stream_samples.write_stream(path, size, max_bytes=max_bytes)
     print(f"generated {path.name}: {written.bytes / MB:,.0f} MB, {written.rows:,} readings of {len(written.patients)} "
@@ -148,7 +151,7 @@ def ingest_in_process(csv_path: Path, blobs_dir: Path) -> Stored:
     key, dataset_id = crypto.new_data_key(), "bench-stream"
     started = time.perf_counter()
     result = ingest_stream(UploadStream(parts(), max_bytes=1 << 40), file_format="csv",
-                           policy=validate_policy(columns, 5, stream=True), spec=spec, pseudonymizer=Pseudonymizer(os.urandom(32)),
+                           policy=validate_policy(columns, 5, stream=True), spec=spec, pseudonymizer=Pseudonymizer(PSEUDONYM_KEY),
                            shift_key=os.urandom(32), blobs=BlobStore(blobs_dir), dataset_id=dataset_id, data_key=key,
                            size_bytes=size)
     path = result.blob.commit()
@@ -250,22 +253,24 @@ class Measured:
     result: dict[str, Any]
 
 
-def measure_worker(size_bytes: int, steps: int, work: Path) -> Measured:
-    """Generate, ingest, and train on a stream of about `size_bytes` in `work`."""
+def measure_worker(work: Path, steps: int, *, size_bytes: int | None = None, patients: int = 10**6,
+                   days: float = DAYS) -> Measured:
+    """Generate, ingest, and train on a stream (of about `size_bytes`, or of `patients`) in `work`."""
     work.mkdir(parents=True, exist_ok=True)
-    written = wellness(work / "stream.csv", size_bytes)
+    written = wellness(work / "stream.csv", size_bytes, days=days, patients=patients)
     stored = ingest_in_process(written.path, work / "blobs")
     written.path.unlink()  # the CSV is not the worker's business; its disk is
     return Measured(written.bytes, stored.path.stat().st_size, stored, *run_phase_b(stored, work, steps=steps))
 
 
 def memory_part(size_bytes: int, steps: int, keep: Path | None) -> None:
-    """The stream of `size_bytes`, and the same run on a hundredth of it (at least 20 MB) as the
-    baseline: if memory follows the working set, the two peaks are close."""
+    """The stream of `size_bytes` (DAYS a patient), and as the baseline the same patients with a
+    hundredth of the readings each: the same steps, batches and held-out patients, so the same
+    working set. If memory follows the working set, not the dataset, the two peaks are close."""
     work = keep or Path(tempfile.mkdtemp(prefix="cleanroom-bench-streams-"))
     try:
-        small = measure_worker(max(size_bytes // 100, 20_000_000), steps, work / "small")
-        big = measure_worker(size_bytes, steps, work / "big")
+        big = measure_worker(work / "big", steps, size_bytes=size_bytes)
+        small = measure_worker(work / "small", steps, patients=big.stored.patients, days=DAYS / 100)
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -279,7 +284,8 @@ def memory_part(size_bytes: int, steps: int, keep: Path | None) -> None:
     verdict = "PASS" if big.code == 0 and big.peak_kib * 1024 < RSS_TARGET else "FAIL"
     print(f"    {verdict}: worker peak RSS {big.peak_kib / 1024:,.0f} MiB for a {big.csv_bytes / MB:,.0f} MB stream "
           f"(target < {RSS_TARGET / MIB:,.0f} MiB); {big.peak_kib / 1024 - small.peak_kib / 1024:+,.0f} MiB over the "
-          f"{small.csv_bytes / MB:,.0f} MB stream's {small.peak_kib / 1024:,.0f} MiB for {big.csv_bytes / small.csv_bytes:.0f}x the data")
+          f"{small.csv_bytes / MB:,.0f} MB stream's {small.peak_kib / 1024:,.0f} MiB (same patients and steps) "
+          f"for {big.csv_bytes / small.csv_bytes:.0f}x the data")
 
 
 # ---------------------------------------------------------------- (c) DP step

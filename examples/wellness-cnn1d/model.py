@@ -14,9 +14,10 @@ walking (120) to [-1, 1].
 GroupNorm, not BatchNorm: the service refuses batch statistics (they mix patients inside a DP
 step). Max pooling over time keeps a short dip visible wherever it falls in the window; the mean
 keeps the window's level. Deliberately small (314 parameters): DP-SGD adds noise of the same size
-to every parameter, so at ε = 1 on about a hundred patients a three-layer, 2,300-parameter version
-of this network learned in some runs and not in others, where this one learns in most (measured
-on the generated wellness stream, cleanroom/cli/stream_samples.py).
+to every parameter. Measured on the generated wellness stream (cleanroom/cli/stream_samples.py),
+20 steps at ε = 8 on 40 patients, five seeds: a three-layer, 2,300-parameter version of this
+network reached a held-out window AUROC of 0.57-0.93, this one 0.70-0.98; at ε = 1 on 84
+patients this one reached 0.95-0.98 in three seeds of four (0.55 in the fourth).
 """
 
 import torch
