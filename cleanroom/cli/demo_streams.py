@@ -6,8 +6,8 @@ A sleep clinic (its own organisation, data team and privacy officer) uploads one
 (cleanroom/cli/stream_samples.py). They were referred for suspected sleep apnoea, so 40% of them
 have nocturnal desaturation episodes: in the generator's default wellness population (15%) a
 10-minute window is positive about 3% of the time, and at the demo's size the DP noise on the
-held-out windows would swamp so few positives (bench/streams.py runs the wellness population at
-full size). Intake pseudonymises the patient, drops the device serial and shifts each patient's
+held-out windows would swamp so few positives (measured: BENCHMARKS.md; bench/streams.py trains
+on the wellness population at 10 GB, for memory rather than utility). Intake pseudonymises the patient, drops the device serial and shifts each patient's
 times by a secret whole number of days. The manufacturer sees only the stream's public
 description, submits examples/wellness-cnn1d, and trains it on 10-minute windows labelled by a
 rule over SpO2 ("below 90 for 30 s"): patients are sampled, at most a few windows each per step,
