@@ -59,6 +59,7 @@ bench: setup-test $(STUBS)
 	$(PY) bench/utility.py
 	$(PY) bench/coverage.py
 	$(PY) bench/stats.py
+	$(PY) bench/streams.py --size-bytes 10e9
 
 clean:
 	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis .mypy_cache .ruff_cache

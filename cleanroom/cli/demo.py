@@ -5,7 +5,10 @@ hospital, a manufacturer and a privacy officer, uploads the breast-cancer data w
 identifiers, prints the intake report, and shows what each role can and cannot see; then the
 officer's budgets, a few DP statistics, model intake, DP validation and fine-tuning with verified
 receipts, and the refusals on the way. Then a three-hospital study (cleanroom/cli/demo_sites.py):
-two hospitals train, the third validates externally, each hospital's officer decides its part.
+two hospitals train, the third validates externally, each hospital's officer decides its part. Then
+a wellness-stream study (cleanroom/cli/demo_streams.py): a sleep clinic's overnight wristband
+readings, a windowed DP fine-tune of a 1-D CNN validated per window and per patient, and a DP
+statistic over the stream.
 
 The server's state lives in a temporary folder removed at exit; what the demo tells you to open
 (the privacy-utility plot, each job's HTML report) goes to an output folder that stays
@@ -35,6 +38,7 @@ from cleanroom.cli import models as cli_models
 from cleanroom.cli import render, samples
 from cleanroom.cli import stats as cli_stats
 from cleanroom.cli.demo_sites import three_hospital_study
+from cleanroom.cli.demo_streams import stream_study
 from cleanroom.domain.recipe import RULE, budget_recipe
 from cleanroom.sdk import CleanroomClientError, Client
 from cleanroom.sdk.schema import Schema
@@ -221,6 +225,8 @@ def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes, out
     with Client(address, maker.token) as manufacturer:
         three_hospital_study(address, admin_token, manufacturer, model, workdir, pinned_root, example_model=EXAMPLE_MODEL,
                              save_report=lambda title, epsilon, files: output.job_report(4, title, epsilon, files))
+        stream_study(address, admin_token, manufacturer, workdir, pinned_root,
+                     save_report=lambda title, epsilon, files: output.job_report(5, title, epsilon, files))
 
 
 def run_statistics(manufacturer: Client, dataset: str, pinned_root: bytes) -> None:
