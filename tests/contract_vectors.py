@@ -230,6 +230,10 @@ EVALUATION_REPORT_SPEC = {**EVALUATION_SPEC, "sensitivity_at_specificity": [0.95
 STREAM_TRAINING_SPEC = {**TRAINING_SPEC, "feature_columns": ["hr", "spo2", "steps"], "label_column": "",
                         "windows": {"window_seconds": 600, "stride_seconds": 300, "resample_seconds": 5, "min_coverage": 0.0,
                                     "label_rule": {"channel": "spo2", "comparison": "below", "threshold": 90.0, "for_seconds": 60}}}
+# A rule over a signed channel: the threshold's text carries its sign.
+STREAM_SIGNED_SPEC = {**STREAM_TRAINING_SPEC, "feature_columns": ["accel_z", "hr"],
+                      "windows": {"window_seconds": 60, "stride_seconds": 30, "resample_seconds": 1,
+                                  "label_rule": {"channel": "accel_z", "comparison": "below", "threshold": -1.5, "for_seconds": 2}}}
 STREAM_EVALUATION_SPEC = {**EVALUATION_SPEC, "feature_columns": ["hr", "spo2"],
                           "windows": {"window_seconds": 60, "stride_seconds": 60, "resample_seconds": 1, "min_coverage": 0.75}}
 
@@ -252,7 +256,7 @@ def workload_vectors() -> dict[str, Any]:
     digest = enclave_sim.model_package_digest(PACKAGE)
     jobs = [_job_case("training", TRAINING_SPEC, digest), _job_case("evaluation", EVALUATION_SPEC, digest),
             _job_case("evaluation", EVALUATION_REPORT_SPEC, digest), _job_case("training", STREAM_TRAINING_SPEC, digest),
-            _job_case("evaluation", STREAM_EVALUATION_SPEC, digest)]
+            _job_case("evaluation", STREAM_EVALUATION_SPEC, digest), _job_case("training", STREAM_SIGNED_SPEC, digest)]
     stats = [{"dataset_id": dataset_id, "message_hex": (b"cleanroom.stats.v1\x00" + dataset_id.encode()).hex(),
               "workload": stats_workload(dataset_id)} for dataset_id in (DATASET_ID, "d123")]
     return {"rules": "docs/api/receipts.md#workload-hash", "domain_hex": WORKLOAD_DOMAIN.hex(), "jobs": jobs, "statistics": stats}

@@ -191,7 +191,7 @@ class ThresholdLabel:
 
     def to_json(self) -> dict[str, object]:
         return {"channel": self.channel, "comparison": self.comparison,
-                "threshold": decimal_text(self.threshold), "for_seconds": self.for_seconds}
+                "threshold": signed_decimal_text(self.threshold), "for_seconds": self.for_seconds}
 
     @staticmethod
     def from_json(data: Mapping[str, object]) -> ThresholdLabel:
@@ -294,6 +294,12 @@ def _label_violations(spec: WindowSpec, channels: set[str], columns: Sequence[Co
         violations.append(FieldViolation("windows.label_rule.for_seconds",
                                          "a positive multiple of resample_seconds, at most window_seconds"))
     return violations
+
+
+def signed_decimal_text(value: float) -> str:
+    """decimal_text with a leading "-" for a negative number (a channel such as acceleration is
+    signed); -0.0 is written as 0.0."""
+    return "-" + decimal_text(-value) if value < 0 else decimal_text(value + 0.0)
 
 
 def _whole(value: object) -> bool:

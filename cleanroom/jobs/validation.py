@@ -113,10 +113,6 @@ def stream_violations(params: JobParams, model: ModelVersion, stream: streams.St
     found = streams.validate_windows(windows, stream=stream, columns=list(columns.values()),
                                      feature_columns=params.feature_columns, label_column=params.label_column)
     out = [FieldViolation(f"spec.{v.field}", v.description) for v in found]
-    rule = windows.label_rule
-    if rule is not None and isinstance(rule.threshold, (int, float)) and rule.threshold < 0:  # the JSON form's decimal text is unsigned
-        out.append(FieldViolation("spec.windows.label_rule.threshold", "must be 0 or more: a rule over a signed channel "
-                                                                       "(such as acceleration) is not supported yet"))
     if _whole_cells(windows):  # the shape can be compared
         out += _window_shape_violations(params.feature_columns, windows, model)
     if windows.label_rule is not None and model.task != "binary-classification":

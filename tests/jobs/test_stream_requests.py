@@ -117,9 +117,11 @@ def test_the_runner_describes_a_stream_site_and_a_rule_labelled_study_has_no_lab
     assert "stream" not in table
 
 
-def test_a_negative_threshold_is_refused_not_failed_later() -> None:
-    """The parameters' JSON form writes numbers as unsigned decimal text: a negative threshold would
-    fail when the workload is hashed, after validation; it is refused by name instead."""
-    found = _refused(replace(TRAINING, windows=replace(WINDOWS, label_rule=replace(RULE, threshold=-2.0))))
-    assert "must be 0 or more" in found["spec.windows.label_rule.threshold"]
-    replace(TRAINING, windows=replace(WINDOWS, label_rule=replace(RULE, threshold=0.0))).to_json()  # 0 is written
+def test_a_signed_channel_threshold_is_written_with_its_sign() -> None:
+    """A rule over a signed channel (acceleration) may name a negative threshold: its JSON form
+    (the workload hash, the receipt) carries the sign, and reads back to the same number."""
+    for threshold, text in ((-2.5, "-2.5"), (0.0, "0.0"), (-0.0, "0.0"), (90.0, "90.0")):
+        params = replace(TRAINING, windows=replace(WINDOWS, label_rule=replace(RULE, threshold=threshold)))
+        written = params.to_json()["windows"]
+        assert isinstance(written, dict) and written["label_rule"]["threshold"] == text  # type: ignore[index]
+        assert type(params).from_json(params.to_json()).windows == params.windows

@@ -146,6 +146,11 @@ function reportOptions(spec) {
   return out;
 }
 
+/** decimalText with a leading "-" for a negative number (a signed channel's threshold); -0 as 0. */
+function signedDecimalText(value) {
+  return value < 0 ? `-${decimalText(-value)}` : decimalText(value + 0);
+}
+
 /** A stream request's windows, only when set (min_coverage 0, left out, reads as 0.5; label_rule only when set). */
 function windowsParameters(spec) {
   const w = spec.windows;
@@ -153,7 +158,7 @@ function windowsParameters(spec) {
   const out = { window_seconds: w.window_seconds || 0, stride_seconds: w.stride_seconds || 0, resample_seconds: w.resample_seconds || 0,
                 min_coverage: decimalText(w.min_coverage || 0.5) };
   const r = w.label_rule;
-  if (r) out.label_rule = { channel: r.channel || '', comparison: r.comparison || '', threshold: decimalText(r.threshold || 0), for_seconds: r.for_seconds || 0 };
+  if (r) out.label_rule = { channel: r.channel || '', comparison: r.comparison || '', threshold: signedDecimalText(r.threshold || 0), for_seconds: r.for_seconds || 0 };
   return { windows: out };
 }
 
