@@ -316,11 +316,15 @@ def _binary(task: Task, outputs: Array, y: NDArray[Any], wanted: set[str], relea
     hist = release.noisy["score_histogram"]
     truth, reps = intervals.histogram_replicates(hist, release.sigma["score_histogram"], rng)
     families = [_histogram_metrics(h, edges, options) for h in (hist, truth, reps)]
+    scarce = _scarce_class(hist, release.sigma["score_histogram"])
 
     def interval(key: str, low: float = 0.0, high: float = 1.0) -> Interval:
         est, tru, rep = (f[key] for f in families)
-        return intervals.bounded_pivot((float(est[0]), float(est[1]), float(est[2])), rep,
-                                       (float(tru[0]), float(tru[1]), float(tru[2])), low=low, high=high)
+        value = intervals.bounded_pivot((float(est[0]), float(est[1]), float(est[2])), rep,
+                                        (float(tru[0]), float(tru[1]), float(tru[2])), low=low, high=high)
+        # A class the noise can hide leaves every metric that reads it unknown: say so, do not
+        # report the replicates' collapsed interval (0 positives give AUROC 0 [0, 0]).
+        return (value[0], low, high) if scarce and key != "accuracy" else value
 
     values = {k: interval(k) for k in sorted(wanted - {"calibration"})}
     if "calibration" in wanted:
@@ -343,7 +347,10 @@ def _binary(task: Task, outputs: Array, y: NDArray[Any], wanted: set[str], relea
     low, point, high = m.auroc(hist)
     bins = {"count": len(edges) + 1, "following": len(following) + 1, "rule": rule, "requested": options.score_bins,
             "edges": [float(e) for e in edges], "auroc_binning_bound": float((high - low) / 2),
-            "description": _describe_bins(len(edges) + 1, len(following) + 1, rule, options, float((high - low) / 2))}
+            "description": _describe_bins(len(edges) + 1, len(following) + 1, rule, options, float((high - low) / 2)) + (
+                f" Too few {scarce} to tell from the privacy noise at this ε: every metric but accuracy is given with "
+                "its whole range as its interval." if scarce else ""),
+            "scarce_class": scarce}
     params = _parameters(release, delta=delta)
     params.update({"score_bins": len(edges) + 1, "score_bin_edges": bins["edges"],
                    "score_bin_rule": "round((n / (2 sigma))^(2/3)) clamped to [8, 160]; n the locator's noisy total",
@@ -353,6 +360,14 @@ def _binary(task: Task, outputs: Array, y: NDArray[Any], wanted: set[str], relea
     return EvaluationResult(values, [(float(a), float(b)) for a, b in zip(fpr, tpr)], reliability,
                             accounting.zcdp_epsilon(rho=release.rho, delta=delta), delta, "zcdp-rdp", params,
                             operating, benefit, bins)
+
+
+def _scarce_class(hist: Array, sigma: float) -> str:
+    """'positives' or 'negatives' when that class's noisy total is within two noise standard
+    deviations of zero (the total sums one noisy cell per bin); '' when both stand out."""
+    spread = 2.0 * sigma * math.sqrt(hist.shape[-1])
+    negatives, positives = (float(t) for t in hist.sum(-1))
+    return "positives" if positives <= spread else "negatives" if negatives <= spread else ""
 
 
 def _histogram_metrics(hist: Array, edges: Array, options: Options) -> dict[str, tuple[Array, Array, Array]]:

@@ -223,3 +223,17 @@ def test_discrete_gaussian_has_the_right_scale_and_is_integer() -> None:
     assert draws.dtype == np.int64
     assert abs(draws.mean()) < 0.2 and draws.std() == pytest.approx(3.0, rel=0.06)
     assert set(np.unique(noise.count_noise((200,), sigma=0.05))) <= {-1, 0, 1}
+
+
+def test_a_class_the_noise_can_hide_gets_whole_range_intervals(binary_case) -> None:
+    """Three positives among 600 at ε = 0.5: the noisy positive total is indistinguishable from
+    zero, so the report must not claim AUROC 0 [0, 0] (what the collapsed replicates gave)."""
+    program, X, y, _, _ = binary_case
+    rows = np.concatenate([np.flatnonzero(y == 1)[:3], np.flatnonzero(y == 0)[:597]])
+    result = _run(program, X[rows], y[rows], np.arange(len(rows)), epsilon=0.5)
+    assert result.score_bins["scarce_class"] == "positives"
+    for name in ("auroc", "sensitivity", "specificity"):
+        assert result.metrics[name][1:] == (0.0, 1.0), name
+    assert "Too few positives" in result.score_bins["description"]
+    balanced = _run(program, X[:600], y[:600], np.arange(600), epsilon=0.5)
+    assert balanced.score_bins["scarce_class"] == "" and balanced.metrics["auroc"][1] > 0.5
