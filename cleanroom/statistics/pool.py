@@ -38,7 +38,17 @@ log = logging.getLogger(__name__)
 STATS_WORKER_ARGV = ("python3", "-m", "cleanroom.worker.stats_worker")
 LOAD_SECONDS = 600.0     # decrypt and prepare a large dataset
 QUERY_SECONDS = 120.0    # one answer
+# A stream's first query on a view derives it from every reading (worker/stream_views.py): its
+# answer may take longer by the stream's readings at this rate, a floor well under the ~4.7 million
+# readings a second measured on two shared cores, so a large stream's answer is not cut off (its
+# data already opened, its budget spent) while the worker is still deriving.
+STREAM_READINGS_PER_SECOND = 1_000_000
 REAP_SECONDS = 5.0
+
+
+def answer_seconds(stream_readings: int = 0) -> float:
+    """How long one answer may take: QUERY_SECONDS, plus a stream's readings at the floor rate."""
+    return QUERY_SECONDS + stream_readings / STREAM_READINGS_PER_SECOND
 
 
 class WorkerFailed(Exception):
@@ -136,18 +146,19 @@ class StatsWorkerPool:
         self._reaper.start()
 
     def ask(self, dataset_id: str, source: Callable[[], Source], workload: str, query: dict[str, Any],
-            *, opening: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], str]:
+            *, opening: Callable[[], None] = lambda: None, stream_readings: int = 0) -> tuple[dict[str, Any], str]:
         """The worker's reply to one query and the nonce of the worker's attestation; `source` is
         called only when no warm worker holds the dataset. `opening` runs once, just before data
         is touched for this query: before a new worker receives the key, or before a warm worker
-        is asked (the ledger marks the spend decrypted there)."""
+        is asked (the ledger marks the spend decrypted there). `stream_readings`: a stream dataset's
+        stored readings, which lengthen the time one answer may take (see answer_seconds)."""
         once = _Once(opening)
         for _ in range(2):  # a worker reaped between lookup and entry has seen nothing: start afresh once
             warm = self._warm(dataset_id, source, workload, once)
             if warm.enter():
                 try:
                     once()
-                    return self._ask_live(dataset_id, warm, query), warm.nonce
+                    return self._ask_live(dataset_id, warm, query, answer_seconds(stream_readings)), warm.nonce
                 finally:
                     warm.leave()
             self._drop(dataset_id, warm)
@@ -158,10 +169,10 @@ class StatsWorkerPool:
             warm = self._workers.get(dataset_id)
         return warm is not None and warm.session.alive
 
-    def _ask_live(self, dataset_id: str, warm: _Warm, query: dict[str, Any]) -> dict[str, Any]:
+    def _ask_live(self, dataset_id: str, warm: _Warm, query: dict[str, Any], timeout: float) -> dict[str, Any]:
         """One query on a worker the caller has entered (queries on one worker are pipelined)."""
         try:
-            answer = json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=QUERY_SECONDS))
+            answer = json.loads(warm.session.call(json.dumps({"query": query}).encode(), timeout=timeout))
             if not isinstance(answer, dict):
                 raise ValueError("an answer is a JSON object")
             return answer

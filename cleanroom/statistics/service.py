@@ -89,6 +89,7 @@ class _Work:
     cost: Privacy
     query_sha256: str
     commitment: str                   # the receipt's dataset commitment
+    stream_readings: int = 0          # a stream dataset's stored readings (they lengthen its answer's time limit)
 
 
 class StatsQueryService:
@@ -342,7 +343,8 @@ class StatsQueryService:
 
     def _answer(self, work: _Work, opening: Callable[[], None]) -> tuple[Answer, bytes, str]:
         try:  # the wrapped keys are read only when a worker has to start
-            reply, nonce = self._pool.ask(work.key, work.source, work.workload, query_to_dict(work.query), opening=opening)
+            reply, nonce = self._pool.ask(work.key, work.source, work.workload, query_to_dict(work.query), opening=opening,
+                                          stream_readings=work.stream_readings)
         except WorkerFailed as failure:
             log.warning("statistics worker failed", extra={"reason": failure.reason})
             raise CleanroomError(ErrorCode.UNAVAILABLE, "the statistics worker could not answer; the query's budget is refunded "
@@ -355,7 +357,7 @@ class StatsQueryService:
     def _work(self, priced: Priced) -> _Work:
         dataset = priced.dataset
         return _Work(dataset.id, lambda: self._source(priced), stats_workload(dataset.id), priced.query, priced.cost,
-                     priced.query_sha256, dataset.ciphertext_sha256)
+                     priced.query_sha256, dataset.ciphertext_sha256, dataset.row_count if dataset.is_stream else 0)
 
     def _source(self, priced: Priced) -> DatasetSource:
         dataset = priced.dataset

@@ -286,3 +286,24 @@ def test_a_stream_from_the_real_intake_answers_the_cli_s_daily_mean_per_group(wo
         cli.main([*argv[:7], "--stream-view", "weekly", *argv[9:]])
     assert parsed.value.code == 2
     assert "KIND:CHANNEL" in capsys.readouterr().err
+
+
+def test_a_stream_answer_may_take_longer_by_its_readings(world, monkeypatch) -> None:
+    """The first query on a view derives it from every reading: its time limit grows with the
+    stream's stored readings, so a large stream is not cut off mid-derivation (its budget spent)."""
+    from cleanroom.statistics import pool
+
+    assert pool.answer_seconds(0) == pool.QUERY_SECONDS
+    assert pool.answer_seconds(600_000_000) >= pool.QUERY_SECONDS + 600
+    limits: list[float] = []
+    ask_live = pool.StatsWorkerPool._ask_live
+
+    def recording(self, dataset_id, warm, query, timeout):
+        limits.append(timeout)
+        return ask_live(self, dataset_id, warm, query, timeout)
+
+    monkeypatch.setattr(pool.StatsWorkerPool, "_ask_live", recording)
+    world["maker"].run_query(world["stream"].resource_name, DAILY)
+    world["maker"].run_query(world["table"], Query(kind="count", epsilon=0.5))
+    readings = world["stream"].row_count
+    assert readings > 0 and limits == [pool.answer_seconds(readings), pool.QUERY_SECONDS]
