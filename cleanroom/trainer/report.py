@@ -104,7 +104,8 @@ def _evaluation_data(evaluation: EvaluationResult) -> dict[str, Any]:
         # mechanism is described under mechanism_parameters.per_patient).
         p = evaluation.per_patient
         data["per_patient"] = {"metrics": _metric_entries(p.metrics), "operating_points": p.operating_points,
-                               "net_benefit": p.net_benefit, "roc_points": p.roc_points, "reliability": p.reliability}
+                               "net_benefit": p.net_benefit, "roc_points": p.roc_points, "reliability": p.reliability,
+                               "score_bins": p.score_bins}
     if evaluation.sites:
         # Each site's DP outputs; its mechanism is described once, under mechanism_parameters.per_site.
         data["sites"] = [{"name": s.name, "index": s.index, "metrics": _metric_entries(s.result.metrics),
@@ -321,7 +322,10 @@ def _per_patient_section(per_patient: dict[str, Any]) -> str:
     """A stream's per-patient metrics, ahead of the per-window ones below."""
     figure = roc_svg(per_patient["roc_points"]) if per_patient["roc_points"] else ""
     points = _operating_table(per_patient["operating_points"]) if per_patient["operating_points"] else ""
-    return ("<h2>Validation metrics per patient</h2>" + _metrics_table(per_patient["metrics"]) + points
+    scarce = (per_patient.get("score_bins") or {}).get("scarce_class")
+    warning = (f"<p><strong>Too few {html.escape(scarce)} patients to tell from the privacy noise at this ε: every metric "
+               "but accuracy is given with its whole range as its interval.</strong></p>") if scarce else ""
+    return ("<h2>Validation metrics per patient</h2>" + warning + _metrics_table(per_patient["metrics"]) + points
             + f"<div class=figs>{figure}</div><p class=note>The examples were windows of each patient's stream. Per "
             "patient: a patient's score is the mean of its windows' predicted probabilities, and the patient counts as "
             "positive when any of its windows is. Per window (below): every evaluated window counts, at most the "

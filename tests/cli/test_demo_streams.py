@@ -36,3 +36,14 @@ def test_the_validation_table_shows_both_views_with_intervals() -> None:
     window, patient = (line for line in table.splitlines() if line.startswith("per "))
     assert "0.857 [0.51, 1.00]" in window and "0.700 [0.60, 0.75]" in window and "0.400 [0.30, 0.45]" in window
     assert patient.startswith("per patient") and "0.821 [0.52, 1.00]" in patient and patient.rstrip().endswith("-")
+
+
+def test_the_validation_table_says_when_a_view_cannot_tell_its_positives_from_the_noise() -> None:
+    metrics = {"evaluation": {
+        "metrics": {"auroc": {"value": 0.95, "ci95": [0.0, 1.0]}}, "operating_points": [],
+        "score_bins": {"scarce_class": "positives"},
+        "per_patient": {"metrics": {"auroc": {"value": 0.99, "ci95": [0.93, 1.0]}}, "operating_points": [],
+                        "score_bins": {"scarce_class": ""}}}}
+    notes = [line for line in ds.validation_table(metrics).splitlines() if "too few" in line]
+    assert notes == ["per window: too few positives to tell from the privacy noise at this ε, so its intervals span "
+                     "the whole range (the report says so too)"]
