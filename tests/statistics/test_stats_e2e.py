@@ -158,7 +158,7 @@ def test_a_query_that_fails_after_its_data_was_opened_is_charged_and_recorded(wo
     app, maker = world["running"].app, world["maker"]
     app.stats.settle()
 
-    def opened_then_failed(dataset_id, source, workload, query, *, opening):
+    def opened_then_failed(dataset_id, source, workload, query, *, opening, stream_readings=0):
         opening()  # the data is touched for this query...
         raise WorkerFailed("worker")  # ...and then the worker dies
 
