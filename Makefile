@@ -6,7 +6,7 @@ DEPS := $(VENV)/.installed
 STUBS := cleanroom/v1/.stamp
 PROTOS := $(wildcard proto/cleanroom/v1/*.proto)
 
-.PHONY: all demo test check bench proto clean setup-demo setup-test
+.PHONY: all demo test check bench proof fuzz proto clean setup-demo setup-test
 
 all: $(STUBS)
 
@@ -42,7 +42,7 @@ $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json | setup-test
 
 ## check: the linter and the type checker (configured in pyproject.toml); make test runs it first
 check: $(STUBS)
-	$(VENV)/bin/ruff check cleanroom enclave_sim tests bench
+	$(VENV)/bin/ruff check cleanroom enclave_sim tests bench proof
 	$(VENV)/bin/mypy
 
 ## test: the static checks, then the whole suite; starts a throw-away PostgreSQL for the storage tests
@@ -60,6 +60,16 @@ bench: setup-test $(STUBS)
 	$(PY) bench/coverage.py
 	$(PY) bench/stats.py
 	$(PY) bench/streams.py --size-bytes 10e9
+
+## proof: the evidence suite at full size (membership inference, privacy audit, fuzzing, load,
+## credentials); writes PROOF.md and its figures under docs/proof/ (see proof/run.py)
+proof: setup-test $(STUBS)
+	scripts/with-services $(PY) proof/run.py
+
+## fuzz: the fuzzers alone, for longer than make test gives them (FUZZ_SECONDS per target)
+FUZZ_SECONDS ?= 300
+fuzz: setup-test $(STUBS)
+	$(PY) proof/fuzz.py --seconds-per-target $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) cleanroom/v1/*_pb2* $(STUBS) .pytest_cache .hypothesis .mypy_cache .ruff_cache

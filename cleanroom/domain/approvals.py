@@ -27,6 +27,9 @@ class ApprovalPolicy:
     max_delta: int = 0
     auto_approve_epsilon: int = 0  # requests costing at most this ε skip the queue; 0: never
     stats_rows_per_patient: int = 1  # statistics: rows one patient contributes unless a query says
+    # Jobs: weights are released only after the one-run privacy audit (trainer/audit.py) finds no
+    # evidence that the trainer spent more than it claims.
+    require_privacy_audit: bool = False
 
     def delta_limit(self, patients: int) -> int:
         default = default_delta_limit(patients)

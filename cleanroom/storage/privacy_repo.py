@@ -323,12 +323,14 @@ def get_policy(session: Session, dataset_id: str) -> ApprovalPolicy:
     row = session.get(ApprovalPolicyRow, dataset_id)
     if row is None:
         return ApprovalPolicy()
-    return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon, row.stats_rows_per_patient)
+    return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon, row.stats_rows_per_patient,
+                          bool(row.require_privacy_audit))
 
 
 _SHARED_POLICY = (
     select(DatasetRow.id, ApprovalPolicyRow.max_epsilon, ApprovalPolicyRow.max_delta,
-           ApprovalPolicyRow.auto_approve_epsilon, ApprovalPolicyRow.stats_rows_per_patient)
+           ApprovalPolicyRow.auto_approve_epsilon, ApprovalPolicyRow.stats_rows_per_patient,
+           ApprovalPolicyRow.require_privacy_audit)
     .join(ShareRow, (ShareRow.dataset_id == DatasetRow.id) & (ShareRow.manufacturer_id == bindparam("manufacturer_id")))
     .outerjoin(ApprovalPolicyRow, ApprovalPolicyRow.dataset_id == DatasetRow.id)
     .where(DatasetRow.id == bindparam("dataset_id"), DatasetRow.deleted_at.is_(None))
@@ -341,7 +343,7 @@ def shared_policy(source: Session | DriverReads, dataset_id: str, manufacturer_i
     row = first_row(source, _SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id})
     if row is None:
         return None
-    return ApprovalPolicy() if row[1] is None else ApprovalPolicy(row[1], row[2], row[3], row[4])
+    return ApprovalPolicy() if row[1] is None else ApprovalPolicy(row[1], row[2], row[3], row[4], bool(row[5]))
 
 
 def put_policy(session: Session, dataset_id: str, policy: ApprovalPolicy) -> None:
@@ -349,7 +351,8 @@ def put_policy(session: Session, dataset_id: str, policy: ApprovalPolicy) -> Non
     if row is None:
         session.add(ApprovalPolicyRow(dataset_id=dataset_id, max_epsilon=policy.max_epsilon, max_delta=policy.max_delta,
                                       auto_approve_epsilon=policy.auto_approve_epsilon,
-                                      stats_rows_per_patient=policy.stats_rows_per_patient))
+                                      stats_rows_per_patient=policy.stats_rows_per_patient,
+                                      require_privacy_audit=policy.require_privacy_audit))
         return
     row.max_epsilon, row.max_delta, row.auto_approve_epsilon = policy.max_epsilon, policy.max_delta, policy.auto_approve_epsilon
-    row.stats_rows_per_patient = policy.stats_rows_per_patient
+    row.stats_rows_per_patient, row.require_privacy_audit = policy.stats_rows_per_patient, policy.require_privacy_audit

@@ -54,6 +54,20 @@ class PrincipalRow(Base):
     organisation_id: Mapped[str] = mapped_column(String(32), index=True, default="")
 
 
+class TokenRow(Base):
+    """One issued bearer token (its SHA-256 only); `principals.token_hash` is the first one's."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
 
@@ -200,6 +214,7 @@ class ApprovalPolicyRow(Base):
     max_delta: Mapped[int] = mapped_column(BigInteger)
     auto_approve_epsilon: Mapped[int] = mapped_column(BigInteger)
     stats_rows_per_patient: Mapped[int] = mapped_column(Integer, default=1)
+    require_privacy_audit: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class AuditEntryRow(Base):

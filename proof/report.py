@@ -1,0 +1,36 @@
+"""What every part of the proof suite hands to PROOF.md: one dated section, the command that
+reproduces it, whether it passed, and the figures it drew.
+
+Each part is a module `proof/<part>.py` with `run(*, full: bool, out: Path) -> Section` (`full`
+is `make proof`'s size; the fast size is what its test in `make test` runs) and a `main()` for
+running it alone. `proof/run.py` runs them all and writes PROOF.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "docs" / "proof"   # committed next to PROOF.md, which links them
+
+
+def today() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass
+class Section:
+    title: str
+    command: str            # the shell command that regenerates this section alone
+    body: str               # Markdown: tables and plain words, no raw dumps
+    passed: bool            # False fails `make proof`
+    figures: list[Path] = field(default_factory=list)
+    date: str = field(default_factory=today)
+
+    def markdown(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        head = f"## {self.title}\n\n*{self.date}; `{self.command}`; {verdict}.*\n\n"
+        pictures = "".join(f"\n![{p.stem}]({p.relative_to(ROOT).as_posix()})\n" for p in self.figures)
+        return head + self.body.rstrip() + "\n" + pictures
