@@ -1,8 +1,11 @@
 """Bubblewrap backend: every namespace unshared, read-only mounts, seccomp, rlimits, a pids cgroup.
 
 The sandboxed process runs as uid 65534 in its own user namespace, with no capabilities, no
-network, a fresh /proc and /dev, a size-limited /tmp, a read-only root, and bwrap started with an
-empty environment (its PID 1 would otherwise keep the launcher's). Limits: RLIMIT_AS (memory per
+network, a fresh /dev, a size-limited /tmp, a read-only root, and bwrap started with an empty
+environment (its PID 1 would otherwise keep the launcher's). No procfs: its mountinfo names the
+host directory behind every bind mount (the kernel shows a bind's root within its file system),
+which would undo layout.py's neutral paths; /proc is a read-only directory holding only a copy of
+cpuinfo, which torch reads to pick its vector kernels. Limits: RLIMIT_AS (memory per
 process), RLIMIT_FSIZE, RLIMIT_CPU, RLIMIT_CORE=0, RLIMIT_NPROC, and a per-run cgroup for tasks
 and memory. As host root the cgroup is mandatory: the user namespace maps the sandbox uid to host
 root, for whom the kernel never enforces RLIMIT_NPROC (see cgroups.py); without one we refuse to
@@ -111,8 +114,8 @@ class BubblewrapLauncher(ProbedLauncher):
         # /tmp first: the code or the virtualenv may live under /tmp (a CI checkout), and a later
         # tmpfs would hide their binds.
         opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/tmp"]
-        opts += _mount_args(request, self.guard)
-        opts += ["--ro-bind", str(etc), "/etc", "--proc", "/proc", "--dev", "/dev"]
+        opts += _mount_args(request, self.guard, scratch / "layout")
+        opts += ["--ro-bind", str(etc), "/etc", "--ro-bind", str(static_proc(scratch / "proc")), "/proc", "--dev", "/dev"]
         opts += ["--size", str(policy.tmpfs_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         opts += ["--bind", str(output), "/out", "--remount-ro", "/", "--chdir", request.workdir]
         for key, value in layout.sandbox_env(request).items():
@@ -120,12 +123,23 @@ class BubblewrapLauncher(ProbedLauncher):
         return opts, ["/usr/bin/env", "-u", "PWD", "--", *request.argv]
 
 
-def _mount_args(request: SandboxRequest, guard: layout.MountGuard) -> list[str]:
+def static_proc(directory: Path) -> Path:
+    """/proc without procfs: cpuinfo only (CPU features, no path)."""
+    directory.mkdir()
+    try:
+        (directory / "cpuinfo").write_bytes(Path("/proc/cpuinfo").read_bytes())
+    except OSError:
+        pass  # torch then falls back to its generic kernels
+    return directory
+
+
+def _mount_args(request: SandboxRequest, guard: layout.MountGuard, staging: Path) -> list[str]:
     mounts, links = layout.system_entries()
     args = []
     for link in links:
         args += ["--symlink", link.target, link.dest]
-    for mount in mounts + layout.readonly_mounts(request, guard):
+    staging.mkdir()
+    for mount in mounts + layout.readonly_mounts(request, guard, staging):
         args += ["--ro-bind", str(mount.source), mount.dest]
     return args
 

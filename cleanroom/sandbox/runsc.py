@@ -1,8 +1,8 @@
 """gVisor backend: `runsc --network=none --platform=ptrace run` on an OCI bundle generated per run.
 
 The bundle's rootfs is an empty read-only directory holding only mount points, a minimal /etc and
-the merged-/usr symlinks; everything else is a read-only bind (system /usr, interpreter, venv,
-service code, /in/<name>), plus a writable /out and a size-limited tmpfs /tmp. The process runs as
+the merged-/usr symlinks; everything else is a read-only bind (system /usr, and at layout.py's
+neutral paths the interpreter, venv and service code; /in/<name>), plus a writable /out and a size-limited tmpfs /tmp. The process runs as
 root of gVisor's user namespace with no capabilities and no new privileges; gVisor's own kernel
 enforces the rlimits (RLIMIT_NPROC included, verified with a fork bomb). Memory is bounded twice:
 RLIMIT_AS inside, and a per-run memory cgroup around the whole sandbox (sentry and gofer included,
@@ -80,7 +80,7 @@ class RunscLauncher(ProbedLauncher):
         output = request.output_dir or layout.scratch_output(scratch)
         try:
             layout.check_output_dir(output, self.guard)
-            mounts = layout.readonly_mounts(request, self.guard)
+            mounts = layout.readonly_mounts(request, self.guard, _staging(scratch))
         except layout.LayoutError as exc:
             raise SetupError(str(exc)) from None
         cgroup = _cgroup(policy)
@@ -139,6 +139,13 @@ class _Run:
 
     def logged_error(self) -> bool:
         return self.log.exists() and self.log.stat().st_size > 0
+
+
+def _staging(scratch: Path) -> Path:
+    """Where layout.py generates the venv's skeleton and overlays for this run."""
+    staging = scratch / "layout"
+    staging.mkdir()
+    return staging
 
 
 def _cgroup(policy: SandboxPolicy) -> Cgroup | None:
