@@ -14,6 +14,8 @@ PUBLIC_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 
+UNAUTHENTICATED = "a valid bearer token is required"
+
 _ADMIN = frozenset({Role.ADMIN})
 _OWNER = frozenset({Role.DATA_OWNER})
 _OFFICER = frozenset({Role.PRIVACY_OFFICER})
@@ -26,6 +28,9 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.AdminService/CreateOrganisation": _ADMIN,
     "/cleanroom.v1.AdminService/ListOrganisations": _ADMIN,
     "/cleanroom.v1.AdminService/RotateKeys": _ADMIN,
+    "/cleanroom.v1.AdminService/IssueToken": _ADMIN,
+    "/cleanroom.v1.AdminService/RevokeToken": _ADMIN,
+    "/cleanroom.v1.AdminService/ListTokens": _ADMIN,
     "/cleanroom.v1.IdentityService/WhoAmI": ALL_ROLES,
     "/cleanroom.v1.DatasetService/UploadDataset": _OWNER,
     # Manufacturers see the schema of datasets shared with them; the service filters what exists.
@@ -82,7 +87,7 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
 
 def authorize(method: str, principal: Principal | None) -> Principal:
     if principal is None:
-        raise CleanroomError(ErrorCode.UNAUTHENTICATED, "a valid bearer token is required")
+        raise CleanroomError(ErrorCode.UNAUTHENTICATED, UNAUTHENTICATED)
     allowed = RULES.get(method)
     if allowed is None or principal.role not in allowed:
         raise CleanroomError(ErrorCode.PERMISSION_DENIED, "your role may not call this method")

@@ -6,6 +6,10 @@ traceback ever reaches a caller. One exception is not a failure: gRPC itself end
 request stream is read (the client cancelled or its deadline passed, or it sent a message over the
 receive limit, for which gRPC answered RESOURCE_EXHAUSTED); the client already has gRPC's status, so
 the call is counted as CANCELLED (DEADLINE_EXCEEDED once the deadline has passed), without a traceback.
+
+Authentication checks the presented token on every call (identity/tokens.py: a revocation holds on
+the next call). A source address with too many failed authentications is refused before its token
+is looked at (identity/ratelimit.py); a call without any token is no attempt and is not counted.
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from cleanroom.api import auth
 from cleanroom.api.errors import internal_status, to_status
+from cleanroom.domain.credentials import EXPIRED_MESSAGE, TokenCheck, TokenState
 from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
 from cleanroom.domain.idempotency import RequestKey
 from cleanroom.domain.identity import Principal
+from cleanroom.identity.ratelimit import FailureLimiter, source_of
 from cleanroom.observability import logs
 
 log = logging.getLogger(__name__)
 
-Authenticator = Callable[[str], Principal | None]
+Authenticator = Callable[[str], TokenCheck]
 Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
+AuthObserver = Callable[[str], None]  # a failed authentication's TokenState value, or "rate_limited"
+RATE_LIMITED = "too many failed authentications from your address; retry after the delay in RetryInfo"
 
 
 class _Malformed:
@@ -103,9 +111,12 @@ def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
 
 
 class GuardInterceptor(grpc.ServerInterceptor):
-    def __init__(self, authenticate: Authenticator, observe: Observer | None = None) -> None:
+    def __init__(self, authenticate: Authenticator, observe: Observer | None = None, *,
+                 limiter: FailureLimiter | None = None, on_auth_failure: AuthObserver | None = None) -> None:
         self._authenticate = authenticate
         self._observe = observe or (lambda method, code, seconds: None)
+        self._limiter = limiter
+        self._on_auth_failure = on_auth_failure or (lambda what: None)
         self._wrapped: dict[str, Any] = {}  # method -> guarded handler: handlers never change once serving
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
@@ -124,9 +135,25 @@ class GuardInterceptor(grpc.ServerInterceptor):
         header = dict(metadata).get("x-request-id")  # text: only "-bin" headers carry bytes
         logs.request_id.set(logs.clean_request_id(header if isinstance(header, str) else None))
         context.set_trailing_metadata((("x-request-id", logs.request_id.get()),))
+        source = source_of(context.peer())
+        wait = self._limiter.blocked(source) if self._limiter else None
+        if wait is not None:  # before the token is looked at: a blocked source costs no database read
+            self._on_auth_failure("rate_limited")
+            raise CleanroomError(ErrorCode.AUTH_RATE_LIMITED, RATE_LIMITED, retry_after=wait)
         token = auth.bearer_token(metadata)
-        principal = self._authenticate(token) if token else None
+        principal = self._principal(token, source) if token else None
         return CallContext(context, auth.authorize(method, principal))
+
+    def _principal(self, token: str, source: str) -> Principal:
+        checked = self._authenticate(token)
+        if checked.principal is not None:
+            return checked.principal
+        if self._limiter:
+            self._limiter.failed(source)
+        self._on_auth_failure(checked.state.value)
+        if checked.state is TokenState.EXPIRED:
+            raise CleanroomError(ErrorCode.UNAUTHENTICATED, EXPIRED_MESSAGE)
+        raise CleanroomError(ErrorCode.UNAUTHENTICATED, auth.UNAUTHENTICATED)
 
 
 @dataclass(frozen=True)

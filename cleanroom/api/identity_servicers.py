@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from cleanroom.api.guard import caller, request_key
+from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.principals import PrincipalService
@@ -12,10 +13,14 @@ from cleanroom.server.idempotency import Idempotency, check_request_id, fingerpr
 from cleanroom.v1 import identity_pb2, identity_pb2_grpc
 from cleanroom.wire.common import role_from_proto
 from cleanroom.wire.identity import (
+    lifetime_from_proto,
     organisation_id_from_name,
     organisation_kind_from_proto,
     organisation_to_proto,
+    principal_id_from_name,
     principal_to_proto,
+    token_id_from_name,
+    token_to_proto,
 )
 
 
@@ -29,10 +34,11 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         check_request_id(request.request_id)
         role = role_from_proto(request.role)
         organisation_id = organisation_id_from_name(request.organisation) if request.organisation else None
+        lifetime = lifetime_from_proto(request.token_lifetime if request.HasField("token_lifetime") else None, "token_lifetime")
 
         def create() -> identity_pb2.CreatePrincipalResponse:
             principal, _token = self._principals.create(request.display_name, role, actor=caller(context).resource_name,
-                                                        organisation_id=organisation_id)
+                                                        organisation_id=organisation_id, token_lifetime=lifetime)
             # The token is never stored: a retry re-derives it from the principal id.
             return identity_pb2.CreatePrincipalResponse(principal=principal_to_proto(principal))
 
@@ -80,6 +86,48 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
         return self._idempotency.run(
             request_key(context, "RotateKeys", request.request_id), fingerprint(request), identity_pb2.RotateKeysResponse, rotate
         )
+
+
+    def IssueToken(self, request: identity_pb2.IssueTokenRequest, context: grpc.ServicerContext) -> identity_pb2.IssueTokenResponse:
+        check_request_id(request.request_id)
+        principal_id = principal_id_from_name(request.principal, "principal")
+        lifetime = lifetime_from_proto(request.lifetime if request.HasField("lifetime") else None, "lifetime")
+        tokens = self._principals.tokens
+
+        def issue() -> identity_pb2.IssueTokenResponse:
+            # The bearer token is never stored, not even in the idempotency record: it is derived below.
+            return identity_pb2.IssueTokenResponse(token=token_to_proto(tokens.issue(principal_id, lifetime, actor=caller(context).resource_name)))
+
+        response = self._idempotency.run(
+            request_key(context, "IssueToken", request.request_id), fingerprint(request), identity_pb2.IssueTokenResponse, issue
+        )
+        response.bearer_token = tokens.secret_of(token_id_from_name(response.token.name))
+        return response
+
+    def RevokeToken(self, request: identity_pb2.RevokeTokenRequest, context: grpc.ServicerContext) -> identity_pb2.RevokeTokenResponse:
+        check_request_id(request.request_id)
+        target = request.WhichOneof("target")
+        if target is None:
+            raise bad_request("name the token to revoke, or the principal whose tokens to revoke",
+                              FieldViolation("token", "a token name like tokens/{id}, or set principal"))
+        token_id = token_id_from_name(request.token) if target == "token" else None
+        principal_id = principal_id_from_name(request.principal, "principal") if target == "principal" else None
+        tokens, actor = self._principals.tokens, caller(context).resource_name
+
+        def revoke() -> identity_pb2.RevokeTokenResponse:
+            revoked = [tokens.revoke(token_id, actor=actor)] if token_id else tokens.revoke_principal(principal_id or "", actor=actor)
+            return identity_pb2.RevokeTokenResponse(tokens=[token_to_proto(t) for t in revoked])
+
+        return self._idempotency.run(
+            request_key(context, "RevokeToken", request.request_id), fingerprint(request), identity_pb2.RevokeTokenResponse, revoke
+        )
+
+    def ListTokens(self, request: identity_pb2.ListTokensRequest, context: grpc.ServicerContext) -> identity_pb2.ListTokensResponse:
+        principal_id = principal_id_from_name(request.principal, "principal") if request.principal else None
+        page = parse_page(request.page_size, request.page_token)
+        tokens = self._principals.tokens.list(principal_id, page)
+        return identity_pb2.ListTokensResponse(tokens=[token_to_proto(t) for t in tokens],
+                                               next_page_token=next_page_token([t.id for t in tokens], page.size))
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):

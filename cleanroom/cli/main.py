@@ -17,6 +17,7 @@ from cleanroom.cli import privacy as cli_privacy
 from cleanroom.cli import render
 from cleanroom.cli import stats as cli_stats
 from cleanroom.cli import streams as cli_streams
+from cleanroom.cli import tokens as cli_tokens
 from cleanroom.cli import trust as cli_trust
 from cleanroom.sdk import CleanroomClientError, Client, load_schema
 from cleanroom.sdk.client import ROLES
@@ -83,7 +84,8 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 def cmd_principal_create(args: argparse.Namespace) -> int:
-    response = _client(args).create_principal(args.name, args.role, organisation=args.organisation or "")
+    response = _client(args).create_principal(args.name, args.role, organisation=args.organisation or "",
+                                              token_lifetime=args.token_lifetime)
     print(f"created {response.principal.name} ({args.role}) in {response.principal.organisation}")
     print(f"token: {response.token}")
     return 0
@@ -188,7 +190,9 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                              "manufacturer gets a new organisation of its own, an officer, auditor or admin joins the operator "
                              "(platform-wide). " + cli_organisations.EPILOG)
     _add(principal, "list", cmd_principal_list, "list principals")
+    create.add_argument("--token-lifetime", type=cli_tokens.lifetime, help="how long its first token works, e.g. 90d; default: no expiry")
     cli_organisations.register(admin, _client)
+    cli_tokens.register(admin, _client)
     _add(admin, "rotate-keys", cmd_rotate_keys, "new key-encryption key; re-wrap every dataset key")
     gc = _add(admin, "gc", cmd_gc, "list blobs no dataset, model or job artefact references; remove them only with --yes "
               "(run on the server host; refuses if the database and blob store do not belong together)")

@@ -1,8 +1,9 @@
-"""Principals and their bearer tokens.
+"""Principals and their first bearer token.
 
-A token is derived, not stored: HMAC(token root, principal id). Only its SHA-256 is kept, for
-lookup. Deriving lets a retried CreatePrincipal (same request_id) answer with the same token
-without the token ever being written down.
+The token made with a principal is derived, not stored: HMAC(token root, principal id). Only its
+SHA-256 is kept, as a row of `tokens` (with an optional expiry), so a retried CreatePrincipal (same
+request_id) answers with the same token without the token ever being written down. Later tokens,
+revocation and the check of every call: cleanroom/identity/tokens.py.
 
 Every principal belongs to an organisation (cleanroom/domain/organisations.py); MEMBERSHIP says
 which kind of organisation each role may join.
@@ -10,26 +11,21 @@ which kind of organisation each role may join.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import time
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from cleanroom.domain.credentials import TokenCheck, TokenState, check_lifetime
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
-from cleanroom.domain.identity import TOKEN_PREFIX, Principal, Role, hash_token, new_principal_id
+from cleanroom.domain.identity import Principal, Role, hash_token, new_principal_id
 from cleanroom.domain.organisations import OPERATOR_ID, Organisation, OrgKind, new_organisation_id
 from cleanroom.domain.pagination import PageRequest
-from cleanroom.identity.keyring import TOKEN_ROOT, KeyService
+from cleanroom.identity.keyring import KeyService
+from cleanroom.identity.tokens import TokenService
 from cleanroom.storage import audit_repo, clock, organisation_repo, principal_repo
 from cleanroom.storage.db import Database
 
 MAX_DISPLAY_NAME = 200
-# Principals are never edited in place, so a cached principal is never stale; when revocation
-# arrives, it must clear this cache (a revoked token then stops working within CACHE_SECONDS anyway).
-CACHE_SECONDS = 30.0
-CACHE_ENTRIES = 10_000
 
 # Which organisations each role may belong to. A hospital's officers and auditors govern its datasets
 # only; the operator's act platform-wide. The first kind listed is where an omitted organisation goes.
@@ -47,17 +43,19 @@ ORGANISATION_NOT_FOUND = "organisation not found"
 class PrincipalService:
     def __init__(self, db: Database, keys: KeyService) -> None:
         self._db = db
-        self._keys = keys
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self.tokens = TokenService(db, keys)
 
     def token_for(self, principal_id: str) -> str:
-        mac = hmac.new(self._keys.secret(TOKEN_ROOT), principal_id.encode("ascii"), hashlib.sha256).digest()
-        return TOKEN_PREFIX + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+        """The bearer token made with the principal."""
+        return self.tokens.derive(principal_id)
 
-    def create(self, display_name: str, role: Role, *, actor: str, organisation_id: str | None = None) -> tuple[Principal, str]:
+    def create(self, display_name: str, role: Role, *, actor: str, organisation_id: str | None = None,
+               token_lifetime: timedelta | None = None) -> tuple[Principal, str]:
         """`actor` is the creating admin's resource name, or \"local-bootstrap\" for the first admin.
-        Without `organisation_id` the principal gets its role's default organisation (MEMBERSHIP)."""
+        Without `organisation_id` the principal gets its role's default organisation (MEMBERSHIP).
+        Without `token_lifetime` its first token never expires."""
         _check_display_name(display_name)
+        token_lifetime = check_lifetime(token_lifetime, "token_lifetime")
         name, principal_id = display_name.strip(), new_principal_id()
         token = self.token_for(principal_id)  # before the transaction: the token root may be made in one of its own
         with self._db.transaction() as session:
@@ -67,6 +65,7 @@ class PrincipalService:
                 organisation = _named_organisation(session, organisation_id, role)
             principal = Principal(principal_id, name, role, clock.now(), organisation.id)
             principal_repo.add_principal(session, principal, hash_token(token))
+            self.tokens.record_first(session, principal, token, token_lifetime, actor)
             audit_repo.append(session, actor=actor, action="principal.create", target=principal.resource_name,
                               details={"role": role.value, "organisation": organisation.resource_name})
         return principal, token
@@ -102,20 +101,14 @@ class PrincipalService:
             return organisation_repo.list_organisations(session, after_id=page.after_id, limit=page.size)
 
     def authenticate(self, token: str) -> Principal | None:
-        """Every call authenticates; a short cache keeps that off the database's hot path."""
-        if not token.startswith(TOKEN_PREFIX):
-            return None
-        token_hash = hash_token(token)
-        cached = self._cache.get(token_hash)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        with self._db.read() as session:
-            principal = principal_repo.principal_by_token_hash(session, token_hash)
-        if principal is not None:
-            if len(self._cache) >= CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[token_hash] = (principal, time.monotonic() + CACHE_SECONDS)
-        return principal
+        """The principal whose working token this is (None for an unknown, revoked or expired one)."""
+        return self.check(token).principal
+
+    def check(self, token: str) -> TokenCheck:
+        """Every call is checked (cleanroom/identity/tokens.py): VALID with the principal, or why not."""
+        result = self.tokens.check(token)
+        assert (result.state is TokenState.VALID) == (result.principal is not None)
+        return result
 
     def get(self, principal_id: str) -> Principal:
         with self._db.read() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from cleanroom.sdk.cohort import Site, cohort_protos
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.schema import Schema, with_linkage_column
 from cleanroom.sdk.streams import set_windows
+from cleanroom.sdk.tokens import TokenCalls
 from cleanroom.statistics.engine.query import Query
 from cleanroom.v1 import (
     common_pb2,
@@ -70,7 +72,7 @@ def _credentials(tls_ca: str | None, client_cert: str | None, client_key: str | 
     return grpc.ssl_channel_credentials(read(tls_ca), read(client_key), read(client_cert))
 
 
-class Client:
+class Client(TokenCalls):
     def __init__(
         self,
         target: str,
@@ -118,14 +120,17 @@ class Client:
     def whoami(self) -> identity_pb2.Principal:
         return self._call(self.identity.WhoAmI, identity_pb2.WhoAmIRequest())
 
-    def create_principal(self, display_name: str, role: str, *, organisation: str = "",
-                         request_id: str | None = None) -> identity_pb2.CreatePrincipalResponse:
-        """`organisation` ("organisations/{id}") left empty gives the role's default organisation."""
+    def create_principal(self, display_name: str, role: str, *, organisation: str = "", request_id: str | None = None,
+                         token_lifetime: timedelta | None = None) -> identity_pb2.CreatePrincipalResponse:
+        """`organisation` ("organisations/{id}") left empty gives the role's default organisation;
+        without `token_lifetime` the first token never expires."""
         if role not in ROLES:
             raise CleanroomClientError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be one of {', '.join(ROLES)}")
         request = identity_pb2.CreatePrincipalRequest(
             request_id=request_id or _request_id(), display_name=display_name, role=ROLES[role], organisation=organisation
         )
+        if token_lifetime is not None:
+            request.token_lifetime.FromTimedelta(token_lifetime)
         return self._call(self.admin.CreatePrincipal, request)
 
     def create_organisation(self, display_name: str, kind: str, *, request_id: str | None = None) -> identity_pb2.Organisation:

@@ -53,6 +53,10 @@ SETTINGS = (
             "seconds after its last query that a statistics allowance is closed and its unused budget refunded"),
     Setting("--lease-seconds", "CLEANROOM_LEASE_SECONDS", "30",
             "server lease expiry: a replica silent this long is dead and its work in flight (jobs, reservations, uploads) is recovered by a peer; heartbeat every sixth of it"),
+    Setting("--auth-failure-limit", "CLEANROOM_AUTH_FAILURE_LIMIT", "50",
+            "failed authentications from one source address within the window after which every call from it is refused "
+            "(RESOURCE_EXHAUSTED with RetryInfo) until the window passes; counted per replica"),
+    Setting("--auth-failure-window", "CLEANROOM_AUTH_FAILURE_WINDOW", "60", "seconds the failed-authentication limit counts over"),
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -84,6 +88,8 @@ class ServerConfig:
     stats_allowance: int = 64
     stats_allowance_idle: float = 2.0
     lease_seconds: float = 30.0
+    auth_failure_limit: int = 50
+    auth_failure_window: float = 60.0
 
     @property
     def blob_dir(self) -> Path:
@@ -141,6 +147,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         stats_allowance=int(raw["stats_allowance"] or 64),
         stats_allowance_idle=float(raw["stats_allowance_idle"] or 2),
         lease_seconds=float(raw["lease_seconds"] or 30),
+        auth_failure_limit=int(raw["auth_failure_limit"] or 50),
+        auth_failure_window=float(raw["auth_failure_window"] or 60),
     )
     _check(config)
     return config
@@ -162,5 +170,7 @@ def _check(config: ServerConfig) -> None:
         raise SystemExit("--stats-allowance must be 1 to 10000 queries and --stats-allowance-idle 0 to 3600 seconds")
     if not 0.5 <= config.lease_seconds <= 3600:
         raise SystemExit("--lease-seconds must be 0.5 to 3600 seconds")
+    if not 1 <= config.auth_failure_limit <= 1_000_000 or not 0 < config.auth_failure_window <= 86_400:
+        raise SystemExit("--auth-failure-limit must be 1 to 1000000 and --auth-failure-window 0 to 86400 seconds")
     if not 2 <= config.k_anonymity <= 1000:
         raise SystemExit("--k-anonymity must be between 2 and 1000")
