@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: C
     policy.add_argument("--auto-approve-epsilon", type=float, default=0.0, help="requests up to this ε skip the queue (0: none)")
     policy.add_argument("--stats-rows-per-patient", type=int, default=0,
                         help="statistics: most rows one patient contributes when a query does not say (default 1)")
+    policy.add_argument("--require-privacy-audit", action="store_true",
+                        help="training jobs release weights only after a one-run privacy audit (canaries in the "
+                             "released run) finds no more leakage than the claimed ε; a failed audit fails the job")
     _reason(policy)
 
     estimate = _command(actions, "estimate", "dry run: cost, policy decision and what would remain", _estimate(client))
@@ -86,9 +89,11 @@ def _set_policy(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
         p = client(a).set_approval_policy(a.dataset, max_epsilon=a.max_epsilon, max_delta=a.max_delta,
                                           auto_approve_epsilon=a.auto_approve_epsilon, reason=a.reason,
-                                          stats_rows_per_patient=a.stats_rows_per_patient)
+                                          stats_rows_per_patient=a.stats_rows_per_patient,
+                                          require_privacy_audit=a.require_privacy_audit)
+        audit = "; training weights released only after the one-run privacy audit" if p.require_privacy_audit else ""
         print(f"{p.dataset}: at most ε {p.max_epsilon_per_request:g}, δ {p.effective_max_delta:.2g} per request; "
-              f"auto-approve up to ε {p.auto_approve_epsilon:g}; statistics bound {p.stats_rows_per_patient} row(s) per patient")
+              f"auto-approve up to ε {p.auto_approve_epsilon:g}; statistics bound {p.stats_rows_per_patient} row(s) per patient{audit}")
     return run
 
 

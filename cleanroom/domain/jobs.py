@@ -61,6 +61,7 @@ class FailureCode(enum.Enum):
     ATTESTATION_REFUSED = "attestation_refused"
     SERVER_RESTARTED = "server_restarted"      # the server stopped while the job ran
     INTERNAL = "internal"
+    PRIVACY_AUDIT_FAILED = "privacy_audit_failed"  # the policy's one-run privacy audit found more leakage than claimed
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 The worker's outputs are checked as untrusted input: exactly the allowed files; weights holding
 exactly the allow-listed trainable tensors with the model's shapes, all finite, re-serialised by
-this code; ε spent within the reservation. Then the receipt is signed and verified against the
-same checks the SDK runs, before a single byte is stored for download.
+this code; ε spent within the reservation; where a dataset's policy requires the one-run privacy
+audit, its canary counts, with the bound recomputed here (domain/privacy_audit.py), show no more
+leakage than the ε spent. Then the receipt is signed and verified against the same checks the SDK
+runs, before a single byte is stored for download.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 import enclave_sim
 from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.privacy import Privacy
+from cleanroom.domain.privacy_audit import AuditResult
 
 TRAINING_FILES = {"weights.safetensors", "result.json"}
 TRAINING_OPTIONAL = {"metrics.json", "report.html"}
@@ -27,6 +30,14 @@ EVALUATION_FILES = {"metrics.json", "report.html", "result.json"}
 class ReleaseRefused(CleanroomError):
     def __init__(self, why: str) -> None:
         super().__init__(ErrorCode.INTERNAL, f"release refused: {why}")
+
+
+class AuditFailed(CleanroomError):
+    """The released run's canaries show more leakage than the ε it spent: the weights stay here."""
+
+    def __init__(self, audit: AuditResult) -> None:
+        super().__init__(ErrorCode.INTERNAL, "the one-run privacy audit found more leakage than claimed")
+        self.audit = audit
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,24 @@ def check_outputs(kind: str, outputs: dict[str, bytes], *, trainable_shapes: dic
     if kind == "training":
         released["weights.safetensors"] = _clean_weights(outputs["weights.safetensors"], trainable_shapes)
     return Checked(released, spent, result["accountant"], result["dp_parameters"])
+
+
+def check_audit(checked: Checked, *, canaries: int) -> Checked:
+    """The release gate's audit check, when the policy asked for `canaries` (0: none asked). The
+    worker's counts are untrusted input: the bound is recomputed here against the ε and δ this job
+    spends, and the receipt's dp_parameters carry the recomputed audit. Missing or malformed: refused."""
+    if not canaries:
+        return checked
+    try:
+        reported = AuditResult.from_json(checked.dp_parameters["privacy_audit"])
+    except (KeyError, TypeError, ValueError):
+        raise ReleaseRefused("the privacy audit the policy requires is missing or malformed") from None
+    if reported.canaries != canaries:
+        raise ReleaseRefused("the privacy audit did not run with the canaries asked")
+    audit = replace(reported, claimed_epsilon=checked.spent.epsilon_value, delta=checked.spent.delta_value)
+    if not audit.passed:
+        raise AuditFailed(audit)
+    return replace(checked, dp_parameters={**checked.dp_parameters, "privacy_audit": audit.to_json()})
 
 
 def _result(data: bytes) -> dict[str, Any]:

@@ -5,7 +5,9 @@ measurement), record that data is about to be decrypted (from here on the budget
 happens), have the key broker wrap the dataset key to the quote's ephemeral key, and run the worker
 in a bubblewrap sandbox with the sealed dataset, the validated program and the secrets on stdin.
 Then the release gate, the signed receipt (verified before release), the ledger commit, and the
-artefacts sealed for the requester. Workers are separate processes started by exec, never a fork of
+artefacts sealed for the requester. A training job on a dataset whose policy requires the one-run
+privacy audit carries canaries in the released run (job.json "privacy_audit"); a run whose audit
+shows more leakage than the ε it spent fails PRIVACY_AUDIT_FAILED, nothing released, its budget spent. Workers are separate processes started by exec, never a fork of
 this gRPC process.
 
 Cancellation of a running job: a watch thread polls the job's cancel flag (any server sharing the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -42,6 +45,7 @@ from cleanroom.domain.job_params import JobParams
 from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
 from cleanroom.domain.model_versions import ModelVersion
 from cleanroom.domain.privacy import Spend
+from cleanroom.domain.privacy_audit import canary_count
 from cleanroom.identity.keyring import KeyService
 from cleanroom.jobs import release, validation
 from cleanroom.jobs.service import JobService, job_context
@@ -234,17 +238,20 @@ class JobRunner:
             spend = privacy_repo.get_spend(session, job.spend_id) if job.spend_id else None
             model = model_repo.get_model(session, job.model_id)
             sites = _load_sites(session, job)
+            audited = job.kind.value == "training" and any(privacy_repo.get_policy(session, s.dataset.id).require_privacy_audit
+                                                           for s in sites)
         if spend is None or model is None:
             raise JobFailed(FailureCode.INTERNAL)
+        canaries = canary_count(sum(math.prod(s) for s in self._trainable_shapes(model).values())) if audited else 0
         work = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self._ensure_work_dir()))
         try:
             if cancel.is_set():
                 raise JobCancelled
             secrets = self._attest_and_release_keys(job, spend.id, sites)
-            outputs = self._run_worker(job, model, sites, work, secrets, cancel)
+            outputs = self._run_worker(job, model, sites, work, secrets, cancel, canaries)
             if cancel.is_set():  # cancelled as the worker finished: its outputs are discarded unread
                 raise JobCancelled
-            return self._gate_and_store(job, model, sites, spend, outputs, secrets[0]["nonce"])
+            return self._gate_and_store(job, model, sites, spend, outputs, secrets[0]["nonce"], canaries)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -265,14 +272,15 @@ class JobRunner:
         return released
 
     def _run_worker(self, job: Job, model: ModelVersion, sites: list[_Site], work: Path, secrets: list[dict[str, str]],
-                    cancel: threading.Event | None = None) -> dict[str, bytes]:
+                    cancel: threading.Event | None = None, canaries: int = 0) -> dict[str, bytes]:
         inputs, out = work / "in", work / "out"
         inputs.mkdir()
         out.mkdir()
         for index, site in enumerate(sites):
             shutil.copyfile(self._blobs.path_of(site.dataset.id), inputs / f"site{index}.blob")  # ciphertext only
         (inputs / "model.safetensors").write_bytes(self._models.artifact_bytes(model.id))
-        (inputs / "job.json").write_text(json.dumps(self._job_input(job, model, sites)))
+        audit = {"privacy_audit": {"canaries": canaries}} if canaries else {}
+        (inputs / "job.json").write_text(json.dumps({**self._job_input(job, model, sites), **audit}))
         stdin = json.dumps({"sites": [{k: v for k, v in one.items() if k != "nonce"} for one in secrets]}).encode()
         result = self._launcher.run(SandboxRequest(argv=WORKER_ARGV, inputs={"job": inputs}, output_dir=out, stdin=stdin,
                                                    env={"CLEANROOM_REQUEST_ID": job.id}, cancel=cancel), self._policy)
@@ -298,11 +306,15 @@ class JobRunner:
                 "sites": [_site_input(index, site, study) for index, site in enumerate(sites)]}
 
     def _gate_and_store(self, job: Job, model: ModelVersion, sites: list[_Site], spend: Spend, outputs: dict[str, bytes],
-                        nonce: str) -> tuple[list[dict[str, Any]], bytes]:
+                        nonce: str, canaries: int = 0) -> tuple[list[dict[str, Any]], bytes]:
         try:
             checked = release.check_outputs(job.kind.value, outputs, trainable_shapes=self._trainable_shapes(model), reserved=spend.reserved)
+            checked = release.check_audit(checked, canaries=canaries)
         except release.ReleaseRefused:
             raise JobFailed(FailureCode.RELEASE_REFUSED) from None
+        except release.AuditFailed as failed:
+            log.warning("privacy audit failed; nothing released", extra={"audit": failed.audit.to_json()})
+            raise JobFailed(FailureCode.PRIVACY_AUDIT_FAILED) from None
         receipt = self._sign(job, release.dataset_commitment([(s.dataset.id, s.dataset.ciphertext_sha256) for s in sites],
                                                              cohort=bool(job.params.cohort)), checked, nonce)
         self._ledger.release(spend.id, checked.spent)

@@ -121,7 +121,8 @@ class BudgetService:
             audit_repo.append(session, actor=officer.resource_name, action="policy.set", target=f"datasets/{dataset_id}",
                               details={"max_epsilon": policy.max_epsilon, "max_delta": policy.max_delta,
                                        "auto_approve_epsilon": policy.auto_approve_epsilon,
-                                       "stats_rows_per_patient": policy.stats_rows_per_patient, "reason": reason})
+                                       "stats_rows_per_patient": policy.stats_rows_per_patient,
+                                       "require_privacy_audit": policy.require_privacy_audit, "reason": reason})
         return policy
 
     def view(self, principal: Principal, dataset_id: str) -> BudgetView:

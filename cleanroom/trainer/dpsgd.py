@@ -30,14 +30,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
 import torch
 
 from cleanroom.domain.errors import CleanroomError, ErrorCode, bad_request
+from cleanroom.domain.privacy_audit import AuditResult
 from cleanroom.trainer import accounting, clipping, noise, sampling
+from cleanroom.trainer.audit import Canaries
 from cleanroom.trainer.graph import ExportedModel, Task
 from cleanroom.trainer.guard import DEFAULT_ALLOWED_MODULES, assert_no_foreign_modules
 from cleanroom.trainer.sources import Batch, BatchSource, Examples, InMemorySource
@@ -59,6 +61,7 @@ class TrainingResult:
     sample_rate: float
     steps: int
     dp_parameters: dict[str, Any] = field(default_factory=dict)
+    audit: AuditResult | None = None  # the one-run privacy audit of this run, when asked (audit.py)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,21 @@ def dp_step(model: ExportedModel, master: Tensors, optimizer: torch.optim.Optimi
     optimizer.step()  # an empty batch still steps: the noise alone is the mechanism's output
 
 
+def audited_step(model: ExportedModel, master: Tensors, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+                 y: torch.Tensor, batch: Batch, *, plan: StepPlan, clipping_norm: float,
+                 noise_source: clipping.GaussianSource, chunk_rows: int, canaries: Canaries) -> None:
+    """dp_step with the audit's canaries: their clipped gradients join the sum before the noise, and
+    each canary's score reads the update the optimizer is given."""
+    summed = clipped_batch_sum(model, master, X, y, batch, clipping_norm=clipping_norm, chunk_rows=chunk_rows)
+    canaries.inject(summed)
+    update = clipping.private_gradient(summed, noise_multiplier=plan.noise_multiplier, clipping_norm=clipping_norm,
+                                       expected_batch=plan.expected_batch, noise=noise_source)
+    canaries.observe(update)
+    for name, tensor in master.items():
+        tensor.grad = update[name]
+    optimizer.step()
+
+
 def _chunk_rows(master: Tensors, max_rows_per_patient: int) -> int:
     size = sum(t.numel() for t in master.values())
     return max(max_rows_per_patient, min(1024, CHUNK_ELEMENTS // max(size, 1)))
@@ -159,13 +177,15 @@ def train(program: torch.export.ExportedProgram, *, X: np.ndarray, y: np.ndarray
           optimizer: str, clipping_norm: float, momentum: float = 0.0, tail_fraction: float = TAIL_FRACTION,
           seed_source: sampling.SeedSource = os.urandom,
           noise_source: clipping.GaussianSource | None = None,
-          allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
+          allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES, audit_canaries: int = 0) -> TrainingResult:
     """Patient-level (ε, δ)-DP training of the program's trainable tensors over a table in memory;
     see the module docstring. `noise_source` defaults to the OS CSPRNG; a seeded one is for tests
-    only. The released weights average the iterates of the last `tail_fraction` of the steps."""
+    only. The released weights average the iterates of the last `tail_fraction` of the steps.
+    `audit_canaries` > 0 runs the one-run privacy audit (audit.py) inside this very run."""
     assert_no_foreign_modules(allowed_modules)
     settings = Settings(task, num_classes, tuple(trainable), target_epsilon, target_delta, epochs, expected_batch_patients,
-                        max_rows_per_patient, learning_rate, optimizer, clipping_norm, momentum, tail_fraction)
+                        max_rows_per_patient, learning_rate, optimizer, clipping_norm, momentum, tail_fraction,
+                        audit_canaries)
     settings.check()
     model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
     X_t = model.features(X)
@@ -181,13 +201,14 @@ def train_source(program: torch.export.ExportedProgram, source: BatchSource, *, 
                  expected_batch_patients: int, max_rows_per_patient: int, learning_rate: float, optimizer: str,
                  clipping_norm: float, momentum: float = 0.0, tail_fraction: float = TAIL_FRACTION,
                  seed_source: sampling.SeedSource = os.urandom, noise_source: clipping.GaussianSource | None = None,
-                 allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES) -> TrainingResult:
+                 allowed_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES, audit_canaries: int = 0) -> TrainingResult:
     """As `train`, with each step's examples drawn from `source` (a stream's windows, cut on
     demand). The patient count is the source's (public); the source must return model-ready
     tensors and at most max_rows_per_patient examples per sampled patient (checked every step)."""
     assert_no_foreign_modules(allowed_modules)
     settings = Settings(task, num_classes, tuple(trainable), target_epsilon, target_delta, epochs, expected_batch_patients,
-                        max_rows_per_patient, learning_rate, optimizer, clipping_norm, momentum, tail_fraction)
+                        max_rows_per_patient, learning_rate, optimizer, clipping_norm, momentum, tail_fraction,
+                        audit_canaries)
     settings.check()
     model = ExportedModel(program, task=Task(task, num_classes), trainable=trainable)
     return _train_model(model, source, settings, seed_source=seed_source, noise_source=noise_source)
@@ -210,6 +231,7 @@ class Settings:
     clipping_norm: float
     momentum: float
     tail_fraction: float
+    audit_canaries: int = 0
 
     def check(self) -> None:
         _validate(clipping_norm=self.clipping_norm, learning_rate=self.learning_rate,
@@ -226,15 +248,24 @@ def _train_model(model: ExportedModel, source: BatchSource, s: Settings, *, seed
     opt = make_optimizer(s.optimizer, list(master.values()), learning_rate=s.learning_rate, momentum=s.momentum)
     gaussian = noise_source or noise.SecureGaussian()
     tail = tail_steps(plan.steps, s.tail_fraction)
+    canaries = None
+    if s.audit_canaries:
+        canaries = Canaries(s.audit_canaries, {n: tuple(t.shape) for n, t in master.items()}, clipping_norm=s.clipping_norm,
+                            sample_rate=plan.sample_rate)
     released = _run(model, master, opt, source, plan=plan, rng=sampling.numpy_generator(seed_source),
-                    noise_source=gaussian, clipping_norm=s.clipping_norm, max_rows=s.max_rows_per_patient, tail=tail)
+                    noise_source=gaussian, clipping_norm=s.clipping_norm, max_rows=s.max_rows_per_patient, tail=tail,
+                    canaries=canaries)
     settings = dict(clipping_norm=s.clipping_norm, expected_batch_patients=s.expected_batch_patients, epochs=s.epochs,
                     max_rows_per_patient=s.max_rows_per_patient, optimizer=s.optimizer, learning_rate=s.learning_rate,
                     momentum=s.momentum, target_epsilon=s.target_epsilon, n_patients=source.n_patients,
                     noise_rng=gaussian.name, tail_fraction=s.tail_fraction, averaged_steps=tail,
                     released=f"mean of the iterates after each of the last {tail} of {plan.steps} steps "
                              "(suffix averaging; post-processing, no privacy cost)")
-    return _result(released, plan, settings)
+    result = _result(released, plan, settings)
+    if canaries is None:
+        return result
+    audited = canaries.result(claimed_epsilon=result.epsilon_spent, delta=result.delta)
+    return replace(result, audit=audited, dp_parameters={**result.dp_parameters, "privacy_audit": audited.to_json()})
 
 
 def _checked(model: ExportedModel, examples: Examples, *, max_rows: int) -> Examples:
@@ -258,7 +289,7 @@ def tail_steps(steps: int, tail_fraction: float) -> int:
 
 def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, source: BatchSource, *, plan: StepPlan,
          rng: np.random.Generator, noise_source: clipping.GaussianSource, clipping_norm: float, max_rows: int,
-         tail: int) -> Tensors:
+         tail: int, canaries: Canaries | None = None) -> Tensors:
     """Runs the plan's steps; returns the mean of the iterates after each of the last `tail` steps
     (accumulated in float64, so averaging hundreds of iterates adds no rounding of its own)."""
     chunk_rows = _chunk_rows(master, max_rows)
@@ -266,8 +297,12 @@ def _run(model: ExportedModel, master: Tensors, opt: torch.optim.Optimizer, sour
     for step in range(plan.steps):
         examples = _checked(model, sample_examples(source, rng, sample_rate=plan.sample_rate, max_rows=max_rows),
                             max_rows=max_rows)
-        dp_step(model, master, opt, examples.X, examples.y, examples.batch, plan=plan, clipping_norm=clipping_norm,
-                noise_source=noise_source, chunk_rows=chunk_rows)
+        if canaries is None:
+            dp_step(model, master, opt, examples.X, examples.y, examples.batch, plan=plan, clipping_norm=clipping_norm,
+                    noise_source=noise_source, chunk_rows=chunk_rows)
+        else:
+            audited_step(model, master, opt, examples.X, examples.y, examples.batch, plan=plan, clipping_norm=clipping_norm,
+                         noise_source=noise_source, chunk_rows=chunk_rows, canaries=canaries)
         if step >= plan.steps - tail:
             with torch.no_grad():
                 for name, tensor in master.items():

@@ -102,6 +102,7 @@ def policy_to_proto(dataset_id: str, policy: ApprovalPolicy, patients: int) -> p
         auto_approve_epsilon=policy.auto_approve_epsilon / EPSILON_SCALE,
         effective_max_delta=policy.delta_limit(patients) / DELTA_SCALE,
         stats_rows_per_patient=policy.stats_rows_per_patient,
+        require_privacy_audit=policy.require_privacy_audit,
     )
 
 
@@ -122,6 +123,7 @@ def policy_from_proto(message: privacy_pb2.ApprovalPolicy) -> ApprovalPolicy:
         max_delta=round(message.max_delta_per_request * DELTA_SCALE),
         auto_approve_epsilon=round(message.auto_approve_epsilon * EPSILON_SCALE),
         stats_rows_per_patient=message.stats_rows_per_patient or 1,
+        require_privacy_audit=message.require_privacy_audit,
     )
 
 

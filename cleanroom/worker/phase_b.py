@@ -190,6 +190,7 @@ def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[
         epochs=params["epochs"], expected_batch_patients=params["expected_batch_patients"],
         max_rows_per_patient=params["max_rows_per_patient"], learning_rate=float(params["learning_rate"]),
         optimizer=params["optimizer"], clipping_norm=float(params["clipping_norm"]), allowed_modules=_allowed(),
+        audit_canaries=audit_canaries(job),
     )
     summary = _training_summary(result, params)
     outputs = {"weights.safetensors": _weights(result)}
@@ -202,6 +203,13 @@ def _train(job: dict[str, Any], examples: dict[str, Any], inputs: Path) -> dict[
         outputs.update(_evaluation_files(evaluation, job, title="Validation on held-out patients"))
     outputs["result.json"] = json.dumps(summary, sort_keys=True).encode()
     return outputs
+
+
+def audit_canaries(job: dict[str, Any]) -> int:
+    """The one-run privacy audit's canary count when the runner asks for it (job.json "privacy_audit",
+    set when a site's policy requires it), else 0. The canaries ride in the released run itself."""
+    audit = job.get("privacy_audit")
+    return int(audit["canaries"]) if isinstance(audit, dict) else 0
 
 
 def _weights(result: Any) -> bytes:

@@ -83,6 +83,7 @@ def _train(job: dict[str, Any], site: Any, inputs: Path) -> dict[str, bytes]:
         expected_batch_patients=params["expected_batch_patients"], max_rows_per_patient=params["max_rows_per_patient"],
         learning_rate=float(params["learning_rate"]), optimizer=params["optimizer"],
         clipping_norm=float(params["clipping_norm"]), allowed_modules=phase_b._allowed(),
+        audit_canaries=phase_b.audit_canaries(job),
     )
     summary = phase_b._training_summary(result, params)
     summary["dp_parameters"].update(_examples_are_windows(params))
