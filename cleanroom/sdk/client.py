@@ -215,11 +215,13 @@ class Client(TokenCalls):
 
     def set_approval_policy(
         self, dataset: str, *, max_epsilon: float, auto_approve_epsilon: float = 0.0, max_delta: float = 0.0, reason: str,
-        stats_rows_per_patient: int = 0,
+        stats_rows_per_patient: int = 0, require_privacy_audit: bool = False,
     ) -> privacy_pb2.ApprovalPolicy:
+        """require_privacy_audit: training jobs release weights only after the one-run privacy audit."""
         policy = privacy_pb2.ApprovalPolicy(
             dataset=dataset, max_epsilon_per_request=max_epsilon, max_delta_per_request=max_delta,
             auto_approve_epsilon=auto_approve_epsilon, stats_rows_per_patient=stats_rows_per_patient,
+            require_privacy_audit=require_privacy_audit,
         )
         request = privacy_pb2.SetApprovalPolicyRequest(request_id=_request_id(), policy=policy, reason=reason)
         return self._call(self.privacy.SetApprovalPolicy, request)
