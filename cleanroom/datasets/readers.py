@@ -314,7 +314,13 @@ def _open_parquet(seekable_file: BinaryIO | pa.NativeFile, policy: DeidPolicy) -
 
 def _next_parquet_batch(batches: Iterator[pa.RecordBatch]) -> pa.RecordBatch | None:
     try:
-        return next(batches, None)
+        batch = next(batches, None)
+        if batch is not None:
+            # The reader does not check what it decoded: a corrupt file can hold dictionary
+            # indices past the dictionary's end, which only failed later, deep in a cast (found
+            # by fuzzing).
+            batch.validate(full=True)
+        return batch
     except (pa.ArrowException, OSError, ValueError):
         raise _not_parquet() from None
 

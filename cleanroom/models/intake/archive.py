@@ -103,6 +103,8 @@ def _check_file_dir_clash(infos: list[zipfile.ZipInfo]) -> None:
 
 
 def _check_entry(info: zipfile.ZipInfo, limits: IntakeLimits) -> None:
+    if not info.filename:  # zipfile cuts a name at its first NUL: "\x00x" reads as "" (found by fuzzing)
+        raise IntakeRejected(Reason.ARCHIVE_PATH, "an entry has an empty name")
     mode = info.external_attr >> 16
     kind = stat.S_IFMT(mode)
     if kind == stat.S_IFLNK:
