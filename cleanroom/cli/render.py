@@ -156,4 +156,5 @@ def cost_estimate(estimate: privacy_pb2.CostEstimate) -> str:
     rows = [(now.name, f"{now.remaining.epsilon:g}", f"{after[now.name].remaining.epsilon:g}" if now.name in after else absent)
             for now in estimate.remaining_before]
     lines.append(table(("budget", "ε left now", "ε left after"), rows))
+    lines += [f"note: {note}" for note in estimate.notes]
     return "\n".join(lines)

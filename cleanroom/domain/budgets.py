@@ -36,6 +36,7 @@ class Estimate:
     balances: tuple[BudgetLine, ...]   # the budgets the caller may see, now, as GetBudgets shows them
     fits: bool
     budget_reasons: tuple[CostReason, ...] = ()  # the budgets that would refuse, and what would make it fit
+    notes: tuple[str, ...] = ()  # what else the policy does to a training job, and its cost (the privacy audit)
 
     @property
     def reasons(self) -> tuple[CostReason, ...]:

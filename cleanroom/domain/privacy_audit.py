@@ -129,3 +129,17 @@ def canary_count(parameters: int) -> int:
     """m for a model with d trainable parameters: d clamped to [64, 1024], so that up to 1024 the
     directions are orthonormal (m <= d) and every canary is a guess the bound can use."""
     return min(MAX_CANARIES, max(MIN_CANARIES, parameters))
+
+
+def audit_cost_statement(patients: int) -> str:
+    """The audit's cost in time and utility, in words, for an estimate on a dataset of `patients`."""
+    extra = MAX_CANARIES // 2
+    return (f"this dataset's policy requires the one-run privacy audit before a training job's weights are released. "
+            f"Time: the released run itself carries the canaries (one per trainable parameter, {MIN_CANARIES} to "
+            f"{MAX_CANARIES}), each step adds and scores them in work proportional to the parameter count, small next to "
+            f"the per-patient gradients; no second run. Utility: about half the canaries take part, each sampled like a "
+            f"patient with a clipped gradient of norm C in a secret direction of its own, so the run learns from up to "
+            f"{extra} virtual patients of pure noise next to the dataset's {patients}; their summed gradient per step, about "
+            f"C·sqrt(q·m/2), stays below the Gaussian noise's C·σ·sqrt(parameters) by a factor sqrt(q/2)/σ or more. A job "
+            f"whose audit shows more leakage than its ε (at {CONFIDENCE:.0%} confidence) fails with its budget spent; a run "
+            f"as private as it claims fails it with probability at most {1 - CONFIDENCE:.0%}")

@@ -36,6 +36,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import ZERO, Balance, Privacy, dataset_budget_id, share_budget_id
+from cleanroom.domain.privacy_audit import audit_cost_statement
 from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import SYSTEM, BudgetExhausted, Ledger, SpendRequest
 from cleanroom.privacy.scope import governed_dataset_ids, governs_dataset
@@ -98,7 +99,8 @@ class ApprovalService:
             outside = principal.role is not Role.MANUFACTURER and not governs_dataset(principal, dataset)
             if outside or not privacy_repo.is_shared(session, dataset_id, manufacturer_id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-            check = check_against_policy(privacy_repo.get_policy(session, dataset_id), cost, dataset.patient_count)
+            policy = privacy_repo.get_policy(session, dataset_id)
+            check = check_against_policy(policy, cost, dataset.patient_count)
             whole, share = (_unheld(privacy_repo.get_balance(session, budget_id), held)
                             for budget_id in (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id)))
             manufacturer = principal_repo.get_principal(session, manufacturer_id)
@@ -112,7 +114,8 @@ class ApprovalService:
         balances = tuple(sorted((BudgetLine(budget_id, who, balance) for budget_id, who, balance in visible
                                  if balance is not None), key=lambda line: line.budget_id))
         reasons = tuple(r for r in refusals if r is not None)
-        return Estimate(cost, check, balances, not reasons, reasons)
+        notes = (audit_cost_statement(dataset.patient_count),) if policy.require_privacy_audit else ()
+        return Estimate(cost, check, balances, not reasons, reasons, notes)
 
     def submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         """Refused by policy -> error; within auto-approval -> approved and reserved; else pending."""

@@ -90,7 +90,7 @@ def cost_estimate_to_proto(estimate: Estimate) -> privacy_pb2.CostEstimate:
         cost=amount_to_proto(estimate.cost), decision=estimate.decision.value,
         reasons=[r.sentence for r in estimate.reasons], details=[cost_reason_to_proto(r) for r in estimate.reasons],
         fits=estimate.fits, remaining_before=budget_lines_to_proto(estimate.balances),
-        remaining_after=budget_lines_to_proto(estimate.balances_after()),
+        remaining_after=budget_lines_to_proto(estimate.balances_after()), notes=list(estimate.notes),
     )
 
 

@@ -15,8 +15,11 @@ import grpc
 import pytest
 
 from cleanroom.cli import samples
+from cleanroom.domain import privacy_audit as pa
 from cleanroom.domain.identity import Role
+from cleanroom.domain.privacy import Privacy
 from cleanroom.domain.privacy_audit import canary_count
+from cleanroom.jobs import release
 from cleanroom.sandbox.base import SandboxRequest
 from cleanroom.sandbox.layout import sandbox_env
 from cleanroom.sdk import CleanroomClientError
@@ -51,7 +54,7 @@ def world(tmp_path_factory):
         policy = officer.set_approval_policy(dataset.name, max_epsilon=3, auto_approve_epsilon=1.5,
                                              require_privacy_audit=True, reason="audit before any release")
         assert policy.require_privacy_audit and officer.get_budgets(dataset.name).policy.require_privacy_audit
-        yield {"running": running, "maker": maker, "dataset": dataset.name}
+        yield {"running": running, "maker": maker, "dataset": dataset.name, "patients": dataset.patient_count}
     finally:
         for client in (owner, officer, maker):
             client.close()
@@ -88,6 +91,37 @@ def test_a_noiseless_trainer_fails_the_gate_and_releases_nothing(world) -> None:
     assert wrapped is None  # nothing sealed for the requester
     assert spend.state.value == "committed" and spend.decrypted and events == ["reserve", "commit"]  # spent, as any failure
     assert canary_count(1058) == 1024
+
+
+def test_the_estimate_states_the_audits_cost(world) -> None:
+    maker = world["maker"]
+    estimate = maker.estimate_cost(world["dataset"], epsilon=0.5, delta=1e-5)
+    (note,) = estimate.notes
+    assert "one-run privacy audit" in note and "Time:" in note and "Utility:" in note and f"the dataset's {world['patients']}" in note
+
+
+def _checked(audit: dict[str, object] | None, epsilon: float = 1.0) -> release.Checked:
+    params = {"noise_multiplier": 1.1, **({"privacy_audit": audit} if audit is not None else {})}
+    return release.Checked({}, Privacy.cost(epsilon, 1e-5), "prv", params)
+
+
+def test_the_gate_recomputes_the_bound_from_the_counts() -> None:
+    pairs = pa.declared_pairs(1024)
+    honest = pa.AuditResult(1024, tuple(pairs), (33, 66, 130, 262, 520), 1.0, 1e-5).to_json()
+    passed = release.check_audit(_checked({**honest, "epsilon_lower_bound": 99.0}), canaries=1024)
+    assert passed.dp_parameters["privacy_audit"]["epsilon_lower_bound"] == 0.0  # recomputed, not the worker's word
+    assert passed.dp_parameters["privacy_audit"]["claimed_epsilon"] == 1.0
+    assert release.check_audit(_checked(None), canaries=0).dp_parameters == _checked(None).dp_parameters  # not asked
+    leaky = pa.AuditResult(1024, tuple(pairs), (64, 128, 256, 500, 900), 1.0, 1e-5).to_json()
+    with pytest.raises(release.AuditFailed) as failed:
+        release.check_audit(_checked({**leaky, "epsilon_lower_bound": 0.0}), canaries=1024)
+    assert failed.value.audit.epsilon_lower_bound > 1.0
+    assert release.check_audit(_checked(leaky, epsilon=8.0), canaries=1024)  # the same counts prove nothing against ε = 8
+    for broken in (None, {**honest, "correct_per_pair": [1]}, {**honest, "declared_pairs": [[1, 1]] * 5}, "nonsense"):
+        with pytest.raises(release.ReleaseRefused):
+            release.check_audit(_checked(broken), canaries=1024)  # asked, but missing or malformed
+    with pytest.raises(release.ReleaseRefused):
+        release.check_audit(_checked(honest), canaries=512)  # not the canaries asked
 
 
 def _calls(tree: ast.AST, names: set[str]) -> list[ast.Call]:
