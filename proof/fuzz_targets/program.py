@@ -10,6 +10,7 @@ and CNN test packages exported exactly as phase A exports them.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ def _export(name: str) -> tuple[str, dict[str, Any], Manifest]:
     with tempfile.TemporaryDirectory() as out:
         export_package(package, Path(out), {})
         data = (Path(out) / ARTIFACT_NAME).read_bytes()
+    sys.path.remove(str(package))   # phase A imports the package's modules by bare name ("model"):
+    for module in [m for m, v in sys.modules.items() if str(getattr(v, "__file__", "")).startswith(str(package))]:
+        del sys.modules[module]     # forget them, or the next package would get this one's
     info = check_safetensors(data, max_header_bytes=LIMITS.max_header_bytes, max_tensors=LIMITS.max_tensors)
     return info.metadata["program"], safetensors.torch.load(data), parse_manifest((package / MANIFEST_NAME).read_bytes())
 

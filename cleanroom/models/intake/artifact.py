@@ -132,7 +132,10 @@ def _signature_names(input_specs: list[dict[str, Any]]) -> dict[str, set[str]]:
     for spec in input_specs:
         (kind, body), = spec.items()
         if kind in keys:
-            names[kind].add(body[keys[kind]])
+            name = body.get(keys[kind]) if isinstance(body, dict) else None
+            if not isinstance(name, str):  # vet_program_json checks the name only where present (found by fuzzing)
+                raise IntakeRejected(Reason.ARTIFACT_INVALID, f"graph signature: a {kind} input names no {keys[kind]}")
+            names[kind].add(name)
     return names
 
 
