@@ -9,6 +9,7 @@ and CNN test packages exported exactly as phase A exports them.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
@@ -23,7 +24,7 @@ with atheris.instrument_imports(include=INSTRUMENTED):
     from cleanroom.models.intake.manifest import MANIFEST_NAME, Manifest, parse_manifest
     from cleanroom.models.intake.ops import strip_assertions
     from cleanroom.models.intake.program_json import vet_program_json
-    from cleanroom.models.intake.reasons import IntakeRejected
+    from cleanroom.models.intake.reasons import IntakeRejected, Reason
     from cleanroom.models.intake.validate import validate_program
 
 LIMITS = IntakeLimits()
@@ -48,7 +49,10 @@ def _export(name: str) -> tuple[str, dict[str, Any], Manifest]:
     return info.metadata["program"], safetensors.torch.load(data), parse_manifest((package / MANIFEST_NAME).read_bytes())
 
 
-EXPORTS = [_export(name) for name in PACKAGES]
+@functools.cache
+def exports() -> list[tuple[str, dict[str, Any], Manifest]]:
+    """Exported on first use (seconds of torch.export), not at import: a --canary run needs none."""
+    return [_export(name) for name in PACKAGES]
 
 
 def target(data: bytes) -> None:
@@ -57,7 +61,7 @@ def target(data: bytes) -> None:
     except UnicodeDecodeError:
         return
     program = vet_program_json(text, max_nodes=LIMITS.max_graph_nodes)
-    for _, tensors, manifest in EXPORTS:   # the seed whose tensors the graph's signature names
+    for _, tensors, manifest in exports():   # the seed whose tensors the graph's signature names
         try:
             state, constants = _split_tensors(dict(tensors), program)
         except IntakeRejected:
@@ -66,17 +70,12 @@ def target(data: bytes) -> None:
         strip_assertions(exported)
         validate_program(exported, manifest, LIMITS)
         return
-    raise IntakeRejected(*next(iter(_reasons())))
-
-
-def _reasons() -> list[tuple[Any, str]]:
-    from cleanroom.models.intake.reasons import Reason
-
-    return [(Reason.ARTIFACT_INVALID, "exported tensors do not match the graph signature")]
+    raise IntakeRejected(Reason.ARTIFACT_INVALID, "exported tensors do not match the graph signature")
 
 
 def seeds() -> list[bytes]:
-    return [program.encode() for program, _, _ in EXPORTS] + [json.dumps(json.loads(EXPORTS[0][0]), indent=1).encode()]
+    programs = [program for program, _, _ in exports()]
+    return [p.encode() for p in programs] + [json.dumps(json.loads(programs[0]), indent=1).encode()]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""The atheris harnesses (proof/fuzz_targets/) at `make test`'s size: each runs a fixed count of
+inputs from its seed corpus without a crash, and each saves the input that crashes it (the
+harness canary, an exception no target raises), so a crash cannot go unnoticed. Longer runs:
+`make fuzz`; the crashes fuzzing found are regression tests next to their modules (proof/fuzz.py
+FINDINGS)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from proof.fuzz import FAST_RUNS, FINDINGS, ROOT
+from proof.fuzz_targets.runner import TARGETS, TargetResult, run_target
+
+PARALLEL = 2  # each harness is its own process: two at a time
+
+
+def _run_all(tmp_path: Path, **kwargs: object) -> dict[str, TargetResult]:
+    def one(target: str) -> TargetResult:
+        runs = FAST_RUNS[target] if not kwargs else 5
+        return run_target(target, tmp_path / target, runs=runs, **kwargs)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return dict(zip(TARGETS, pool.map(one, TARGETS)))
+
+
+def test_every_harness_runs_its_count_of_inputs_without_a_crash(tmp_path: Path) -> None:
+    results = _run_all(tmp_path)
+    for target, result in results.items():
+        assert result.ok, f"{target}: {result.problem or [p.name for p in result.crashes]}\n{result.tail}"
+        assert result.executions >= FAST_RUNS[target], f"{target} ran {result.executions} inputs\n{result.tail}"
+        assert result.coverage > 0 and result.corpus > 0, f"{target}: no coverage reported (instrumentation off?)\n{result.tail}"
+
+
+def test_every_harness_saves_the_input_that_crashes_it(tmp_path: Path) -> None:
+    results = _run_all(tmp_path, canary=True)
+    for target, result in results.items():
+        assert not result.ok and result.crashes, f"{target} did not report its canary\n{result.tail}"
+        assert "FuzzCanary" in result.tail, result.tail
+        assert result.crashes[0].parent == tmp_path / target / target / "crashes"
+
+
+def test_every_crash_found_has_its_regression_test() -> None:
+    for finding in FINDINGS:
+        assert finding.where in TARGETS
+        assert (ROOT / finding.test).is_file(), finding.test
