@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -78,20 +79,21 @@ def run(*, full: bool, out: Path) -> Section:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def execute(settings: Settings, *, workdir: Path, out: Path, command: str = "") -> Outcome:
+def execute(settings: Settings, *, workdir: Path, out: Path) -> Outcome:
     """Set up, load, check; the state directory stays under `workdir` (the caller removes it)."""
     operations = plan(seed=settings.seed, max_requests=settings.max_requests, max_jobs=settings.max_jobs)
     world = build(workdir, sandbox=settings.sandbox, job_workers=settings.job_workers)
     try:
         load = Load(world, clients=settings.clients, duration=settings.duration, plan=operations, seed=settings.seed)
+        host = f"{os.cpu_count()} CPU cores, 1-minute load average {os.getloadavg()[0]:.1f} as the load began"
         result = asyncio.run(load.run())
         found = after(world, result)
     finally:
         stop(world.server)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot(result, out / FIGURE)
-    section = Section(title="Load: a bounded mixed load on a real server", command=command or _command(settings),
-                      body=body(settings, result, found), passed=passed(result, found), figures=[figure])
+    section = Section(title="Load: a bounded mixed load on a real server", command=_command(settings),
+                      body=body(settings, result, found, host), passed=passed(result, found), figures=[figure])
     return Outcome(settings, result, found, section)
 
 
@@ -157,12 +159,12 @@ def memory_line(result: LoadResult) -> str:
             f"({result.rss[peak][2]} processes), {mib[-1]:.0f} MiB at the end.")
 
 
-def body(settings: Settings, result: LoadResult, found: list[checks.Check]) -> str:
+def body(settings: Settings, result: LoadResult, found: list[checks.Check], host: str) -> str:
     calls = len(result.samples)
     lines = [
         f"{settings.clients} concurrent `grpc.aio` clients on loopback for {settings.duration:g} s or {settings.max_requests} requests, "
         f"whichever came first (at most {settings.max_jobs} job submissions), seed {settings.seed}; a fresh server "
-        f"(`--sandbox {settings.sandbox} --job-workers {settings.job_workers}`, SQLite state). {calls} calls in {result.seconds:.1f} s"
+        f"(`--sandbox {settings.sandbox} --job-workers {settings.job_workers}`, SQLite state); the host: {host}. {calls} calls in {result.seconds:.1f} s"
         f"{' (the request cap was reached)' if calls >= result.planned else ''}; latency over successful calls, "
         "nearest-rank percentiles; ok / s over the whole load.",
         "", operations_table(result), "", errors_table(result), "", memory_line(result), "", "Checks afterwards:", "",
@@ -176,10 +178,14 @@ def body(settings: Settings, result: LoadResult, found: list[checks.Check]) -> s
 
 
 def _command(settings: Settings) -> str:
-    base = "make proof" if settings == FULL else ".venv/bin/python proof/load.py --fast"
-    return base if settings in (FULL, FAST) else (f".venv/bin/python proof/load.py --clients {settings.clients} "
-                                                  f"--duration {settings.duration:g} --max-requests {settings.max_requests} "
-                                                  f"--max-jobs {settings.max_jobs}")
+    """The command that regenerates this section alone (the script's default is the full size)."""
+    command = ".venv/bin/python proof/load.py"
+    if settings == FULL:
+        return command
+    if settings == FAST:
+        return command + " --fast"
+    return (f"{command} --clients {settings.clients} --duration {settings.duration:g} --max-requests {settings.max_requests} "
+            f"--max-jobs {settings.max_jobs}" + (" --fast" if settings.sandbox == FAST.sandbox else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
