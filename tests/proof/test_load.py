@@ -11,7 +11,7 @@ import pytest
 
 from proof import load
 from proof.load_checks import answers_audited, audit_counts, database_url, jobs_audited, ledger_replays
-from proof.load_gen import JOBS, WEIGHTS, plan
+from proof.load_gen import JOBS, WEIGHTS, LoadResult, Sample, plan
 from tests.tools import needs
 
 
@@ -23,6 +23,16 @@ def test_the_plan_opens_with_every_kind_and_caps_jobs() -> None:
     assert operations == plan(seed=3, max_requests=500, max_jobs=4)  # seeded
     with pytest.raises(ValueError, match="every kind once"):
         plan(seed=3, max_requests=len(WEIGHTS) - 1, max_jobs=4)
+
+
+def test_an_unexpected_status_or_a_kind_that_never_succeeded_fails_the_section() -> None:
+    every = [Sample(kind, 0.0, 0.01, "OK") for kind in WEIGHTS]
+    refused = Sample("query", 0.0, 0.01, "RESOURCE_EXHAUSTED/PRIVACY_BUDGET_EXHAUSTED")
+    assert load.passed(LoadResult([*every, refused], 1.0, 13, 1), [])
+    assert not load.passed(LoadResult([*every, Sample("query", 0.0, 0.01, "INTERNAL")], 1.0, 13, 1), [])
+    assert not load.passed(LoadResult([*every, Sample("upload", 0.0, 0.01, "RESOURCE_EXHAUSTED/AUTH_RATE_LIMITED")], 1.0, 13, 1), [])
+    assert not load.passed(LoadResult(every[1:], 1.0, 13, 1), [])
+    assert "**unexpected**" in load.errors_table(LoadResult([Sample("whoami", 0.0, 0.01, "UNAVAILABLE")], 1.0, 1, 0))
 
 
 def _tampered_copy(database: Path, copy: Path) -> Path:
