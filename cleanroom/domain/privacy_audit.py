@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 CONFIDENCE = 0.95
@@ -84,7 +85,7 @@ class AuditResult:
     delta: float
     confidence: float = CONFIDENCE
 
-    @property
+    @cached_property
     def bounds(self) -> list[float]:
         beta = (1 - self.confidence) / len(self.pairs)
         return [epsilon_lower_bound(m=self.canaries, r=kp + km, v=v, delta=self.delta, beta=beta)
