@@ -111,6 +111,7 @@ class Example:
     token: str | None
     payload: bytes | list[bytes]    # one request, or a client stream's messages
     kind: str                       # "noise", "near", "raw" or "valid"
+    request_id: str | None = None   # an x-request-id header (the guard logs and echoes it)
 
     def __repr__(self) -> str:      # what hypothesis prints for a falsifying example: short
         shown = self.payload if isinstance(self.payload, bytes) else b"|".join(self.payload)
@@ -173,7 +174,9 @@ def _near_stream(valid: list[Message]) -> st.SearchStrategy[tuple[str, list[byte
 def examples(world: World, rpc: Rpc, allowed: frozenset[Role], baselines: dict[str, Callable[[World], Message]],
              streams: dict[str, list[Message]]) -> st.SearchStrategy[Example]:
     payloads = _stream_payload(world, rpc, streams[rpc.short]) if rpc.short in streams else _payload(world, rpc, baselines)
-    return st.builds(lambda who, what: Example(who[0], who[1], what[1], what[0]), _caller(world, allowed), payloads)
+    request_ids = st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=300))
+    return st.builds(lambda who, what, rid: Example(who[0], who[1], what[1], what[0], rid), _caller(world, allowed), payloads,
+                     request_ids)
 
 
 # ---------------------------------------------------------------- calls and what they must satisfy
@@ -189,6 +192,7 @@ class Outcome:
 
 def send(world: World, rpc: Rpc, example: Example) -> Outcome:
     metadata = (("authorization", f"Bearer {example.token}"),) if example.token is not None else ()
+    metadata += (("x-request-id", example.request_id),) if example.request_id is not None else ()
     raw: Callable[[bytes], bytes] = lambda b: b  # noqa: E731 - bytes in, bytes out: the checks parse them
     kinds = {(False, False): world.channel.unary_unary, (False, True): world.channel.unary_stream,
              (True, False): world.channel.stream_unary, (True, True): world.channel.stream_stream}

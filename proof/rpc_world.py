@@ -34,6 +34,7 @@ from tests.processes import cli_argv, serve
 
 AUTO_APPROVE_EPSILON = 0.05   # a stats query under it runs at once; anything bigger waits
 SPARE_ROWS = 120
+AUTH_FAILURE_LIMIT = 1_000_000   # the most the server allows (see start_world)
 
 
 def _id() -> str:
@@ -145,7 +146,9 @@ def start_world(tmp: Path, *, model: bool = False) -> World:
     state, log = tmp / "state", tmp / "server.log"
     admin = subprocess.run(cli_argv("admin", "bootstrap", "--state-dir", str(state)), check=True, capture_output=True,
                            text=True, timeout=120).stdout.strip()
-    server, address = serve(state, log)
+    # Garbage tokens are a fifth of the examples: past the failed-authentication limit every call
+    # from this address would be RESOURCE_EXHAUSTED, and the fuzzer would reach nothing behind it.
+    server, address = serve(state, log, "--auth-failure-limit", str(AUTH_FAILURE_LIMIT))
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     world = World(address, state, log, server, channel, {Role.ADMIN: admin}, {}, [], _refused_package())
     try:
