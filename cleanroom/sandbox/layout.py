@@ -152,19 +152,18 @@ def library_path() -> str | None:
     return f"{NEUTRAL_PYTHON}/lib" if py.base_moved and shared and (py.base / "lib" / str(name)).exists() else None
 
 
-def venv_skeleton(staging: Path) -> Path:
+def venv_skeleton(staging: Path, venv: Path) -> Path:
     """What of the venv is generated: pyvenv.cfg (its `home` and the command that made it name
     host paths), bin/ (its python3 is a link to the host binary, its scripts' shebangs name the
     venv) and an empty lib/ for the venv's own lib/ to be bound onto."""
     py = host_python()
-    assert py.venv is not None
     root = staging / "venv"
     (root / "bin").mkdir(parents=True)
     (root / "lib").mkdir()
     os.symlink("lib", root / "lib64")
     for name in ("python", "python3", f"python{_PY_VERSION}"):
         os.symlink(py.inside(py.binary), root / "bin" / name)
-    system = "true" if "include-system-site-packages = true" in _read_small(py.venv / "pyvenv.cfg") else "false"
+    system = "true" if "include-system-site-packages = true" in _read_small(venv / "pyvenv.cfg") else "false"
     (root / "pyvenv.cfg").write_text(f"home = {py.base_inside}/bin\ninclude-system-site-packages = {system}\n"
                                      f"version = {'.'.join(map(str, sys.version_info[:3]))}\n")
     return root
@@ -202,7 +201,7 @@ def interpreter_mounts(staging: Path) -> list[Mount]:
     py = host_python()
     mounts = [Mount(py.base, NEUTRAL_PYTHON)] if py.base_moved else []
     if py.venv is not None:
-        mounts += [Mount(venv_skeleton(staging), NEUTRAL_VENV), Mount(py.venv / "lib", f"{NEUTRAL_VENV}/lib")]
+        mounts += [Mount(venv_skeleton(staging, py.venv), NEUTRAL_VENV), Mount(py.venv / "lib", f"{NEUTRAL_VENV}/lib")]
         (staging / "overlays").mkdir()
         for index, (relative, text) in enumerate(venv_overlays()):
             copy = staging / "overlays" / str(index)

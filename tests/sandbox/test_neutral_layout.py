@@ -48,7 +48,9 @@ class Probe:
 def host_paths(state_dir: Path, tmp_root: Path) -> list[str]:
     """Every spelling of a host location the sandbox must not reveal."""
     paths = {sys.prefix, str(Path(sys.prefix).resolve()), str(Path(sys.base_prefix).resolve()), str(REPO_ROOT),
-             str(state_dir), str(tmp_root), str(Path.home())}
+             str(state_dir), str(tmp_root)}
+    if len(Path.home().parts) > 1:
+        paths.add(str(Path.home()))
     if tempfile.gettempdir() != "/tmp":  # the sandbox has a /tmp of its own: the bare name tells nothing
         paths.add(tempfile.gettempdir())
     # The backends' per-run scratch directories (bundle, generated /etc, /out, the venv skeleton).
