@@ -151,6 +151,8 @@ class GuardInterceptor(grpc.ServerInterceptor):
         if self._limiter:
             self._limiter.failed(source)
         self._on_auth_failure(checked.state.value)
+        # Never the token: why it failed and where from (what an operator blocks at the firewall).
+        log.info("authentication failed", extra={"reason": checked.state.value, "source": source})
         if checked.state is TokenState.EXPIRED:
             raise CleanroomError(ErrorCode.UNAUTHENTICATED, EXPIRED_MESSAGE)
         raise CleanroomError(ErrorCode.UNAUTHENTICATED, auth.UNAUTHENTICATED)

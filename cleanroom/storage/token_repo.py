@@ -30,12 +30,14 @@ _BY_HASH = (
 )
 
 
-def _utc(value: Any) -> datetime | None:
+def _utc(value: Any) -> datetime:
     """A timestamp as the driver returns it: PostgreSQL an aware datetime, SQLite the text SQLAlchemy wrote."""
-    if value is None:
-        return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _maybe_utc(value: Any) -> datetime | None:
+    return None if value is None else _utc(value)
 
 
 def token_by_hash(source: Session | DriverReads, token_hash: str) -> tuple[Token, Principal] | None:
@@ -43,8 +45,8 @@ def token_by_hash(source: Session | DriverReads, token_hash: str) -> tuple[Token
     if row is None:
         return None
     token_id, principal_id, created, expires, revoked, created_by, name, role, principal_created, organisation = row
-    token = Token(token_id, principal_id, _utc(created) or datetime.min.replace(tzinfo=UTC), _utc(expires), _utc(revoked), created_by)
-    principal = Principal(principal_id, name, Role(role), _utc(principal_created) or token.created_at, organisation)
+    token = Token(token_id, principal_id, _utc(created), _maybe_utc(expires), _maybe_utc(revoked), created_by)
+    principal = Principal(principal_id, name, Role(role), _utc(principal_created), organisation)
     return token, principal
 
 
