@@ -6,6 +6,7 @@ revoked, not even by two admins racing (PostgreSQL); the migration's copied toke
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,8 +32,20 @@ class Clock:
         return self.at
 
 
+_OPEN: list[Database] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose() -> Iterator[None]:
+    """Connections closed before the PostgreSQL fixture drops its database (else it waits, then forces)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().dispose()
+
+
 def _service(url: str, keys_dir: Path, clock: Clock | None = None) -> PrincipalService:
     db = Database(url)
+    _OPEN.append(db)
     migrate(db.engine)
     service = PrincipalService(db, KeyService(db, LocalKeyFileProvider(keys_dir)))
     if clock is not None:
@@ -150,6 +163,7 @@ def test_tokens_copied_by_migration_0012_keep_working(database_url: str, tmp_pat
     from cleanroom.storage.tables import PrincipalRow
 
     db = Database(database_url)
+    _OPEN.append(db)
     migrate(db.engine, to="0011")
     keys = KeyService(db, LocalKeyFileProvider(tmp_path))
     old = PrincipalService.__new__(PrincipalService)  # only token_for is used before the upgrade
