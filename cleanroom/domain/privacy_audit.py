@@ -119,7 +119,7 @@ class AuditResult:
         pairs = tuple((int(a), int(b)) for a, b in data["declared_pairs"])
         correct = tuple(int(v) for v in data["correct_per_pair"])
         m = int(data["canaries"])
-        if pairs != tuple(declared_pairs(m)) or len(correct) != len(pairs):
+        if not MIN_CANARIES <= m <= MAX_CANARIES or pairs != tuple(declared_pairs(m)) or len(correct) != len(pairs):
             raise ValueError("the audit's pairs are not the declared ones")
         if any(not 0 <= v <= kp + km for (kp, km), v in zip(pairs, correct)):
             raise ValueError("an audit count is out of range")

@@ -23,6 +23,10 @@ nothing to enumerate, no state to recover from outputs). Poisson sampling and ro
 job with 256 bits from `seed_source` (os.urandom): unguessable, though not a CSPRNG stream; the
 privacy argument needs them independent of the data, not secret. Not addressed: floating-point
 artefacts of continuous Gaussian sampling (see noise.py).
+
+The one-run privacy audit (audit.py), when a job asks for it, rides in this very run: its canaries
+join each step's clipped sum before the noise and are scored on the update applied (audited_step).
+Without it every step is dp_step, as before.
 """
 
 from __future__ import annotations
