@@ -51,7 +51,7 @@ def read_package_zip(data: bytes, limits: IntakeLimits) -> dict[str, bytes]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:  # "zip file version" (fuzzing)
         raise IntakeRejected(Reason.ARCHIVE_INVALID, f"not a readable zip: {exc}") from None
     with archive:
         files = [info for info in _check_directory(_inside_single_folder(infos), limits) if not info.is_dir()]

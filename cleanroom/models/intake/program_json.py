@@ -130,7 +130,8 @@ def _check_field(key: Any, item: Any, where: str) -> None:
         raise bad(f"{where}: {key} is not a dotted parameter name")
     if key in ("device", "as_device") and (not isinstance(item, dict) or item.get("type") != "cpu"):
         raise bad(f"{where}: only CPU tensors are accepted")
-    if key == "tensor_values" and not all(_plain_identifier(k) for k in item):
+    # not a map at all is refused too: iterating `false` raised TypeError (found by fuzzing)
+    if key == "tensor_values" and (not isinstance(item, dict) or not all(_plain_identifier(k) for k in item)):
         raise bad(f"{where}: tensor value names must be identifiers")
 
 

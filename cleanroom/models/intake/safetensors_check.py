@@ -122,7 +122,7 @@ def _entry(name: str, raw: Any) -> TensorEntry:
     if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
         raise SafetensorsError(f"{name}: entry must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:  # a list is unhashable (found by fuzzing)
         raise SafetensorsError(f"{name}: dtype {str(dtype)[:20]!r} is not allowed")
     if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(d) and d >= 0 for d in shape):
         raise SafetensorsError(f"{name}: shape must be at most {MAX_RANK} non-negative integers")
