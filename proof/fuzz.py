@@ -54,6 +54,19 @@ FINDINGS = (
             "tests/models/test_archive_fuzz_regressions.py", "01d7666"),
     Finding("program", "a lifted parameter without parameter_name in the graph signature: KeyError (INTERNAL)",
             "artifact._signature_names: ARTIFACT_INVALID", "tests/models/test_artifact_fuzz_regressions.py", "8d4c8fa"),
+    Finding("archive", "a central directory claiming zip version 23.5: zipfile's NotImplementedError (INTERNAL)",
+            "read_package_zip takes it as an unreadable zip: ARCHIVE_INVALID", "tests/models/test_archive_fuzz_regressions.py",
+            "9f347bc"),
+    Finding("safetensors_header", "a tensor whose dtype is a JSON list: TypeError, unhashable (INTERNAL)",
+            "_entry refuses a dtype that is not a string: SafetensorsError", "tests/models/test_safetensors_fuzz_regressions.py",
+            "9f347bc"),
+    Finding("program", "an exported program whose tensor_values is `false`: TypeError, not iterable (INTERNAL)",
+            "program_json refuses tensor_values that are not a map: ARTIFACT_INVALID",
+            "tests/models/test_artifact_fuzz_regressions.py", "9f347bc"),
+    Finding("rpc JobService/SubmitTraining", "a 1 MiB feature-column name came back in the error's field path; the "
+            "details exceeded gRPC's metadata limit and the client got RESOURCE_EXHAUSTED instead of INVALID_ARGUMENT",
+            "api/errors.to_status bounds field paths, descriptions, messages and the violation list to fit 8 KiB",
+            "tests/api/test_error_details_size.py", "committed with api/errors.py"),
 )
 
 
