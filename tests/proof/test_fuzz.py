@@ -46,3 +46,36 @@ def test_every_crash_found_has_its_regression_test() -> None:
     for finding in FINDINGS:
         assert finding.where in TARGETS or finding.where.startswith("rpc ")
         assert (ROOT / finding.test).is_file(), finding.test
+
+
+# The loop of readers._read_header, whose backward jump atheris 2.3.0 lands one instruction late on
+# Python 3.11 (the harness then died of SIGSEGV): the guard must notice and keep the original code.
+MISCOMPILED = '''
+def read_header(fileobj, read_size):
+    pending = b""
+    while True:
+        end = pending.find(b"\\n")
+        if end >= 0:
+            line, pending = pending[: end + 1], pending[end + 1 :]
+            if not line:
+                continue
+            return line, pending
+        if len(pending) > 16 << 20:
+            raise ValueError()
+        data = fileobj.read(read_size)
+        if not data:
+            return pending, b""
+        pending += data
+'''
+
+
+def test_the_instrumentation_guard_keeps_what_atheris_would_miscompile() -> None:
+    from proof.fuzz_targets import _safe_instrument as guard
+
+    namespace: dict[str, object] = {}
+    exec(compile(MISCOMPILED, "probe", "exec"), namespace)  # noqa: S102 - our own constant source
+    code = namespace["read_header"].__code__  # type: ignore[attr-defined]
+    assert not guard.jumps_preserved(code, guard._original_patch_code(code, True))
+    assert guard.checked_patch_code(code, True) is code
+    simple = compile("def f(x):\n    return x + 1\n", "probe", "exec").co_consts[0]
+    assert guard.checked_patch_code(simple, True) is not simple  # what atheris gets right stays instrumented
