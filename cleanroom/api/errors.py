@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from cleanroom.domain.errors import CleanroomError, ErrorCode
+from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.observability import logs
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ CATALOG: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorCode.SENSITIVE_DATA_FOUND: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.AUTH_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
@@ -58,19 +60,45 @@ def _grpc_status(status: status_pb2.Status) -> grpc.Status:
     return converted
 
 
+# A field path can carry the caller's own text ("spec.feature_columns[<name>]"): bounded, so that
+# the details (sent as trailing metadata) stay under gRPC's 8 KiB metadata limit. Fuzzing sent a 1 MiB
+# column name, and the client got "metadata size exceeds hard limit" instead of INVALID_ARGUMENT.
+MAX_FIELD_BYTES, MAX_TEXT_BYTES, MAX_VIOLATION_BYTES = 200, 1000, 3000
+
+
+def _bounded(text: str, limit: int) -> str:
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore") + "…"
+
+
+def _shown(violations: Sequence[FieldViolation]) -> list[tuple[str, str]]:
+    """The violations that fit MAX_VIOLATION_BYTES, each bounded; at least the first."""
+    shown: list[tuple[str, str]] = []
+    total = 0
+    for violation in violations:
+        field, text = _bounded(violation.field, MAX_FIELD_BYTES), _bounded(violation.description, MAX_TEXT_BYTES)
+        total += len(field.encode()) + len(text.encode())
+        if shown and total > MAX_VIOLATION_BYTES:
+            break
+        shown.append((field, text))
+    return shown
+
+
 def to_status(error: CleanroomError) -> grpc.Status:
     grpc_code = CATALOG[error.code]
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.code.value, domain=DOMAIN))]
-    if error.violations and error.code in QUOTA_CODES:
-        quota = [error_details_pb2.QuotaFailure.Violation(subject=v.field, description=v.description) for v in error.violations]
+    shown = _shown(error.violations)
+    if shown and error.code in QUOTA_CODES:
+        quota = [error_details_pb2.QuotaFailure.Violation(subject=field, description=text) for field, text in shown]
         details.append(_pack(error_details_pb2.QuotaFailure(violations=quota)))
-    elif error.violations:
-        violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
-        ]
+    elif shown:
+        violations = [error_details_pb2.BadRequest.FieldViolation(field=field, description=text) for field, text in shown]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    status = status_pb2.Status(code=grpc_code.value[0], message=error.message, details=details)
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=grpc_code.value[0], message=_bounded(error.message, MAX_TEXT_BYTES), details=details)
     return _grpc_status(status)
 
 

@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,7 @@ from cleanroom.api.job_servicers import JobServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
 from cleanroom.api.stats_servicers import StatsServicer
+from cleanroom.identity.ratelimit import FailureLimiter
 from cleanroom.server.config import ServerConfig
 from cleanroom.v1 import (
     datasets_pb2,
@@ -58,12 +61,15 @@ SERVICE_NAMES = (
 
 
 class Server:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, auth_clock: Callable[[], float] = time.monotonic) -> None:
+        """`auth_clock`: the failed-authentication limiter's clock (tests move it instead of sleeping)."""
         self.app = app
         config = app.config
+        self.auth_limiter = FailureLimiter(config.auth_failure_limit, config.auth_failure_window, clock=auth_clock)
+        guard = GuardInterceptor(app.principals.check, self._observe, limiter=self.auth_limiter, on_auth_failure=self._auth_failed)
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-            interceptors=[GuardInterceptor(app.principals.authenticate, self._observe)],
+            interceptors=[guard],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -77,6 +83,12 @@ class Server:
     def _observe(self, method: str, code: str, seconds: float) -> None:
         self.app.metrics.rpc_requests.labels(method, code).inc()
         self.app.metrics.rpc_duration.labels(method).observe(seconds)
+
+    def _auth_failed(self, reason: str) -> None:
+        if reason == "rate_limited":
+            self.app.metrics.auth_rate_limited.inc()
+        else:
+            self.app.metrics.auth_failures.labels(reason).inc()
 
     def _register(self, app: App) -> None:
         identity_pb2_grpc.add_AdminServiceServicer_to_server(

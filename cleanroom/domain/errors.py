@@ -15,6 +15,7 @@ from dataclasses import dataclass
 class ErrorCode(enum.Enum):
     BAD_REQUEST = "BAD_REQUEST"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    AUTH_RATE_LIMITED = "AUTH_RATE_LIMITED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     NOT_FOUND = "NOT_FOUND"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
@@ -48,11 +49,13 @@ class CleanroomError(Exception):
         message: str,
         *,
         violations: tuple[FieldViolation, ...] | list[FieldViolation] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.violations = tuple(violations)
+        self.retry_after = retry_after  # seconds; sent as google.rpc.RetryInfo
 
 
 def bad_request(message: str, *violations: FieldViolation) -> CleanroomError:

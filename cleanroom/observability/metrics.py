@@ -26,6 +26,7 @@ RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 JOB_KINDS = ("training", "evaluation", "statistics")
 JOB_OUTCOMES = ("released", "failed", "cancelled", "rejected")
+AUTH_FAILURES = ("unknown", "revoked", "expired")
 SANDBOX_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -64,6 +65,11 @@ class Metrics:
         self.stats_queries = Counter("cleanroom_stats_queries_total", "DP statistics queries, by kind and outcome.", ["kind", "outcome"], registry=r)
         self.broker_decisions = Counter("cleanroom_key_broker_decisions_total", "Key-broker decisions, by decision and reason.", ["decision", "reason"], registry=r)
         self.reservations = Counter("cleanroom_ledger_reservations_total", "Budget reservations, by outcome.", ["outcome"], registry=r)
+        # Never a token, a principal or an address in a label: only why the token failed.
+        self.auth_failures = Counter("cleanroom_auth_failures_total", "Calls whose bearer token failed, by why (unknown, revoked, expired).",
+                                     ["reason"], registry=r)
+        self.auth_rate_limited = Counter("cleanroom_auth_rate_limited_total",
+                                         "Calls refused because their source address failed authentication too often.", registry=r)
         self._start_known_series()
 
     def _start_known_series(self) -> None:
@@ -78,6 +84,8 @@ class Metrics:
             self.uploads.labels(outcome)
         for outcome in ("reserved", "exhausted"):
             self.reservations.labels(outcome)
+        for reason in AUTH_FAILURES:
+            self.auth_failures.labels(reason)
         for outcome in ("accepted", "rejected"):
             self.intake_submissions.labels(outcome)
         for backend in backends.names():  # the registry's (sandbox/backends.py)

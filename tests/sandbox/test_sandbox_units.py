@@ -11,7 +11,7 @@ import pytest
 from cleanroom.sandbox import backends, seccomp
 from cleanroom.sandbox.base import Outcome, SandboxPolicy, SandboxRequest
 from cleanroom.sandbox.bwrap import BubblewrapLauncher
-from cleanroom.sandbox.layout import LayoutError, MountGuard, interpreter_dirs, sandbox_env, tree_bytes
+from cleanroom.sandbox.layout import LayoutError, MountGuard, interpreter_dirs, library_path, sandbox_env, tree_bytes
 from cleanroom.sandbox.runsc import RunscLauncher
 from cleanroom.sandbox.supervise import Exit, classify
 
@@ -67,7 +67,8 @@ def test_mount_guard(tmp_path):
 
 def test_environment_rules():
     env = sandbox_env(SandboxRequest(argv=("true",), env={"A": "1", "HOME": "/out"}))
-    assert env["A"] == "1" and env["HOME"] == "/out" and set(env) == {"A", "HOME", "PATH"}
+    moved_libpython = {"LD_LIBRARY_PATH"} if library_path() else set()  # layout.py: a shared interpreter moved to /opt
+    assert env["A"] == "1" and env["HOME"] == "/out" and set(env) == {"A", "HOME", "PATH"} | moved_libpython
     for bad in ({"": "x"}, {"A=B": "x"}, {"A": "x\0y"}):
         with pytest.raises(LayoutError):
             sandbox_env(SandboxRequest(argv=("true",), env=bad))
