@@ -55,7 +55,8 @@ from proof.report import FIGURES, Section  # noqa: E402
 PACKAGE = ROOT / "proof" / "packages" / "flchain-memoriser"
 DELTA = 1e-5
 SEED = 20
-TEETH_EPSILON = 1.0       # the reference's attack must beat this ε's ceiling
+TEETH_EPSILON = 1.0       # the reference's attack must beat this ε's ceiling ...
+TEETH_METRICS = ("AUC", "TPR at 1.0% FPR")   # ... in one of these
 PER_PATIENT_VARIANCE_FROM = 16   # shadows from which LiRA fits each patient's own variance
 
 
@@ -64,9 +65,12 @@ class Size:
     patients: int | None      # None: the whole table
     epsilons: tuple[float, ...]
     shadows: int
+    max_epochs: int | None = None   # caps the recipe's epochs (fewer noisy steps; σ is calibrated to them)
 
 
-FULL, QUICK = Size(None, (1.0, 3.0, 8.0), 16), Size(400, (8.0,), 4)
+# The fast size caps the epochs (16: ~47 noisy steps instead of ~200) to keep its test inside its
+# time budget; the job and its shadows still run the same plan, calibrated to those steps.
+FULL, QUICK = Size(None, (1.0, 3.0, 8.0), 16), Size(400, (8.0,), 4, max_epochs=16)
 
 
 @dataclass(frozen=True)
@@ -157,23 +161,26 @@ def _same_plan(job: dict[str, Any], shadow: Any) -> str | None:
     return "; ".join(differ) or None
 
 
-def _recipe(members: int, epsilon: float) -> Recipe:
-    return budget_recipe(patients=members, epsilon=epsilon, model_parameters=model_parameters(PACKAGE))
+def _recipe(members: int, epsilon: float, size: Size) -> Recipe:
+    recipe = budget_recipe(patients=members, epsilon=epsilon, model_parameters=model_parameters(PACKAGE))
+    if size.max_epochs is None or recipe.epochs <= size.max_epochs:
+        return recipe
+    return dataclasses.replace(recipe, epochs=size.max_epochs, rule=f"{recipe.rule} with its epochs capped at {size.max_epochs}")
 
 
 def _dp_model(service: MiaService, job: str, epsilon: float, split: Split, data: tuple[np.ndarray, np.ndarray],
-              shadows: int, rng: np.random.Generator) -> tuple[ModelResult, str | None]:
+              size: Size, rng: np.random.Generator) -> tuple[ModelResult, str | None]:
     """The shadows first, while the service trains the model, then the job's weights."""
     X, y = data
     members = len(split.members)
-    recipe = _recipe(members, epsilon)
+    recipe = _recipe(members, epsilon, size)
     program, plans = mia_train.export(PACKAGE), []
 
     def trainer(Xs: np.ndarray, ys: np.ndarray) -> dict[str, Any]:
         plans.append(mia_train.train_dp(program, Xs, ys, recipe=recipe, epsilon=epsilon, delta=DELTA))
         return dict(plans[-1].trained_state)
 
-    shadow = mia_train.shadow_confidences(trainer, PACKAGE, split.public, members, shadows, rng, data, split.target)
+    shadow = mia_train.shadow_confidences(trainer, PACKAGE, split.public, members, size.shadows, rng, data, split.target)
     weights, receipt = service.collect(job)
     state = _load_weights(weights)
     target = mia_train.confidences(PACKAGE, state, X[split.target], y[split.target])
@@ -200,8 +207,9 @@ def _reference(split: Split, data: tuple[np.ndarray, np.ndarray], shadows: int, 
     return _attacks("non-private reference", None, target, shadow, split.member, _utility(PACKAGE, state, X[outside], y[outside]), notes)
 
 
-def _verdict(results: list[ModelResult], plan_errors: list[str]) -> tuple[bool, list[str]]:
-    """(passed, what decided it, in words)."""
+def verdict(results: list[ModelResult], plan_errors: list[str], *, teeth_epsilon: float = TEETH_EPSILON) -> tuple[bool, list[str]]:
+    """(passed, what decided it, in words). The reference's teeth count in AUC or TPR at 1% FPR:
+    0.1% FPR is too few non-members at the fast size to bound."""
     lines, passed = [], True
     for r in results:
         if r.epsilon is None:
@@ -211,9 +219,9 @@ def _verdict(results: list[ModelResult], plan_errors: list[str]) -> tuple[bool, 
         lines.append(f"{r.name}: " + ("**above its ceiling: a bug.** " + "; ".join(map(str, found)) if found else
                                       "every attack at or below its ceiling (no bound above it)."))
     for reference in (r for r in results if r.epsilon is None):
-        teeth = [f for a in reference.attacks for f in above_ceiling(a, epsilon=TEETH_EPSILON, delta=DELTA) if "0.1%" not in f.metric]
+        teeth = [f for a in reference.attacks for f in above_ceiling(a, epsilon=teeth_epsilon, delta=DELTA) if f.metric in TEETH_METRICS]
         passed &= bool(teeth)
-        lines.append(f"{reference.name} against the ε = {TEETH_EPSILON:g} ceiling: " +
+        lines.append(f"{reference.name} against the ε = {teeth_epsilon:g} ceiling: " +
                      ("beaten, so the attack has teeth: " + "; ".join(map(str, teeth)) if teeth else
                       "**not beaten: the attack is too weak to say anything.**"))
     for error in plan_errors:
@@ -234,18 +242,25 @@ def _measure(service: MiaService, table: Table, split: Split, data: tuple[np.nda
     csv_path = write_csv(workdir / "members.csv", table.features, X[split.members], y[split.members], prefix="member")
     model, dataset = service.submit_model(PACKAGE), service.upload(table, csv_path)
     # Every job is queued now, so the server trains while this process trains the shadows.
-    jobs = [service.submit_job(model, dataset, table, e, _recipe(len(split.members), e)) for e in size.epsilons]
+    jobs = [service.submit_job(model, dataset, table, e, _recipe(len(split.members), e, size)) for e in size.epsilons]
     results, plan_errors = [_reference(split, data, size.shadows, rng)], []
     for epsilon, job in zip(size.epsilons, jobs):
-        result, error = _dp_model(service, job, epsilon, split, data, size.shadows, rng)
+        result, error = _dp_model(service, job, epsilon, split, data, size, rng)
         results.append(result)
         plan_errors += [f"ε = {epsilon:g}: {error}"] if error else []
     return results, plan_errors
 
 
-def run(*, full: bool, out: Path, shadows: int | None = None) -> Section:
-    size = FULL if full else QUICK
-    size = dataclasses.replace(size, shadows=shadows or size.shadows)
+@dataclass(frozen=True)
+class Measured:
+    size: Size
+    results: list[ModelResult]     # the reference first, then each ε
+    plan_errors: list[str]
+    counts: dict[str, Any]
+
+
+def measure_all(size: Size) -> Measured:
+    """Start a server, train every model, attack each; the server is stopped however it ends."""
     table = flchain()
     X, y = table.load()
     split = split_patients(len(y), size.patients)
@@ -253,18 +268,27 @@ def run(*, full: bool, out: Path, shadows: int | None = None) -> Section:
     started = time.monotonic()
     service = MiaService(workdir)
     try:
-        with mia_train.one_thread():
+        with mia_train.one_thread(), mia_train.cached_accounting():
             results, plan_errors = _measure(service, table, split, (X, y), size, workdir)
     finally:
         service.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    passed, verdicts = _verdict(results, plan_errors)
-    out.mkdir(parents=True, exist_ok=True)
-    figure = plot(results, out / "mia.png", delta=DELTA)
     counts = dict(patients=len(split.public) + len(split.target), public=len(split.public), members=int(split.member.sum()),
                   non_members=int((~split.member).sum()), shadows=size.shadows, seconds=time.monotonic() - started)
-    return Section(title="Membership inference against the DP ceilings", command=_command(full, size),
-                   body=section_body(results, verdicts, counts, delta=DELTA), passed=passed, figures=[figure])
+    return Measured(size, results, plan_errors, counts)
+
+
+def to_section(measured: Measured, *, full: bool, out: Path) -> Section:
+    passed, verdicts = verdict(measured.results, measured.plan_errors)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot(measured.results, out / "mia.png", delta=DELTA)
+    return Section(title="Membership inference against the DP ceilings", command=_command(full, measured.size),
+                   body=section_body(measured.results, verdicts, measured.counts, delta=DELTA), passed=passed, figures=[figure])
+
+
+def run(*, full: bool, out: Path, shadows: int | None = None) -> Section:
+    size = FULL if full else QUICK
+    return to_section(measure_all(dataclasses.replace(size, shadows=shadows or size.shadows)), full=full, out=out)
 
 
 def _command(full: bool, size: Size) -> str:
@@ -290,4 +314,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["AttackResult", "FULL", "QUICK", "main", "run", "split_patients"]
+__all__ = ["AttackResult", "FULL", "QUICK", "Measured", "main", "measure_all", "run", "split_patients", "to_section", "verdict"]

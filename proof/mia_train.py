@@ -9,6 +9,7 @@ noise: the service has no non-private path, by design, so this one can only be t
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.utility import build_model  # noqa: E402
 from cleanroom.domain.recipe import Recipe  # noqa: E402
+from cleanroom.trainer import accounting  # noqa: E402
 from cleanroom.trainer.dpsgd import TrainingResult, train  # noqa: E402
 from proof.mia_bounds import logit_confidence  # noqa: E402
 
@@ -41,6 +43,20 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def cached_accounting() -> Iterator[None]:
+    """Every shadow of one ε asks the accountant the same question (σ for these ε, δ, q and steps),
+    and the PRV calibration takes seconds; the answers are pure functions of those numbers, so
+    they are remembered for the duration (the trainer itself runs unchanged)."""
+    calibrate, account = accounting.calibrate_noise, accounting.account
+    accounting.calibrate_noise = functools.lru_cache(maxsize=None)(calibrate)  # type: ignore[assignment]
+    accounting.account = functools.lru_cache(maxsize=None)(account)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        accounting.calibrate_noise, accounting.account = calibrate, account
 
 
 def export(package: Path) -> torch.export.ExportedProgram:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from proof.mia import QUICK, run, split_patients
+from proof.mia import QUICK, measure_all, split_patients, to_section, verdict
 from proof.mia_bounds import (
     OperatingPoint,
     above_ceiling,
@@ -142,7 +143,14 @@ def test_quick_proof_through_a_real_server(tmp_path: Path) -> None:
     ceilings (0.9997) are above any Clopper-Pearson lower bound 93 members allow (at most 0.961),
     and its AUC ceiling (0.9997) is reached only if the model separates members perfectly (measured
     AUC 0.69)."""
-    section = run(full=False, out=tmp_path)
+    measured = measure_all(QUICK)
+    section = to_section(measured, full=False, out=tmp_path)
     assert section.passed, section.body
     assert "beaten, so the attack has teeth" in section.body
     assert (tmp_path / "mia.png").stat().st_size > 10_000
+    # The check fails what it should: the reference's figures, claimed as an ε = 1 model, are a bug.
+    reference = next(r for r in measured.results if r.epsilon is None)
+    passed, lines = verdict([dataclasses.replace(reference, epsilon=1.0)], [])
+    assert not passed and "above its ceiling" in lines[0]
+    # And a reference with no teeth fails the section: the same figures measured against ε = 20.
+    assert not verdict(measured.results, [], teeth_epsilon=20.0)[0]
