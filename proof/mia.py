@@ -19,7 +19,8 @@ with confidence (a bug), or if the reference's attack does not beat the ε = 1 c
 TPR at 1% FPR (an attack too weak to say anything).
 
 Sizes: full (the default; `make proof`): all of flchain, ε = 1, 3, 8, 16 shadows per model; --quick
-(what `make test` runs): 400 patients, ε = 8 and the reference, 4 shadows, still a real server.
+(what `make test` runs): 400 patients, ε = 8 (its recipe capped at 16 epochs) and the reference, 4
+shadows, still a real server.
 Prints the section's Markdown; writes the plot (mia.png) under --out.
 """
 
@@ -217,7 +218,7 @@ def verdict(results: list[ModelResult], plan_errors: list[str], *, teeth_epsilon
         found: list[Finding] = [f for a in r.attacks for f in above_ceiling(a, epsilon=r.epsilon, delta=DELTA)]
         passed &= not found
         lines.append(f"{r.name}: " + ("**above its ceiling: a bug.** " + "; ".join(map(str, found)) if found else
-                                      "every attack at or below its ceiling (no bound above it)."))
+                                      "no attack's confidence bound lies above its ceiling."))
     for reference in (r for r in results if r.epsilon is None):
         teeth = [f for a in reference.attacks for f in above_ceiling(a, epsilon=teeth_epsilon, delta=DELTA) if f.metric in TEETH_METRICS]
         passed &= bool(teeth)

@@ -142,7 +142,7 @@ def test_quick_proof_through_a_real_server(tmp_path: Path) -> None:
     ε = 1 ceiling 0.731. The ε = 8 model's check has no false-failure chance worth naming: its TPR
     ceilings (0.9997) are above any Clopper-Pearson lower bound 93 members allow (at most 0.961),
     and its AUC ceiling (0.9997) is reached only if the model separates members perfectly (measured
-    AUC 0.69)."""
+    AUC about 0.7)."""
     measured = measure_all(QUICK)
     section = to_section(measured, full=False, out=tmp_path)
     assert section.passed, section.body
