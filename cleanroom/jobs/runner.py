@@ -7,8 +7,8 @@ in a bubblewrap sandbox with the sealed dataset, the validated program and the s
 Then the release gate, the signed receipt (verified before release), the ledger commit, and the
 artefacts sealed for the requester. A training job on a dataset whose policy requires the one-run
 privacy audit carries canaries in the released run (job.json "privacy_audit"); a run whose audit
-shows more leakage than the ε it spent fails PRIVACY_AUDIT_FAILED, nothing released, its budget spent. Workers are separate processes started by exec, never a fork of
-this gRPC process.
+shows more leakage than the ε it spent fails PRIVACY_AUDIT_FAILED, nothing released, its budget
+spent. Workers are separate processes started by exec, never a fork of this gRPC process.
 
 Cancellation of a running job: a watch thread polls the job's cancel flag (any server sharing the
 database may have set it) and sets the sandbox request's cancel event; the launcher then kills the
@@ -42,7 +42,7 @@ from cleanroom.domain.approvals import RequestState
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.job_params import JobParams
-from cleanroom.domain.jobs import FailureCode, Job, JobState, transition
+from cleanroom.domain.jobs import FailureCode, Job, JobKind, JobState, transition
 from cleanroom.domain.model_versions import ModelVersion
 from cleanroom.domain.privacy import Spend
 from cleanroom.domain.privacy_audit import canary_count
@@ -238,7 +238,7 @@ class JobRunner:
             spend = privacy_repo.get_spend(session, job.spend_id) if job.spend_id else None
             model = model_repo.get_model(session, job.model_id)
             sites = _load_sites(session, job)
-            audited = job.kind.value == "training" and any(privacy_repo.get_policy(session, s.dataset.id).require_privacy_audit
+            audited = job.kind is JobKind.TRAINING and any(privacy_repo.get_policy(session, s.dataset.id).require_privacy_audit
                                                            for s in sites)
         if spend is None or model is None:
             raise JobFailed(FailureCode.INTERNAL)
