@@ -212,15 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         section = execute(settings, workdir=workdir, out=args.out).section
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(markdown(section))
+    print(section.markdown())
     return 0 if section.passed else 1
-
-
-def markdown(section: Section) -> str:
-    """Section.markdown() links figures relative to the repository; one drawn elsewhere (--out) by its path."""
-    elsewhere = [p for p in section.figures if not p.resolve().is_relative_to(ROOT)]
-    inside = replace(section, figures=[p for p in section.figures if p not in elsewhere])
-    return inside.markdown() + "".join(f"\n![{p.stem}]({p})\n" for p in elsewhere)
 
 
 if __name__ == "__main__":

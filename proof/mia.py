@@ -305,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     section = run(full=not args.quick, out=args.out.resolve(), shadows=args.shadows)
-    inside = [f for f in section.figures if f.is_relative_to(ROOT)]   # PROOF.md links figures by their path in the repository
-    print(dataclasses.replace(section, figures=inside).markdown())
-    print("\n".join(f"figure: {f}" for f in section.figures if f not in inside))
+    print(section.markdown())
     return 0 if section.passed else 1
 
 

@@ -32,5 +32,11 @@ class Section:
     def markdown(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
         head = f"## {self.title}\n\n*{self.date}; `{self.command}`; {verdict}.*\n\n"
-        pictures = "".join(f"\n![{p.stem}]({p.relative_to(ROOT).as_posix()})\n" for p in self.figures)
+        pictures = "".join(f"\n![{p.stem}]({_link(p)})\n" for p in self.figures)
         return head + self.body.rstrip() + "\n" + pictures
+
+
+def _link(figure: Path) -> str:
+    """PROOF.md links a figure by its path in the repository; one drawn elsewhere (a part's --out) by its own."""
+    resolved = figure.resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(figure)
