@@ -69,7 +69,11 @@ BASELINES: dict[str, Callable[[World], Message]] = {
         request_id=_id(), display_name="fuzz hospital", kind=identity_pb2.ORGANISATION_KIND_HOSPITAL),
     "AdminService/ListOrganisations": lambda w: identity_pb2.ListOrganisationsRequest(page_size=10),
     "AdminService/RotateKeys": lambda w: identity_pb2.RotateKeysRequest(request_id=_id()),
+    "AdminService/CreateConsoleLogin": lambda w: identity_pb2.CreateConsoleLoginRequest(
+        request_id=_id(), principal=w.names["maker"], username="fuzz.maker"),
     "IdentityService/WhoAmI": lambda w: identity_pb2.WhoAmIRequest(),
+    "IdentityService/SignIn": lambda w: identity_pb2.SignInRequest(username="fuzz.maker", password="not the password, fuzz"),
+    "IdentityService/SetConsolePassword": lambda w: identity_pb2.SetConsolePasswordRequest(new_password="a fuzzing password"),
     "DatasetService/GetDataset": lambda w: datasets_pb2.GetDatasetRequest(name=w.names["dataset"]),
     "DatasetService/ListDatasets": lambda w: datasets_pb2.ListDatasetsRequest(page_size=10),
     "DatasetService/DeleteDataset": lambda w: datasets_pb2.DeleteDatasetRequest(name=w.names["spare"], request_id=_id()),
@@ -86,6 +90,9 @@ BASELINES: dict[str, Callable[[World], Message]] = {
     "PrivacyService/ListPendingRequests": lambda w: privacy_pb2.ListPendingRequestsRequest(page_size=10),
     "PrivacyService/ApproveRequest": lambda w: privacy_pb2.DecideRequest(request_id=_id(), name=w.names["pending"], reason="fuzz"),
     "PrivacyService/RejectRequest": lambda w: privacy_pb2.DecideRequest(request_id=_id(), name=w.names["pending"], reason="fuzz"),
+    # "active" on an active share changes nothing, so the other RPCs keep a usable share while fuzzing.
+    "PrivacyService/SetShareState": lambda w: privacy_pb2.SetShareStateRequest(
+        request_id=_id(), dataset=w.names["dataset"], manufacturer=w.names["maker"], state="active", reason="fuzz"),
     "AuditService/VerifyAuditLog": lambda w: privacy_pb2.VerifyAuditLogRequest(),
     "AuditService/ExportAuditLog": lambda w: privacy_pb2.ExportAuditLogRequest(after_seq=0),
     "AttestationService/GetTrustBundle": lambda w: models_pb2.GetTrustBundleRequest(),

@@ -31,7 +31,12 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.AdminService/IssueToken": _ADMIN,
     "/cleanroom.v1.AdminService/RevokeToken": _ADMIN,
     "/cleanroom.v1.AdminService/ListTokens": _ADMIN,
+    "/cleanroom.v1.AdminService/CreateConsoleLogin": _ADMIN,
     "/cleanroom.v1.IdentityService/WhoAmI": ALL_ROLES,
+    # The console's sign-in exchanges a username and password for a token, so it needs none (ANONYMOUS).
+    "/cleanroom.v1.IdentityService/SignIn": ALL_ROLES,
+    "/cleanroom.v1.IdentityService/SetConsolePassword": ALL_ROLES,
+    "/cleanroom.v1.IdentityService/SignOut": ALL_ROLES,
     "/cleanroom.v1.DatasetService/UploadDataset": _OWNER,
     # Manufacturers see the schema of datasets shared with them; the service filters what exists.
     "/cleanroom.v1.DatasetService/GetDataset": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
@@ -40,13 +45,14 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.PrivacyService/ShareDataset": _OFFICER,
     "/cleanroom.v1.PrivacyService/SetBudget": _OFFICER,
     # Manufacturers see their own share's budget; the service filters the rest out.
-    "/cleanroom.v1.PrivacyService/GetBudgets": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.MANUFACTURER}),
+    "/cleanroom.v1.PrivacyService/GetBudgets": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.MANUFACTURER, Role.DATA_OWNER}),
     "/cleanroom.v1.PrivacyService/SetApprovalPolicy": _OFFICER,
     "/cleanroom.v1.PrivacyService/EstimateCost": frozenset({Role.PRIVACY_OFFICER, Role.MANUFACTURER}),
-    "/cleanroom.v1.PrivacyService/ListLedger": _OVERSIGHT,
+    "/cleanroom.v1.PrivacyService/ListLedger": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),
     "/cleanroom.v1.PrivacyService/ListPendingRequests": _OFFICER,
     "/cleanroom.v1.PrivacyService/ApproveRequest": _OFFICER,
     "/cleanroom.v1.PrivacyService/RejectRequest": _OFFICER,
+    "/cleanroom.v1.PrivacyService/SetShareState": frozenset({Role.PRIVACY_OFFICER, Role.DATA_OWNER}),
     "/cleanroom.v1.AuditService/VerifyAuditLog": _OVERSIGHT,
     "/cleanroom.v1.AttestationService/GetTrustBundle": ALL_ROLES,
     # Statistics over datasets shared with the caller, charged to the caller's share.
@@ -64,10 +70,20 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.JobService/WatchJob": _MAKER,
     "/cleanroom.v1.JobService/CancelJob": _MAKER,
     "/cleanroom.v1.JobService/DownloadArtifact": _MAKER,
+    # Releases: officers and auditors governing a release's dataset, and its manufacturer (the service
+    # reports any other exactly like a missing one).
+    "/cleanroom.v1.ReleaseService/ListReleases": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.MANUFACTURER}),
+    "/cleanroom.v1.ReleaseService/GetRelease": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.MANUFACTURER}),
+    "/cleanroom.v1.ReleaseService/DownloadReleaseArtifact": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.MANUFACTURER}),
 
     # Hospitals read the entries about their own datasets; the service filters the rest out.
     "/cleanroom.v1.AuditService/ExportAuditLog": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),
 }
+
+
+# Methods that also serve a caller without a token. They still pass the guard (errors, metrics);
+# the servicer reads no principal (`caller()` refuses one that has none).
+ANONYMOUS = frozenset({"/cleanroom.v1.IdentityService/SignIn"})
 
 
 def is_public(method: str) -> bool:

@@ -54,7 +54,7 @@ class CallContext:
     Servicers receive it where gRPC's stubs say `grpc.ServicerContext` and read the principal with
     `caller(context)`."""
 
-    def __init__(self, context: grpc.ServicerContext, principal: Principal) -> None:
+    def __init__(self, context: grpc.ServicerContext, principal: Principal | None) -> None:
         self._context = context
         self.principal = principal
 
@@ -65,7 +65,7 @@ class CallContext:
 def caller(context: grpc.ServicerContext) -> Principal:
     """The principal the guard authenticated and authorised for this call. A context that did not
     pass the guard has none: refused (fail closed), never served anonymously."""
-    if not isinstance(context, CallContext):
+    if not isinstance(context, CallContext) or context.principal is None:
         raise CleanroomError(ErrorCode.UNAUTHENTICATED, "a valid bearer token is required")
     return context.principal
 
@@ -135,12 +135,16 @@ class GuardInterceptor(grpc.ServerInterceptor):
         header = dict(metadata).get("x-request-id")  # text: only "-bin" headers carry bytes
         logs.request_id.set(logs.clean_request_id(header if isinstance(header, str) else None))
         context.set_trailing_metadata((("x-request-id", logs.request_id.get()),))
+        token = auth.bearer_token(metadata)
+        if token is None and method in auth.ANONYMOUS:
+            # No token, so no guess at one: the source limit is for token guessing; a sign-in is
+            # limited per username instead (the console signs everyone in from one address).
+            return CallContext(context, None)
         source = source_of(context.peer())
         wait = self._limiter.blocked(source) if self._limiter else None
         if wait is not None:  # before the token is looked at: a blocked source costs no database read
             self._on_auth_failure("rate_limited")
             raise CleanroomError(ErrorCode.AUTH_RATE_LIMITED, RATE_LIMITED, retry_after=wait)
-        token = auth.bearer_token(metadata)
         principal = self._principal(token, source) if token else None
         return CallContext(context, auth.authorize(method, principal))
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import grpc
 
 from cleanroom.api.guard import caller, request_key
+from cleanroom.domain.console_logins import check_username
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.pagination import next_page_token, parse_page
 from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.principals import PrincipalService
 from cleanroom.server.idempotency import Idempotency, check_request_id, fingerprint
 from cleanroom.v1 import identity_pb2, identity_pb2_grpc
-from cleanroom.wire.common import role_from_proto
+from cleanroom.wire.common import role_from_proto, timestamp
 from cleanroom.wire.identity import (
+    console_login_to_proto,
     lifetime_from_proto,
     organisation_id_from_name,
     organisation_kind_from_proto,
@@ -130,6 +132,52 @@ class AdminServicer(identity_pb2_grpc.AdminServiceServicer):
                                                next_page_token=next_page_token([t.id for t in tokens], page.size))
 
 
+    def CreateConsoleLogin(self, request: identity_pb2.CreateConsoleLoginRequest,
+                           context: grpc.ServicerContext) -> identity_pb2.CreateConsoleLoginResponse:
+        check_request_id(request.request_id)
+        principal_id = principal_id_from_name(request.principal, "principal")
+        check_username(request.username)
+        logins = self._principals.console_logins
+
+        def create() -> identity_pb2.CreateConsoleLoginResponse:
+            # The code is never stored, not even in the idempotency record: it is derived below.
+            login, _code, _expires = logins.create(principal_id, request.username, actor=caller(context).resource_name)
+            return identity_pb2.CreateConsoleLoginResponse(login=console_login_to_proto(login))
+
+        response = self._idempotency.run(
+            request_key(context, "CreateConsoleLogin", request.request_id), fingerprint(request),
+            identity_pb2.CreateConsoleLoginResponse, create
+        )
+        _login, code, expires = logins.current_code(principal_id)
+        response.one_time_code = code
+        if expires is not None:
+            response.code_expire_time.CopyFrom(timestamp(expires))
+        return response
+
+
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, principals: PrincipalService) -> None:
+        self._logins = principals.console_logins
+
     def WhoAmI(self, request: identity_pb2.WhoAmIRequest, context: grpc.ServicerContext) -> identity_pb2.Principal:
         return principal_to_proto(caller(context))
+
+    def SignIn(self, request: identity_pb2.SignInRequest, context: grpc.ServicerContext) -> identity_pb2.SignInResponse:
+        secret = request.WhichOneof("secret")
+        if not request.username or secret is None:
+            raise bad_request("give a username and its password or one-time code",
+                              FieldViolation("username" if not request.username else "password", "required"))
+        token, bearer, principal, must_set = self._logins.sign_in(
+            request.username, password=request.password if secret == "password" else None,
+            code=request.one_time_code if secret == "one_time_code" else None)
+        return identity_pb2.SignInResponse(bearer_token=bearer, token=token_to_proto(token),
+                                           principal=principal_to_proto(principal), must_set_password=must_set)
+
+    def SetConsolePassword(self, request: identity_pb2.SetConsolePasswordRequest,
+                           context: grpc.ServicerContext) -> identity_pb2.SetConsolePasswordResponse:
+        login = self._logins.set_password(caller(context), request.new_password)
+        return identity_pb2.SetConsolePasswordResponse(login=console_login_to_proto(login))
+
+    def SignOut(self, request: identity_pb2.SignOutRequest, context: grpc.ServicerContext) -> identity_pb2.SignOutResponse:
+        self._logins.sign_out(caller(context), token_id_from_name(request.token))
+        return identity_pb2.SignOutResponse()

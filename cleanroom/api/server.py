@@ -22,6 +22,7 @@ from cleanroom.api.identity_servicers import AdminServicer, IdentityServicer
 from cleanroom.api.job_servicers import JobServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
 from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
+from cleanroom.api.release_servicers import ReleaseServicer
 from cleanroom.api.stats_servicers import StatsServicer
 from cleanroom.identity.ratelimit import FailureLimiter
 from cleanroom.server.config import ServerConfig
@@ -36,6 +37,8 @@ from cleanroom.v1 import (
     models_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    releases_pb2,
+    releases_pb2_grpc,
     stats_pb2,
     stats_pb2_grpc,
 )
@@ -57,6 +60,7 @@ SERVICE_NAMES = (
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     stats_pb2.DESCRIPTOR.services_by_name["StatsService"].full_name,
+    releases_pb2.DESCRIPTOR.services_by_name["ReleaseService"].full_name,
 )
 
 
@@ -94,7 +98,7 @@ class Server:
         identity_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(app.principals, app.keys, app.idempotency), self._grpc
         )
-        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(), self._grpc)
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(app.principals), self._grpc)
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
             DatasetServicer(app.datasets, app.idempotency), self._grpc
         )
@@ -106,6 +110,7 @@ class Server:
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app.models, app.idempotency), self._grpc)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app.jobs, app.idempotency), self._grpc)
         stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(app.stats, app.answered_idempotency), self._grpc)
+        releases_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(app.releases), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), self._grpc)  # v1 and v1alpha
 
@@ -124,6 +129,8 @@ class Server:
         if self.app.config.metrics_listen:
             self.metrics_port = self.app.metrics.serve(self.app.config.metrics_listen)
         self.app.runner.start()
+        if self.app.notifier is not None:
+            self.app.notifier.start()  # nothing when no notification channel is configured
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.app.config.port_file:  # renamed into place: a reader never sees it half written

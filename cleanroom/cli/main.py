@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from google.protobuf import json_format
 
 import enclave_sim
+from cleanroom.cli import console_logins as cli_console_logins
 from cleanroom.cli import jobs as cli_jobs
 from cleanroom.cli import models as cli_models
 from cleanroom.cli import organisations as cli_organisations
@@ -193,6 +194,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     create.add_argument("--token-lifetime", type=cli_tokens.lifetime, help="how long its first token works, e.g. 90d; default: no expiry")
     cli_organisations.register(admin, _client)
     cli_tokens.register(admin, _client)
+    cli_console_logins.register(admin, _client)
     _add(admin, "rotate-keys", cmd_rotate_keys, "new key-encryption key; re-wrap every dataset key")
     gc = _add(admin, "gc", cmd_gc, "list blobs no dataset, model or job artefact references; remove them only with --yes "
               "(run on the server host; refuses if the database and blob store do not belong together)")

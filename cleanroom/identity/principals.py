@@ -20,6 +20,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, b
 from cleanroom.domain.identity import Principal, Role, hash_token, new_principal_id
 from cleanroom.domain.organisations import OPERATOR_ID, Organisation, OrgKind, new_organisation_id
 from cleanroom.domain.pagination import PageRequest
+from cleanroom.identity.console_logins import ConsoleLoginService
 from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.tokens import TokenService
 from cleanroom.storage import audit_repo, clock, organisation_repo, principal_repo
@@ -44,6 +45,7 @@ class PrincipalService:
     def __init__(self, db: Database, keys: KeyService) -> None:
         self._db = db
         self.tokens = TokenService(db, keys)
+        self.console_logins = ConsoleLoginService(db, self.tokens)
 
     def token_for(self, principal_id: str) -> str:
         """The bearer token made with the principal."""

@@ -14,6 +14,7 @@ import grpc
 from cleanroom.domain.streams import WindowSpec
 from cleanroom.sdk.cohort import Site, cohort_protos
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
+from cleanroom.sdk.releases import ReleaseCalls
 from cleanroom.sdk.schema import Schema, with_linkage_column
 from cleanroom.sdk.streams import set_windows
 from cleanroom.sdk.tokens import TokenCalls
@@ -30,6 +31,7 @@ from cleanroom.v1 import (
     models_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    releases_pb2_grpc,
     stats_pb2,
     stats_pb2_grpc,
 )
@@ -72,7 +74,7 @@ def _credentials(tls_ca: str | None, client_cert: str | None, client_key: str | 
     return grpc.ssl_channel_credentials(read(tls_ca), read(client_key), read(client_cert))
 
 
-class Client(TokenCalls):
+class Client(TokenCalls, ReleaseCalls):
     def __init__(
         self,
         target: str,
@@ -99,6 +101,7 @@ class Client(TokenCalls):
         self.attestation = models_pb2_grpc.AttestationServiceStub(self._channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.stats = stats_pb2_grpc.StatsServiceStub(self._channel)
+        self.releases = releases_pb2_grpc.ReleaseServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -146,6 +149,28 @@ class Client(TokenCalls):
 
     def list_principals(self, page_size: int = 0) -> Iterator[identity_pb2.Principal]:
         return self._pages(self.admin.ListPrincipals, identity_pb2.ListPrincipalsRequest(page_size=page_size), "principals")
+
+    def create_console_login(self, principal: str, username: str, *,
+                             request_id: str | None = None) -> identity_pb2.CreateConsoleLoginResponse:
+        """A web-console sign-in for `principal` ("principals/{id}"): its one-time code is in the answer."""
+        return self._call(self.admin.CreateConsoleLogin, identity_pb2.CreateConsoleLoginRequest(
+            request_id=request_id or _request_id(), principal=principal, username=username))
+
+    def sign_in(self, username: str, *, password: str | None = None, one_time_code: str | None = None) -> identity_pb2.SignInResponse:
+        """Exchanges a console login for a short-lived bearer token (needs no token of its own)."""
+        request = identity_pb2.SignInRequest(username=username)
+        if one_time_code is not None:
+            request.one_time_code = one_time_code
+        else:
+            request.password = password or ""
+        return self._call(self.identity.SignIn, request)
+
+    def set_console_password(self, new_password: str) -> identity_pb2.SetConsolePasswordResponse:
+        return self._call(self.identity.SetConsolePassword, identity_pb2.SetConsolePasswordRequest(new_password=new_password))
+
+    def sign_out(self, token: str) -> None:
+        """Revokes this client's own session token, named "tokens/{id}"."""
+        self._call(self.identity.SignOut, identity_pb2.SignOutRequest(token=token))
 
     def rotate_keys(self) -> identity_pb2.RotateKeysResponse:
         return self._call(self.admin.RotateKeys, identity_pb2.RotateKeysRequest(request_id=_request_id()))
@@ -215,13 +240,14 @@ class Client(TokenCalls):
 
     def set_approval_policy(
         self, dataset: str, *, max_epsilon: float, auto_approve_epsilon: float = 0.0, max_delta: float = 0.0, reason: str,
-        stats_rows_per_patient: int = 0, require_privacy_audit: bool = False,
+        stats_rows_per_patient: int = 0, require_privacy_audit: bool = False, approvals_required: int = 0,
     ) -> privacy_pb2.ApprovalPolicy:
-        """require_privacy_audit: training jobs release weights only after the one-run privacy audit."""
+        """require_privacy_audit: training jobs release weights only after the one-run privacy audit.
+        approvals_required: 2 for two different officers' approvals (0 keeps the default, 1)."""
         policy = privacy_pb2.ApprovalPolicy(
             dataset=dataset, max_epsilon_per_request=max_epsilon, max_delta_per_request=max_delta,
             auto_approve_epsilon=auto_approve_epsilon, stats_rows_per_patient=stats_rows_per_patient,
-            require_privacy_audit=require_privacy_audit,
+            require_privacy_audit=require_privacy_audit, approvals_required=approvals_required,
         )
         request = privacy_pb2.SetApprovalPolicyRequest(request_id=_request_id(), policy=policy, reason=reason)
         return self._call(self.privacy.SetApprovalPolicy, request)
@@ -238,6 +264,17 @@ class Client(TokenCalls):
 
     def pending_requests(self, page_size: int = 0) -> Iterator[privacy_pb2.PrivacyRequest]:
         return self._pages(self.privacy.ListPendingRequests, privacy_pb2.ListPendingRequestsRequest(page_size=page_size), "requests")
+
+    def pending_page(self, page_size: int = 0, page_token: str = "") -> privacy_pb2.ListPendingRequestsResponse:
+        """One page of the officer's inbox, with each dataset's budgets once every pending request were approved."""
+        request = privacy_pb2.ListPendingRequestsRequest(page_size=page_size, page_token=page_token)
+        return self._call(self.privacy.ListPendingRequests, request)
+
+    def set_share_state(self, dataset: str, manufacturer: str, state: str, *, reason: str) -> privacy_pb2.BudgetReport:
+        """state: "paused" (no new reservations), "active" (resumed) or "withdrawn" (final)."""
+        request = privacy_pb2.SetShareStateRequest(request_id=_request_id(), dataset=dataset, manufacturer=manufacturer,
+                                                   state=state, reason=reason)
+        return self._call(self.privacy.SetShareState, request)
 
     def approve(self, name: str, reason: str) -> privacy_pb2.PrivacyRequest:
         return self._call(self.privacy.ApproveRequest, privacy_pb2.DecideRequest(request_id=_request_id(), name=name, reason=reason))

@@ -68,6 +68,23 @@ class TokenRow(Base):
     created_by: Mapped[str] = mapped_column(String(64), default="")
 
 
+class ConsoleLoginRow(Base):
+    """A web-console sign-in bound to one principal (migration 0013): a scrypt password hash and
+    the hash of the current one-time code (derived from the token root, never stored)."""
+
+    __tablename__ = "console_logins"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), unique=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    code_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    code_generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
 

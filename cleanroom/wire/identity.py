@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from google.protobuf.duration_pb2 import Duration
 
+from cleanroom.domain.console_logins import ConsoleLogin
 from cleanroom.domain.credentials import MAX_LIFETIME, Token, check_lifetime
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
@@ -67,6 +68,11 @@ def token_to_proto(token: Token) -> identity_pb2.Token:
     if token.revoked_at is not None:
         message.revoke_time.CopyFrom(timestamp(token.revoked_at))
     return message
+
+
+def console_login_to_proto(login: ConsoleLogin) -> identity_pb2.ConsoleLogin:
+    return identity_pb2.ConsoleLogin(username=login.username, principal=f"principals/{login.principal_id}",
+                                     create_time=timestamp(login.created_at), password_set=login.password_set)
 
 
 def token_id_from_name(name: str, field: str = "token") -> str:
