@@ -181,12 +181,15 @@ MAY_IMPORT: dict[str, set[str]] = {
     "privacy": {"observability", "storage"},
     "jobs": {"attestation", "crypto", "identity", "models", "observability", "privacy", "sandbox", "storage", "enclave_sim"},
     "statistics": {"attestation", "jobs", "observability", "privacy", "sandbox", "storage", "statistics.engine", "enclave_sim"},
+    "notifications": {"observability", "privacy", "storage"},
     "worker": {"crypto", "models", "sandbox", "statistics.engine", "trainer", "enclave_sim"},
     "wire": {"statistics.engine"},
     "api": SERVICES - {"storage", "crypto", "sandbox"} | {"server", "wire", "statistics.engine"},  # services, never their storage
-    "server": SERVICES | {"statistics.engine", "enclave_sim"},
+    "server": SERVICES | {"statistics.engine", "enclave_sim", "notifications"},
     "sdk": {"wire", "models", "statistics.engine", "trainer", "enclave_sim"},
-    "cli": {"sdk", "api", "server", "storage", "attestation", "statistics.engine", "enclave_sim"},
+    # The web console is an API client: what it shows and does goes through the SDK.
+    "console": {"sdk", "wire", "statistics.engine", "trainer", "enclave_sim"},
+    "cli": {"console", "sdk", "api", "server", "storage", "attestation", "statistics.engine", "enclave_sim"},
 }
 
 

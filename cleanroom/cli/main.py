@@ -10,11 +10,13 @@ from collections.abc import Callable, Sequence
 from google.protobuf import json_format
 
 import enclave_sim
+from cleanroom.cli import console as cli_console
 from cleanroom.cli import console_logins as cli_console_logins
 from cleanroom.cli import jobs as cli_jobs
 from cleanroom.cli import models as cli_models
 from cleanroom.cli import organisations as cli_organisations
 from cleanroom.cli import privacy as cli_privacy
+from cleanroom.cli import releases as cli_releases
 from cleanroom.cli import render
 from cleanroom.cli import stats as cli_stats
 from cleanroom.cli import streams as cli_streams
@@ -227,11 +229,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     delete.add_argument("dataset", help="datasets/{id}")
     delete.add_argument("--yes", action="store_true", help="confirm: the data cannot be recovered")
 
+    cli_console.register(sub)
     cli_privacy.register(sub, _client)
     cli_models.register(sub, _client)
     cli_jobs.register(sub, _client)
     cli_stats.register(sub, _client)
     cli_trust.register(sub, _client)
+    cli_releases.register(sub, _client)
     return parser
 
 
