@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 import enclave_sim
 from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain import deid
@@ -31,6 +33,7 @@ from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal
 from cleanroom.domain.privacy import Mechanism, Privacy, SpendState
+from cleanroom.domain.releases import new_answer_release_id
 from cleanroom.jobs.release import canonical_parameters
 from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService, GroupRequest
@@ -50,7 +53,7 @@ from cleanroom.statistics.engine.codec import (
 from cleanroom.statistics.engine.plan import DEFAULT_ROWS_PER_PATIENT
 from cleanroom.statistics.outcomes import ApprovalRequired, QueryEstimate, QueryResult, error_code, worker_error
 from cleanroom.statistics.pool import CohortSource, DatasetSource, SiteSource, Source, StatsWorkerPool, WorkerFailed
-from cleanroom.storage import audit_repo, dataset_repo, privacy_repo
+from cleanroom.storage import audit_repo, clock, dataset_repo, privacy_repo, release_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.storage.db import Database
 from cleanroom.storage.group_commit import GroupCommit, NotCommitted
@@ -169,7 +172,8 @@ class StatsQueryService:
         priced = self._priced_cohort(principal, sites, query)
         spend_id = self._reserve_cohort(principal, priced, privacy_request)
         return self._answer_reserved(spend_id, self._cohort_work(priced), lambda: self._ledger.mark_decrypted(spend_id),
-                                     lambda spent: priced.audit_records(principal.resource_name, "stats.answer", spent, spend_id))
+                                     lambda spent: priced.audit_records(principal.resource_name, "stats.answer", spent, spend_id),
+                                     _Filed(principal.id, tuple(priced.dataset_ids)))
 
     def _priced_cohort(self, principal: Principal, sites: tuple[CohortSite, ...], query: Query) -> CohortPriced:
         """Every site shared with the caller (NOT_FOUND as for one dataset), then checked and priced."""
@@ -238,7 +242,9 @@ class StatsQueryService:
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
             raise
         try:  # audit before release: the answer leaves only once its entry (what it paid) is committed
-            self._journal.commit(self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id))
+            record = self._record(principal, priced, "stats.answer", draw.cost, draw.spend_id)
+            filed = _Filed(principal.id, (dataset.id,))
+            self._journal.commit(lambda session: filed.store(session, [record], draw.spend_id, draw.cost, query.kind, answer_json, receipt))
         except NotCommitted:
             log.error("a statistics answer was withheld: its audit entry could not be written")
             self._metrics.stats_queries.labels(query.kind, "failed").inc()
@@ -261,10 +267,11 @@ class StatsQueryService:
         spend_id = self._reserve(principal, dataset, query, cost, reference, privacy_request, decrypted=born_decrypted)
         opening = (lambda: None) if born_decrypted else (lambda: self._ledger.mark_decrypted(spend_id))
         return self._answer_reserved(spend_id, self._work(priced), opening,
-                                     lambda spent: [self._record(principal, priced, "stats.answer", spent, spend_id)])
+                                     lambda spent: [self._record(principal, priced, "stats.answer", spent, spend_id)],
+                                     _Filed(principal.id, (dataset.id,)))
 
     def _answer_reserved(self, spend_id: str, work: _Work, opening: Callable[[], None],
-                         records: Callable[[Privacy], list[audit_repo.Record]]) -> QueryResult:
+                         records: Callable[[Privacy], list[audit_repo.Record]], filed: _Filed) -> QueryResult:
         """Answers on a reservation of its own: a failure settles it before the error leaves (spent once
         the data was opened), an answer commits what it spent together with its audit `records`."""
         kind = work.query.kind
@@ -275,9 +282,9 @@ class StatsQueryService:
             self._metrics.stats_queries.labels(kind, "failed").inc()
             raise
         spent = Privacy.cost(answer.epsilon, answer.delta)
-        with self._db.transaction() as session:  # the commit and its audit entries, together
+        with self._db.transaction() as session:  # the commit, its audit entries and its release, together
             self._ledger.release_in(session, spend_id, spent)
-            audit_repo.append_many(session, records(spent))
+            filed.store(session, records(spent), spend_id, spent, kind, answer_json, receipt)
         self._metrics.stats_queries.labels(kind, "answered").inc()
         return QueryResult(answer, answer_json, receipt, spend_id)
 
@@ -385,6 +392,22 @@ class StatsQueryService:
             dp_parameters=canonical_parameters(parameters), epsilon_spent=answer.epsilon, accountant="basic",
             dataset_commitment=work.commitment, released_files={ANSWER_FILE: answer_json}, nonce=nonce,
         )
+
+
+@dataclass(frozen=True)
+class _Filed:
+    """Who asked over which datasets: what an answer's release (its page for officers) is filed under."""
+
+    manufacturer_id: str
+    dataset_ids: tuple[str, ...]
+
+    def store(self, session: Session, records: list[audit_repo.Record], spend_id: str, spent: Privacy, kind: str,
+              answer_json: bytes, receipt: bytes) -> None:
+        """Appends the answer's audit records and stores it as a release naming them, in one transaction."""
+        entries = audit_repo.append_many(session, records)
+        release_repo.add_answer(session, release_repo.StoredAnswer(
+            new_answer_release_id(), self.manufacturer_id, self.dataset_ids, kind, entries[0].target, spend_id, spent,
+            answer_json, receipt, tuple(e.seq for e in entries), clock.now()))
 
 
 def _mechanism(query: Query) -> Mechanism:
