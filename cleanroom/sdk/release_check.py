@@ -126,13 +126,13 @@ def _epsilon(report: enclave_sim.ResultReport, release: releases_pb2.Release) ->
 
 def _recomputer(accountant: str) -> Callable[[Mapping[str, Any]], float]:
     if accountant == "basic":  # a statistics answer: its steps' ε add up (basic composition)
-        return _basic_composition
+        return basic_composition_epsilon
     from cleanroom.sdk.verify import recompute_epsilon
 
     return lambda parameters: recompute_epsilon(parameters, accountant)
 
 
-def _basic_composition(parameters: Mapping[str, Any]) -> float:
+def basic_composition_epsilon(parameters: Mapping[str, Any]) -> float:
     steps = [float(Decimal(str(value))) for key, value in parameters.items() if key.endswith(".epsilon")]
     if not steps:
         raise ValueError("no step states its ε")
