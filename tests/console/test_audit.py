@@ -51,6 +51,9 @@ def test_entries_appear_newest_first_filter_and_page(console) -> None:
     assert len(_seqs(only.body)) == 2 and "2 matching entries" in only.body
     text = officer.get("/audit?q=TESTS/54")  # free text, any case, over action, actor and target
     assert len(_seqs(text.body)) == 1 and "tests/54" in text.body
+    searched = officer.get("/audit?q=test.marker")  # 55 matches: the next page keeps the search
+    assert "q=test.marker&amp;page=2" in searched.body
+    assert set(re.findall(r"<td>(test\.\w+)</td>", officer.get("/audit?q=test.marker&page=2").body)) == {"test.marker"}
     assert _seqs(officer.get("/audit?action=test.marker&target=tests/1").body)  # filters combine
     assert _seqs(officer.get("/audit?since=2999-01-01").body) == []
     bad = officer.get("/audit?since=yesterday&page=zz")

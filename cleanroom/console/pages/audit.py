@@ -55,7 +55,8 @@ class Filters:
 
     def query(self, page_number: int) -> str:
         """The query string of this search at another page."""
-        values = {k: v for k, v in vars(self).items() if v}
+        names = {"text": "q"}  # the form's field for free text
+        values = {names.get(k, k): v for k, v in vars(self).items() if v}
         return urlencode({**values, "page": page_number})
 
 
