@@ -117,3 +117,26 @@ def test_another_hospitals_officer_and_a_manufacturer_find_nothing(console, hosp
                          csrf_from="/budgets").status == 404
     assert hospitals.officer.get_budgets(hospitals.dataset).budgets[0].cap.epsilon == 10
     assert console.signed_in(Role.MANUFACTURER).get(f"/budgets/{hospitals.dataset_id}").status == 404
+
+
+def test_the_preview_counts_in_the_ledgers_units_and_the_chart_steps_at_each_commit() -> None:
+    from cleanroom.console.pages.budget_chart import chart, spend_points
+    from cleanroom.console.pages.budget_preview import how_many
+    from cleanroom.v1 import privacy_pb2
+
+    assert how_many(3.0, 0.0, 0.1, 0.0) == 30  # not 29 from 3.0 / 0.1 in floating point
+    assert how_many(1.0, 1e-5, 0.3, 4e-6) == 2  # δ runs out first
+    assert how_many(1.0, 1e-5, 0.0, 0.0) == 0
+
+    def event(seq: int, kind: str, budgets: list[str], epsilon: float) -> privacy_pb2.LedgerEvent:
+        return privacy_pb2.LedgerEvent(seq=seq, kind=kind, budgets=budgets, amount=privacy_pb2.PrivacyAmount(epsilon=epsilon))
+
+    share = "datasets/d/manufacturers/m"
+    events = [event(2, "commit", ["datasets/d", share], 1.0), event(1, "cap", ["datasets/d"], 4.0),
+              event(3, "reserve", ["datasets/d", share], 2.0), event(4, "commit", ["datasets/d", share], 2.0),
+              event(5, "commit", ["datasets/other"], 9.0)]
+    points = spend_points("datasets/d", events, {share: "Acme"})
+    assert [(p.seq, p.cumulative, p.who) for p in points] == [(2, 1.0, "Acme"), (4, 3.0, "Acme")]
+    drawn = chart(points, cap=4.0)
+    *_, last = drawn.polyline.split()
+    assert float(last.split(",")[1]) == pytest.approx(drawn.cap_y + (drawn.bottom_edge - drawn.cap_y) / 4)  # 3 of 4 ε up the axis
