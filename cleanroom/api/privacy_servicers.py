@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from cleanroom.api.guard import caller, request_key
 from cleanroom.domain.approvals import PrivacyRequest
 from cleanroom.domain.audit import Anchor
+from cleanroom.domain.budgets import ShareState
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import next_page_token, parse_page
@@ -31,6 +32,7 @@ from cleanroom.wire.privacy import (
     cost_from_proto,
     event_kind_from_proto,
     event_to_proto,
+    pending_composition_to_proto,
     policy_from_proto,
     policy_to_proto,
     privacy_request_id_from_name,
@@ -131,7 +133,9 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
             message.remaining_before.extend(budget_lines_to_proto(estimate.balances))
             message.remaining_after.extend(budget_lines_to_proto(estimate.balances_after()))
             messages.append(message)
-        return privacy_pb2.ListPendingRequestsResponse(requests=messages, next_page_token=next_page_token([p.id for p in pending], page.size))
+        compositions = self._approvals.pending_compositions(officer, [p.dataset_id for p in pending])
+        return privacy_pb2.ListPendingRequestsResponse(requests=messages, next_page_token=next_page_token([p.id for p in pending], page.size),
+                                                       compositions=[pending_composition_to_proto(c) for c in compositions])
 
     def ApproveRequest(self, request: privacy_pb2.DecideRequest, context: grpc.ServicerContext) -> privacy_pb2.PrivacyRequest:
         request_id, officer = privacy_request_id_from_name(request.name), caller(context)
@@ -142,6 +146,18 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         request_id, officer = privacy_request_id_from_name(request.name), caller(context)
         return self._once(context, "RejectRequest", request, request.request_id, privacy_pb2.PrivacyRequest,
                           lambda: self._decided(officer, self._approvals.reject(officer, request_id, request.reason)))
+
+    def SetShareState(self, request: privacy_pb2.SetShareStateRequest, context: grpc.ServicerContext) -> privacy_pb2.BudgetReport:
+        dataset_id = dataset_id_from_name(request.dataset)
+        manufacturer_id = principal_id_from_name(request.manufacturer, "manufacturer")
+        state = ShareState.parse(request.state)
+        principal = caller(context)
+
+        def set_state() -> privacy_pb2.BudgetReport:
+            self._budgets.set_share_state(principal, dataset_id, manufacturer_id, state, request.reason)
+            return budget_report_to_proto(self._budgets.view(principal, dataset_id))
+
+        return self._once(context, "SetShareState", request, request.request_id, privacy_pb2.BudgetReport, set_state)
 
     def _decided(self, officer: Principal, decided: PrivacyRequest) -> privacy_pb2.PrivacyRequest:
         return request_to_proto(decided, self._approvals.visible_group(officer, decided))

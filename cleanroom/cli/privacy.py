@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from cleanroom.cli import render
 from cleanroom.sdk import Client
+from cleanroom.v1 import privacy_pb2
 
 ClientFactory = Callable[[argparse.Namespace], Client]
 
@@ -53,7 +54,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: C
     policy.add_argument("--require-privacy-audit", action="store_true",
                         help="training jobs release weights only after a one-run privacy audit (canaries in the "
                              "released run) finds no more leakage than the claimed ε; a failed audit fails the job")
+    policy.add_argument("--approvals-required", type=int, default=0, choices=[0, 1, 2],
+                        help="2: a request above the auto-approve line needs two different officers' approvals (default 1)")
     _reason(policy)
+
+    for verb, state, what in (("pause", "paused", "pause a share: no new reservations; work already reserved runs on"),
+                              ("resume", "active", "resume a paused share"),
+                              ("withdraw", "withdrawn", "withdraw a share for good: the manufacturer no longer sees the dataset")):
+        change = _command(actions, verb, what, _share_state(client, state))
+        change.add_argument("dataset", help="datasets/{id}")
+        change.add_argument("manufacturer", help="principals/{id}")
+        _reason(change)
 
     estimate = _command(actions, "estimate", "dry run: cost, policy decision and what would remain", _estimate(client))
     estimate.add_argument("dataset", help="datasets/{id}")
@@ -90,10 +101,23 @@ def _set_policy(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
         p = client(a).set_approval_policy(a.dataset, max_epsilon=a.max_epsilon, max_delta=a.max_delta,
                                           auto_approve_epsilon=a.auto_approve_epsilon, reason=a.reason,
                                           stats_rows_per_patient=a.stats_rows_per_patient,
-                                          require_privacy_audit=a.require_privacy_audit)
+                                          require_privacy_audit=a.require_privacy_audit,
+                                          approvals_required=a.approvals_required)
         audit = "; training weights released only after the one-run privacy audit" if p.require_privacy_audit else ""
+        officers = "; two different officers approve what waits" if p.approvals_required > 1 else ""
         print(f"{p.dataset}: at most ε {p.max_epsilon_per_request:g}, δ {p.effective_max_delta:.2g} per request; "
-              f"auto-approve up to ε {p.auto_approve_epsilon:g}; statistics bound {p.stats_rows_per_patient} row(s) per patient{audit}")
+              f"auto-approve up to ε {p.auto_approve_epsilon:g}; statistics bound {p.stats_rows_per_patient} row(s) per patient"
+              f"{audit}{officers}")
+    return run
+
+
+def _share_state(client: ClientFactory, state: str) -> Callable[[argparse.Namespace], None]:
+    def run(a: argparse.Namespace) -> None:
+        report = client(a).set_share_state(a.dataset, a.manufacturer, state, reason=a.reason)
+        print(render.budget_table(report))
+        for b in report.budgets:
+            if b.share_state:
+                print(f"{b.name}: {b.share_state}" + (f" ({b.share_state_reason})" if b.share_state_reason else ""))
     return run
 
 
@@ -114,12 +138,25 @@ def _ledger(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
 
 def _pending(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
-        rows = []
-        for r in client(a).pending_requests():
-            after = f"{min(b.remaining.epsilon for b in r.remaining_after):g}" if r.remaining_after else "does not fit"
-            cohort = f"your part of {r.group}" if r.group else "-"  # other hospitals' parts are theirs to decide
-            rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", after, cohort))
-        print(render.table(("request", "dataset", "manufacturer", "kind", "ε", "ε left after", "cohort"), rows))
+        rows: list[tuple[str, ...]] = []
+        totals: list[privacy_pb2.PendingComposition] = []
+        c, token = client(a), ""
+        while True:
+            page = c.pending_page(page_token=token)
+            for r in page.requests:
+                after = f"{min(b.remaining.epsilon for b in r.remaining_after):g}" if r.remaining_after else "does not fit"
+                cohort = f"your part of {r.group}" if r.group else "-"  # other hospitals' parts are theirs to decide
+                approvals = f"{len(r.approvals)}/{r.approvals_required}"
+                rows.append((r.name, r.dataset, r.manufacturer, r.kind, f"{r.cost.epsilon:g}", after, approvals, cohort))
+            totals.extend(page.compositions)
+            if not page.next_page_token:
+                break
+            token = page.next_page_token
+        print(render.table(("request", "dataset", "manufacturer", "kind", "ε", "ε left after", "approvals", "cohort"), rows))
+        for composition in {t.dataset: t for t in totals}.values():  # each page repeats its datasets' composition
+            left = min((b.remaining.epsilon for b in composition.remaining_after), default=0.0)
+            unfit = f"; {len(composition.not_fitting)} would no longer fit" if composition.not_fitting else ""
+            print(f"{composition.dataset}: approving all {len(composition.included)} pending leaves ε {left:g} on its tightest budget{unfit}")
     return run
 
 
@@ -128,7 +165,9 @@ def _decide(client: ClientFactory, verb: str) -> Callable[[argparse.Namespace], 
         c = client(a)
         decided = c.approve(a.request, a.reason) if verb == "approve" else c.reject(a.request, a.reason)
         print(f"{decided.name}: {decided.state}")
-        if decided.group and decided.state == "approved":
+        if decided.state == "pending":
+            print(f"approval {len(decided.approvals)} of {decided.approvals_required} recorded: a second officer must approve")
+        elif decided.group and decided.state == "approved":
             print(f"part of the cohort request {decided.group}: its budget is reserved once every hospital's officers approve")
         elif decided.group:
             print(f"the whole cohort request {decided.group} is rejected: no hospital's budget was reserved")

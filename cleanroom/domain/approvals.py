@@ -17,6 +17,10 @@ DEFAULT_MAX_EPSILON = 10 * EPSILON_SCALE
 # The most rows one patient may contribute to a statistic under any policy: the statistics engine's
 # bound (MAX_ROWS_PER_PATIENT in cleanroom/statistics/engine/query.py; tests/wire keeps them equal).
 MAX_STATS_ROWS_PER_PATIENT = 10_000
+# Two-officer approval ("four eyes"): a request above the auto-approve line needs this many
+# approvals, each by a different officer governing the dataset.
+MAX_APPROVALS_REQUIRED = 2
+SECOND_OFFICER_NEEDED = "a second officer must approve: this officer has already approved this request"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class ApprovalPolicy:
     # Jobs: weights are released only after the one-run privacy audit (trainer/audit.py) finds no
     # evidence that the trainer spent more than it claims.
     require_privacy_audit: bool = False
+    approvals_required: int = 1  # 2: two different officers must approve what waits for an officer
 
     def delta_limit(self, patients: int) -> int:
         default = default_delta_limit(patients)
@@ -75,6 +80,24 @@ class RequestState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Approval:
+    """One officer's approval of a pending request."""
+
+    officer_id: str
+    at: datetime
+    reason: str = ""
+
+
+def needs_more_approvals(approvals: tuple[Approval, ...], required: int) -> bool:
+    """Whether a request with these approvals (the newest included) still waits for another officer."""
+    return len({a.officer_id for a in approvals}) < required
+
+
+def already_approved(approvals: tuple[Approval, ...], officer_id: str) -> bool:
+    return any(a.officer_id == officer_id for a in approvals)
+
+
+@dataclass(frozen=True)
 class PrivacyRequest:
     """A job's or query's ask to spend (ε, δ) on a dataset; approved requests hold a reservation."""
 
@@ -95,6 +118,9 @@ class PrivacyRequest:
     # A cohort request is one row per dataset, each decided by that dataset's own officers, joined
     # by a group id (the first row's id). It is approved once every row is, and rejected by any.
     group_id: str | None = None
+    # How many different officers must approve (the dataset's policy at submission), and who has.
+    approvals_required: int = 1
+    approvals: tuple[Approval, ...] = ()
 
     @property
     def resource_name(self) -> str:

@@ -20,15 +20,19 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from cleanroom.domain.approvals import (
+    SECOND_OFFICER_NEEDED,
+    Approval,
     Decision,
     PolicyCheck,
     PrivacyRequest,
     RequestState,
+    already_approved,
     check_against_policy,
+    needs_more_approvals,
     new_request_id,
     new_spend_id,
 )
-from cleanroom.domain.budgets import BudgetLine
+from cleanroom.domain.budgets import BudgetLine, PendingComposition, ShareState, compose_pending
 from cleanroom.domain.budgets import Estimate as Estimate  # re-exported: callers name it here
 from cleanroom.domain.cohort import MAX_SITES
 from cleanroom.domain.cost_reasons import Rule, budget_reason
@@ -37,7 +41,7 @@ from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.domain.privacy import ZERO, Balance, Privacy, dataset_budget_id, share_budget_id
 from cleanroom.domain.privacy_audit import audit_cost_statement
-from cleanroom.privacy.budgets import NOT_FOUND, load_dataset, require_reason, retry_after_release
+from cleanroom.privacy.budgets import NOT_FOUND, budget_lines, load_dataset, require_reason, retry_after_release
 from cleanroom.privacy.ledger import SYSTEM, BudgetExhausted, Ledger, SpendRequest
 from cleanroom.privacy.scope import governed_dataset_ids, governs_dataset
 from cleanroom.storage import audit_repo, clock, dataset_repo, principal_repo, privacy_repo
@@ -46,6 +50,8 @@ from cleanroom.storage.db import Database
 T = TypeVar("T")
 REQUEST_NOT_FOUND = "privacy request not found"
 REJECTED_ELSEWHERE = "rejected by another site's officer"
+PAUSED_NOTE = "the share is paused by the hospital: no new work is reserved on it until it is resumed"
+MAX_COMPOSED = 10_000  # pending requests of one dataset composed for the inbox; a queue is far shorter
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class ApprovalService:
             whole, share = (_unheld(privacy_repo.get_balance(session, budget_id), held)
                             for budget_id in (dataset_budget_id(dataset_id), share_budget_id(dataset_id, manufacturer_id)))
             manufacturer = principal_repo.get_principal(session, manufacturer_id)
+            paused = privacy_repo.share_state(session, dataset_id, manufacturer_id) is ShareState.PAUSED
         officer = principal.role is not Role.MANUFACTURER
         refusals = (budget_reason(Rule.DATASET_BUDGET, dataset_budget_id(dataset_id), whole, cost, show_numbers=officer),
                     budget_reason(Rule.SHARE_BUDGET, share_budget_id(dataset_id, manufacturer_id), share, cost))
@@ -115,7 +122,9 @@ class ApprovalService:
                                  if balance is not None), key=lambda line: line.budget_id))
         reasons = tuple(r for r in refusals if r is not None)
         notes = (audit_cost_statement(dataset.patient_count),) if policy.require_privacy_audit else ()
-        return Estimate(cost, check, balances, not reasons, reasons, notes)
+        if paused:  # nothing is reserved on a paused share until the hospital resumes it
+            notes = (PAUSED_NOTE, *notes)
+        return Estimate(cost, check, balances, not reasons and not paused, reasons, notes)
 
     def submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         """Refused by policy -> error; within auto-approval -> approved and reserved; else pending."""
@@ -129,13 +138,16 @@ class ApprovalService:
     def _submit(self, manufacturer: Principal, request: SpendRequest) -> PrivacyRequest:
         with self._db.transaction() as session:
             dataset = load_dataset(session, request.dataset_id)
+            privacy_repo.require_active_share(session, request.dataset_id, manufacturer.id)
             if not privacy_repo.is_shared(session, request.dataset_id, manufacturer.id):
                 raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)
-            check = check_against_policy(privacy_repo.get_policy(session, dataset.id), request.cost, dataset.patient_count)
+            policy = privacy_repo.get_policy(session, dataset.id)
+            check = check_against_policy(policy, request.cost, dataset.patient_count)
             if check.decision is Decision.REFUSED:
                 raise CleanroomError(ErrorCode.POLICY_REFUSED, policy_refusal(check))
             pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
-                                     request.cost, RequestState.PENDING, clock.now(), request.mechanism, workload=request.workload)
+                                     request.cost, RequestState.PENDING, clock.now(), request.mechanism, workload=request.workload,
+                                     approvals_required=policy.approvals_required)
             privacy_repo.add_request(session, pending)
             if check.decision is Decision.AUTO_APPROVE:
                 spend = self._ledger.reserve_in(session, request, actor_id=manufacturer.id)
@@ -160,13 +172,14 @@ class ApprovalService:
 
     def _submit_cohort(self, manufacturer: Principal, request: SpendRequest) -> GroupRequest:
         with self._db.transaction() as session:
-            checks = [_site_check(session, manufacturer, dataset_id, request.cost) for dataset_id in request.dataset_ids]
+            sites = [_site_check(session, manufacturer, dataset_id, request.cost) for dataset_id in request.dataset_ids]
+            checks = [check for check, _required in sites]
             auto = all(c.decision is Decision.AUTO_APPROVE for c in checks)
             spend_id = self._ledger.reserve_in(session, request, actor_id=manufacturer.id).id if auto else None
             head = new_request_id()
             rows = tuple(_cohort_row(request, manufacturer, dataset_id, check, row_id=head if i == 0 else f"{head}-{i:02d}",
-                                     group_id=head, spend_id=spend_id)
-                         for i, (dataset_id, check) in enumerate(zip(request.dataset_ids, checks, strict=True)))
+                                     group_id=head, spend_id=spend_id, approvals_required=required)
+                         for i, (dataset_id, (check, required)) in enumerate(zip(request.dataset_ids, sites, strict=True)))
             for row, check in zip(rows, checks, strict=True):
                 privacy_repo.add_request(session, row)
                 audit_repo.append(session, actor=manufacturer.resource_name, action="request.submit", target=f"datasets/{row.dataset_id}",
@@ -223,16 +236,38 @@ class ApprovalService:
             request = _governed_request(session, officer, request_id)
             if request.group_id is not None:
                 privacy_repo.lock_group(session, request.group_id)
-                request = _governed_request(session, officer, request_id)  # as the group's previous decision left it
+            else:
+                privacy_repo.lock_request(session, request.id)
+            request = _governed_request(session, officer, request_id)  # as the previous decision left it
             if request.state is not RequestState.PENDING:
                 raise CleanroomError(ErrorCode.ALREADY_DECIDED, f"this request was already {request.state.value}")
+            if state is RequestState.APPROVED and self._awaits_another_officer(session, officer, request, reason):
+                return privacy_repo.get_request(session, request_id)  # type: ignore[return-value]
             if request.group_id is None:
                 self._decide_single(session, officer, request, state, reason)
             else:
                 self._decide_in_group(session, officer, request, state, reason)
             audit_repo.append(session, actor=officer.resource_name, action=f"request.{state.value}", target=f"datasets/{request.dataset_id}",
-                              details={"request": request.resource_name, "organisation": officer.organisation_id, "reason": reason})
+                              details={"request": request.resource_name, "organisation": officer.organisation_id, "reason": reason,
+                                       "approvals": len(request.approvals) + (state is RequestState.APPROVED),
+                                       "approvals_required": request.approvals_required})
             return privacy_repo.get_request(session, request_id)  # type: ignore[return-value]
+
+    @staticmethod
+    def _awaits_another_officer(session: Session, officer: Principal, request: PrivacyRequest, reason: str) -> bool:
+        """Records the officer's approval; True when the policy wants another officer's too (the
+        request then stays pending, the approval audited). The same officer twice is refused."""
+        if already_approved(request.approvals, officer.id):
+            raise CleanroomError(ErrorCode.FAILED_PRECONDITION, SECOND_OFFICER_NEEDED,
+                                 violations=[FieldViolation("approvals", "a second officer must approve")])
+        privacy_repo.add_approval(session, request.id, officer.id, reason)
+        approvals = (*request.approvals, Approval(officer.id, clock.now(), reason))
+        if not needs_more_approvals(approvals, request.approvals_required):
+            return False
+        audit_repo.append(session, actor=officer.resource_name, action="request.approval", target=f"datasets/{request.dataset_id}",
+                          details={"request": request.resource_name, "organisation": officer.organisation_id, "reason": reason,
+                                   "approvals": len(approvals), "approvals_required": request.approvals_required})
+        return True
 
     def _decide_single(self, session: Session, officer: Principal, request: PrivacyRequest, state: RequestState, reason: str) -> None:
         # Claim the decision first: a concurrent second decision waits on this row, then finds it decided.
@@ -267,6 +302,19 @@ class ApprovalService:
             governed = governed_dataset_ids(session, officer)
             return privacy_repo.pending_requests(session, dataset_ids=governed, after_id=page.after_id, limit=page.size)
 
+    def pending_compositions(self, officer: Principal, dataset_ids: Sequence[str]) -> list[PendingComposition]:
+        """For each of `dataset_ids` the officer governs: its budgets now, and once every pending
+        request of it were approved in queue order (each a reservation, as the ledger makes it)."""
+        compositions = []
+        with self._db.read() as session:
+            governed = governed_dataset_ids(session, officer)
+            for dataset_id in dict.fromkeys(dataset_ids):
+                if governed is not None and dataset_id not in governed:
+                    continue
+                pending = privacy_repo.pending_requests(session, dataset_ids={dataset_id}, after_id=None, limit=MAX_COMPOSED)
+                compositions.append(compose_pending(dataset_id, budget_lines(session, dataset_id), pending))
+        return compositions
+
     def get(self, principal: Principal, request_id: str) -> PrivacyRequest:
         """A manufacturer's own requests; for anyone else, the rows of the datasets it governs."""
         with self._db.read() as session:
@@ -287,20 +335,23 @@ def _governed_request(session: Session, principal: Principal, request_id: str) -
     return request
 
 
-def _site_check(session: Session, manufacturer: Principal, dataset_id: str, cost: Privacy) -> PolicyCheck:
-    """One cohort site against its own dataset's policy and patient count; a refusal names the site."""
+def _site_check(session: Session, manufacturer: Principal, dataset_id: str, cost: Privacy) -> tuple[PolicyCheck, int]:
+    """One cohort site against its own dataset's policy and patient count; a refusal names the site.
+    With the check, how many officers of that site must approve."""
     dataset = load_dataset(session, dataset_id)
+    privacy_repo.require_active_share(session, dataset_id, manufacturer.id)
     if not privacy_repo.is_shared(session, dataset_id, manufacturer.id):
         raise CleanroomError(ErrorCode.NOT_FOUND, NOT_FOUND)  # the same answer as a missing dataset
-    check = check_against_policy(privacy_repo.get_policy(session, dataset_id), cost, dataset.patient_count)
+    policy = privacy_repo.get_policy(session, dataset_id)
+    check = check_against_policy(policy, cost, dataset.patient_count)
     if check.decision is Decision.REFUSED:
         raise CleanroomError(ErrorCode.POLICY_REFUSED, f"at site {dataset.resource_name}: {policy_refusal(check)}",
                              violations=[FieldViolation(dataset.resource_name, d.remedy) for d in check.details])
-    return check
+    return check, policy.approvals_required
 
 
 def _cohort_row(request: SpendRequest, manufacturer: Principal, dataset_id: str, check: PolicyCheck, *,
-                row_id: str, group_id: str, spend_id: str | None) -> PrivacyRequest:
+                row_id: str, group_id: str, spend_id: str | None, approvals_required: int) -> PrivacyRequest:
     """A site's row: approved by the system where its policy auto-approves (holding the cohort's
     spend only when every site did), else pending for that hospital's officers."""
     auto = check.decision is Decision.AUTO_APPROVE
@@ -308,7 +359,8 @@ def _cohort_row(request: SpendRequest, manufacturer: Principal, dataset_id: str,
         row_id, dataset_id, manufacturer.id, request.kind, request.reference, request.cost,
         RequestState.APPROVED if auto else RequestState.PENDING, clock.now(), request.mechanism,
         spend_id=spend_id, decided_by=SYSTEM if auto else "", reason="within the auto-approve threshold" if auto else "",
-        decided_at=clock.now() if auto else None, workload=request.workload, group_id=group_id)
+        decided_at=clock.now() if auto else None, workload=request.workload, group_id=group_id,
+        approvals_required=approvals_required)
 
 
 def _spend_request(request: PrivacyRequest, cohort: tuple[str, ...] = ()) -> SpendRequest:

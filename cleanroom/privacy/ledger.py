@@ -130,6 +130,8 @@ class Ledger:
         """Reserves on the dataset budget and the share budget together, inside the caller's transaction."""
         spend = Spend(spend_id or new_spend_id(), request.dataset_id, request.manufacturer_id, request.kind, request.reference,
                       request.cost, SpendState.RESERVED, request.mechanism, workload=request.workload, cohort=request.cohort)
+        for dataset_id in spend.dataset_ids:  # a paused or withdrawn share takes no new reservation
+            privacy_repo.require_active_share(session, dataset_id, request.manufacturer_id)
         refused = tuple(b for b in sorted(spend.budget_ids) if not privacy_repo.try_reserve(session, b, request.cost))
         if refused:
             self._count("exhausted")

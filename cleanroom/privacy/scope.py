@@ -1,5 +1,7 @@
 """Which datasets an oversight principal governs: its own organisation's, or every one when it
-belongs to the platform operator. Outside that scope a dataset is absent (NOT_FOUND), never forbidden."""
+belongs to the platform operator. A data owner (the hospital's data team) governs its own
+organisation's datasets only, never platform-wide. Outside that scope a dataset is absent
+(NOT_FOUND), never forbidden."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode
-from cleanroom.domain.identity import Principal
+from cleanroom.domain.identity import Principal, Role
 from cleanroom.domain.organisations import governs, platform_wide
 from cleanroom.storage import dataset_repo
 
@@ -15,7 +17,17 @@ NOT_FOUND = "dataset not found"
 
 
 def governs_dataset(principal: Principal, dataset: Dataset) -> bool:
+    if principal.role is Role.DATA_OWNER:
+        return owns_dataset(principal, dataset)
     return governs(principal.organisation_id, dataset.organisation_id)
+
+
+def owns_dataset(principal: Principal, dataset: Dataset) -> bool:
+    """A data owner's own upload, or one of its organisation's (as the dataset service decides)."""
+    if principal.role is not Role.DATA_OWNER:
+        return False
+    same_organisation = bool(principal.organisation_id) and principal.organisation_id == dataset.organisation_id
+    return same_organisation or dataset.owner_id == principal.id
 
 
 def governed_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
@@ -29,6 +41,8 @@ def governed_dataset(session: Session, principal: Principal, dataset_id: str) ->
 
 def governed_dataset_ids(session: Session, principal: Principal) -> set[str] | None:
     """The ids of the datasets `principal` governs; None means every dataset (platform-wide)."""
+    if principal.role is Role.DATA_OWNER:
+        return dataset_repo.organisation_dataset_ids(session, principal.organisation_id) if principal.organisation_id else set()
     if platform_wide(principal.organisation_id):
         return None
     return dataset_repo.organisation_dataset_ids(session, principal.organisation_id)

@@ -14,7 +14,8 @@ from datetime import datetime
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from cleanroom.domain.approvals import ApprovalPolicy, PrivacyRequest, RequestState
+from cleanroom.domain.approvals import Approval, ApprovalPolicy, PrivacyRequest, RequestState
+from cleanroom.domain.budgets import ShareNotActive, ShareState
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Mechanism, Privacy, Spend, SpendState
 from cleanroom.storage import lease_repo
 from cleanroom.storage.clock import now
@@ -25,6 +26,7 @@ from cleanroom.storage.tables import (
     DatasetRow,
     LedgerEventRow,
     PrivacyRequestRow,
+    RequestApprovalRow,
     ShareRow,
     SpendRow,
 )
@@ -54,11 +56,47 @@ def add_share(session: Session, dataset_id: str, manufacturer_id: str, created_b
 
 
 def is_shared(session: Session, dataset_id: str, manufacturer_id: str) -> bool:
-    return session.get(ShareRow, (dataset_id, manufacturer_id)) is not None
+    """Whether the manufacturer sees the dataset: shared, and the share not withdrawn (a paused one
+    is still seen; it only takes no new reservations)."""
+    state = share_state(session, dataset_id, manufacturer_id)
+    return state is not None and state is not ShareState.WITHDRAWN
 
 
 def shared_dataset_ids(session: Session, manufacturer_id: str) -> set[str]:
-    return set(session.scalars(select(ShareRow.dataset_id).where(ShareRow.manufacturer_id == manufacturer_id)))
+    query = select(ShareRow.dataset_id).where(ShareRow.manufacturer_id == manufacturer_id,
+                                              ShareRow.state != ShareState.WITHDRAWN.value)
+    return set(session.scalars(query))
+
+
+def share_state(session: Session, dataset_id: str, manufacturer_id: str) -> ShareState | None:
+    """None when the dataset was never shared with the manufacturer."""
+    row = session.get(ShareRow, (dataset_id, manufacturer_id))
+    return None if row is None else ShareState(row.state)
+
+
+def share_states(session: Session, dataset_id: str) -> dict[str, tuple[ShareState, str]]:
+    """manufacturer id -> (state, the reason it was last set) for every share of the dataset."""
+    rows = session.scalars(select(ShareRow).where(ShareRow.dataset_id == dataset_id))
+    return {r.manufacturer_id: (ShareState(r.state), r.state_reason) for r in rows}
+
+
+def set_share_state(session: Session, dataset_id: str, manufacturer_id: str, state: ShareState, *, by: str, reason: str) -> bool:
+    """Moves an existing share to `state`, never out of withdrawn (checked in the same statement, so
+    a resume racing a withdrawal cannot undo it); False when nothing changed."""
+    result = session.execute(
+        update(ShareRow)
+        .where(ShareRow.dataset_id == dataset_id, ShareRow.manufacturer_id == manufacturer_id,
+               ShareRow.state != ShareState.WITHDRAWN.value, ShareRow.state != state.value)
+        .values(state=state.value, state_reason=reason, state_by=by, state_at=now())
+    )
+    return affected_rows(result) == 1
+
+
+def require_active_share(session: Session, dataset_id: str, manufacturer_id: str) -> None:
+    """Refuses (FAILED_PRECONDITION) a reservation against a paused or withdrawn share."""
+    state = share_state(session, dataset_id, manufacturer_id)
+    if state is not None and state is not ShareState.ACTIVE:
+        raise ShareNotActive(dataset_id, state)
 
 
 # --- budgets -------------------------------------------------------------------------------------
@@ -257,22 +295,46 @@ def add_request(session: Session, request: PrivacyRequest) -> None:
         reference=request.reference, cost_epsilon=request.cost.epsilon, cost_delta=request.cost.delta,
         mechanism_json=mechanism_json(request.mechanism), state=request.state.value, spend_id=request.spend_id,
         decided_by=request.decided_by, reason=request.reason, created_at=request.created_at, decided_at=request.decided_at,
-        workload=request.workload, group_id=request.group_id,
+        workload=request.workload, group_id=request.group_id, approvals_required=request.approvals_required,
     ))
 
 
-def _request(row: PrivacyRequestRow) -> PrivacyRequest:
+def _request(row: PrivacyRequestRow, approvals: tuple[Approval, ...] = ()) -> PrivacyRequest:
     return PrivacyRequest(
         id=row.id, dataset_id=row.dataset_id, manufacturer_id=row.manufacturer_id, kind=row.kind, reference=row.reference,
         cost=Privacy(row.cost_epsilon, row.cost_delta), state=RequestState(row.state), created_at=row.created_at,
         mechanism=mechanism_from_json(row.mechanism_json), spend_id=row.spend_id, decided_by=row.decided_by,
         reason=row.reason, decided_at=row.decided_at, workload=row.workload, group_id=row.group_id,
+        approvals_required=row.approvals_required, approvals=approvals,
     )
+
+
+def _requests(session: Session, rows: list[PrivacyRequestRow]) -> list[PrivacyRequest]:
+    """Rows with their approvals, read in one query."""
+    approvals: dict[str, list[Approval]] = {}
+    if rows:
+        query = (select(RequestApprovalRow).where(RequestApprovalRow.request_id.in_([r.id for r in rows]))
+                 .order_by(RequestApprovalRow.at, RequestApprovalRow.officer_id))
+        for a in session.scalars(query):
+            approvals.setdefault(a.request_id, []).append(Approval(a.officer_id, a.at, a.reason))
+    return [_request(r, tuple(approvals.get(r.id, ()))) for r in rows]
 
 
 def get_request(session: Session, request_id: str) -> PrivacyRequest | None:
     row = session.get(PrivacyRequestRow, request_id)
-    return _request(row) if row else None
+    return _requests(session, [row])[0] if row else None
+
+
+def add_approval(session: Session, request_id: str, officer_id: str, reason: str) -> None:
+    """One officer's approval; the caller holds the request's lock and checked it is the officer's first."""
+    session.add(RequestApprovalRow(request_id=request_id, officer_id=officer_id, at=now(), reason=reason))
+    session.flush()
+
+
+def lock_request(session: Session, request_id: str) -> None:
+    """Takes the request row's lock: two officers approving at once are counted one after the other
+    (PostgreSQL; SQLite writers are serial)."""
+    session.execute(select(PrivacyRequestRow.id).where(PrivacyRequestRow.id == request_id).with_for_update())
 
 
 def decide_request(session: Session, request_id: str, state: RequestState, *, by: str, reason: str, spend_id: str | None) -> bool:
@@ -288,7 +350,7 @@ def decide_request(session: Session, request_id: str, state: RequestState, *, by
 def group_requests(session: Session, group_id: str) -> list[PrivacyRequest]:
     """A cohort request's rows in site order (a group's row ids extend its first row's id)."""
     query = select(PrivacyRequestRow).where(PrivacyRequestRow.group_id == group_id).order_by(PrivacyRequestRow.id)
-    return [_request(r) for r in session.scalars(query)]
+    return _requests(session, list(session.scalars(query)))
 
 
 def lock_group(session: Session, group_id: str) -> None:
@@ -313,7 +375,14 @@ def pending_requests(session: Session, *, dataset_ids: set[str] | None, after_id
         query = query.where(PrivacyRequestRow.dataset_id.in_(dataset_ids))
     if after_id:
         query = query.where(PrivacyRequestRow.id > after_id)
-    return [_request(r) for r in session.scalars(query.order_by(PrivacyRequestRow.id).limit(limit))]
+    return _requests(session, list(session.scalars(query.order_by(PrivacyRequestRow.id).limit(limit))))
+
+
+def pending_of_share(session: Session, dataset_id: str, manufacturer_id: str) -> list[PrivacyRequest]:
+    query = select(PrivacyRequestRow).where(PrivacyRequestRow.state == RequestState.PENDING.value,
+                                            PrivacyRequestRow.dataset_id == dataset_id,
+                                            PrivacyRequestRow.manufacturer_id == manufacturer_id)
+    return _requests(session, list(session.scalars(query.order_by(PrivacyRequestRow.id))))
 
 
 # --- approval policies ---------------------------------------------------------------------------
@@ -324,13 +393,13 @@ def get_policy(session: Session, dataset_id: str) -> ApprovalPolicy:
     if row is None:
         return ApprovalPolicy()
     return ApprovalPolicy(row.max_epsilon, row.max_delta, row.auto_approve_epsilon, row.stats_rows_per_patient,
-                          bool(row.require_privacy_audit))
+                          bool(row.require_privacy_audit), row.approvals_required)
 
 
 _SHARED_POLICY = (
     select(DatasetRow.id, ApprovalPolicyRow.max_epsilon, ApprovalPolicyRow.max_delta,
            ApprovalPolicyRow.auto_approve_epsilon, ApprovalPolicyRow.stats_rows_per_patient,
-           ApprovalPolicyRow.require_privacy_audit)
+           ApprovalPolicyRow.require_privacy_audit, ApprovalPolicyRow.approvals_required, ShareRow.state)
     .join(ShareRow, (ShareRow.dataset_id == DatasetRow.id) & (ShareRow.manufacturer_id == bindparam("manufacturer_id")))
     .outerjoin(ApprovalPolicyRow, ApprovalPolicyRow.dataset_id == DatasetRow.id)
     .where(DatasetRow.id == bindparam("dataset_id"), DatasetRow.deleted_at.is_(None))
@@ -339,11 +408,14 @@ _SHARED_POLICY = (
 
 def shared_policy(source: Session | DriverReads, dataset_id: str, manufacturer_id: str) -> ApprovalPolicy | None:
     """The dataset's approval policy, if the dataset exists and is shared with the manufacturer
-    (None otherwise): one prepared statement on the statistics hot path."""
+    (None otherwise, a withdrawn share too): one prepared statement on the statistics hot path.
+    A paused share is refused here (ShareNotActive), before any budget moves."""
     row = first_row(source, _SHARED_POLICY, {"dataset_id": dataset_id, "manufacturer_id": manufacturer_id})
-    if row is None:
+    if row is None or row[7] == ShareState.WITHDRAWN.value:
         return None
-    return ApprovalPolicy() if row[1] is None else ApprovalPolicy(row[1], row[2], row[3], row[4], bool(row[5]))
+    if row[7] != ShareState.ACTIVE.value:
+        raise ShareNotActive(dataset_id, ShareState(row[7]))
+    return ApprovalPolicy() if row[1] is None else ApprovalPolicy(row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
 
 def put_policy(session: Session, dataset_id: str, policy: ApprovalPolicy) -> None:
@@ -352,7 +424,9 @@ def put_policy(session: Session, dataset_id: str, policy: ApprovalPolicy) -> Non
         session.add(ApprovalPolicyRow(dataset_id=dataset_id, max_epsilon=policy.max_epsilon, max_delta=policy.max_delta,
                                       auto_approve_epsilon=policy.auto_approve_epsilon,
                                       stats_rows_per_patient=policy.stats_rows_per_patient,
-                                      require_privacy_audit=policy.require_privacy_audit))
+                                      require_privacy_audit=policy.require_privacy_audit,
+                                      approvals_required=policy.approvals_required))
         return
     row.max_epsilon, row.max_delta, row.auto_approve_epsilon = policy.max_epsilon, policy.max_delta, policy.auto_approve_epsilon
     row.stats_rows_per_patient, row.require_privacy_audit = policy.stats_rows_per_patient, policy.require_privacy_audit
+    row.approvals_required = policy.approvals_required

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from cleanroom.domain.approvals import MAX_STATS_ROWS_PER_PATIENT, ApprovalPolicy, PrivacyRequest
+from cleanroom.domain.approvals import MAX_APPROVALS_REQUIRED, MAX_STATS_ROWS_PER_PATIENT, ApprovalPolicy, PrivacyRequest
 from cleanroom.domain.audit import AuditEntry, ChainVerdict
-from cleanroom.domain.budgets import BudgetLine, BudgetView, Estimate
+from cleanroom.domain.budgets import BudgetLine, BudgetView, Estimate, PendingComposition
 from cleanroom.domain.cost_reasons import CostReason
 from cleanroom.domain.errors import FieldViolation, bad_request
 from cleanroom.domain.privacy import DELTA_SCALE, EPSILON_SCALE, MAX_EPSILON, EventKind, LedgerEvent, Privacy
@@ -53,6 +53,9 @@ def budget_to_proto(line: BudgetLine, composition: tuple[float, float | None] | 
     if line.manufacturer is not None:
         message.manufacturer = line.manufacturer.resource_name
         message.manufacturer_display_name = line.manufacturer.display_name
+    if line.share_state is not None:
+        message.share_state = line.share_state.value
+        message.share_state_reason = line.share_state_reason
     if composition is not None:
         message.basic_composition_epsilon = composition[0]
         message.rdp_composition_epsilon = composition[1] or 0.0
@@ -103,6 +106,17 @@ def policy_to_proto(dataset_id: str, policy: ApprovalPolicy, patients: int) -> p
         effective_max_delta=policy.delta_limit(patients) / DELTA_SCALE,
         stats_rows_per_patient=policy.stats_rows_per_patient,
         require_privacy_audit=policy.require_privacy_audit,
+        approvals_required=policy.approvals_required,
+    )
+
+
+def pending_composition_to_proto(composition: PendingComposition) -> privacy_pb2.PendingComposition:
+    return privacy_pb2.PendingComposition(
+        dataset=f"datasets/{composition.dataset_id}",
+        remaining_before=budget_lines_to_proto(composition.before),
+        remaining_after=budget_lines_to_proto(composition.after),
+        included=[f"{PRIVACY_REQUEST_PREFIX}{i}" for i in composition.included],
+        not_fitting=[f"{PRIVACY_REQUEST_PREFIX}{i}" for i in composition.not_fitting],
     )
 
 
@@ -116,6 +130,8 @@ def policy_from_proto(message: privacy_pb2.ApprovalPolicy) -> ApprovalPolicy:
         violations.append(FieldViolation("policy.auto_approve_epsilon", "between 0 and max_epsilon_per_request"))
     if not (0 <= message.stats_rows_per_patient <= MAX_STATS_ROWS_PER_PATIENT):
         violations.append(FieldViolation("policy.stats_rows_per_patient", f"0 (the default, 1) to {MAX_STATS_ROWS_PER_PATIENT}"))
+    if not (0 <= message.approvals_required <= MAX_APPROVALS_REQUIRED):
+        violations.append(FieldViolation("policy.approvals_required", f"0 (the default, 1) to {MAX_APPROVALS_REQUIRED} different officers"))
     if violations:
         raise bad_request("the approval policy is out of range", *violations)
     return ApprovalPolicy(
@@ -124,6 +140,7 @@ def policy_from_proto(message: privacy_pb2.ApprovalPolicy) -> ApprovalPolicy:
         auto_approve_epsilon=round(message.auto_approve_epsilon * EPSILON_SCALE),
         stats_rows_per_patient=message.stats_rows_per_patient or 1,
         require_privacy_audit=message.require_privacy_audit,
+        approvals_required=message.approvals_required or 1,
     )
 
 
@@ -166,6 +183,9 @@ def request_to_proto(request: PrivacyRequest, group: Sequence[PrivacyRequest] = 
         group=f"{PRIVACY_REQUEST_PREFIX}{request.group_id}" if request.group_id else "",
         group_requests=[privacy_pb2.GroupRequestState(name=r.resource_name, dataset=f"datasets/{r.dataset_id}", state=r.state.value)
                         for r in group],
+        approvals=[privacy_pb2.Approval(officer=f"principals/{a.officer_id}", time=timestamp(a.at), reason=a.reason)
+                   for a in request.approvals],
+        approvals_required=request.approvals_required,
     )
 
 
