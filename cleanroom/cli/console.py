@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     console.add_argument("--idle-minutes", type=float, default=30.0, help="sign a session out after this long unused (default %(default)s)")
     console.add_argument("--tls-cert", type=Path, help="PEM certificate to serve HTTPS directly")
     console.add_argument("--tls-key", type=Path, help="PEM key for --tls-cert")
-    console.add_argument("--trust-root", type=Path, help="the pinned trust root file for receipt checks (default: the CLI's pinned root)")
+    console.add_argument("--trust-root", type=Path,
+                         help="the pinned trust root (PEM) release pages check receipts against; "
+                              "without it they use the server's own root and say it is not pinned")
     console.add_argument("--insecure-cookies", action="store_true",
                          help="drop the cookies' Secure flag (only behind a proxy that cannot do TLS; never on a network)")
     console.set_defaults(handler=run)
