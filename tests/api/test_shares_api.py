@@ -1,4 +1,4 @@
-"""Pausing, resuming and withdrawing a share over real gRPC, and a hospital's view of its shares:
+"""Pausing, resuming and withdrawing a share over real gRPC (and the CLI), and a hospital's view of its shares:
 the dataset's data owner and officers act, another hospital gets NOT_FOUND (as for a missing
 dataset), other roles PERMISSION_DENIED; a paused share refuses the manufacturer's new work with
 FAILED_PRECONDITION, a withdrawn one hides the dataset from it for good."""
@@ -14,6 +14,7 @@ from cleanroom.privacy.ledger import SpendRequest
 from cleanroom.sdk import CleanroomClientError, Client
 from cleanroom.statistics.engine.query import Query
 from tests.api.hospital_world import Hospital, make_hospital
+from tests.server.test_server_process import cli
 
 
 @pytest.fixture
@@ -55,8 +56,10 @@ def test_the_hospital_pauses_and_resumes_a_share(world) -> None:
     estimate = maker.estimate_cost(north.dataset, epsilon=0.1, delta=0)
     assert not estimate.fits and not estimate.remaining_after and "paused" in estimate.notes[0]
 
-    resumed = north.officers[1].set_share_state(north.dataset, maker_name, "active", reason="review done")
-    assert _share_line(resumed, maker_name).share_state == "active"
+    env = {"CLEANROOM_SERVER": world["running"].address, "CLEANROOM_TOKEN": north.tokens["officer 2"]}
+    out = cli("privacy", "resume", north.dataset, maker_name, "--reason", "review done", env=env).stdout
+    assert f"{north.dataset}/manufacturers/{maker_name.removeprefix('principals/')}: active (review done)" in out
+    assert _share_line(north.owner.get_budgets(north.dataset), maker_name).share_state == "active"
     assert maker.estimate_query(north.dataset, query).budget.fits
 
 
