@@ -122,3 +122,15 @@ def test_the_manufacturer_sees_its_release_and_an_unpinned_console_says_so(world
     page = maker.get(f"/releases/{world['release']}")
     assert page.status == 200 and "✔ Verified" in page.body
     assert "Trust root fetched from the server, not pinned" in page.body
+
+
+def test_a_pinned_root_file_that_is_not_a_key_verifies_nothing(world, tmp_path) -> None:
+    bad = tmp_path / "root.pem"
+    bad.write_text("not a key")
+    console = ConsoleWorld(world["running"], trust_root=bad)
+    try:
+        page = console.sign_in_as(world["people"]["officer"]).get(f"/releases/{world['release']}")
+    finally:
+        console.stop()
+    assert page.status == 200 and "✘ Does not verify" in page.body and "✔ Verified" not in page.body
+    assert "pinned trust root file cannot be read" in page.body  # never silently replaced by the server's root
