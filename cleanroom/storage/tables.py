@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -142,6 +142,11 @@ class ShareRow(Base):
     manufacturer_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), primary_key=True, index=True)
     created_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # active, paused (no new reservations) or withdrawn (final); who set it last, when, why (0014)
+    state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    state_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    state_by: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    state_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class BudgetRow(Base):
@@ -221,6 +226,18 @@ class PrivacyRequestRow(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     workload: Mapped[str | None] = mapped_column(String(64), nullable=True)
     group_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # a cohort request's rows (0010)
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the policy's at submission (0014)
+
+
+class RequestApprovalRow(Base):
+    """One officer's approval of a privacy request (two-officer policies: each officer once) (0014)."""
+
+    __tablename__ = "request_approvals"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("privacy_requests.id"), primary_key=True)
+    officer_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class ApprovalPolicyRow(Base):
@@ -232,6 +249,7 @@ class ApprovalPolicyRow(Base):
     auto_approve_epsilon: Mapped[int] = mapped_column(BigInteger)
     stats_rows_per_patient: Mapped[int] = mapped_column(Integer, default=1)
     require_privacy_audit: Mapped[bool] = mapped_column(Boolean, default=False)
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # (0014)
 
 
 class AuditEntryRow(Base):
@@ -314,6 +332,27 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class AnswerReleaseRow(Base):
+    """A released statistics answer, kept for its release page: the signed answer and receipt as
+    returned, what it spent and the audit entries it produced (migration 0016)."""
+
+    __tablename__ = "answer_releases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    manufacturer_id: Mapped[str] = mapped_column(String(32), index=True)
+    dataset_id: Mapped[str] = mapped_column(String(32), index=True)  # the first site's
+    datasets_json: Mapped[str] = mapped_column(Text)  # every site's id, in request order
+    kind: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(200))
+    spend_id: Mapped[str] = mapped_column(String(32))
+    epsilon: Mapped[int] = mapped_column(BigInteger)
+    delta: Mapped[int] = mapped_column(BigInteger)
+    answer_json: Mapped[bytes] = mapped_column(LargeBinary)
+    receipt: Mapped[bytes] = mapped_column(LargeBinary)
+    audit_seqs_json: Mapped[str] = mapped_column(Text)
+    released_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class StorageIdentityRow(Base):
     """This database's identity and its blob store's (one row, id 1); see storage/identity.py."""
 
@@ -336,3 +375,27 @@ class ServerLeaseRow(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class NotificationRow(Base):
+    """The notification outbox (0015): one message per event key and channel, delivered by whichever
+    replica claims it (claimed_by until claim_expires_at), retried at next_attempt_at."""
+
+    __tablename__ = "notification_outbox"
+    __table_args__ = (UniqueConstraint("event_key", "channel", name="uq_notification_outbox_event_channel"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_key: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(300))
+    text: Mapped[str] = mapped_column(Text)
+    facts_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, sent or abandoned
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(String(300), default="")
