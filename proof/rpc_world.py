@@ -28,7 +28,7 @@ from cleanroom.domain.identity import Role
 from cleanroom.sdk import Client
 from cleanroom.sdk.errors import CleanroomClientError
 from cleanroom.sdk.schema import Schema
-from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, jobs_pb2, models_pb2, privacy_pb2, stats_pb2
+from cleanroom.v1 import common_pb2, datasets_pb2, identity_pb2, jobs_pb2, models_pb2, privacy_pb2, releases_pb2, stats_pb2
 from proof.rpc_fuzz import ROOT, World
 from tests.processes import cli_argv, serve
 
@@ -95,6 +95,7 @@ BASELINES: dict[str, Callable[[World], Message]] = {
         request_id=_id(), dataset=w.names["dataset"], manufacturer=w.names["maker"], state="active", reason="fuzz"),
     "AuditService/VerifyAuditLog": lambda w: privacy_pb2.VerifyAuditLogRequest(),
     "AuditService/ExportAuditLog": lambda w: privacy_pb2.ExportAuditLogRequest(after_seq=0),
+    "AuditService/SignAuditExport": lambda w: privacy_pb2.SignAuditExportRequest(through_seq=0),
     "AttestationService/GetTrustBundle": lambda w: models_pb2.GetTrustBundleRequest(),
     "StatsService/RunQuery": lambda w: stats_pb2.RunQueryRequest(request_id=_id(), dataset=w.names["dataset"], query=_query(w)),
     "StatsService/EstimateQuery": lambda w: stats_pb2.EstimateQueryRequest(dataset=w.names["dataset"], query=_query(w)),
@@ -107,6 +108,10 @@ BASELINES: dict[str, Callable[[World], Message]] = {
     "JobService/WatchJob": lambda w: jobs_pb2.WatchJobRequest(name=w.names["job"]),
     "JobService/CancelJob": lambda w: jobs_pb2.CancelJobRequest(name=w.names["job"], request_id=_id()),
     "JobService/DownloadArtifact": lambda w: jobs_pb2.DownloadArtifactRequest(job=w.names["job"], artifact="receipt.json"),
+    "ReleaseService/ListReleases": lambda w: releases_pb2.ListReleasesRequest(dataset=w.names["dataset"], page_size=10),
+    "ReleaseService/GetRelease": lambda w: releases_pb2.GetReleaseRequest(name=w.names["release"]),
+    "ReleaseService/DownloadReleaseArtifact": lambda w: releases_pb2.DownloadReleaseArtifactRequest(
+        release=w.names["release"], artifact="answer.json"),
 }
 
 
@@ -189,6 +194,7 @@ def _populate(w: World, tmp: Path, *, model: bool) -> None:
     if model:
         _submit_model_and_job(w)
     w.names["pending"] = _pending_request(w)
+    w.names["release"] = _released_answer(w)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -208,6 +214,13 @@ def _pending_request(w: World) -> str:
         names = [r.name for r in office.pending_requests()]
     assert names, "setting up the RPC fuzzer: no privacy request was left pending"
     return names[0]
+
+
+def _released_answer(w: World) -> str:
+    """A statistics answer under auto-approval: a release the release RPCs can name."""
+    with Client(w.address, w.tokens[Role.MANUFACTURER]) as maker:
+        maker.run_query(w.names["dataset"], _query(w))
+        return str(next(maker.list_releases(kind="statistics")).name)
 
 
 def _submit_model_and_job(w: World) -> None:

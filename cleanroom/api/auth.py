@@ -78,6 +78,8 @@ RULES: dict[str, frozenset[Role]] = {
 
     # Hospitals read the entries about their own datasets; the service filters the rest out.
     "/cleanroom.v1.AuditService/ExportAuditLog": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),
+    # A signed export for a regulator, over the same entries the caller may export.
+    "/cleanroom.v1.AuditService/SignAuditExport": frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.DATA_OWNER}),
 }
 
 

@@ -16,14 +16,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cleanroom.api import reflection
+from cleanroom.api.audit_export_servicers import SigningAuditServicer
 from cleanroom.api.dataset_servicers import DatasetServicer
 from cleanroom.api.guard import GuardInterceptor
 from cleanroom.api.identity_servicers import AdminServicer, IdentityServicer
 from cleanroom.api.job_servicers import JobServicer
 from cleanroom.api.model_servicers import AttestationServicer, ModelServicer
-from cleanroom.api.privacy_servicers import AuditServicer, PrivacyServicer
+from cleanroom.api.privacy_servicers import PrivacyServicer
 from cleanroom.api.release_servicers import ReleaseServicer
 from cleanroom.api.stats_servicers import StatsServicer
+from cleanroom.attestation.audit_export import AuditExportSigner
 from cleanroom.identity.ratelimit import FailureLimiter
 from cleanroom.server.config import ServerConfig
 from cleanroom.v1 import (
@@ -105,7 +107,9 @@ class Server:
         privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
             PrivacyServicer(app.budgets, app.approvals, app.ledger, app.idempotency), self._grpc
         )
-        privacy_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.audit), self._grpc)
+        privacy_pb2_grpc.add_AuditServiceServicer_to_server(
+            SigningAuditServicer(app.audit, AuditExportSigner(app.db, app.audit, app.enclave.attestation_key)), self._grpc
+        )
         models_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(app.enclave), self._grpc)
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app.models, app.idempotency), self._grpc)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app.jobs, app.idempotency), self._grpc)

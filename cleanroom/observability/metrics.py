@@ -27,6 +27,7 @@ JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 2
 JOB_KINDS = ("training", "evaluation", "statistics")
 JOB_OUTCOMES = ("released", "failed", "cancelled", "rejected")
 AUTH_FAILURES = ("unknown", "revoked", "expired")
+NOTIFY_CHANNELS = ("email", "webhook")
 SANDBOX_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -70,6 +71,14 @@ class Metrics:
                                      ["reason"], registry=r)
         self.auth_rate_limited = Counter("cleanroom_auth_rate_limited_total",
                                          "Calls refused because their source address failed authentication too often.", registry=r)
+        # Officer notifications (cleanroom/notifications): by channel, email or webhook.
+        self.notifications_sent = Counter("cleanroom_notifications_sent_total", "Officer notifications delivered, by channel.",
+                                          ["channel"], registry=r)
+        self.notifications_failed = Counter("cleanroom_notifications_failed_total",
+                                            "Officer notification deliveries that failed (each retried try counts), by channel.",
+                                            ["channel"], registry=r)
+        self.notifications_abandoned = Counter("cleanroom_notifications_abandoned_total",
+                                               "Officer notifications given up after their last retry, by channel.", ["channel"], registry=r)
         self._start_known_series()
 
     def _start_known_series(self) -> None:
@@ -88,6 +97,9 @@ class Metrics:
             self.auth_failures.labels(reason)
         for outcome in ("accepted", "rejected"):
             self.intake_submissions.labels(outcome)
+        for channel in NOTIFY_CHANNELS:
+            for counter in (self.notifications_sent, self.notifications_failed, self.notifications_abandoned):
+                counter.labels(channel)
         for backend in backends.names():  # the registry's (sandbox/backends.py)
             for limit in ("wall_time", "memory", "output_too_large"):
                 self.sandbox_kills.labels(backend, limit)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from cleanroom.domain.streams import WindowSpec
+from cleanroom.sdk import audit_export
 from cleanroom.sdk.cohort import Site, cohort_protos
 from cleanroom.sdk.errors import CleanroomClientError, from_rpc_error
 from cleanroom.sdk.releases import ReleaseCalls
@@ -295,6 +296,12 @@ class Client(TokenCalls, ReleaseCalls):
                 yield entry.json
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    def signed_audit_export(self) -> bytes:
+        """Your view of the audit log, signed by the service for a regulator: a JSON document that
+        cleanroom.sdk.audit_export.verify_audit_export checks against a pinned trust root."""
+        signed = self._call(self.audit.SignAuditExport, privacy_pb2.SignAuditExportRequest())
+        return audit_export.assemble(signed.statement, signed.certificate, self.export_audit_log())
 
     # --- models (manufacturer) -------------------------------------------------------------------
 

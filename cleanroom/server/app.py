@@ -10,10 +10,13 @@ from cleanroom.crypto import LocalKeyFileProvider
 from cleanroom.datasets.service import DatasetService
 from cleanroom.identity.keyring import KeyService
 from cleanroom.identity.principals import PrincipalService
+from cleanroom.jobs.releases import ReleaseService
 from cleanroom.jobs.runner import JobRunner
 from cleanroom.jobs.service import JobService
 from cleanroom.models.intake.service import ModelIntake
 from cleanroom.models.versions import ModelVersionService
+from cleanroom.notifications.audit_watch import WatchedAuditService
+from cleanroom.notifications.notifier import Notifier
 from cleanroom.observability.metrics import Metrics
 from cleanroom.privacy.approvals import ApprovalService
 from cleanroom.privacy.audit import AuditService
@@ -60,9 +63,13 @@ class App:
     stats: StatsQueryService
     stats_pool: StatsWorkerPool
     stats_journal: GroupCommit    # the trailing records of statistics answers
+    releases: ReleaseService
     lease: ServerLease | None = None  # this process's lease on its work in flight (held once recover() ran)
+    notifier: Notifier | None = None  # officer notifications; its thread starts with the gRPC server
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
         self.stats.close()  # closes allowances and writes trailing records while the database is open
         self.stats_pool.close()
         if self.lease is not None:
@@ -104,12 +111,14 @@ def build_app(config: ServerConfig) -> App:
     stats_pool = stats_worker_pool(config, placement, enclave, keys, policy, metrics)
     stats = StatsQueryService(db=db, approvals=approvals, ledger=ledger, enclave=enclave, blobs=blobs, pool=stats_pool, metrics=metrics,
                               journal=journal, allowances=allowances)
+    notifier = Notifier(db, config.notify, metrics, owner=owner)
     return App(
         config=config, db=db, keys=keys, principals=PrincipalService(db, keys), datasets=datasets,
         idempotency=Idempotency(db, owner), answered_idempotency=JournalledIdempotency(db, journal),
         ledger=ledger, budgets=BudgetService(db, release_held=allowances.release_dataset), approvals=approvals,
-        audit=AuditService(db), metrics=metrics, enclave=enclave, models=models, jobs=jobs, runner=runner,
-        stats=stats, stats_pool=stats_pool, stats_journal=journal, lease=lease,
+        audit=WatchedAuditService(db, on_break=notifier.tell_audit_break), metrics=metrics, enclave=enclave, models=models,
+        jobs=jobs, runner=runner, stats=stats, stats_pool=stats_pool, stats_journal=journal, lease=lease, notifier=notifier,
+        releases=ReleaseService(db, blobs, keys),
     )
 
 

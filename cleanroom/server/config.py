@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cleanroom.notifications import settings as notifications
 from cleanroom.sandbox import backends
 from cleanroom.storage.db import default_url
 
@@ -57,6 +58,7 @@ SETTINGS = (
             "failed authentications from one source address within the window after which every call from it is refused "
             "(RESOURCE_EXHAUSTED with RetryInfo) until the window passes; counted per replica"),
     Setting("--auth-failure-window", "CLEANROOM_AUTH_FAILURE_WINDOW", "60", "seconds the failed-authentication limit counts over"),
+    *(Setting(*flag) for flag in notifications.FLAGS),  # officer notifications: email, webhook (notifications/settings.py)
     Setting("--port-file", "CLEANROOM_PORT_FILE", None, "write the bound port here once serving (for scripts)"),
     Setting("--log-level", "CLEANROOM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -90,6 +92,7 @@ class ServerConfig:
     lease_seconds: float = 30.0
     auth_failure_limit: int = 50
     auth_failure_window: float = 60.0
+    notify: notifications.NotifySettings = notifications.NotifySettings()  # off: no SMTP host, no webhook URL
 
     @property
     def blob_dir(self) -> Path:
@@ -149,6 +152,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
         lease_seconds=float(raw["lease_seconds"] or 30),
         auth_failure_limit=int(raw["auth_failure_limit"] or 50),
         auth_failure_window=float(raw["auth_failure_window"] or 60),
+        notify=notifications.from_raw(raw, env),
     )
     _check(config)
     return config

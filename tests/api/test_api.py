@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from cleanroom.api import auth
 from cleanroom.domain.identity import Role
 from cleanroom.sdk import CleanroomClientError
-from cleanroom.v1 import datasets_pb2, identity_pb2, jobs_pb2, models_pb2, models_pb2_grpc, privacy_pb2, stats_pb2
+from cleanroom.v1 import datasets_pb2, identity_pb2, jobs_pb2, models_pb2, models_pb2_grpc, privacy_pb2, releases_pb2, stats_pb2
 
 SERVICES = [
     identity_pb2.DESCRIPTOR.services_by_name["AdminService"],
@@ -24,6 +24,7 @@ SERVICES = [
     models_pb2.DESCRIPTOR.services_by_name["ModelService"],
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     stats_pb2.DESCRIPTOR.services_by_name["StatsService"],
+    releases_pb2.DESCRIPTOR.services_by_name["ReleaseService"],
 ]
 ALL_METHODS = [(s, m) for s in SERVICES for m in s.methods]
 

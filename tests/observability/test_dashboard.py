@@ -22,7 +22,7 @@ from tests.observability.test_dashboard_promql import (
 from tests.paths import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "cleanroom-dashboard.json"
-SECTIONS = ("Service health", "Jobs", "Privacy budgets", "Sandboxes", "Key broker", "Authentication")
+SECTIONS = ("Service health", "Jobs", "Privacy budgets", "Sandboxes", "Key broker", "Authentication", "Notifications")
 
 
 @pytest.fixture(scope="module")
