@@ -90,9 +90,10 @@ class Composition:
 class Inbox:
     requests: list[Pending]
     compositions: dict[str, Composition]
+    dataset_names: dict[str, str]  # "datasets/{id}" -> its display name, as GetBudgets gives it
 
-    def datasets(self) -> list[str]:
-        return sorted({p.request.dataset for p in self.requests})
+    def datasets(self) -> list[tuple[str, str]]:
+        return sorted(self.dataset_names.items(), key=lambda d: (d[1].lower(), d[0]))
 
     def manufacturers(self) -> list[tuple[str, str]]:
         return sorted({(p.request.manufacturer, p.manufacturer) for p in self.requests}, key=lambda m: m[1].lower())
@@ -109,7 +110,8 @@ def load_inbox(client: Client) -> Inbox:
         for c in response.compositions:
             compositions.setdefault(c.dataset, Composition(c.dataset, gauges(c.remaining_before, c.remaining_after),
                                                            list(c.included), list(c.not_fitting)))
-    return Inbox(requests, compositions)
+    names = {d: client.get_budgets(d).dataset_display_name or d for d in sorted({p.request.dataset for p in requests})}
+    return Inbox(requests, compositions, names)
 
 
 def _pages(client: Client) -> Iterator[privacy_pb2.ListPendingRequestsResponse]:
@@ -129,7 +131,7 @@ def _inbox(p: Page) -> Response:
              if (not dataset or r.request.dataset == dataset) and (not manufacturer or r.request.manufacturer == manufacturer)]
     compositions = [inbox.compositions[d] for d in sorted({r.request.dataset for r in shown}) if d in inbox.compositions]
     return p.render("inbox.html", title="Inbox: pending privacy requests", requests=shown, total=len(inbox.requests),
-                    datasets=inbox.datasets(), manufacturers=inbox.manufacturers(), chosen_dataset=dataset,
+                    datasets=inbox.datasets(), dataset_names=inbox.dataset_names, manufacturers=inbox.manufacturers(), chosen_dataset=dataset,
                     chosen_manufacturer=manufacturer, compositions=compositions)
 
 
@@ -143,6 +145,7 @@ def _detail(p: Page) -> Response:
     composition = inbox.compositions.get(pending.request.dataset)
     mine = any(a.officer == p.session.principal for a in pending.request.approvals)
     return p.render("inbox_request.html", title=f"Request {pending.id}", pending=pending, composition=composition,
+                    dataset_name=inbox.dataset_names.get(pending.request.dataset, pending.request.dataset),
                     already_approved_by_me=mine, next_step=_next_step(pending, mine))
 
 
