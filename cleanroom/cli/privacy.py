@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from cleanroom.cli import render
-from cleanroom.sdk import Client
+from cleanroom.sdk import Client, audit_export
 from cleanroom.v1 import privacy_pb2
 
 ClientFactory = Callable[[argparse.Namespace], Client]
@@ -86,8 +86,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], client: C
     audit_actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = _command(audit_actions, "verify", "check the hash chain; names the first bad entry", _verify(client))
     verify.add_argument("--anchor", default="", help="SEQ:HASH from an earlier verify, to catch a truncated log")
-    export = _command(audit_actions, "export", "print the log as JSON lines", _export(client))
+    export = _command(audit_actions, "export", "print the log as JSON lines (--signed: a signed export for a regulator)", _export(client))
     export.add_argument("--after", type=int, default=0, help="only entries after this seq")
+    export.add_argument("--signed", action="store_true",
+                        help="print one JSON document: your entries and the service's signature over them (see check-export)")
+    check = _command(audit_actions, "check-export", "check a signed export against the root you pinned, every check explained",
+                     lambda a: audit_export.main([a.export, a.root_pem]))
+    check.add_argument("export", help="the file `audit export --signed` wrote")
+    check.add_argument("--root-pem", required=True, help="the attestation root public key you pinned (PEM file)")
 
 
 def _command(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, handler: Callable[[argparse.Namespace], object]) -> argparse.ArgumentParser:
@@ -186,8 +192,15 @@ def _verify(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _export(client: ClientFactory) -> Callable[[argparse.Namespace], None]:
-    def run(a: argparse.Namespace) -> None:
+def _export(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
+    def run(a: argparse.Namespace) -> int:
+        if a.signed and a.after:
+            print("--signed covers every entry you may read; drop --after", file=sys.stderr)
+            return 2
+        if a.signed:
+            sys.stdout.buffer.write(client(a).signed_audit_export())
+            return 0
         for line in client(a).export_audit_log(a.after):
             print(line)
+        return 0
     return run

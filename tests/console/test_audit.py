@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import update
 
+from cleanroom.cli import main as cli
 from cleanroom.domain.identity import Role
 from cleanroom.domain.organisations import OrgKind
 from cleanroom.sdk.audit_export import CHECKS, verify_audit_export
@@ -154,3 +155,18 @@ def test_a_hospitals_data_owner_sees_only_its_own_entries_and_may_not_run_the_ch
     document = browser.get("/audit/export").body.encode()
     assert all(c.passed for c in verify_audit_export(document, pinned_root_pem=app.enclave.root.public_key_pem()))
     assert f"principals/{stranger.id}" not in document.decode()
+
+
+def test_the_cli_writes_a_signed_export_and_checks_it(console, tmp_path, capsysbinary) -> None:
+    running = console.running
+    _, token = running.principal(Role.AUDITOR)
+    connection = ["--server", running.address, "--token", token]
+    assert cli.main([*connection, "audit", "export", "--signed"]) == 0
+    document = capsysbinary.readouterr().out
+    (tmp_path / "export.json").write_bytes(document)
+    (tmp_path / "root.pem").write_bytes(running.app.enclave.root.public_key_pem())
+    assert cli.main(["audit", "check-export", str(tmp_path / "export.json"), "--root-pem", str(tmp_path / "root.pem")]) == 0
+    assert b"the export verifies against the pinned root" in capsysbinary.readouterr().out
+    (tmp_path / "export.json").write_bytes(document.replace(b'"seq\\":1', b'"seq\\":9', 1))
+    assert cli.main(["audit", "check-export", str(tmp_path / "export.json"), "--root-pem", str(tmp_path / "root.pem")]) == 1
+    assert cli.main([*connection, "audit", "export", "--signed", "--after", "3"]) == 2
