@@ -62,12 +62,13 @@ def chart(points: list[SpendPoint], cap: float) -> Chart:
     def y(value: float) -> float:
         return round(TOP + plot_h * (1 - value / top), 2)
 
-    def x(index: int) -> float:
-        return round(LEFT + plot_w * index / max(1, len(points)), 2)
+    def x(position: float) -> float:
+        return round(LEFT + plot_w * position / max(1, len(points)), 2)
 
     coordinates = [(x(0), y(0.0))]
-    for index, point in enumerate(points, start=1):
-        coordinates += [(x(index), coordinates[-1][1]), (x(index), y(point.cumulative))]  # a step at each commit
+    for index, point in enumerate(points):  # a step up at each commit, the commits evenly spaced in their order
+        coordinates += [(x(index + 0.5), coordinates[-1][1]), (x(index + 0.5), y(point.cumulative))]
+    coordinates.append((float(WIDTH - RIGHT), coordinates[-1][1]))
     polyline = " ".join(f"{cx},{cy}" for cx, cy in coordinates)
     ticks = [(y(top * share), f"{top * share:.3g}") for share in (0.0, 0.25, 0.5, 0.75, 1.0)]
     return Chart(points, cap, top, polyline, y(cap), ticks)
