@@ -16,6 +16,7 @@ from cleanroom.statistics.engine import Query
 from cleanroom.storage import dataset_repo, job_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.v1 import jobs_pb2
+from tests.console.browser import DESKTOP, TABLET, Browser, axe, describe, screenshot
 from tests.console.harness import ConsoleWorld
 from tests.jobs.study import FEATURES, breast_cancer_study
 from tests.tools import needs
@@ -134,3 +135,16 @@ def test_a_pinned_root_file_that_is_not_a_key_verifies_nothing(world, tmp_path) 
         console.stop()
     assert page.status == 200 and "✘ Does not verify" in page.body and "✔ Verified" not in page.body
     assert "pinned trust root file cannot be read" in page.body  # never silently replaced by the server's root
+
+
+@needs("browser")
+def test_the_release_page_with_its_figures_is_accessible_at_laptop_and_tablet_width(world, chromium, screenshots) -> None:
+    browser = Browser(chromium, world["console"])
+    browser.sign_in(world["people"]["officer"])
+    for size in (DESKTOP, TABLET):
+        browser.resize(size)
+        browser.open(f"/releases/{world['release']}")
+        assert "Verified" in browser.text() and browser.find("img[src^='data:image/svg+xml']").get_attribute("alt")
+        assert not (found := axe(chromium)), describe(found)
+        assert browser.horizontal_overflow() <= 0, size
+    screenshot(chromium, screenshots, "release-training")
