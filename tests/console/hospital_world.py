@@ -27,6 +27,8 @@ class Hospitals:
     owner: str
     officer: Client         # North's first officer, over the API
     maker: Client
+    south_org: str
+    south_officer_token: str
 
     @property
     def dataset_id(self) -> str:
@@ -51,7 +53,7 @@ def build(running, tmp_path: Path) -> Hospitals:
     owner, owner_token = principals.create("North owner", Role.DATA_OWNER, actor="test", organisation_id=north.id)
     first, first_token = principals.create("North officer one", Role.PRIVACY_OFFICER, actor="test", organisation_id=north.id)
     second, _ = principals.create("North officer two", Role.PRIVACY_OFFICER, actor="test", organisation_id=north.id)
-    stranger, _ = principals.create("South officer", Role.PRIVACY_OFFICER, actor="test", organisation_id=south.id)
+    stranger, stranger_token = principals.create("South officer", Role.PRIVACY_OFFICER, actor="test", organisation_id=south.id)
     maker_id, maker_token = running.principal(Role.MANUFACTURER, "Acme Devices")
     with Client(running.address, owner_token) as hospital:
         dataset = hospital.upload_dataset(_write_csv(tmp_path / "north.csv", _rows(40, 2)), _schema())
@@ -60,4 +62,4 @@ def build(running, tmp_path: Path) -> Hospitals:
     officer.share_dataset(dataset.name, f"principals/{maker_id}", epsilon=8, delta=1e-5, reason="pilot study")
     officer.set_approval_policy(dataset.name, max_epsilon=5, auto_approve_epsilon=1, reason="routine counts only")
     return Hospitals(running, dataset.name, maker_id, (first.id, second.id), stranger.id, owner.id, officer,
-                     Client(running.address, maker_token))
+                     Client(running.address, maker_token), south.id, stranger_token)

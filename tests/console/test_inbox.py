@@ -9,6 +9,10 @@ from html import unescape
 import pytest
 
 from cleanroom.domain.identity import Role
+from cleanroom.domain.privacy import Privacy
+from cleanroom.privacy.ledger import SpendRequest
+from cleanroom.sdk import Client
+from tests.api.test_datasets_api import _rows, _schema, _write_csv
 from tests.console.hospital_world import Hospitals, build
 
 
@@ -102,3 +106,22 @@ def test_other_roles_get_403_and_another_hospitals_officer_sees_nothing(console,
     forged = stranger.post(f"/inbox/{request_id}", {"decision": "approve", "reason": "not mine"}, csrf_from="/inbox")
     assert forged.status == 404
     assert [r.name for r in hospitals.officer.pending_requests()] == [name]  # still pending
+
+
+def test_an_officer_approves_its_own_hospitals_part_of_a_cohort_request(console, hospitals, tmp_path) -> None:
+    running = hospitals.running
+    _, owner_token = running.app.principals.create("South owner", Role.DATA_OWNER, actor="test", organisation_id=hospitals.south_org)
+    with Client(running.address, owner_token) as owner, Client(running.address, hospitals.south_officer_token) as south:
+        other = owner.upload_dataset(_write_csv(tmp_path / "south.csv", _rows(40, 2)), _schema()).name
+        south.set_budget(other, epsilon=10, delta=1e-5, reason="hospital total")
+        south.share_dataset(other, f"principals/{hospitals.maker_id}", epsilon=8, delta=1e-5, reason="pilot study")
+    maker = running.app.principals.get(hospitals.maker_id)
+    group = running.app.approvals.submit_cohort(maker, SpendRequest(hospitals.dataset_id, maker.id, "training", "jobs/cohort",
+                                                                    Privacy.cost(2.0, 1e-7), cohort=(other.removeprefix("datasets/"),)))
+    north_part = next(r.id for r in group.rows if r.dataset_id == hospitals.dataset_id)
+    officer = console.sign_in_as(hospitals.north_officers[0])
+    page = _text(officer.get(f"/inbox/{north_part}").body)
+    assert f"part of cohort request {group.resource_name}" in page and "training job" in page
+    done = officer.post(f"/inbox/{north_part}", {"decision": "approve", "reason": "fine for North"})
+    assert "approved for your hospital" in _text(officer.follow(done).body)
+    assert _reserved(hospitals) == {0.0}  # nothing held until South approves its part

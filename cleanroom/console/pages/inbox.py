@@ -146,20 +146,19 @@ def _detail(p: Page) -> Response:
     mine = any(a.officer == p.session.principal for a in pending.request.approvals)
     return p.render("inbox_request.html", title=f"Request {pending.id}", pending=pending, composition=composition,
                     dataset_name=inbox.dataset_names.get(pending.request.dataset, pending.request.dataset),
-                    already_approved_by_me=mine, next_step=_next_step(pending, mine))
+                    next_step=_next_step(pending, mine))
 
 
 def _next_step(pending: Pending, mine: bool) -> str:
-    have, need = len(pending.request.approvals), pending.approvals_required
-    kind = pending.kind
-    if need > 1 and have == 0:
-        return (f"This dataset's policy asks for {need} different officers. Your approval is recorded and the request "
-                f"stays pending until another officer approves; only then is its ε reserved and the {kind} may run.")
+    have, need, kind = len(pending.request.approvals), pending.approvals_required, pending.kind
+    cohort = (f" This is one hospital's part of cohort request {pending.request.group}: the {kind} runs, and its budget "
+              "is reserved on every dataset, only once each hospital's officers have approved their part.") if pending.request.group else ""
     if need > have + 1 or (mine and need > have):
-        return (f"{have} of {need} approvals so far. The next approval must come from an officer who has not approved "
-                f"it yet{' (not you)' if mine else ''}; then its ε is reserved and the {kind} may run.")
+        return (f"{have} of {need} approvals so far. The next approval must come from an officer who has not approved it yet"
+                f"{' (not you)' if mine else ''}: approving records it and the request stays pending until {need} different "
+                f"officers have approved; only then is its ε reserved and the {kind} may run.{cohort}")
     return (f"Approving reserves its ε and δ on every budget it touches, and the {kind} may then run. "
-            "Rejecting ends the request; nothing is reserved or spent.")
+            f"Rejecting ends the request; nothing is reserved or spent.{cohort}")
 
 
 def _decide(p: Page) -> Response:
@@ -174,5 +173,13 @@ def _decide(p: Page) -> Response:
     if decided.state == "pending":
         have, need = len(decided.approvals), max(1, decided.approvals_required)
         raise Redirect(here, notice=f"Your approval is recorded ({have} of {need}); another officer must approve before it runs.")
-    words = "approved: its budget is reserved" if decided.state == "approved" else "rejected: nothing was reserved or spent"
-    raise Redirect("/inbox", notice=f"{decided.name} {words}.")
+    raise Redirect("/inbox", notice=_outcome(decided))
+
+
+def _outcome(decided: privacy_pb2.PrivacyRequest) -> str:
+    if decided.state == "rejected":
+        return f"{decided.name} rejected: nothing was reserved or spent."
+    if decided.group:
+        return (f"{decided.name} approved for your hospital: cohort request {decided.group} runs, and its budget is reserved, "
+                "once every hospital in it has approved.")
+    return f"{decided.name} approved: its budget is reserved."
