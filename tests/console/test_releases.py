@@ -86,6 +86,7 @@ def test_a_statistics_answer_has_its_own_verified_page(world, officer) -> None:
     page = officer.get(f"/releases/{answer}")
     assert page.status == 200 and "✔ Verified" in page.body and "The released answer" in page.body
     assert "digest:answer.json" in page.body
+    assert re.search(r'<th scope="row">all</th><td>mean</td><td class="num">[0-9.]+</td>', page.body)  # the cell, readable
 
 
 def test_a_flipped_byte_in_a_stored_artefact_makes_the_page_say_does_not_verify(world, officer) -> None:

@@ -27,7 +27,7 @@ from cleanroom.console.web import Console, Page, page
 from cleanroom.sdk import CleanroomClientError, Client
 from cleanroom.sdk.release_check import Check, verify_release
 from cleanroom.sdk.releases import KINDS, kind_name
-from cleanroom.trainer.report import net_benefit_svg, reliability_svg, roc_svg
+from cleanroom.trainer.report import NAMES, net_benefit_svg, reliability_svg, roc_svg
 from cleanroom.v1 import releases_pb2
 
 PER_PAGE = 50
@@ -129,7 +129,7 @@ def _report(metrics: bytes | None) -> dict[str, Any] | None:
     try:
         data = json.loads(metrics)
         evaluation = data.get("evaluation") or {}
-        rows = [{"name": k, "value": v["value"], "low": v["ci95"][0], "high": v["ci95"][1]}
+        rows = [{"name": NAMES.get(k, k), "value": v["value"], "low": v["ci95"][0], "high": v["ci95"][1]}
                 for k, v in sorted((evaluation.get("metrics") or {}).items())]
         figures = [svg for svg in (roc_svg([tuple(x) for x in evaluation["roc_points"]]) if evaluation.get("roc_points") else "",
                                    reliability_svg(evaluation["reliability"]) if evaluation.get("reliability") else "",
@@ -147,14 +147,20 @@ def _label(svg: str) -> str:
     return svg[start + 12: svg.find('"', start + 12)] if start >= 0 else "figure"
 
 
-def _answer(answer: bytes | None) -> str:
+def _answer(answer: bytes | None) -> dict[str, Any] | None:
+    """A statistics answer: its cells as rows (what a person reads) and the JSON as released."""
     if not answer:
-        return ""
+        return None
     try:
-        text = json.dumps(json.loads(answer), indent=2, sort_keys=True, ensure_ascii=False)
+        parsed = json.loads(answer)
+        text = json.dumps(parsed, indent=1, sort_keys=True, ensure_ascii=False)
     except ValueError:
-        text = answer.decode("utf-8", "replace")
-    return text[:SHOWN_ANSWER_CHARACTERS]
+        return {"cells": [], "json": answer.decode("utf-8", "replace")[:SHOWN_ANSWER_CHARACTERS]}
+    cells = parsed.get("cells") if isinstance(parsed, dict) else None
+    rows = [{"key": ", ".join(str(k) for k in c.get("key") or []) or "all", "statistic": str(c.get("statistic", "")),
+             "value": c.get("value"), "half_width": c.get("half_width"), "unit": str(c.get("unit") or "")}
+            for c in (cells if isinstance(cells, list) else []) if isinstance(c, dict)]
+    return {"cells": rows, "json": text[:SHOWN_ANSWER_CHARACTERS], "confidence": parsed.get("confidence") if isinstance(parsed, dict) else None}
 
 
 def _ledger_row(event: Any) -> dict[str, Any]:
