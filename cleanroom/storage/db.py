@@ -132,6 +132,7 @@ class Database:
         self._read_engine = make_engine(url, writer=False) if url.startswith("sqlite") else self.engine
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         self._driver_reads = DriverReads(self._read_engine)
+        self._snapshot_reads = url.startswith("postgresql")  # SQLite's read transaction is one snapshot already
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -141,8 +142,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A consistent read that takes no write lock; anything written in it is rolled back."""
+        """A consistent read that takes no write lock; anything written in it is rolled back. On
+        PostgreSQL it is one snapshot (REPEATABLE READ): under the default READ COMMITTED each
+        statement would see a newer state, so the audit head read first could disagree with the
+        entries read after it while another replica appends."""
         with self._read_sessions() as session:
+            if self._snapshot_reads:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             try:
                 yield session
             finally:

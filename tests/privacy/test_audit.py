@@ -109,3 +109,26 @@ def test_export_is_json_lines_that_verify_offline(audited) -> None:
     assert {e.target for e in audit.export(owner)} == {"datasets/dset"}
     stranger = Principal("other", "Other hospital", Role.DATA_OWNER, now())
     assert list(audit.export(stranger)) == []
+
+
+def test_verification_while_another_writer_appends_never_reports_a_break(audited) -> None:
+    """The head and the entries are read in one snapshot: on PostgreSQL's READ COMMITTED, entries
+    committed between reading the head and walking the log made an intact chain look broken."""
+    import threading
+
+    db, service = audited
+    stop = threading.Event()
+
+    def append() -> None:
+        while not stop.is_set():
+            with db.transaction() as session:
+                audit_repo.append(session, actor="system", action="test.append", target="tests/race")
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        verdicts = [service.verify() for _ in range(30)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(v.ok for v in verdicts), next(v.problem for v in verdicts if not v.ok)
