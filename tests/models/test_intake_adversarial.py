@@ -93,12 +93,14 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
         intake = ModelIntake(limits=LIMITS, deny=[host.state_dir])
         launcher, reason = intake.launcher()  # the real choose_launcher("auto") pick, shared below
         port = server.getsockname()[1]
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        # The infinite loop has a lane of its own: it starts as soon as the MLP's time is known and
+        # spends its wall-clock limit beside the other runs, not alone after them, queued last.
+        with ThreadPoolExecutor(max_workers=3) as pool, ThreadPoolExecutor(max_workers=1) as loop_lane:
             jobs = [pool.submit(_intake_one, intake, case, root, host, port) for case in CASES]  # "mlp" first
             loop_wall = max(LOOP_WALL_FLOOR_SECONDS, LOOP_WALL_FACTOR * jobs[0].result()[1].outcome.report.sandbox.seconds)
             loop_limits = replace(BASE, sandbox=replace(BASE.sandbox, wall_seconds=round(loop_wall)))
             loop_intake = ModelIntake(limits=loop_limits, launcher=launcher, launcher_reason=reason)
-            jobs.append(pool.submit(_intake_one, loop_intake, "infinite_loop", root, host, port))
+            jobs.append(loop_lane.submit(_intake_one, loop_intake, "infinite_loop", root, host, port))
             runs = dict(job.result() for job in jobs)
     stray = [p.name() for p in psutil.Process().children(recursive=True) if p.pid not in before]
     session = Session(host, runs, accepted_connections(server), stray, intake, round(loop_wall))
