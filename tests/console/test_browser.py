@@ -160,10 +160,14 @@ def test_an_officer_approves_in_the_inbox_and_the_manufacturers_query_then_runs(
     assert browser.path.startswith("/inbox") and f"{request} approved" in browser.text()
     assert f"/inbox/{request.removeprefix('privacyRequests/')}" not in browser.driver.page_source  # no longer pending
     assert float(_share(world)["Reserved ε"]) == pytest.approx(reserved_before + ABOVE_THE_LINE.epsilon)
-    answer = world.clients["maker"].run_query(world.dataset, ABOVE_THE_LINE, privacy_request=request)
+    maker = world.clients["maker"]
+    released_before = {r.name for r in maker.list_releases()}
+    answer = maker.run_query(world.dataset, ABOVE_THE_LINE, privacy_request=request)
     assert answer.epsilon == pytest.approx(ABOVE_THE_LINE.epsilon) and answer.receipt  # it ran: a signed DP answer
+    (release,) = {r.name for r in maker.list_releases()} - released_before
     browser.open("/releases")
-    assert browser.text().count("count") >= 1  # the approved answer is a release the officer sees
+    browser.click_and_wait(browser.find(f"a[href='/{release}']"))  # the officer finds it among the releases
+    assert "Verified" in browser.find("main").text
 
 
 def test_a_rejected_request_takes_nothing_from_the_budget(world: World) -> None:
