@@ -98,6 +98,16 @@ def already_approved(approvals: tuple[Approval, ...], officer_id: str) -> bool:
 
 
 @dataclass(frozen=True)
+class WorkSummary:
+    """What a request would run, in the words an officer decides on: the model or the statistic,
+    and the columns it reads. Made by the submitting service from the request itself, never from
+    the data."""
+
+    description: str
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PrivacyRequest:
     """A job's or query's ask to spend (ε, δ) on a dataset; approved requests hold a reservation."""
 
@@ -121,6 +131,7 @@ class PrivacyRequest:
     # How many different officers must approve (the dataset's policy at submission), and who has.
     approvals_required: int = 1
     approvals: tuple[Approval, ...] = ()
+    work: WorkSummary | None = None
 
     @property
     def resource_name(self) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 import enclave_sim
 from cleanroom import crypto
 from cleanroom.domain import deid
-from cleanroom.domain.approvals import PrivacyRequest, RequestState, default_delta_limit
+from cleanroom.domain.approvals import PrivacyRequest, RequestState, WorkSummary, default_delta_limit
 from cleanroom.domain.cohort import CohortSite, SiteRole, cohort_key, linkage_statement, make_site
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
@@ -71,6 +71,14 @@ def _mechanism(params: JobParams) -> Mechanism:
     return Mechanism("subsampled-gaussian" if training else "gaussian", "prv" if training else "zcdp-rdp")
 
 
+def work_of(model: ModelVersion, params: JobParams) -> WorkSummary:
+    """The job in an officer's words: which model, which columns in and out, how long it trains."""
+    what = f"{params.kind} of {model.name} {model.version} ({model.resource_name}, {model.task})"
+    reads = f"reads {len(params.feature_columns)} feature column(s) and the label {params.label_column}"
+    epochs = f", {params.epochs} epoch(s)" if isinstance(params, TrainingParams) else ""
+    return WorkSummary(f"{what}; {reads}{epochs}", (*params.feature_columns, params.label_column))
+
+
 def _state_of(request: PrivacyRequest | GroupRequest) -> JobState:
     """Queued once the budget is held: a cohort's first site may auto-approve while another waits."""
     return JobState.QUEUED if request.state is RequestState.APPROVED and request.spend_id else JobState.PENDING_APPROVAL
@@ -109,7 +117,8 @@ class JobService:
         cost = Privacy.cost(params.target_epsilon, params.target_delta, field_prefix="spec.target_")
         job_id = new_job_id()
         workload = enclave_sim.workload_hash(model.package_sha256, params.to_json(), dataset.id)
-        request = self._approvals.submit(maker, SpendRequest(dataset.id, maker.id, params.kind, f"jobs/{job_id}", cost, _mechanism(params), workload))
+        request = self._approvals.submit(maker, SpendRequest(dataset.id, maker.id, params.kind, f"jobs/{job_id}", cost, _mechanism(params), workload,
+                                                             work=work_of(model, params)))
         return self._record(maker, Job(job_id, JobKind(params.kind), maker.id, model.id, dataset.id, to_spec_json(params),
                                        _state_of(request), clock.now(), privacy_request_id=request.id, spend_id=request.spend_id,
                                        workload=workload))
@@ -131,7 +140,7 @@ class JobService:
         job_id, ids = new_job_id(), [site.dataset_id for site in params.cohort]
         workload = enclave_sim.workload_hash(model.package_sha256, params.to_json(), cohort_key(ids))
         request = self._approvals.submit_cohort(maker, SpendRequest(ids[0], maker.id, params.kind, f"jobs/{job_id}", cost, _mechanism(params),
-                                                                    workload, cohort=tuple(ids[1:])))
+                                                                    workload, cohort=tuple(ids[1:]), work=work_of(model, params)))
         return self._record(maker, Job(job_id, JobKind(params.kind), maker.id, model.id, ids[0], to_spec_json(params),
                                        _state_of(request), clock.now(), privacy_request_id=request.id, spend_id=request.spend_id,
                                        workload=workload))

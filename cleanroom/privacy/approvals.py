@@ -147,7 +147,7 @@ class ApprovalService:
                 raise CleanroomError(ErrorCode.POLICY_REFUSED, policy_refusal(check))
             pending = PrivacyRequest(new_request_id(), dataset.id, manufacturer.id, request.kind, request.reference,
                                      request.cost, RequestState.PENDING, clock.now(), request.mechanism, workload=request.workload,
-                                     approvals_required=policy.approvals_required)
+                                     approvals_required=policy.approvals_required, work=request.work)
             privacy_repo.add_request(session, pending)
             if check.decision is Decision.AUTO_APPROVE:
                 spend = self._ledger.reserve_in(session, request, actor_id=manufacturer.id)
@@ -360,12 +360,12 @@ def _cohort_row(request: SpendRequest, manufacturer: Principal, dataset_id: str,
         RequestState.APPROVED if auto else RequestState.PENDING, clock.now(), request.mechanism,
         spend_id=spend_id, decided_by=SYSTEM if auto else "", reason="within the auto-approve threshold" if auto else "",
         decided_at=clock.now() if auto else None, workload=request.workload, group_id=group_id,
-        approvals_required=approvals_required)
+        approvals_required=approvals_required, work=request.work)
 
 
 def _spend_request(request: PrivacyRequest, cohort: tuple[str, ...] = ()) -> SpendRequest:
     return SpendRequest(request.dataset_id, request.manufacturer_id, request.kind, request.reference,
-                        request.cost, request.mechanism, request.workload, cohort=cohort)
+                        request.cost, request.mechanism, request.workload, cohort=cohort, work=request.work)
 
 
 def policy_refusal(check: PolicyCheck) -> str:

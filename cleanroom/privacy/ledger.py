@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from cleanroom.domain.approvals import new_spend_id
+from cleanroom.domain.approvals import WorkSummary, new_spend_id
 from cleanroom.domain.cost_reasons import CostReason, Outcome, Rule, amount_text, budget_reason
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation
 from cleanroom.domain.privacy import (
@@ -82,6 +82,7 @@ class SpendRequest:
     decrypted_on_reserve: bool = False
     # A cohort's other datasets: one spend charges every dataset the same cost, all or none.
     cohort: tuple[str, ...] = ()
+    work: WorkSummary | None = None  # what an officer reads when deciding (kept on the request)
 
     @property
     def dataset_ids(self) -> tuple[str, ...]:

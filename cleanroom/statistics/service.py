@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 import enclave_sim
 from cleanroom.attestation.enclave import Enclave
 from cleanroom.domain import deid
-from cleanroom.domain.approvals import ApprovalPolicy, Decision, PrivacyRequest, RequestState, check_against_policy
+from cleanroom.domain.approvals import ApprovalPolicy, Decision, PrivacyRequest, RequestState, WorkSummary, check_against_policy
 from cleanroom.domain.cohort import CohortSite
 from cleanroom.domain.datasets import Dataset
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
@@ -195,7 +195,7 @@ class StatsQueryService:
             return self._approved_spend(principal, privacy_request, priced.reference)
         first, *others = priced.dataset_ids
         request = SpendRequest(first, principal.id, SPEND_KIND, priced.reference, priced.cost, _mechanism(priced.query),
-                               stats_workload(priced.cohort), cohort=tuple(others))
+                               stats_workload(priced.cohort), cohort=tuple(others), work=work_of(priced.query))
         return self._granted(priced.query, lambda: self._approvals.submit_cohort(principal, request))
 
     def _unused(self, spend_id: str) -> str:
@@ -318,7 +318,7 @@ class StatsQueryService:
         if privacy_request:
             return self._approved_spend(principal, privacy_request, reference)
         request = SpendRequest(dataset.id, principal.id, SPEND_KIND, reference, cost, _mechanism(query), stats_workload(dataset.id),
-                               decrypted_on_reserve=decrypted)
+                               decrypted_on_reserve=decrypted, work=work_of(query))
         return self._granted(query, lambda: self._approvals.submit(principal, request))
 
     def _granted(self, query: Query, submit: Callable[[], PrivacyRequest | GroupRequest]) -> str:
@@ -415,6 +415,22 @@ def _mechanism(query: Query) -> Mechanism:
     view = f"[{query.stream_view.text()}]" if query.stream_view is not None else ""
     return Mechanism(name=f"stats-{query.kind}{view}", accountant="basic",
                      parameters=(("epsilon", query.epsilon), ("delta", query.delta)))
+
+
+def work_of(query: Query) -> WorkSummary:
+    """The query in an officer's words, and the columns it reads (the manufacturer's own request:
+    its filter values are the manufacturer's, never read from the data)."""
+    words = [str(query.kind) + (f" of {query.column}" if query.column else "")]
+    if query.bounds is not None:
+        words.append(f"clamped to [{query.bounds[0]:g}, {query.bounds[1]:g}]")
+    if query.group_by:
+        words.append(f"by {query.group_by}")
+    if query.filters:
+        words.append("where " + " and ".join(f"{f.column} {f.op} {f.value!r}" for f in query.filters))
+    if query.stream_view is not None:
+        words.append(f"over the stream view {query.stream_view.text()}")
+    columns = (query.column, query.group_by, *(f.column for f in query.filters))
+    return WorkSummary(" ".join(words), tuple(dict.fromkeys(c for c in columns if c)))
 
 
 def _view_named(query: Query) -> dict[str, str]:

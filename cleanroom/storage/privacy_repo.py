@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from cleanroom.domain.approvals import Approval, ApprovalPolicy, PrivacyRequest, RequestState
+from cleanroom.domain.approvals import Approval, ApprovalPolicy, PrivacyRequest, RequestState, WorkSummary
 from cleanroom.domain.budgets import ShareNotActive, ShareState
 from cleanroom.domain.privacy import Balance, EventKind, LedgerEvent, Mechanism, Privacy, Spend, SpendState
 from cleanroom.storage import lease_repo
@@ -296,7 +296,19 @@ def add_request(session: Session, request: PrivacyRequest) -> None:
         mechanism_json=mechanism_json(request.mechanism), state=request.state.value, spend_id=request.spend_id,
         decided_by=request.decided_by, reason=request.reason, created_at=request.created_at, decided_at=request.decided_at,
         workload=request.workload, group_id=request.group_id, approvals_required=request.approvals_required,
+        work_json=work_json(request.work),
     ))
+
+
+def work_json(work: WorkSummary | None) -> str:
+    return json.dumps({"description": work.description, "columns": list(work.columns)}) if work else ""
+
+
+def work_from_json(text: str | None) -> WorkSummary | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return WorkSummary(str(data["description"]), tuple(str(c) for c in data.get("columns", ())))
 
 
 def _request(row: PrivacyRequestRow, approvals: tuple[Approval, ...] = ()) -> PrivacyRequest:
@@ -305,7 +317,7 @@ def _request(row: PrivacyRequestRow, approvals: tuple[Approval, ...] = ()) -> Pr
         cost=Privacy(row.cost_epsilon, row.cost_delta), state=RequestState(row.state), created_at=row.created_at,
         mechanism=mechanism_from_json(row.mechanism_json), spend_id=row.spend_id, decided_by=row.decided_by,
         reason=row.reason, decided_at=row.decided_at, workload=row.workload, group_id=row.group_id,
-        approvals_required=row.approvals_required, approvals=approvals,
+        approvals_required=row.approvals_required, approvals=approvals, work=work_from_json(row.work_json),
     )
 
 

@@ -227,6 +227,7 @@ class PrivacyRequestRow(Base):
     workload: Mapped[str | None] = mapped_column(String(64), nullable=True)
     group_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # a cohort request's rows (0010)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the policy's at submission (0014)
+    work_json: Mapped[str] = mapped_column(Text, default="", server_default="")  # what it would run, for officers (0017)
 
 
 class RequestApprovalRow(Base):

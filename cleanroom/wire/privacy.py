@@ -186,6 +186,9 @@ def request_to_proto(request: PrivacyRequest, group: Sequence[PrivacyRequest] = 
         approvals=[privacy_pb2.Approval(officer=f"principals/{a.officer_id}", time=timestamp(a.at), reason=a.reason)
                    for a in request.approvals],
         approvals_required=request.approvals_required,
+        mechanism=f"{request.mechanism.name} ({request.mechanism.accountant})" if request.mechanism else "",
+        description=request.work.description if request.work else "",
+        columns=list(request.work.columns) if request.work else [],
     )
 
 

@@ -40,6 +40,7 @@ def test_an_officer_sees_a_pending_request_and_approves_it_through_the_form(cons
     text = _text(inbox.body)
     assert f'href="/inbox/{request_id}"' in inbox.body and "statistics query" in text and "Acme Devices" in text
     assert "<meter" in inbox.body and "10 ε now, 7 ε after" in text  # the dataset-wide budget: 10 before, 7 after
+    assert "[stats-count (basic)]" in text  # the mechanism as the request recorded it
     assert "If you approve all of these" in text and "1 request counted" in text
     filtered = officer.get(f"/inbox?manufacturer=principals/{hospitals.maker_id}&dataset={hospitals.dataset}")
     assert f'href="/inbox/{request_id}"' in filtered.body
@@ -47,6 +48,7 @@ def test_an_officer_sees_a_pending_request_and_approves_it_through_the_form(cons
 
     detail = officer.get(f"/inbox/{request_id}")
     assert detail.status == 200 and 'name="reason"' in detail.body and "required" in detail.body
+    assert "What it would run count" in _text(detail.body)
     no_reason = officer.post(f"/inbox/{request_id}", {"decision": "approve", "reason": ""})
     assert no_reason.status == 303 and "error=" in no_reason.location
     assert [r.name for r in hospitals.officer.pending_requests()] == [name]  # nothing decided without a reason

@@ -129,3 +129,27 @@ def test_report_options_on_a_model_that_is_not_a_binary_classifier_are_refused()
     assert set(found) == {"spec.net_benefit_thresholds", "spec.score_bins"}
     assert all("binary classification only; this model's task is regression" in d for d in found.values())
     assert validation.report_violations(_evaluation(), regression) == []
+
+
+# --- what the officer reads ------------------------------------------------------------------------
+
+
+def test_a_job_request_tells_the_officer_the_model_the_columns_it_reads_and_its_length() -> None:
+    from cleanroom.jobs.service import work_of
+
+    work = work_of(_model(), FULL)
+    assert work.columns == ("a", "b", "y")
+    assert "training of lr 1 (models/m1" in work.description and "2 feature column(s) and the label y" in work.description
+    assert "5 epoch(s)" in work.description
+    evaluation = work_of(_model(), EvaluationParams(**SHARED, metrics=()))  # type: ignore[arg-type]
+    assert evaluation.description.startswith("evaluation of lr 1") and "epoch" not in evaluation.description
+
+
+def test_a_statistics_request_tells_the_officer_the_statistic_and_every_column_it_reads() -> None:
+    from cleanroom.statistics.engine.query import Filter, Query
+    from cleanroom.statistics.service import work_of
+
+    work = work_of(Query(kind="mean", epsilon=1.0, column="age", group_by="sex", bounds=(0, 90),
+                         filters=(Filter("ward", "==", "icu"),)))
+    assert work.columns == ("age", "sex", "ward")
+    assert work.description == "mean of age clamped to [0, 90] by sex where ward == 'icu'"

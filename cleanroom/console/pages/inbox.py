@@ -22,8 +22,7 @@ from cleanroom.v1 import privacy_pb2
 
 PAGE_SIZE = 100
 KIND_WORDS = {"training": "training job", "evaluation": "evaluation job", "statistics": "statistics query"}
-# The mechanism each kind of request is charged under (cleanroom/jobs/service.py and the statistics
-# engine record the same on their reservations); the request itself does not carry it.
+# The mechanism each kind of request is charged under, in words, beside the request's own record of it.
 MECHANISM_WORDS = {
     "training": "DP-SGD: subsampled Gaussian, PRV accountant",
     "evaluation": "Gaussian noise on the metrics, zCDP/RDP accountant",
@@ -56,7 +55,13 @@ class Pending:
 
     @property
     def mechanism(self) -> str:
-        return MECHANISM_WORDS.get(self.request.kind, "as the request's kind defines")
+        words = MECHANISM_WORDS.get(self.request.kind, "")
+        recorded = self.request.mechanism
+        return f"{words} [{recorded}]" if words and recorded else words or recorded or "not recorded (an older request)"
+
+    @property
+    def work(self) -> str:
+        return self.request.description or "not recorded (a request made before the service described its work)"
 
     @property
     def manufacturer(self) -> str:
