@@ -40,7 +40,8 @@ RULES: dict[str, frozenset[Role]] = {
     "/cleanroom.v1.DatasetService/UploadDataset": _OWNER,
     # Manufacturers see the schema of datasets shared with them; the service filters what exists.
     "/cleanroom.v1.DatasetService/GetDataset": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
-    "/cleanroom.v1.DatasetService/ListDatasets": frozenset({Role.DATA_OWNER, Role.MANUFACTURER}),
+    # Officers and auditors list the schemas of the datasets they govern (the budgets they oversee).
+    "/cleanroom.v1.DatasetService/ListDatasets": frozenset({Role.DATA_OWNER, Role.MANUFACTURER, Role.PRIVACY_OFFICER, Role.AUDITOR}),
     "/cleanroom.v1.DatasetService/DeleteDataset": _OWNER,
     "/cleanroom.v1.PrivacyService/ShareDataset": _OFFICER,
     "/cleanroom.v1.PrivacyService/SetBudget": _OFFICER,

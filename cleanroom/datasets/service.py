@@ -17,6 +17,7 @@ from cleanroom.domain import deid, streams
 from cleanroom.domain.datasets import Dataset, UploadRequest, can_manage, new_dataset_id, parse_dataset_name, schema_view
 from cleanroom.domain.errors import CleanroomError, ErrorCode, FieldViolation, bad_request
 from cleanroom.domain.identity import Principal, Role
+from cleanroom.domain.organisations import platform_wide
 from cleanroom.domain.pagination import PageRequest
 from cleanroom.identity.keyring import KeyService
 from cleanroom.observability.metrics import Metrics
@@ -148,8 +149,14 @@ class DatasetService:
         return dataset if _manages(principal, dataset) else schema_view(dataset)
 
     def list(self, principal: Principal, page: PageRequest) -> list[Dataset]:
-        """A hospital lists its own datasets; a manufacturer the schemas shared with it."""
+        """A hospital lists its own datasets; a manufacturer the schemas shared with it; an officer or
+        auditor the schemas of the datasets it governs (its hospital's, or all for the operator's)."""
         with self._db.read() as session:
+            if principal.role in (Role.PRIVACY_OFFICER, Role.AUDITOR):
+                governed = None if platform_wide(principal.organisation_id) else (
+                    dataset_repo.organisation_dataset_ids(session, principal.organisation_id))
+                found = dataset_repo.list_datasets(session, owner_id=None, ids=governed, after_id=page.after_id, limit=page.size)
+                return [schema_view(d) for d in found]
             if principal.role is Role.DATA_OWNER and principal.organisation_id:
                 colleagues = dataset_repo.organisation_dataset_ids(session, principal.organisation_id)
                 return dataset_repo.list_datasets(session, owner_id=None, ids=colleagues, after_id=page.after_id, limit=page.size)

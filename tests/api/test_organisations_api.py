@@ -172,6 +172,8 @@ def _cases(h: Hospital, maker: str) -> list[tuple[str, Callable[[Client], object
         ("EstimateCost", lambda c: c.estimate_cost(d, epsilon=1, delta=1e-6, manufacturer=maker), "officer"),
         ("ListLedger", lambda c: list(c.ledger(dataset=d)), "officer"),
         ("ListLedger", lambda c: list(c.ledger(dataset=d)), "auditor"),
+        ("SetShareState", lambda c: c.set_share_state(d, maker, "active", reason="unchanged"), "officer"),
+        ("SetShareState", lambda c: c.set_share_state(d, maker, "active", reason="unchanged"), "owner"),
         ("DeleteDataset", lambda c: c.delete_dataset(d), "owner"),  # last: it removes the dataset
     ]
 
@@ -191,6 +193,8 @@ def test_listings_show_ones_own_organisation_only(two_hospitals) -> None:
     assert a.colleague.get_dataset(a.dataset).row_count > 0  # details, not the schema view
     for role in ("officer", "auditor"):
         assert _datasets_of(getattr(b, role).ledger()) == {b.dataset}
+        assert [d.name for d in getattr(b, role).list_datasets()] == [b.dataset]  # the datasets it governs, schema only
+    assert {d.name for d in two_hospitals["platform"].list_datasets()} >= {a.dataset, b.dataset}
     assert _datasets_of(two_hospitals["platform"].ledger()) == {a.dataset, b.dataset}  # the operator: all
 
 
@@ -226,8 +230,8 @@ def test_audit_log_a_hospital_reads_its_own_part_and_verifies_it(two_hospitals) 
 # Dataset-bearing RPCs whose isolation is tested elsewhere: a manufacturer reaches a dataset only
 # through a share (another organisation's unshared dataset is NOT_FOUND: tests/statistics/
 # test_stats_e2e.py, test_stats_cohort_e2e.py, tests/jobs/test_jobs_e2e.py); an upload names no
-# existing dataset.
-ELSEWHERE = {"UploadDataset", "RunQuery", "EstimateQuery", "SubmitTraining", "SubmitEvaluation"}
+# existing dataset; releases: tests/releases/test_releases_api.py (another hospital's are absent).
+ELSEWHERE = {"UploadDataset", "RunQuery", "EstimateQuery", "SubmitTraining", "SubmitEvaluation", "ListReleases"}
 LISTINGS = {"ListDatasets"}  # test_listings_show_ones_own_organisation_only
 
 

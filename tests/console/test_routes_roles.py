@@ -77,7 +77,8 @@ ROUTES: dict[tuple[str, str], Serves] = {
     ("GET", "/inbox/{request_id}"): Serves(frozenset({OFFICER}), (rpc("ListPendingRequests"),)),
     ("POST", "/inbox/{request_id}"): Serves(frozenset({OFFICER}), (rpc("ApproveRequest"),), status=303, location="/inbox?notice=",
                                             form={"decision": "approve", "reason": "route x role test"}),
-    ("GET", "/budgets"): Serves(frozenset({OFFICER, AUDITOR, OWNER}), (rpc("ListLedger"), rpc("GetBudgets"))),
+    # a manufacturer: the datasets shared with it, its own share's budget only
+    ("GET", "/budgets"): Serves(frozenset({OFFICER, AUDITOR, OWNER, MAKER}), (rpc("ListDatasets"), rpc("GetBudgets"))),
     ("GET", "/budgets/{dataset_id}"): Serves(frozenset({OFFICER, AUDITOR, OWNER}), (rpc("GetBudgets"), rpc("ListLedger"))),
     ("POST", "/budgets/{dataset_id}"): Serves(frozenset({OFFICER}), (rpc("SetBudget"),), status=303, location="/budgets/",
                                               form={"action": "cap", "epsilon": "20", "delta": "0.0001", "reason": "unchanged"}),
@@ -91,7 +92,8 @@ ROUTES: dict[tuple[str, str], Serves] = {
                                               (rpc("GetRelease"), rpc("DownloadReleaseArtifact"), rpc("GetTrustBundle"))),
     ("GET", "/releases/{release_id}/files/{artifact}"): Serves(frozenset({OFFICER, AUDITOR, MAKER}),
                                                                 (rpc("GetRelease"), rpc("DownloadReleaseArtifact"))),
-    ("GET", "/hospital"): Serves(frozenset({OWNER, MAKER}), (rpc("ListDatasets"),)),  # a manufacturer: an empty list
+    # a manufacturer, officer or auditor: an empty list (the page shows a hospital's own datasets only)
+    ("GET", "/hospital"): Serves(frozenset({OWNER, MAKER, OFFICER, AUDITOR}), (rpc("ListDatasets"),)),
     ("GET", "/hospital/datasets/{dataset_id}"): Serves(frozenset({OWNER, MAKER}), (rpc("GetDataset"), rpc("GetBudgets")),
                                                        exceptions={MAKER: (404, "not the manufacturer's hospital")}),
     ("POST", "/hospital/datasets/{dataset_id}/shares/{manufacturer_id}/state"): Serves(

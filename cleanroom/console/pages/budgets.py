@@ -35,9 +35,7 @@ def _index(p: Page) -> Response:
     wanted = p.query.get("dataset", "").strip().removeprefix(DATASET_PREFIX)
     if wanted:
         raise Redirect(f"/budgets/{wanted}")
-    names = {b for e in p.client.ledger(kind="cap") for b in e.budgets if b.count("/") == 1}
-    if p.session.role == "privacy_officer":
-        names |= {r.dataset for r in p.client.pending_requests()}
+    names = {d.name for d in p.client.list_datasets()}  # the datasets this officer or auditor governs
     reports = [p.client.get_budgets(name) for name in sorted(names)]
     summaries = [(r, next((b for b in lines(r.budgets) if not b.is_share), None), sum(1 for b in r.budgets if b.manufacturer))
                  for r in reports]
