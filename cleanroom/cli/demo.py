@@ -8,7 +8,9 @@ receipts, and the refusals on the way. Then a three-hospital study (cleanroom/cl
 two hospitals train, the third validates externally, each hospital's officer decides its part. Then
 a wellness-stream study (cleanroom/cli/demo_streams.py): a sleep clinic's overnight wristband
 readings, a windowed DP fine-tune of a 1-D CNN validated per window and per patient, and a DP
-statistic over the stream.
+statistic over the stream. The web console runs beside the server throughout; at the end the demo
+prints its address and a one-time sign-in for the story's privacy officer and hospital
+(cleanroom/cli/demo_console.py), and in a terminal waits for Enter before stopping both.
 
 The server's state lives in a temporary folder removed at exit; what the demo tells you to open
 (the privacy-utility plot, each job's HTML report) goes to an output folder that stays
@@ -37,6 +39,7 @@ from cleanroom.cli import jobs as cli_jobs
 from cleanroom.cli import models as cli_models
 from cleanroom.cli import render, samples
 from cleanroom.cli import stats as cli_stats
+from cleanroom.cli.demo_console import Person, create_sign_ins, hold, sign_in_text, start_console
 from cleanroom.cli.demo_sites import three_hospital_study
 from cleanroom.cli.demo_streams import stream_study
 from cleanroom.domain.recipe import RULE, budget_recipe
@@ -162,16 +165,27 @@ def run(workdir: Path, output: DemoOutput) -> None:
     ).stdout.strip()
     print("admin token created (shown once, stored only as a hash)")
     server, address = start_server(state_dir)
+    console = None
     try:
         # The manufacturer pins the attestation root once, out of band (here: read from the state directory).
-        story(address, admin_token, workdir, _root_pem(state_dir), output)
+        pinned_root = _root_pem(state_dir)
+        console = start_console(address, workdir, pinned_root)
+        print(f"web console started at {console.url} (its sign-ins are printed at the end)")
+        people = story(address, admin_token, workdir, pinned_root, output)
+        step("Web console: a one-time sign-in for the privacy officer and the hospital of this story")
+        with Client(address, admin_token) as admin:
+            print(sign_in_text(console.url, create_sign_ins(admin, people)))
+        hold(console, sys.stdin)
     finally:
+        if console is not None:
+            console.stop()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         print(f"\nserver stopped gracefully (exit {server.returncode})")
 
 
-def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes, output: DemoOutput) -> None:
+def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes, output: DemoOutput) -> list[Person]:
+    """The whole flow; returns who of it gets a web-console sign-in."""
     with Client(address, admin_token) as admin:
         step("Admin creates the principals")
         hospital = admin.create_principal("Seoul National University Hospital - data team", "data_owner")
@@ -227,6 +241,22 @@ def story(address: str, admin_token: str, workdir: Path, pinned_root: bytes, out
                              save_report=lambda title, epsilon, files: output.job_report(4, title, epsilon, files))
         stream_study(address, admin_token, manufacturer, workdir, pinned_root,
                      save_report=lambda title, epsilon, files: output.job_report(5, title, epsilon, files))
+    leave_a_request_for_the_console(officer.token, maker.token, address, dataset.name)
+    return [Person("privacy officer", officer.principal.name, "snuh.privacy"),
+            Person("hospital data team", hospital.principal.name, "snuh.data")]
+
+
+def leave_a_request_for_the_console(officer_token: str, maker_token: str, address: str, dataset: str) -> None:
+    """One request waits in the officer's console inbox at the end, to be decided there."""
+    step("Privacy officer lowers the auto-approve line; the manufacturer's next query waits for the console")
+    with Client(address, officer_token) as officer:
+        officer.set_approval_policy(dataset, max_epsilon=3.0, auto_approve_epsilon=0.1, max_delta=1e-5,
+                                    reason="from now on an officer reads every request above ε=0.1")
+    with Client(address, maker_token) as manufacturer:
+        try:
+            manufacturer.run_query(dataset, Query(kind="mean", column="mean_radius", bounds=(5.0, 30.0), epsilon=0.2))
+        except CleanroomClientError as error:
+            print(error)  # FAILED_PRECONDITION naming the pending request: it is in the officer's inbox now
 
 
 def run_statistics(manufacturer: Client, dataset: str, pinned_root: bytes) -> None:
