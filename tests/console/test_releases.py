@@ -1,4 +1,5 @@
-"""The console's release pages against a real server after a real (small) training job and a real
+"""The console's release pages against a real server after a real (small) training job, approved by
+the hospital's officer in a real Chromium through the inbox (the job waits until then), and a real
 statistics answer: the hospital's officer sees every receipt check passed and "verified", with the
 DP report's figures, ledger and audit entries; a byte flipped in a stored artefact makes the page
 say "does not verify" naming the digest check; another organisation's officer gets 404; without a
@@ -16,7 +17,7 @@ from cleanroom.statistics.engine import Query
 from cleanroom.storage import dataset_repo, job_repo
 from cleanroom.storage.blobs import BlobStore
 from cleanroom.v1 import jobs_pb2
-from tests.console.browser import DESKTOP, TABLET, Browser, axe, describe, screenshot
+from tests.console.browser import DESKTOP, TABLET, Browser, axe, chromium, describe, screenshot
 from tests.console.harness import ConsoleWorld
 from tests.jobs.study import FEATURES, breast_cancer_study
 from tests.tools import needs
@@ -26,17 +27,12 @@ pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """One study, one small training job and one statistics answer; a console with the pinned root
-    and one without; the hospital's officer, another hospital's officer, the manufacturer."""
+    """One study; a small training job that waits for the hospital's officer, who approves it in a
+    real Chromium through the console's inbox, after which it runs and is released; one statistics
+    answer; a console with the pinned root and one without."""
     base = tmp_path_factory.mktemp("console-releases")
     with breast_cancer_study(base) as study:
         running, maker, app = study["running"], study["maker"], study["running"].app
-        spec = jobs_pb2.TrainingSpec(model=study["model"], dataset=study["dataset"], feature_columns=FEATURES, label_column="malignant",
-                                     target_epsilon=1.0, target_delta=1e-5, epochs=1, expected_batch_patients=64, learning_rate=0.1,
-                                     optimizer="sgd", clipping_norm=1.0, validation_fraction=0.2)
-        job = maker.wait_job(maker.train(spec).name, timeout=300)
-        assert job.state == jobs_pb2.JOB_STATE_RELEASED, jobs_pb2.JobFailure.Name(job.failure)
-        maker.run_query(study["dataset"], Query(kind="mean", column="mean_radius", bounds=(0.0, 40.0), epsilon=0.5))
         with app.db.read() as session:
             hospital = dataset_repo.get_dataset(session, study["dataset"].removeprefix("datasets/")).organisation_id
         other = app.principals.create_organisation("Another hospital", OrgKind.HOSPITAL, actor="test")
@@ -47,12 +43,36 @@ def world(tmp_path_factory):
             people = {name: app.principals.create(name, role, actor="test", organisation_id=org)[0].id
                       for name, role, org in (("officer", Role.PRIVACY_OFFICER, hospital), ("other", Role.PRIVACY_OFFICER, other.id),
                                               ("owner", Role.DATA_OWNER, hospital))}
+            study["officer"].set_approval_policy(study["dataset"], max_epsilon=3, auto_approve_epsilon=0.5,
+                                                 reason="jobs wait for an officer")
+            spec = jobs_pb2.TrainingSpec(model=study["model"], dataset=study["dataset"], feature_columns=FEATURES,
+                                         label_column="malignant", target_epsilon=1.0, target_delta=1e-5, epochs=1,
+                                         expected_batch_patients=64, learning_rate=0.1, optimizer="sgd", clipping_norm=1.0,
+                                         validation_fraction=0.2)
+            waiting = maker.train(spec)
+            assert waiting.state == jobs_pb2.JOB_STATE_PENDING_APPROVAL
+            with chromium() as driver:
+                _approve_in_the_inbox(Browser(driver, pinned), people["officer"], waiting.privacy_request)
+            job = maker.wait_job(waiting.name, timeout=300)
+            assert job.state == jobs_pb2.JOB_STATE_RELEASED, jobs_pb2.JobFailure.Name(job.failure)
+            maker.run_query(study["dataset"], Query(kind="mean", column="mean_radius", bounds=(0.0, 40.0), epsilon=0.5))
             maker_id = maker.whoami().name.removeprefix("principals/")
             yield {**study, "job": job, "console": pinned, "unpinned": unpinned, "people": people, "maker_id": maker_id,
                    "release": job.name.removeprefix("jobs/")}
         finally:
             pinned.stop()
             unpinned.stop()
+
+
+def _approve_in_the_inbox(browser: Browser, officer_id: str, request: str) -> None:
+    """The officer signs in, opens the job's request from the inbox and approves it: the job then runs."""
+    browser.sign_in(officer_id)
+    browser.open("/inbox")
+    browser.click_and_wait(browser.find(f"a[href='/inbox/{request.removeprefix('privacyRequests/')}']"))
+    assert "training of" in browser.text()  # what it would run, in words
+    browser.find("#reason").send_keys("pilot fine-tune, one epoch")
+    browser.click_and_wait(browser.button("Approve"))
+    assert f"{request} approved" in browser.text()
 
 
 @pytest.fixture(scope="module")
