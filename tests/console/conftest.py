@@ -8,6 +8,7 @@ from selenium.webdriver import Chrome
 
 from tests.console import browser
 from tests.console.harness import ConsoleWorld
+from tests.console.hospital_world import build
 
 
 @pytest.fixture
@@ -30,3 +31,11 @@ def chromium() -> Iterator[Chrome]:
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where this module's screenshots go: docs/console with CLEANROOM_CONSOLE_SCREENSHOTS=docs/console."""
     return browser.screenshot_folder(tmp_path_factory.mktemp("screenshots"))
+
+
+@pytest.fixture
+def hospitals(running, tmp_path):
+    """Two hospitals on one server (tests/console/hospital_world.py): North shares a dataset."""
+    world = build(running, tmp_path)
+    yield world
+    world.close()

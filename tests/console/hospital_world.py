@@ -4,7 +4,9 @@ queries above North's auto-approve line make real pending requests through the r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 
 import grpc
@@ -63,3 +65,8 @@ def build(running, tmp_path: Path) -> Hospitals:
     officer.set_approval_policy(dataset.name, max_epsilon=5, auto_approve_epsilon=1, reason="routine counts only")
     return Hospitals(running, dataset.name, maker_id, (first.id, second.id), stranger.id, owner.id, officer,
                      Client(running.address, maker_token), south.id, stranger_token)
+
+
+def page_text(html: str) -> str:
+    """A page's words, tags removed and spaces collapsed."""
+    return unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))

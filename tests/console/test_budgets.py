@@ -5,7 +5,6 @@ statistics engine, and another hospital's officer finding nothing."""
 from __future__ import annotations
 
 import re
-from html import unescape
 
 import pytest
 
@@ -13,18 +12,7 @@ from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Mechanism, Privacy
 from cleanroom.privacy.ledger import SpendRequest
 from cleanroom.statistics.engine import Query, expected_error
-from tests.console.hospital_world import Hospitals, build
-
-
-@pytest.fixture
-def hospitals(running, tmp_path):
-    world = build(running, tmp_path)
-    yield world
-    world.close()
-
-
-def _text(html: str) -> str:
-    return unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))
+from tests.console.hospital_world import Hospitals, page_text
 
 
 def _spend(world: Hospitals, epsilon: float, actual: float) -> None:
@@ -43,16 +31,16 @@ def test_the_dataset_page_shows_every_budget_and_the_spend_chart_with_its_table(
     assert index.status == 200 and f'href="/budgets/{hospitals.dataset_id}"' in index.body
     page = officer.get(f"/budgets/{hospitals.dataset_id}")
     assert page.status == 200
-    text = _text(page.body)
+    text = page_text(page.body)
     assert "whole dataset" in text and "Acme Devices" in text
     budgets = re.search(r'<table class="budget-table">.*?</table>', page.body, re.S)
     assert budgets
     rows = re.findall(r'<tr>\s*<th scope="row">(.*?)</th>(.*?)</tr>', budgets.group(0), re.S)
-    cells = {_text(head).strip(): [c.strip() for c in re.findall(r'<td class="num">([^<]*)</td>', rest)] for head, rest in rows}
+    cells = {page_text(head).strip(): [c.strip() for c in re.findall(r'<td class="num">([^<]*)</td>', rest)] for head, rest in rows}
     assert cells["whole dataset"][:4] == ["10", "2", "0", "8"]  # cap, spent, reserved, remaining
     assert cells["Acme Devices (share)"][:4] == ["8", "2", "0", "6"]
     svg = re.search(r"<svg[^>]*role=\"img\".*?</svg>", page.body, re.S)
-    assert svg and "<title" in svg.group(0) and "2 commits from the ledger, 2 ε spent in all, against a cap of 10 ε" in _text(svg.group(0))
+    assert svg and "<title" in svg.group(0) and "2 commits from the ledger, 2 ε spent in all, against a cap of 10 ε" in page_text(svg.group(0))
     assert svg.group(0).count("<polyline") == 1
     table = re.search(r'<table class="spend-table">.*?</table>', page.body, re.S)
     assert table
@@ -73,7 +61,7 @@ def test_the_policy_form_changes_the_policy_and_an_auditor_may_only_read_it(cons
             policy.stats_rows_per_patient, policy.require_privacy_audit) == (4, 1e-6, 0.5, 2, 3, True)
     refused = officer.post(path, {"action": "policy", "max_epsilon": "-1", "approvals_required": "1", "reason": "oops"})
     assert refused.status == 303 and "error=" in refused.location  # the API's refusal, in its words, back on the page
-    assert "Traceback" not in _text(officer.follow(refused).body)
+    assert "Traceback" not in page_text(officer.follow(refused).body)
     assert hospitals.officer.get_budgets(hospitals.dataset).policy.max_epsilon_per_request == 4  # unchanged
 
     capped = officer.post(path, {"action": "cap", "manufacturer": f"principals/{hospitals.maker_id}", "epsilon": "6", "delta": "1e-5",
@@ -85,7 +73,7 @@ def test_the_policy_form_changes_the_policy_and_an_auditor_may_only_read_it(cons
     auditor = console.signed_in(Role.AUDITOR)
     readable = auditor.get(path)
     assert readable.status == 200 and 'name="max_epsilon"' not in readable.body and "tighter" not in readable.body
-    assert "Officers who must approve" in _text(readable.body)
+    assert "Officers who must approve" in page_text(readable.body)
     denied = auditor.post(path, {"action": "policy", "max_epsilon": "50", "approvals_required": "1", "reason": "mine now"})
     assert denied.status == 403
     assert hospitals.officer.get_budgets(hospitals.dataset).policy.max_epsilon_per_request == 4
@@ -96,17 +84,17 @@ def test_the_preview_counts_requests_and_shows_the_engines_expected_error(consol
     page = officer.get(f"/budgets/{hospitals.dataset_id}?job_epsilon=3&job_delta=0&query_epsilon=0.3&lower=0&upper=50")
     allowance = re.search(r'<table class="allowance">.*?</table>', page.body, re.S)
     assert allowance
-    rows = {_text(h).strip(): [c.strip() for c in re.findall(r'<td class="num">([^<]*)</td>', r)]
+    rows = {page_text(h).strip(): [c.strip() for c in re.findall(r'<td class="num">([^<]*)</td>', r)]
             for h, r in re.findall(r'<th scope="row">(.*?)</th>(.*?)</tr>', allowance.group(0), re.S)}
     assert rows == {"whole dataset": ["10", "3", "33"], "Acme Devices": ["8", "2", "26"]}  # 10/3, 10/0.3; 8/3, 8/0.3
     errors = re.search(r'<table class="query-error">.*?</table>', page.body, re.S)
     assert errors and "Laplace" in errors.group(0)
     count = expected_error(Query(kind="count", epsilon=0.3), schema=[("value", "float")])["count"]
     mean = expected_error(Query(kind="mean", column="value", bounds=(0, 50), epsilon=0.3), schema=[("value", "float")])
-    shown = _text(errors.group(0))
+    shown = page_text(errors.group(0))
     assert f"count count {count:.4g}" in shown and f"sum {mean['sum']:.4g}" in shown
     bad = officer.get(f"/budgets/{hospitals.dataset_id}?query_epsilon=-1")
-    assert bad.status == 200 and "cannot be computed" in _text(bad.body)
+    assert bad.status == 200 and "cannot be computed" in page_text(bad.body)
 
 
 def test_another_hospitals_officer_and_a_manufacturer_find_nothing(console, hospitals) -> None:

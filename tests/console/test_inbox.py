@@ -3,28 +3,14 @@ the real API, decided through the console's forms, checked through the API."""
 
 from __future__ import annotations
 
-import re
 from html import unescape
-
-import pytest
 
 from cleanroom.domain.identity import Role
 from cleanroom.domain.privacy import Privacy
 from cleanroom.privacy.ledger import SpendRequest
 from cleanroom.sdk import Client
 from tests.api.test_datasets_api import _rows, _schema, _write_csv
-from tests.console.hospital_world import Hospitals, build
-
-
-@pytest.fixture
-def hospitals(running, tmp_path):
-    world = build(running, tmp_path)
-    yield world
-    world.close()
-
-
-def _text(html: str) -> str:
-    return unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))
+from tests.console.hospital_world import Hospitals, page_text
 
 
 def _reserved(world: Hospitals) -> set[float]:
@@ -37,7 +23,7 @@ def test_an_officer_sees_a_pending_request_and_approves_it_through_the_form(cons
     officer = console.sign_in_as(hospitals.north_officers[0])
     inbox = officer.get("/inbox")
     assert inbox.status == 200
-    text = _text(inbox.body)
+    text = page_text(inbox.body)
     assert f'href="/inbox/{request_id}"' in inbox.body and "statistics query" in text and "Acme Devices" in text
     assert "<meter" in inbox.body and "10 ε now, 7 ε after" in text  # the dataset-wide budget: 10 before, 7 after
     assert "[stats-count (basic)]" in text  # the mechanism as the request recorded it
@@ -48,14 +34,14 @@ def test_an_officer_sees_a_pending_request_and_approves_it_through_the_form(cons
 
     detail = officer.get(f"/inbox/{request_id}")
     assert detail.status == 200 and 'name="reason"' in detail.body and "required" in detail.body
-    assert "What it would run count" in _text(detail.body)
+    assert "What it would run count" in page_text(detail.body)
     no_reason = officer.post(f"/inbox/{request_id}", {"decision": "approve", "reason": ""})
     assert no_reason.status == 303 and "error=" in no_reason.location
     assert [r.name for r in hospitals.officer.pending_requests()] == [name]  # nothing decided without a reason
 
     done = officer.post(f"/inbox/{request_id}", {"decision": "approve", "reason": "one population count"})
     assert done.status == 303 and done.location.startswith("/inbox?notice=")
-    assert "approved" in _text(officer.follow(done).body)
+    assert "approved" in page_text(officer.follow(done).body)
     assert list(hospitals.officer.pending_requests()) == []
     assert _reserved(hospitals) == {3.0}  # reserved on the dataset and the share
     assert officer.get(f"/inbox/{request_id}").status == 404  # decided: no longer in the inbox
@@ -79,14 +65,14 @@ def test_two_officers_must_approve_and_the_same_officer_twice_is_refused_in_the_
     name = hospitals.pending_query(3.0)
     path = f"/inbox/{name.removeprefix('privacyRequests/')}"
     first = console.sign_in_as(hospitals.north_officers[0])
-    assert "2 different officers" in _text(first.get(path).body)
+    assert "2 different officers" in page_text(first.get(path).body)
     recorded = first.post(path, {"decision": "approve", "reason": "fine by me"})
     assert recorded.status == 303 and recorded.location.startswith(path + "?notice=")
-    page = _text(first.follow(recorded).body)
+    page = page_text(first.follow(recorded).body)
     assert "Approvals so far: 1 of 2" in page and "(you)" in page and "not you" in page
     again = first.post(path, {"decision": "approve", "reason": "I insist"})
     assert again.status == 303 and again.location.startswith(path + "?error=")
-    refusal = _text(first.follow(again).body)
+    refusal = page_text(first.follow(again).body)
     assert "officer" in refusal.lower() and "Traceback" not in refusal
     assert _reserved(hospitals) == {0.0}  # still nothing reserved
     second = console.sign_in_as(hospitals.north_officers[1])
@@ -122,8 +108,8 @@ def test_an_officer_approves_its_own_hospitals_part_of_a_cohort_request(console,
                                                                     Privacy.cost(2.0, 1e-7), cohort=(other.removeprefix("datasets/"),)))
     north_part = next(r.id for r in group.rows if r.dataset_id == hospitals.dataset_id)
     officer = console.sign_in_as(hospitals.north_officers[0])
-    page = _text(officer.get(f"/inbox/{north_part}").body)
+    page = page_text(officer.get(f"/inbox/{north_part}").body)
     assert f"part of cohort request {group.resource_name}" in page and "training job" in page
     done = officer.post(f"/inbox/{north_part}", {"decision": "approve", "reason": "fine for North"})
-    assert "approved for your hospital" in _text(officer.follow(done).body)
+    assert "approved for your hospital" in page_text(officer.follow(done).body)
     assert _reserved(hospitals) == {0.0}  # nothing held until South approves its part

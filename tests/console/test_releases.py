@@ -14,12 +14,12 @@ import pytest
 from cleanroom.domain.identity import Role
 from cleanroom.domain.organisations import OrgKind
 from cleanroom.statistics.engine import Query
-from cleanroom.storage import dataset_repo, job_repo
-from cleanroom.storage.blobs import BlobStore
+from cleanroom.storage import dataset_repo
 from cleanroom.v1 import jobs_pb2
 from tests.console.browser import DESKTOP, TABLET, Browser, axe, chromium, describe, screenshot
 from tests.console.harness import ConsoleWorld
 from tests.jobs.study import FEATURES, breast_cancer_study
+from tests.releases.tamper import flipped_artifact
 from tests.tools import needs
 
 pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
@@ -110,18 +110,9 @@ def test_a_statistics_answer_has_its_own_verified_page(world, officer) -> None:
 
 
 def test_a_flipped_byte_in_a_stored_artefact_makes_the_page_say_does_not_verify(world, officer) -> None:
-    app, job_id = world["running"].app, world["release"]
-    with app.db.read() as session:
-        listing, _ = job_repo.artifacts(session, job_id)
-    blob = BlobStore(app.config.blob_dir).path_of(next(a["blob"] for a in listing if a["name"] == "weights.safetensors"))
-    original = blob.read_bytes()
-    flipped = bytearray(original)
-    flipped[len(flipped) // 2] ^= 0x01
-    blob.write_bytes(bytes(flipped))
-    try:
+    job_id = world["release"]
+    with flipped_artifact(world["running"].app, job_id, "weights.safetensors"):
         page = officer.get(f"/releases/{job_id}")
-    finally:
-        blob.write_bytes(original)
     assert page.status == 200
     assert "✘ Does not verify" in page.body and "✔ Verified" not in page.body
     assert re.search(r'<th scope="row">digest:weights\.safetensors</th>\s*<td><span class="bad">✘ FAILED', page.body)

@@ -17,11 +17,11 @@ from cleanroom.domain.organisations import OrgKind
 from cleanroom.sdk import CleanroomClientError
 from cleanroom.sdk.release_check import verified, verify_release
 from cleanroom.statistics.engine import Query
-from cleanroom.storage import audit_repo, dataset_repo, job_repo
-from cleanroom.storage.blobs import BlobStore
+from cleanroom.storage import audit_repo, dataset_repo
 from cleanroom.storage.tables import AnswerReleaseRow
 from cleanroom.v1 import jobs_pb2, releases_pb2
 from tests.jobs.study import FEATURES, breast_cancer_study
+from tests.releases.tamper import flipped_artifact
 from tests.tools import needs
 
 pytestmark = needs("bwrap")  # the server's sandboxes (tests/tools.py)
@@ -141,18 +141,8 @@ def test_every_release_verifies_for_the_auditor(world) -> None:
 
 
 def test_a_byte_flipped_in_a_stored_artefact_fails_only_its_digest_check(world) -> None:
-    app, job_id = world["running"].app, world["job"].name.removeprefix("jobs/")
-    with app.db.read() as session:
-        listing, _ = job_repo.artifacts(session, job_id)
-    blob = BlobStore(app.config.blob_dir).path_of(next(a["blob"] for a in listing if a["name"] == "weights.safetensors"))
-    original = blob.read_bytes()
-    flipped = bytearray(original)
-    flipped[len(flipped) // 2] ^= 0x01
-    blob.write_bytes(bytes(flipped))
-    try:
+    with flipped_artifact(world["running"].app, world["job"].name.removeprefix("jobs/"), "weights.safetensors"):
         checks = _verify(world, world["auditor"], _job_release(world))
-    finally:
-        blob.write_bytes(original)
     failed = {name for name, (passed, _) in checks.items() if not passed}
     assert failed == {"digest:weights.safetensors"}, checks
     assert "altered" in checks["digest:weights.safetensors"][1]
