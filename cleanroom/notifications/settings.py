@@ -37,8 +37,8 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
      f"file holding the webhook's HMAC-SHA256 secret (or set {WEBHOOK_SECRET_ENV}; never a flag)"),
     ("--notify-thresholds", "CLEANROOM_NOTIFY_THRESHOLDS", ",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
      "comma-separated fractions of a budget's cap spent (dataset or share) that are each told once when crossed"),
-    ("--audit-check-interval", "CLEANROOM_AUDIT_CHECK_INTERVAL", "300",
-     "seconds between checks of the audit hash chain; a break is told once"),
+    ("--chain-check-interval", "CLEANROOM_CHAIN_CHECK_INTERVAL", "300",
+     "seconds between checks of the hash chain of the log of actions; a break is told once"),
     ("--notify-interval", "CLEANROOM_NOTIFY_INTERVAL", "10",
      "seconds between sweeps for new pending requests and budget crossings, and between deliveries"),
     ("--notify-retry-seconds", "CLEANROOM_NOTIFY_RETRY_SECONDS", "30",
@@ -90,7 +90,7 @@ def from_raw(raw: Mapping[str, str | None], env: Mapping[str, str]) -> NotifySet
     try:
         settings = NotifySettings(
             smtp=_smtp(raw, env), webhook=_webhook(raw, env), thresholds=_thresholds(raw["notify_thresholds"] or ""),
-            audit_check_seconds=float(raw["audit_check_interval"] or 300), interval_seconds=float(raw["notify_interval"] or 10),
+            audit_check_seconds=float(raw["chain_check_interval"] or 300), interval_seconds=float(raw["notify_interval"] or 10),
             retry_seconds=float(raw["notify_retry_seconds"] or 30))
     except ValueError as bad:
         raise SystemExit(f"notification settings: {bad}") from None
@@ -99,7 +99,7 @@ def from_raw(raw: Mapping[str, str | None], env: Mapping[str, str]) -> NotifySet
 
 
 def check(settings: NotifySettings) -> None:
-    for name, value in (("--audit-check-interval", settings.audit_check_seconds), ("--notify-interval", settings.interval_seconds),
+    for name, value in (("--chain-check-interval", settings.audit_check_seconds), ("--notify-interval", settings.interval_seconds),
                         ("--notify-retry-seconds", settings.retry_seconds)):
         if not 0.05 <= value <= 86_400:
             raise SystemExit(f"{name} must be 0.05 to 86400 seconds")

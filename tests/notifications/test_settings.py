@@ -59,6 +59,6 @@ def test_a_password_typed_where_its_file_goes_is_not_echoed(tmp_path) -> None:
 def test_serve_help_documents_every_setting_and_offers_no_secret_flag() -> None:
     shown = cli("serve", "--help").stdout
     for flag in ("--smtp-host", "--smtp-starttls", "--smtp-password-file", "--notify-to", "--webhook-url", "--webhook-secret-file",
-                 "--notify-thresholds", "--audit-check-interval", "CLEANROOM_SMTP_PASSWORD", "CLEANROOM_WEBHOOK_SECRET"):
+                 "--notify-thresholds", "--chain-check-interval", "CLEANROOM_SMTP_PASSWORD", "CLEANROOM_WEBHOOK_SECRET"):
         assert flag in shown
     assert "--smtp-password " not in shown and "--webhook-secret " not in shown
