@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CursorResult, Engine, Result, Select, create_engine, event
+from sqlalchemy import CursorResult, Engine, Insert, Result, Select, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -114,6 +114,23 @@ def _sqlite_damage(connection: Any) -> str:
     page (the metadata database is small: datasets and models live in the blob store)."""
     finding = connection.exec_driver_sql("PRAGMA quick_check(1)").scalar()
     return "" if finding == "ok" else "; ".join(str(finding).splitlines())
+
+
+_INSERTS_IGNORING_DUPLICATES: dict[tuple[str, str], Insert] = {}
+
+
+def insert_ignoring_duplicates(session: Session, table: Table) -> Insert:
+    """INSERT … ON CONFLICT DO NOTHING into `table`, in the dialect of the session's database (built once)."""
+    key = (session.get_bind().dialect.name, table.name)
+    if key not in _INSERTS_IGNORING_DUPLICATES:
+        if key[0] == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+            statement: Insert = postgresql_insert(table).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            statement = sqlite_insert(table).on_conflict_do_nothing()
+        _INSERTS_IGNORING_DUPLICATES[key] = statement
+    return _INSERTS_IGNORING_DUPLICATES[key]
 
 
 def affected_rows(result: Result[Any]) -> int:

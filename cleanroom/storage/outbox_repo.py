@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, func, or_, select, update
+from sqlalchemy import Table, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from cleanroom.storage.db import affected_rows
+from cleanroom.storage.db import affected_rows, insert_ignoring_duplicates
 from cleanroom.storage.tables import NotificationRow
 
 PENDING, SENT, ABANDONED = "pending", "sent", "abandoned"
@@ -52,7 +52,7 @@ def queued_keys(session: Session, keys: Collection[str], channels: Sequence[str]
 def enqueue(session: Session, *, event_key: str, kind: str, subject: str, text: str, facts: dict[str, Any],
             channels: Sequence[str], at: datetime) -> None:
     """One pending row per channel; a row already there (another replica's, an earlier sweep's) stays as it is."""
-    session.execute(_insert_ignoring_duplicates(session), [
+    session.execute(insert_ignoring_duplicates(session, cast(Table, NotificationRow.__table__)), [
         {"id": "ntf" + secrets.token_hex(12), "event_key": event_key[:200], "channel": channel, "kind": kind,
          "subject": subject[:300], "text": text, "facts_json": json.dumps(facts, sort_keys=True), "state": PENDING,
          "attempts": 0, "created_at": at, "next_attempt_at": at, "claimed_by": None, "claim_expires_at": None,
@@ -98,21 +98,3 @@ def mark_failed(session: Session, message_id: str, *, owner: str, retry_at: date
     result = session.execute(update(NotificationRow).where(NotificationRow.id == message_id, NotificationRow.claimed_by == owner)
                              .values(**values))
     return affected_rows(result) == 1
-
-
-_INSERTS: dict[str, Insert] = {}
-
-
-def _insert_ignoring_duplicates(session: Session) -> Insert:
-    """INSERT … ON CONFLICT DO NOTHING in the dialect of the session's database (built once)."""
-    dialect = session.get_bind().dialect.name
-    if dialect not in _INSERTS:
-        table = cast(Table, NotificationRow.__table__)  # declared FromClause; a mapped class's is a Table
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-            statement: Insert = postgresql_insert(table).on_conflict_do_nothing()
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-            statement = sqlite_insert(table).on_conflict_do_nothing()
-        _INSERTS[dialect] = statement
-    return _INSERTS[dialect]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, Insert, Table, bindparam, delete, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,7 +14,7 @@ from cleanroom.domain.errors import CleanroomError, ErrorCode
 from cleanroom.domain.idempotency import RequestKey as RequestKey  # re-exported: the key of each stored claim
 from cleanroom.storage import lease_repo
 from cleanroom.storage.clock import now
-from cleanroom.storage.db import DriverReads, affected_rows, first_row
+from cleanroom.storage.db import DriverReads, affected_rows, first_row, insert_ignoring_duplicates
 from cleanroom.storage.tables import IdempotencyRow
 
 
@@ -72,31 +72,13 @@ def store_answered(session: Session, answered: Sequence[tuple[RequestKey, str, b
     a key already recorded keeps its first answer."""
     if not answered:
         return
-    statement = _insert_ignoring_duplicates(session)
+    statement = insert_ignoring_duplicates(session, cast(Table, IdempotencyRow.__table__))
     at = now()
     session.execute(statement, [
         {"principal_id": key.principal_id, "method": key.method, "request_id": key.request_id,
          "fingerprint": fingerprint, "response": response, "created_at": at}
         for key, fingerprint, response in answered
     ])
-
-
-_INSERTS_IGNORING_DUPLICATES: dict[str, Insert] = {}
-
-
-def _insert_ignoring_duplicates(session: Session) -> Insert:
-    """INSERT … ON CONFLICT DO NOTHING in the dialect of the session's database (built once)."""
-    dialect = session.get_bind().dialect.name
-    if dialect not in _INSERTS_IGNORING_DUPLICATES:
-        table = cast(Table, IdempotencyRow.__table__)  # declared FromClause; a mapped class's is a Table
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-            statement: Insert = postgresql_insert(table).on_conflict_do_nothing()
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-            statement = sqlite_insert(table).on_conflict_do_nothing()
-        _INSERTS_IGNORING_DUPLICATES[dialect] = statement
-    return _INSERTS_IGNORING_DUPLICATES[dialect]
 
 
 def release_request(session: Session, key: RequestKey) -> None:
